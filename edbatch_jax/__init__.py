@@ -1,0 +1,85 @@
+"""edbatch_jax: automatic batching of dynamic neural networks in JAX.
+
+The public surface::
+
+  import edbatch_jax as eb
+  b = eb.GraphBuilder(); ...; graph = eb.batch_graphs([g1, g2, ...])
+  sched = eb.schedule(graph, "agenda")          # or "depth", or a policy object
+  eb.validate_schedule(graph, sched)
+  states = eb.run(ops, params, graph, sched, outputs=node_ids)
+  same = eb.run_unbatched(ops, params, graph, outputs=node_ids)
+"""
+
+from edbatch_jax.analysis import (
+    children,
+    lower_bound,
+    node_depth,
+    topological_order,
+    type_depths,
+    typewise_depth,
+)
+from edbatch_jax.engine import (
+    Engine,
+    ExecutionPlan,
+    Op,
+    OpError,
+    bucket,
+    linen_op,
+    run,
+    run_unbatched,
+)
+from edbatch_jax.graph import (
+    Graph,
+    GraphBuilder,
+    GraphError,
+    batch_graphs,
+    unbatch_graph,
+    validate_graph,
+)
+from edbatch_jax.scheduling import (
+    AgendaPolicy,
+    DepthPolicy,
+    Frontier,
+    FrontierPolicy,
+    Policy,
+    Schedule,
+    ScheduleError,
+    register_policy,
+    schedule,
+    validate_schedule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgendaPolicy",
+    "DepthPolicy",
+    "Engine",
+    "ExecutionPlan",
+    "Frontier",
+    "FrontierPolicy",
+    "Graph",
+    "GraphBuilder",
+    "GraphError",
+    "Op",
+    "OpError",
+    "Policy",
+    "Schedule",
+    "ScheduleError",
+    "batch_graphs",
+    "bucket",
+    "children",
+    "linen_op",
+    "lower_bound",
+    "node_depth",
+    "register_policy",
+    "run",
+    "run_unbatched",
+    "schedule",
+    "topological_order",
+    "type_depths",
+    "typewise_depth",
+    "unbatch_graph",
+    "validate_graph",
+    "validate_schedule",
+]

@@ -1,0 +1,471 @@
+"""The stepwise batched executor.
+
+A schedule runs as one jitted, vmapped op call per batch. Node states live in
+concatenated *state buffers*, one per distinct state structure (pytree
+structure, leaf shapes and dtypes); a node's state is one row of its buffer.
+Rows are allocated in schedule order, so the outputs of every batch form one
+contiguous range and are written with a single ``dynamic_update_slice``;
+operands are read with a gather.
+
+Shapes are bucketed: a batch of width ``W`` runs ``bucket(W)`` lanes (the
+padding lanes compute on valid rows and their results are overwritten or
+masked), and buffer capacities grow along the same power-of-two ladder, so the
+number of compiled executables is bounded by op types x width buckets (x the
+few capacities seen), whatever the graphs.
+
+Differentiation: the whole schedule is a ``jax.custom_vjp`` from parameters to
+state buffers. Its backward pass is a hand-written reverse sweep, one jitted
+step per batch: it recomputes the batch's forward from the (write-once) state
+buffers, pulls the batch's output cotangents back through ``jax.vjp``,
+accumulates parameter gradients and scatter-adds operand cotangents. Buffers,
+cotangent buffers and the gradient accumulator are donated. The executor works
+eagerly (one dispatch per batch) and also under an outer ``jax.jit`` (the steps
+are then inlined into one program, specialised to the schedule).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops
+from edbatch_jax.graph import Graph, GraphError, _csr_rows
+from edbatch_jax.scheduling.schedule import Schedule
+
+PyTree = Any
+
+__all__ = ["Engine", "ExecutionPlan", "run", "state_signature"]
+
+
+def state_signature(tree: PyTree) -> tuple:
+    """Hashable (treedef, ((shape, dtype), ...)) of a state or its ShapeDtypeStruct."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(x.shape), np.dtype(x.dtype)) for x in leaves)
+
+
+def _struct(sig: tuple, lead: tuple = ()) -> PyTree:
+    treedef, leaves = sig
+    return jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(lead + s, d) for s, d in leaves])
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStep:
+    """Host-side arrays for one batch (all padded to the width bucket)."""
+
+    op: str
+    width: int
+    lanes: int  # bucketed width
+    out_buffer: int
+    out_offset: int
+    payload: PyTree  # leaves [lanes, ...] or None
+    operand_buffers: tuple[int, ...]  # buffer of each operand group
+    operand_slots: tuple[np.ndarray, ...]  # int32 [lanes] (fixed arity) or [edge bucket] (variadic)
+    segments: np.ndarray | None  # variadic: int32 [edge bucket], lane of every gathered row
+    mask: np.ndarray  # bool [lanes]: real (not padding) lanes
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExecutionPlan:
+    """Everything the device needs to run one schedule (host arrays).
+
+    Attributes:
+      signatures: state structure of every buffer.
+      capacities: rows of every buffer (bucketed).
+      node_buffer: int32 ``[N]``, the buffer holding each node's state.
+      node_slot: int32 ``[N]``, the node's row in that buffer.
+      steps: one :class:`BatchStep` per batch, in schedule order.
+    """
+
+    signatures: tuple[tuple, ...]
+    capacities: tuple[int, ...]
+    node_buffer: np.ndarray
+    node_slot: np.ndarray
+    steps: tuple[BatchStep, ...]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+
+def _take_rows(tree: PyTree, idx) -> PyTree:
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+
+def _combine(op: Op, params, payload, gathered: Sequence[PyTree], segments, mask):
+    """The batched op: ``vmap(op.fn)`` over lanes, after aggregation for variadic ops."""
+    lanes = mask.shape[0]
+    if op.variadic:
+        x = gathered[0]
+        count = jax.ops.segment_sum(jnp.ones(segments.shape, jnp.float32), segments, num_segments=lanes)
+        if op.aggregate == "max":
+            agg = jax.tree.map(lambda a: jax.ops.segment_max(a, segments, num_segments=lanes), x)
+        else:
+            agg = jax.tree.map(lambda a: jax.ops.segment_sum(a, segments, num_segments=lanes), x)
+            if op.aggregate == "mean":
+                agg = jax.tree.map(
+                    lambda a: a / jnp.maximum(count, 1).reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), agg
+                )
+        # empty (padding) lanes: keep them finite so that masked gradients stay exact
+        agg = jax.tree.map(
+            lambda a: jnp.where((count > 0).reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), agg
+        )
+        gathered = (agg,)
+    mapped = [payload, *gathered]
+    if not jax.tree.leaves(mapped):  # nothing varies across lanes: compute once, broadcast
+        y = op.fn(params, payload, *gathered)
+        return jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), y)
+    return jax.vmap(lambda p, *xs: op.fn(params, p, *xs), in_axes=(0,) + (0,) * len(gathered))(payload, *gathered)
+
+
+def _mask_rows(tree: PyTree, mask) -> PyTree:
+    return jax.tree.map(
+        lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree
+    )
+
+
+class Engine:
+    """Runs schedules of graphs whose op types are implemented by ``ops``.
+
+    An engine owns the compiled step functions and the buffer capacities, so
+    reusing one engine across mini-batches reuses its executables.
+
+    Attributes:
+      ops: op type name -> :class:`Op`.
+      trace_count: number of step functions traced (each trace is one
+        compiled executable when running eagerly).
+    """
+
+    def __init__(self, ops: Mapping[str, Op | Any], *, min_capacity: int = 64, plan_cache_size: int = 16):
+        self.ops = as_ops(ops)
+        self.min_capacity = int(min_capacity)
+        self.trace_count = 0
+        self._capacity: dict[tuple, int] = {}
+        self._signature_cache: dict[tuple, tuple] = {}
+        self._fwd: dict[tuple, Any] = {}
+        self._bwd: dict[tuple, Any] = {}
+        self._plans: collections.OrderedDict = collections.OrderedDict()
+        self._plan_cache_size = plan_cache_size
+
+    # ------------------------------------------------------------------ planning
+    def _output_signature(self, name: str, params_sig: tuple, payload_sig, operand_sigs: tuple, params) -> tuple:
+        key = (name, params_sig, payload_sig, operand_sigs)
+        sig = self._signature_cache.get(key)
+        if sig is None:
+            op = self.ops[name]
+            payload = None if payload_sig is None else _struct(payload_sig)
+            operands = [_struct(s) for s in operand_sigs]
+            try:
+                out = jax.eval_shape(lambda p, x, *o: op.fn(p, x, *o), op.select_params(params), payload, *operands)
+            except Exception as e:  # re-raised with the op named
+                raise OpError(f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}") from e
+            sig = self._signature_cache[key] = state_signature(out)
+        return sig
+
+    def plan(self, params: PyTree, graph: Graph, schedule: Schedule) -> ExecutionPlan:
+        """Host-side plan of one schedule: buffers, rows, padded index arrays.
+
+        Cached per (graph, schedule) object; not jittable.
+        """
+        key = (id(graph), id(schedule))
+        hit = self._plans.get(key)
+        params_sig = state_signature(params)
+        if hit is not None and hit[0] is graph and hit[1] is schedule and hit[2] == params_sig:
+            self._plans.move_to_end(key)
+            return hit[3]
+        plan = self._build_plan(params, params_sig, graph, schedule)
+        self._plans[key] = (graph, schedule, params_sig, plan)
+        if len(self._plans) > self._plan_cache_size:
+            self._plans.popitem(last=False)
+        return plan
+
+    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule) -> ExecutionPlan:
+        if graph.num_nodes == 0:
+            raise GraphError("empty graph: nothing to run")
+        if schedule.op_types != graph.op_types:
+            raise OpError("the schedule was made for another graph (op types differ)")
+        check_graph_ops(graph, self.ops)
+        n, T = graph.num_nodes, graph.num_types
+        arity = graph.arity
+        order = schedule.node_order
+        first_node = order[schedule.batch_ptr[:-1]]
+
+        # --- state structure of every op type, found in schedule order
+        type_sig: list[tuple | None] = [None] * T
+        for t, v in zip(schedule.batch_type, first_node):
+            if type_sig[t] is not None:
+                continue
+            name = graph.op_types[t]
+            args = graph.args(v)
+            if self.ops[name].variadic:
+                args = args[:1]
+            operand_sigs = tuple(type_sig[graph.node_type[a]] for a in args)
+            if any(s is None for s in operand_sigs):
+                raise OpError(f"node {v} (op {name!r}) runs before one of its arguments; validate the schedule")
+            tree = graph.payloads[t]
+            payload_sig = None if tree is None else state_signature(jax.tree.map(lambda a: a[0], tree))
+            type_sig[t] = self._output_signature(name, params_sig, payload_sig, operand_sigs, params)
+        signatures = tuple(dict.fromkeys(s for s in type_sig if s is not None))
+        type_buffer = np.array([-1 if s is None else signatures.index(s) for s in type_sig], dtype=np.int32)
+
+        # --- every operand position of a type must read one state structure
+        dst = graph.edge_dst()
+        pos = np.arange(graph.num_edges) - graph.arg_ptr[dst]
+        variadic = np.array([graph.op_types[t] in self.ops and self.ops[graph.op_types[t]].variadic for t in range(T)])
+        pos = np.where(variadic[graph.node_type[dst]], 0, pos)
+        src_buf = type_buffer[graph.node_type[graph.arg_idx]]
+        if graph.num_edges:
+            k = np.lexsort((src_buf, pos, graph.node_type[dst]))
+            same_group = (graph.node_type[dst][k][1:] == graph.node_type[dst][k][:-1]) & (pos[k][1:] == pos[k][:-1])
+            clash = np.flatnonzero(same_group & (src_buf[k][1:] != src_buf[k][:-1]))
+            if clash.size:
+                e1, e2 = k[clash[0]], k[clash[0] + 1]
+                raise OpError(
+                    f"op {graph.op_types[graph.node_type[dst[e1]]]!r}: operand {pos[e1]} of node {dst[e1]} "
+                    f"has state structure {signatures[src_buf[e1]]} but node {dst[e2]} passes "
+                    f"{signatures[src_buf[e2]]}; one operand position must always read one structure"
+                )
+
+        # --- rows: allocated per buffer in schedule order (each batch contiguous)
+        node_buffer = type_buffer[graph.node_type]
+        buf_in_order = node_buffer[order]
+        node_slot = np.empty(n, dtype=np.int32)
+        for b in range(len(signatures)):
+            sel = buf_in_order == b
+            node_slot[order[sel]] = np.arange(int(sel.sum()), dtype=np.int32)
+
+        widths = schedule.widths
+        steps = []
+        need = np.zeros(len(signatures), dtype=np.int64)
+        for b, (t, s, e) in enumerate(zip(schedule.batch_type, schedule.batch_ptr[:-1], schedule.batch_ptr[1:])):
+            name = graph.op_types[t]
+            op = self.ops[name]
+            nodes = order[s:e]
+            w = int(widths[b])
+            lanes = bucket(w)
+            pad = np.zeros(lanes - w, dtype=np.int32)
+            out_buf = int(type_buffer[t])
+            offset = int(node_slot[nodes[0]])
+            need[out_buf] = max(need[out_buf], offset + lanes)
+            tree = graph.payloads[t]
+            if tree is None:
+                payload = None
+            else:
+                rows = graph.payload_row[nodes]
+                rows = np.concatenate([rows, np.full(lanes - w, rows[0], dtype=rows.dtype)])
+                payload = jax.tree.map(lambda a: a[rows], tree)
+            mask = np.arange(lanes) < w
+            if op.variadic:
+                flat, seg = _csr_rows(graph.arg_ptr, graph.arg_idx, nodes)
+                eb = bucket(flat.shape[0])
+                slots = (np.concatenate([node_slot[flat], np.zeros(eb - flat.shape[0], np.int32)]),)
+                segments = np.concatenate([seg, np.full(eb - flat.shape[0], lanes, np.int32)]).astype(np.int32)
+                bufs = (int(type_buffer[graph.node_type[flat[0]]]),)
+            else:
+                a = op.arity
+                arg_mat = graph.arg_idx[graph.arg_ptr[nodes][:, None] + np.arange(a)[None, :]] if a else None
+                slots = tuple(np.concatenate([node_slot[arg_mat[:, j]], pad]) for j in range(a))
+                bufs = tuple(int(type_buffer[graph.node_type[arg_mat[0, j]]]) for j in range(a))
+                segments = None
+            steps.append(BatchStep(name, w, lanes, out_buf, offset, payload, bufs, slots, segments, mask))
+
+        capacities = []
+        for b, sig in enumerate(signatures):
+            cap = max(self._capacity.get(sig, 0), bucket(int(need[b]), self.min_capacity))
+            self._capacity[sig] = cap
+            capacities.append(cap)
+        return ExecutionPlan(signatures, tuple(capacities), node_buffer, node_slot, tuple(steps))
+
+    # ------------------------------------------------------------- step functions
+    def _forward_step(self, step: BatchStep):
+        read = tuple(dict.fromkeys(b for b in step.operand_buffers if b != step.out_buffer))
+        src = tuple(-1 if b == step.out_buffer else read.index(b) for b in step.operand_buffers)
+        key = (step.op, src, step.segments is not None)
+        fn = self._fwd.get(key)
+        if fn is None:
+            op = self.ops[step.op]
+
+            def forward(params, out_buf, read_bufs, payload, slots, segments, mask, offset):
+                self.trace_count += 1
+                gathered = [_take_rows(out_buf if s < 0 else read_bufs[s], idx) for s, idx in zip(src, slots)]
+                y = _combine(op, params, payload, gathered, segments, mask)
+                return jax.tree.map(
+                    lambda b, v: jax.lax.dynamic_update_slice_in_dim(b, v.astype(b.dtype), offset, 0), out_buf, y
+                )
+
+            fn = self._fwd[key] = jax.jit(forward, donate_argnums=(1,))
+        return fn, read
+
+    def _backward_step(self, step: BatchStep):
+        fwd_read = tuple(dict.fromkeys(step.operand_buffers))
+        ct_touch = tuple(dict.fromkeys((step.out_buffer,) + step.operand_buffers))
+        fwd_src = tuple(fwd_read.index(b) for b in step.operand_buffers)
+        ct_src = tuple(ct_touch.index(b) for b in step.operand_buffers)
+        key = (step.op, fwd_src, ct_src, step.segments is not None)
+        fn = self._bwd.get(key)
+        if fn is None:
+            op = self.ops[step.op]
+
+            def backward(params, grad_acc, ct_bufs, fwd_bufs, payload, slots, segments, mask, offset):
+                self.trace_count += 1
+                lanes = mask.shape[0]
+                gathered = [_take_rows(fwd_bufs[s], idx) for s, idx in zip(fwd_src, slots)]
+                ct_out = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, offset, lanes, 0), ct_bufs[0])
+                ct_out = _mask_rows(ct_out, mask)
+                _, pullback = jax.vjp(lambda p, g: _combine(op, p, payload, g, segments, mask), params, gathered)
+                g_params, g_operands = pullback(ct_out)
+                grad_acc = jax.tree.map(jnp.add, grad_acc, g_params)
+                ct_bufs = list(ct_bufs)
+                for s, idx, g in zip(ct_src, slots, g_operands):
+                    ct_bufs[s] = jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), ct_bufs[s], g)
+                return grad_acc, tuple(ct_bufs)
+
+            fn = self._bwd[key] = jax.jit(backward, donate_argnums=(1, 2))
+        return fn, fwd_read, ct_touch
+
+    # ------------------------------------------------------------------ execution
+    def _forward(self, plan: ExecutionPlan, params) -> tuple:
+        bufs = [
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (cap,)))
+            for sig, cap in zip(plan.signatures, plan.capacities)
+        ]
+        for step in plan.steps:
+            fn, read = self._forward_step(step)
+            bufs[step.out_buffer] = fn(
+                self.ops[step.op].select_params(params),
+                bufs[step.out_buffer],
+                tuple(bufs[b] for b in read),
+                step.payload,
+                step.operand_slots,
+                step.segments,
+                step.mask,
+                np.int32(step.out_offset),
+            )
+        return tuple(bufs)
+
+    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple):
+        ct_bufs = list(jax.tree.map(jnp.copy, tuple(ct_bufs)))  # fresh arrays we may donate
+        grads: dict = {}  # params_key -> gradient accumulator of that subtree
+        for step in reversed(plan.steps):
+            op = self.ops[step.op]
+            sub = op.select_params(params)
+            acc = grads.get(op.params_key)
+            if acc is None:
+                acc = jax.tree.map(jnp.zeros_like, sub)
+            fn, fwd_read, ct_touch = self._backward_step(step)
+            grads[op.params_key], touched = fn(
+                sub,
+                acc,
+                tuple(ct_bufs[b] for b in ct_touch),
+                tuple(bufs[b] for b in fwd_read),
+                step.payload,
+                step.operand_slots,
+                step.segments,
+                step.mask,
+                np.int32(step.out_offset),
+            )
+            for b, c in zip(ct_touch, touched):
+                ct_bufs[b] = c
+        total = grads.pop(None, None)
+        if total is None:
+            total = jax.tree.map(jnp.zeros_like, params)
+        for key, g in grads.items():
+            total = type(total)({**total, key: jax.tree.map(jnp.add, total[key], g)})
+        return total
+
+    def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
+        """All state buffers after running ``plan``; differentiable w.r.t. ``params``."""
+
+        @jax.custom_vjp
+        def buffers(p):
+            return self._forward(plan, p)
+
+        def fwd(p):
+            bufs = self._forward(plan, p)
+            return bufs, (p, bufs)
+
+        def bwd(res, ct):
+            p, bufs = res
+            return (self._backward(plan, p, bufs, ct),)
+
+        buffers.defvjp(fwd, bwd)
+        return buffers(params)
+
+    def run(
+        self,
+        params: PyTree,
+        graph: Graph,
+        schedule: Schedule,
+        outputs: Sequence[int] | np.ndarray | None = None,
+    ) -> PyTree:
+        """Runs ``schedule`` and returns the stacked states of ``outputs``.
+
+        Args:
+          params: the parameter pytree passed to every op.
+          graph: the (batched) graph.
+          schedule: a valid schedule of ``graph``.
+          outputs: node ids (int ``[K]``), all of one state structure; ``None``
+            means every node (then all op types must share one structure).
+
+        Returns:
+          The state pytree with a leading axis ``[K]``. Differentiable with
+          ``jax.grad`` w.r.t. ``params``; usable eagerly or under ``jax.jit``.
+        """
+        plan = self.plan(params, graph, schedule)
+        nodes = output_nodes(plan, graph, outputs)
+        bufs = self.execute(plan, params)
+        return _take_rows(bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0], plan.node_slot[nodes])
+
+
+def output_nodes(plan: ExecutionPlan, graph: Graph, outputs) -> np.ndarray:
+    """Checks requested output node ids (int ``[K]``) against a plan: they exist and share one buffer."""
+    nodes = np.arange(graph.num_nodes) if outputs is None else np.asarray(outputs, dtype=np.int64).reshape(-1)
+    if nodes.size and (nodes.min() < 0 or nodes.max() >= graph.num_nodes):
+        bad = nodes[(nodes < 0) | (nodes >= graph.num_nodes)][0]
+        raise GraphError(f"output node {bad} does not exist (the graph has {graph.num_nodes} nodes)")
+    which = np.unique(plan.node_buffer[nodes])
+    if which.size > 1:
+        v1 = nodes[plan.node_buffer[nodes] == which[0]][0]
+        v2 = nodes[plan.node_buffer[nodes] == which[1]][0]
+        raise OpError(
+            f"outputs mix state structures: node {v1} ({graph.op_types[graph.node_type[v1]]!r}) and node {v2} "
+            f"({graph.op_types[graph.node_type[v2]]!r}); request them separately"
+        )
+    return nodes
+
+
+_ENGINES: collections.OrderedDict = collections.OrderedDict()
+
+
+def engine_for(ops: Mapping[str, Any]) -> Engine:
+    """The shared :class:`Engine` for a mapping of ops (memoised by its contents)."""
+    normal = as_ops(ops)
+    key = tuple(sorted(normal.items(), key=lambda kv: kv[0]))
+    eng = _ENGINES.get(key)
+    if eng is None:
+        eng = _ENGINES[key] = Engine(normal)
+        if len(_ENGINES) > 32:
+            _ENGINES.popitem(last=False)
+    return eng
+
+
+def run(
+    ops: Mapping[str, Any],
+    params: PyTree,
+    graph: Graph,
+    schedule: Schedule,
+    outputs: Sequence[int] | np.ndarray | None = None,
+) -> PyTree:
+    """Batched execution of ``schedule``; see :meth:`Engine.run`.
+
+    ``ops`` maps op type names to per-node functions ``f(params, payload,
+    *operand_states)`` or :class:`Op`; an engine is kept per ``ops`` so that
+    compiled steps are reused across calls.
+    """
+    return engine_for(ops).run(params, graph, schedule, outputs)

@@ -1,0 +1,138 @@
+"""Op types: what one node computes.
+
+An op is a pure per-node function ``f(params, payload, *operand_states) -> state``
+(a pytree), written for a single node; the engine vmaps it over a batch. It
+may be given as a bare function (its arity is read from its signature) or as an
+:class:`Op` that says more: a fixed arity, or a variable number of operands
+combined by an aggregate (``"sum"``, ``"mean"`` or ``"max"``) before ``f`` sees
+them, in which case ``f(params, payload, combined_state)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["Op", "OpError", "as_op", "as_ops", "linen_op"]
+
+AGGREGATES = ("sum", "mean", "max")
+
+
+class OpError(ValueError):
+    """An op type is missing, or does not fit the nodes that use it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """A per-node function with its calling convention.
+
+    Attributes:
+      fn: ``fn(params, payload, *operand_states) -> state``, pure and jittable.
+      arity: number of operand states, or ``None`` for a variable number
+        (then ``aggregate`` must say how they combine).
+      aggregate: ``"sum"``, ``"mean"`` or ``"max"`` over the operand states of
+        a variable-arity node; ``fn`` then receives one combined state.
+      params_key: if set, ``fn`` receives ``params[params_key]`` instead of the
+        whole parameter pytree (and only that subtree's gradient is
+        accumulated per batch, which saves work in the backward sweep).
+    """
+
+    fn: Callable[..., Any]
+    arity: int | None = None
+    aggregate: str | None = None
+    params_key: str | None = None
+
+    def __post_init__(self):
+        if self.aggregate is not None and self.aggregate not in AGGREGATES:
+            raise OpError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.arity is None and self.aggregate is None:
+            object.__setattr__(self, "arity", _signature_arity(self.fn))
+
+    @property
+    def variadic(self) -> bool:
+        return self.aggregate is not None
+
+    def select_params(self, params):
+        """The part of ``params`` that ``fn`` receives."""
+        if self.params_key is None:
+            return params
+        try:
+            return params[self.params_key]
+        except (KeyError, TypeError, IndexError):
+            raise OpError(f"op {getattr(self.fn, '__name__', self.fn)!r} reads params[{self.params_key!r}], which is missing") from None
+
+
+def _signature_arity(fn: Callable) -> int:
+    """Number of operand states a per-node function takes (after params, payload)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise OpError(f"cannot read the signature of {fn!r}; wrap it as eb.Op(fn, arity=...)") from None
+    positional = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
+        raise OpError(
+            f"{getattr(fn, '__name__', fn)!r} takes a variable number of operands; say how they combine "
+            "with eb.Op(fn, aggregate='sum' | 'mean' | 'max'), or give a fixed arity"
+        )
+    if len(positional) < 2:
+        raise OpError(f"{getattr(fn, '__name__', fn)!r} must take (params, payload, *operand_states)")
+    return len(positional) - 2
+
+
+def as_op(name: str, op: Op | Callable) -> Op:
+    """Normalises a function or :class:`Op` into an :class:`Op`."""
+    if isinstance(op, Op):
+        return op
+    if not callable(op):
+        raise OpError(f"op {name!r} must be a function or eb.Op, got {type(op).__name__}")
+    return Op(fn=op, arity=_signature_arity(op))
+
+
+def as_ops(ops: Mapping[str, Op | Callable]) -> dict[str, Op]:
+    """Normalises a mapping of op type names to functions or :class:`Op`."""
+    if not isinstance(ops, Mapping):
+        raise OpError(f"ops must map op type names to functions, got {type(ops).__name__}")
+    return {name: as_op(name, op) for name, op in ops.items()}
+
+
+def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
+    """Raises :class:`OpError` if a node's op type is unknown or its arity does not fit."""
+    import numpy as np
+
+    arity = graph.arity
+    for t, name in enumerate(graph.op_types):
+        nodes = np.flatnonzero(graph.node_type == t)
+        if nodes.size == 0:
+            continue
+        if name not in ops:
+            raise OpError(
+                f"op type {name!r} (used by node {nodes[0]}) has no implementation; "
+                f"ops given: {sorted(ops)}"
+            )
+        op = ops[name]
+        a = arity[nodes]
+        bad = nodes[a < 1] if op.variadic else nodes[a != op.arity]
+        if bad.size:
+            want = "at least 1 operand" if op.variadic else f"{op.arity} operand(s)"
+            raise OpError(f"node {bad[0]} (op {name!r}) has {arity[bad[0]]} argument(s) but the op takes {want}")
+
+
+def linen_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
+    """Wraps a ``flax.linen`` module as an op.
+
+    The node function is ``module.apply({"params": params[params_key]}, payload,
+    *operand_states)``; the arity is read from ``module.__call__(self, payload,
+    *operand_states)`` unless given.
+    """
+
+    def fn(params, payload, *states):
+        return module.apply({"params": params}, payload, *states)
+
+    if arity is None and aggregate is None:
+        arity = _signature_arity(type(module).__call__)  # (self, payload, *states)
+    fn.__name__ = f"{type(module).__name__}[{params_key}]"
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)

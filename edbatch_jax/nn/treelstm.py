@@ -1,0 +1,138 @@
+"""Binary Tree-LSTM sentiment classifier (SST), shaped like the ED-Batch benchmark.
+
+Graph of one tree (post-order): every preterminal is a ``leaf`` node (payload:
+the word id), every binary node an ``internal`` node reading its two children,
+and every non-terminal (preterminals included) also gets a ``loss`` node
+(payload: the node's label) reading its state. The root's loss node is the
+last node of the instance.
+
+Cells (``flax.linen``), H = hidden size, E = embedding size:
+
+* leaf: ``x = Embed[word]``; ``i, o, u = W x + b``; ``c = σ(i) ⊙ tanh(u)``;
+  ``h = σ(o) ⊙ tanh(c)``.
+* internal: ``i, o, u = W [h_l; h_r] + b``; ``f_l = σ(U_l h_l + b_l)``,
+  ``f_r = σ(U_r h_r + b_r)``; ``c = σ(i) ⊙ tanh(u) + f_l ⊙ c_l + f_r ⊙ c_r``;
+  ``h = σ(o) ⊙ tanh(c)``.
+* loss: ``logits = W_o h + b_o`` (5 classes) and the softmax cross-entropy
+  against the label.
+
+States: ``{"h": f32[H], "c": f32[H]}`` for leaf and internal nodes (one shared
+buffer), ``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from edbatch_jax.data.sst import Tree, Vocabulary
+from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.graph import Graph, GraphBuilder, batch_graphs
+
+__all__ = ["LeafCell", "InternalCell", "LossCell", "TreeLSTM"]
+
+
+class LeafCell(nn.Module):
+    """Preterminal cell: word id (int32 scalar) -> ``{"h", "c"}`` (f32 [H] each)."""
+
+    vocab_size: int
+    embed: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, word):
+        x = nn.Embed(self.vocab_size, self.embed, name="embed")(word)
+        i, o, u = jnp.split(nn.Dense(3 * self.hidden, name="iou")(x), 3, axis=-1)
+        c = nn.sigmoid(i) * jnp.tanh(u)
+        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+
+
+class InternalCell(nn.Module):
+    """Binary cell: two child states -> ``{"h", "c"}``; no payload."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, payload, left, right):
+        del payload
+        iou = nn.Dense(3 * self.hidden, name="iou")(jnp.concatenate([left["h"], right["h"]], axis=-1))
+        i, o, u = jnp.split(iou, 3, axis=-1)
+        f_l = nn.sigmoid(nn.Dense(self.hidden, name="f_left")(left["h"]))
+        f_r = nn.sigmoid(nn.Dense(self.hidden, name="f_right")(right["h"]))
+        c = nn.sigmoid(i) * jnp.tanh(u) + f_l * left["c"] + f_r * right["c"]
+        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+
+
+class LossCell(nn.Module):
+    """Per-node classifier: label (int32 scalar), state -> ``{"loss": f32[], "logits": f32[C]}``."""
+
+    num_classes: int = 5
+
+    @nn.compact
+    def __call__(self, label, state):
+        logits = nn.Dense(self.num_classes, name="out")(state["h"])
+        return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, label), "logits": logits}
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeLSTM:
+    """The model: its cells, their ops, parameter init, and graph construction.
+
+    Attributes:
+      vocab_size: rows of the embedding table (token ids are taken modulo it).
+      hidden: hidden size H (default 128, as in the reference benchmark).
+      embed: embedding size (default 128).
+      num_classes: sentiment classes (5 for SST).
+    """
+
+    vocab_size: int
+    hidden: int = 128
+    embed: int = 128
+    num_classes: int = 5
+
+    @property
+    def cells(self) -> dict[str, nn.Module]:
+        return {
+            "leaf": LeafCell(self.vocab_size, self.embed, self.hidden),
+            "internal": InternalCell(self.hidden),
+            "loss": LossCell(self.num_classes),
+        }
+
+    @property
+    def ops(self) -> dict[str, Op]:
+        """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
+        return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def init(self, rng: jax.Array) -> dict:
+        """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32)."""
+        k1, k2, k3 = jax.random.split(rng, 3)
+        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
+        cells = self.cells
+        return {
+            "leaf": cells["leaf"].init(k1, jnp.int32(0))["params"],
+            "internal": cells["internal"].init(k2, None, state, state)["params"],
+            "loss": cells["loss"].init(k3, jnp.int32(0), state)["params"],
+        }
+
+    def tree_graph(self, tree: Tree, token_ids: np.ndarray) -> Graph:
+        """The graph of one tree; ``token_ids`` int32 ``[n]`` per tree node (ignored for binary nodes)."""
+        b = GraphBuilder()
+        node_of = np.empty(tree.num_nodes, dtype=np.int64)
+        for k in range(tree.num_nodes):
+            if tree.left[k] < 0:
+                v = b.add("leaf", payload=np.int32(token_ids[k] % self.vocab_size))
+            else:
+                v = b.add("internal", int(node_of[tree.left[k]]), int(node_of[tree.right[k]]))
+            node_of[k] = v
+            b.add("loss", v, payload=np.int32(tree.labels[k]))
+        return b.build()
+
+    def batch_graph(self, trees: Sequence[Tree], vocab: Vocabulary) -> Graph:
+        """The batched graph of several trees (one instance per tree)."""
+        return batch_graphs([self.tree_graph(t, vocab.encode(t)) for t in trees])

@@ -1,0 +1,130 @@
+"""Batching policies: which ready nodes run together, in what order.
+
+A policy is any object with ``schedule(graph) -> Schedule``. Built-in ones are
+reachable by name through :func:`schedule`:
+
+* ``"depth"`` — level order (DyNet strategy 2, TensorFlow Fold, DGL): nodes
+  grouped by (depth, op type), groups in increasing depth.
+* ``"agenda"`` — DyNet's default autobatching: unbatchable ready nodes first;
+  otherwise all ready nodes of the ready type with the lowest average depth.
+
+Dynamic policies subclass :class:`FrontierPolicy` and implement ``choose``;
+unbatchable ready nodes are forced moves that never reach ``choose``.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from edbatch_jax.analysis import node_depth
+from edbatch_jax.graph import Graph
+from edbatch_jax.scheduling.frontier import Frontier
+from edbatch_jax.scheduling.schedule import Schedule
+
+__all__ = ["Policy", "FrontierPolicy", "DepthPolicy", "AgendaPolicy", "schedule", "register_policy"]
+
+
+class Policy(abc.ABC):
+    """Anything that turns a graph into a :class:`Schedule`."""
+
+    name: str = "policy"
+
+    @abc.abstractmethod
+    def schedule(self, graph: Graph) -> Schedule: ...
+
+
+class FrontierPolicy(Policy):
+    """A policy that picks, at every step, one op type whose ready nodes all run."""
+
+    def start(self, graph: Graph) -> object:
+        """Per-graph precomputation passed back to :meth:`choose` (default: none)."""
+        return None
+
+    @abc.abstractmethod
+    def choose(self, frontier: Frontier, context: object) -> int:
+        """Returns an op type id with ``frontier.ready_counts[t] > 0``."""
+
+    def schedule(self, graph: Graph) -> Schedule:
+        frontier = Frontier(graph)
+        context = self.start(graph)
+        unbatchable = np.flatnonzero(graph.type_is_unbatchable)
+        types, nodes = [], []
+        while not frontier.done:
+            forced = unbatchable[frontier.ready_counts[unbatchable] > 0] if unbatchable.size else unbatchable
+            if forced.size:
+                t = int(forced[0])
+                run = frontier.take(t, limit=1)
+            else:
+                t = int(self.choose(frontier, context))
+                run = frontier.take(t)
+            types.append(t)
+            nodes.append(run)
+        return Schedule.from_batches(graph.op_types, types, nodes)
+
+
+class DepthPolicy(Policy):
+    """Level order: one batch per (depth, op type), in increasing depth."""
+
+    name = "depth"
+
+    def schedule(self, graph: Graph) -> Schedule:
+        depth = node_depth(graph)
+        ids = np.arange(graph.num_nodes)
+        unb = graph.type_is_unbatchable[graph.node_type]
+        # unbatchable nodes get a group of their own (keyed by their id)
+        solo = np.where(unb, ids, -1)
+        order = np.lexsort((ids, solo, graph.node_type, depth))
+        key = np.stack([depth[order], graph.node_type[order], solo[order]])
+        starts = np.flatnonzero(np.r_[True, np.any(key[:, 1:] != key[:, :-1], axis=0)])
+        ptr = np.r_[starts, graph.num_nodes]
+        return Schedule(
+            batch_type=graph.node_type[order[starts]].astype(np.int32),
+            batch_ptr=ptr.astype(np.int32),
+            node_order=order.astype(np.int32),
+            op_types=graph.op_types,
+        )
+
+
+class AgendaPolicy(FrontierPolicy):
+    """DyNet's agenda autobatching: the ready type with the lowest average depth.
+
+    The average is over all nodes of the type in the graph; ties go to the
+    lower type id.
+    """
+
+    name = "agenda"
+
+    def start(self, graph: Graph) -> np.ndarray:
+        depth = node_depth(graph)
+        counts = np.bincount(graph.node_type, minlength=graph.num_types)
+        sums = np.bincount(graph.node_type, weights=depth, minlength=graph.num_types)
+        return sums / np.maximum(counts, 1)
+
+    def choose(self, frontier: Frontier, avg_depth: np.ndarray) -> int:
+        ready = frontier.ready_counts > 0
+        return int(np.argmin(np.where(ready, avg_depth, np.inf)))
+
+
+_REGISTRY: dict[str, Policy] = {"depth": DepthPolicy(), "agenda": AgendaPolicy()}
+
+
+def register_policy(name: str, policy: Policy) -> None:
+    """Makes ``policy`` reachable as ``schedule(graph, name)``."""
+    _REGISTRY[name] = policy
+
+
+def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:
+    """Schedules ``graph`` with a policy name (``"agenda"``, ``"depth"``, ...) or object.
+
+    Host-side NumPy; not jittable (a schedule decides shapes).
+    """
+    if isinstance(policy, str):
+        try:
+            policy = _REGISTRY[policy]
+        except KeyError:
+            raise ValueError(f"unknown policy {policy!r}; known policies: {sorted(_REGISTRY)}") from None
+    if not hasattr(policy, "schedule"):
+        raise TypeError(f"policy must be a name or have a schedule(graph) method, got {policy!r}")
+    return policy.schedule(graph)

@@ -1,0 +1,229 @@
+"""The batched engine against the unbatched reference: values and gradients."""
+
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import edbatch_jax as eb
+from edbatch_jax.data.sst import Vocabulary, read_sst, synthetic_sst
+from edbatch_jax.nn.treelstm import TreeLSTM
+
+SST = Path(__file__).resolve().parents[2] / "shared" / "data" / "trees"
+TOL = dict(rtol=2e-5, atol=2e-5)
+
+
+def _assert_trees_close(a, b, **tol):
+    chex.assert_trees_all_equal_structs(a, b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
+
+
+def _tree_setup(trees, hidden=32, seed=0):
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=hidden, embed=hidden)
+    params = model.init(jax.random.PRNGKey(seed))
+    return model, params, model.batch_graph(trees, vocab)
+
+
+def _loss_fn(run):
+    def loss(params):
+        out = run(params)
+        return out["loss"].sum() + 0.1 * jnp.sum(out["logits"] ** 2)
+
+    return loss
+
+
+def _check_treelstm(trees, policy):
+    model, params, graph = _tree_setup(trees)
+    sched = eb.schedule(graph, policy)
+    eb.validate_schedule(graph, sched)
+    loss_nodes = graph.nodes_of_type("loss")
+    engine = eb.Engine(model.ops)
+    batched = _loss_fn(lambda p: engine.run(p, graph, sched, outputs=loss_nodes))
+    reference = _loss_fn(lambda p: eb.run_unbatched(model.ops, p, graph, outputs=loss_nodes))
+    v1, g1 = jax.value_and_grad(batched)(params)
+    v0, g0 = jax.value_and_grad(reference)(params)
+    np.testing.assert_allclose(v1, v0, **TOL)
+    _assert_trees_close(g1, g0, **TOL)
+    # hidden states of every leaf and internal node, too
+    nodes = np.flatnonzero(graph.node_type != graph.type_id("loss"))
+    _assert_trees_close(
+        engine.run(params, graph, sched, outputs=nodes), eb.run_unbatched(model.ops, params, graph, outputs=nodes), **TOL
+    )
+
+
+@pytest.mark.parametrize("policy", ["agenda", "depth"])
+def test_treelstm_values_and_grads_match_unbatched_on_synthetic_trees(policy):
+    _check_treelstm(synthetic_sst(4, seed=3), policy)
+
+
+@pytest.mark.skipif(not SST.exists(), reason="SST data folder not present")
+def test_treelstm_values_and_grads_match_unbatched_on_real_sst():
+    _check_treelstm(read_sst(SST / "dev.txt", limit=3), "agenda")
+
+
+def test_eb_run_function_equals_engine_and_works_under_jit():
+    model, params, graph = _tree_setup(synthetic_sst(2, seed=1), hidden=8)
+    sched = eb.schedule(graph, "agenda")
+    nodes = graph.nodes_of_type("loss")
+    eager = eb.run(model.ops, params, graph, sched, outputs=nodes)
+    ref = eb.run_unbatched(model.ops, params, graph, outputs=nodes)
+    _assert_trees_close(eager, ref, **TOL)
+    grad_jit = jax.jit(jax.grad(lambda p: eb.run(model.ops, p, graph, sched, outputs=nodes)["loss"].sum()))(params)
+    grad_ref = jax.grad(lambda p: eb.run_unbatched(model.ops, p, graph, outputs=nodes)["loss"].sum())(params)
+    _assert_trees_close(grad_jit, grad_ref, **TOL)
+
+
+# ----------------------------------------------------------------- generic ops
+def _dag_ops():
+    """Three state structures, a variadic sum/max/mean, a leaf without payload."""
+
+    def source(p, x):
+        return {"v": jnp.tanh(p["a"] * x)}
+
+    def const(p, payload):
+        del payload
+        return {"v": p["b"]}
+
+    def mix(p, payload, u, w):
+        return {"v": jnp.sin(u["v"] * w["v"] + p["a"]), "s": jnp.sum(u["v"]) * payload}
+
+    def pair_to_vec(p, payload, m):
+        return {"v": m["v"] * m["s"] + p["b"]}
+
+    def head(p, payload, x):
+        return (x["v"] @ p["w"]) * payload
+
+    ops = {
+        "source": source,
+        "const": const,
+        "mix": mix,
+        "fold": pair_to_vec,
+        "sum": eb.Op(lambda p, payload, x: {"v": x["v"] * p["a"]}, aggregate="sum"),
+        "max": eb.Op(lambda p, payload, x: {"v": jnp.cos(x["v"])}, aggregate="max"),
+        "mean": eb.Op(lambda p, payload, x: {"v": x["v"] + payload}, aggregate="mean"),
+        "head": head,
+    }
+    return ops
+
+
+def _random_dag(rng, n_inst=4):
+    graphs = []
+    for _ in range(n_inst):
+        b = eb.GraphBuilder()
+        vecs = [b.add("source", payload=rng.normal(size=3).astype(np.float32)) for _ in range(rng.integers(1, 4))]
+        vecs.append(b.add("const"))
+        heads = []
+        for _ in range(rng.integers(3, 9)):
+            kind = rng.choice(["mix", "sum", "max", "mean"])
+            if kind == "mix":
+                u, w = rng.choice(vecs, 2)
+                m = b.add("mix", int(u), int(w), payload=np.float32(rng.normal()))
+                vecs.append(b.add("fold", m))
+            else:
+                k = int(rng.integers(1, min(4, len(vecs)) + 1))
+                args = [int(a) for a in rng.choice(vecs, k, replace=False)]
+                payload = np.float32(rng.normal()) if kind == "mean" else None
+                vecs.append(b.add(kind, *args, payload=payload))
+            heads.append(b.add("head", vecs[-1], payload=np.float32(rng.normal())))
+        graphs.append(b.build())
+    return eb.batch_graphs(graphs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("policy", ["agenda", "depth"])
+def test_mixed_structures_and_variadic_ops_match_unbatched(seed, policy):
+    rng = np.random.default_rng(seed)
+    graph = _random_dag(rng)
+    ops = _dag_ops()
+    params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
+    sched = eb.schedule(graph, policy)
+    heads = graph.nodes_of_type("head")
+    engine = eb.Engine(ops)
+    f1 = lambda p: jnp.sum(jnp.sin(engine.run(p, graph, sched, outputs=heads)))
+    f0 = lambda p: jnp.sum(jnp.sin(eb.run_unbatched(ops, p, graph, outputs=heads)))
+    v1, g1 = jax.value_and_grad(f1)(params)
+    v0, g0 = jax.value_and_grad(f0)(params)
+    np.testing.assert_allclose(v1, v0, **TOL)
+    _assert_trees_close(g1, g0, **TOL)
+
+
+def test_outputs_of_two_structures_are_rejected_with_names():
+    graph = _random_dag(np.random.default_rng(0), 1)
+    ops = _dag_ops()
+    params = {"a": jnp.float32(0.7), "b": jnp.zeros(3), "w": jnp.ones(3)}
+    sched = eb.schedule(graph, "agenda")
+    nodes = np.r_[graph.nodes_of_type("head")[:1], graph.nodes_of_type("const")[:1]]
+    with pytest.raises(eb.OpError, match="mix state structures.*'head'.*'const'|mix state structures.*'const'.*'head'"):
+        eb.run(ops, params, graph, sched, outputs=nodes)
+
+
+def test_operand_structure_clash_names_the_nodes():
+    b = eb.GraphBuilder()
+    x = b.add("vec", payload=np.float32(1))
+    y = b.add("pair", payload=np.float32(2))
+    b.add("use", x)
+    b.add("use", y)
+    graph = b.build()
+    ops = {
+        "vec": lambda p, s: jnp.ones(2) * s,
+        "pair": lambda p, s: (s, s),
+        "use": lambda p, payload, a: a,
+    }
+    with pytest.raises(eb.OpError, match="operand 0 of node"):
+        eb.run(ops, None, graph, eb.schedule(graph, "depth"), outputs=[2])
+
+
+def test_unbatchable_nodes_run_alone_and_match():
+    b = eb.GraphBuilder(unbatchable=("log",))
+    xs = [b.add("x", payload=np.float32(i)) for i in range(4)]
+    logs = [b.add("log", v) for v in xs]
+    graph = b.build()
+    ops = {"x": lambda p, s: s * p, "log": lambda p, payload, v: jnp.log1p(v * v)}
+    sched = eb.schedule(graph, "agenda")
+    assert sched.num_batches == 1 + 4 == eb.lower_bound(graph)
+    out = eb.run(ops, jnp.float32(2.0), graph, sched, outputs=logs)
+    np.testing.assert_allclose(out, np.log1p((2.0 * np.arange(4)) ** 2), rtol=1e-6)
+
+
+# ------------------------------------------------------------ compile budget
+def test_recompile_budget_twenty_minibatches_of_different_shapes():
+    """20 mini-batches of different tree shapes compile at most types x width buckets steps."""
+    trees = synthetic_sst(20 * 16, seed=7)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=8, embed=8)
+    params = model.init(jax.random.PRNGKey(0))
+    engine = eb.Engine(model.ops, min_capacity=2048)  # one capacity for every mini-batch
+    lanes_seen = set()
+    for k in range(20):
+        graph = model.batch_graph(trees[16 * k : 16 * (k + 1)], vocab)
+        sched = eb.schedule(graph, "agenda")
+        lanes_seen |= {(op, eb.bucket(len(nodes))) for op, nodes in sched.batches}
+        nodes = graph.nodes_of_type("loss")
+        jax.grad(lambda p: engine.run(p, graph, sched, outputs=nodes)["loss"].sum())(params)
+    n_types = 3
+    width_buckets = len({w for _, w in lanes_seen})
+    # forward and backward: one executable per (op type, width bucket) each
+    assert engine.trace_count == 2 * len(lanes_seen)
+    assert engine.trace_count <= 2 * n_types * width_buckets
+    compiled = sum(f._cache_size() for f in (*engine._fwd.values(), *engine._bwd.values()))
+    assert compiled == engine.trace_count
+    # and a 21st mini-batch with known buckets compiles nothing
+    before = engine.trace_count
+    graph = model.batch_graph(trees[:16], vocab)
+    engine.run(params, graph, eb.schedule(graph, "agenda"), outputs=graph.nodes_of_type("loss"))
+    assert engine.trace_count == before
+
+
+def test_buckets_are_powers_of_two():
+    assert [eb.bucket(n) for n in (0, 1, 2, 3, 4, 5, 63, 64, 65)] == [1, 1, 2, 4, 4, 8, 64, 64, 128]
+
+
+def test_empty_outputs_and_bad_output_ids():
+    model, params, graph = _tree_setup(synthetic_sst(2, seed=0), hidden=4)
+    sched = eb.schedule(graph, "depth")
+    with pytest.raises(eb.GraphError, match="output node 9999 does not exist"):
+        eb.run(model.ops, params, graph, sched, outputs=[9999])
