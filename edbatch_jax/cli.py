@@ -28,7 +28,9 @@ def _load_trees(data: str | None, seed: int, num_train: int, num_dev: int):
         train_path, dev_path = data, None
     train = read_sst(train_path)
     dev = read_sst(dev_path) if dev_path and os.path.exists(dev_path) else train[-num_dev:]
-    return train, dev[:num_dev], f"SST from {data}"
+    # the files are not shuffled (dev starts with mostly positive trees): sample
+    pick = np.random.default_rng(seed).permutation(len(dev))[:num_dev]
+    return train, [dev[i] for i in np.sort(pick)], f"SST from {data}"
 
 
 def _chunks(items, size):

@@ -43,3 +43,21 @@ def test_demo_prints_policies_lower_bound_and_accuracy(capsys):
         assert float(acc) > majority, (policy, out)
     # every policy evaluates the same model: same accuracy
     assert len({r[-1] for r in rows.values()}) == 1
+
+
+def test_vectorised_batch_graph_equals_builder_graphs():
+    trees = synthetic_sst(7, seed=5)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=50)
+    fast = model.batch_graph(trees, vocab)
+    slow = eb.batch_graphs([model.tree_graph(t, vocab.encode(t)) for t in trees])
+    eb.validate_graph(fast)
+    assert fast.num_instances == slow.num_instances == 7
+    names = lambda g: [g.op_types[t] for t in g.node_type]
+    assert names(fast) == names(slow)
+    np.testing.assert_array_equal(fast.arg_ptr, slow.arg_ptr)
+    np.testing.assert_array_equal(fast.arg_idx, slow.arg_idx)
+    np.testing.assert_array_equal(fast.instance, slow.instance)
+    for v in range(fast.num_nodes):
+        a, b = fast.payload(v), slow.payload(v)
+        assert (a is None and b is None) or int(a) == int(b)
