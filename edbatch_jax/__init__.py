@@ -4,7 +4,7 @@ The public surface::
 
   import edbatch_jax as eb
   b = eb.GraphBuilder(); ...; graph = eb.batch_graphs([g1, g2, ...])
-  sched = eb.schedule(graph, "agenda")          # or "depth", or a policy object
+  sched = eb.schedule(graph, "agenda")          # "depth", "typewise", or a policy object
   eb.validate_schedule(graph, sched)
   states = eb.run(ops, params, graph, sched, outputs=node_ids)
   same = eb.run_unbatched(ops, params, graph, outputs=node_ids)
@@ -44,6 +44,8 @@ from edbatch_jax.scheduling import (
     Policy,
     Schedule,
     ScheduleError,
+    TypewiseFrontier,
+    TypewisePolicy,
     register_policy,
     schedule,
     validate_schedule,
@@ -66,6 +68,8 @@ __all__ = [
     "Policy",
     "Schedule",
     "ScheduleError",
+    "TypewiseFrontier",
+    "TypewisePolicy",
     "batch_graphs",
     "bucket",
     "children",

@@ -10,6 +10,7 @@ from edbatch_jax.scheduling.policies import (
     schedule,
 )
 from edbatch_jax.scheduling.schedule import Schedule, ScheduleError, validate_schedule
+from edbatch_jax.scheduling.typewise import TypewiseFrontier, TypewisePolicy, nearest_same_type_edges
 
 __all__ = [
     "AgendaPolicy",
@@ -21,5 +22,8 @@ __all__ = [
     "ScheduleError",
     "register_policy",
     "schedule",
+    "TypewiseFrontier",
+    "TypewisePolicy",
+    "nearest_same_type_edges",
     "validate_schedule",
 ]

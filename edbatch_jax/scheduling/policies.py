@@ -38,6 +38,8 @@ class Policy(abc.ABC):
 class FrontierPolicy(Policy):
     """A policy that picks, at every step, one op type whose ready nodes all run."""
 
+    frontier_class = Frontier
+
     def start(self, graph: Graph) -> object:
         """Per-graph precomputation passed back to :meth:`choose` (default: none)."""
         return None
@@ -47,7 +49,7 @@ class FrontierPolicy(Policy):
         """Returns an op type id with ``frontier.ready_counts[t] > 0``."""
 
     def schedule(self, graph: Graph) -> Schedule:
-        frontier = Frontier(graph)
+        frontier = self.frontier_class(graph)
         context = self.start(graph)
         unbatchable = np.flatnonzero(graph.type_is_unbatchable)
         types, nodes = [], []
