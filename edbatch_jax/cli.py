@@ -79,7 +79,7 @@ def demo(args: argparse.Namespace) -> int:
     eval_graphs = train_graphs[: args.eval_batches]
     rows = []
     params = trainer.params
-    for policy in ("none", "depth", "agenda"):
+    for policy in ("none", "depth", "agenda", "typewise"):
         if policy == "none":
             lb = float(np.mean([eb.lower_bound(g) for g in eval_graphs]))
             batches = float(np.mean([g.num_nodes for g in eval_graphs]))

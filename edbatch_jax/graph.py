@@ -316,6 +316,10 @@ def unbatch_graph(graph: Graph) -> list[Graph]:
         )
     order = np.argsort(graph.instance, kind="stable")
     counts = np.bincount(graph.instance, minlength=graph.num_instances)
+    if counts.shape[0] != graph.num_instances or np.any(counts == 0):
+        empty = np.flatnonzero(counts == 0)
+        which = f"instance {empty[0]} has no nodes" if empty.size else "instance ids exceed num_instances"
+        raise GraphError(f"cannot unbatch: {which} (num_instances={graph.num_instances})")
     local = np.empty(graph.num_nodes, dtype=np.int32)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     local[order] = np.arange(graph.num_nodes) - np.repeat(starts, counts)
@@ -388,6 +392,15 @@ def validate_graph(graph: Graph) -> None:
             f"node {v} (op {graph.op_types[graph.node_type[v]]!r}): argument {graph.arg_idx[e]} does not exist "
             f"(the graph has {n} nodes)"
         )
+    rows = _payload_rows(graph.node_type, graph.num_types)
+    if not np.array_equal(graph.payload_row, rows):
+        v = int(np.flatnonzero(graph.payload_row != rows)[0])
+        raise GraphError(
+            f"node {v}: payload_row is {graph.payload_row[v]} but must be {rows[v]}, the node's rank among the "
+            f"nodes of op type {graph.op_types[graph.node_type[v]]!r}"
+        )
+    if len(graph.payloads) != graph.num_types:
+        raise GraphError(f"payloads must have one entry per op type ({graph.num_types}), got {len(graph.payloads)}")
     counts = np.bincount(graph.node_type, minlength=graph.num_types)
     for t, tree in enumerate(graph.payloads):
         if tree is None:

@@ -69,8 +69,8 @@ def run_unbatched(
         payload = graph.payload(v)
         states[v] = (_jitted(op) if jit else functools.partial(_call, op))(params, payload, *args)
     nodes = range(graph.num_nodes) if outputs is None else [int(v) for v in np.asarray(outputs).reshape(-1)]
-    try:
-        picked = [states[v] for v in nodes]
-    except IndexError:
-        raise GraphError(f"an output node does not exist (the graph has {graph.num_nodes} nodes)") from None
+    for v in nodes:
+        if not 0 <= v < graph.num_nodes:
+            raise GraphError(f"output node {v} does not exist (the graph has {graph.num_nodes} nodes)")
+    picked = [states[v] for v in nodes]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *picked)

@@ -88,6 +88,11 @@ def validate_schedule(graph: Graph, schedule: Schedule) -> None:
     if schedule.op_types != graph.op_types:
         raise ScheduleError(f"schedule op types {list(schedule.op_types)} differ from the graph's {list(graph.op_types)}")
     order = schedule.node_order
+    if schedule.batch_ptr.shape != (schedule.num_batches + 1,) or schedule.batch_ptr[0] != 0:
+        raise ScheduleError(
+            f"malformed schedule: batch_ptr must have {schedule.num_batches + 1} entries starting at 0 "
+            f"(one more than batch_type), got {schedule.batch_ptr.shape[0]}"
+        )
     if schedule.batch_ptr[-1] != order.shape[0] or np.any(schedule.widths <= 0):
         raise ScheduleError("malformed schedule: empty batch or batch_ptr does not cover node_order")
     if order.size and (order.min() < 0 or order.max() >= n):
