@@ -70,6 +70,11 @@ class BatchStep:
     segments: np.ndarray | None  # variadic: int32 [edge bucket], lane of every gathered row
     mask: np.ndarray  # bool [lanes]: real (not padding) lanes
 
+    @property
+    def index_args(self) -> tuple:
+        """``(payload, operand_slots, segments, mask, out_offset)``: the data arguments of a step call."""
+        return self.payload, self.operand_slots, self.segments, self.mask, np.int32(self.out_offset)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ExecutionPlan:
@@ -341,11 +346,7 @@ class Engine:
                 self.ops[step.op].select_params(params),
                 bufs[step.out_buffer],
                 tuple(bufs[b] for b in read),
-                step.payload,
-                step.operand_slots,
-                step.segments,
-                step.mask,
-                np.int32(step.out_offset),
+                *step.index_args,
             )
         return tuple(bufs)
 
@@ -364,11 +365,7 @@ class Engine:
                 acc,
                 tuple(ct_bufs[b] for b in ct_touch),
                 tuple(bufs[b] for b in fwd_read),
-                step.payload,
-                step.operand_slots,
-                step.segments,
-                step.mask,
-                np.int32(step.out_offset),
+                *step.index_args,
             )
             for b, c in zip(ct_touch, touched):
                 ct_bufs[b] = c
