@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edbatch_jax.graph import Graph, GraphError, _csr_rows
+from edbatch_jax.graph import Graph, GraphError, _csr_by_source, _csr_rows
 
 __all__ = [
     "children",
@@ -27,11 +27,7 @@ def children(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     The consumers of node ``u`` are ``child_idx[child_ptr[u]:child_ptr[u+1]]``
     (a node that reads ``u`` twice appears twice).
     """
-    dst = graph.edge_dst()
-    order = np.argsort(graph.arg_idx, kind="stable")
-    counts = np.bincount(graph.arg_idx, minlength=graph.num_nodes)
-    ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return ptr, dst[order].astype(np.int32)
+    return _csr_by_source(graph.arg_idx, graph.edge_dst(), graph.num_nodes)
 
 
 def _find_cycle(graph: Graph, remaining: np.ndarray) -> list[int]:

@@ -364,6 +364,25 @@ def _csr_rows(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np
     return values[pos], segment
 
 
+def _csr_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Groups pairs ``(src[k], dst[k])`` by source: ``(ptr int32 [num_nodes+1], dst int32 [M])``.
+
+    The targets of ``u`` are ``dst[ptr[u]:ptr[u+1]]`` in their original order.
+    """
+    order = np.argsort(src, kind="stable")
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=num_nodes))]).astype(np.int32)
+    return ptr, np.asarray(dst)[order].astype(np.int32)
+
+
+def check_node_ids(graph: Graph, nodes, what: str = "output node") -> np.ndarray:
+    """int64 ``[K]`` node ids (all nodes if ``None``); :class:`GraphError` naming one that does not exist."""
+    nodes = np.arange(graph.num_nodes) if nodes is None else np.asarray(nodes, dtype=np.int64).reshape(-1)
+    bad = nodes[(nodes < 0) | (nodes >= graph.num_nodes)]
+    if bad.size:
+        raise GraphError(f"{what} {bad[0]} does not exist (the graph has {graph.num_nodes} nodes)")
+    return nodes
+
+
 def validate_graph(graph: Graph) -> None:
     """Checks a graph's invariants; raises :class:`GraphError` naming the culprit.
 

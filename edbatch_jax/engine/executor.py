@@ -36,7 +36,7 @@ import numpy as np
 
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops
-from edbatch_jax.graph import Graph, GraphError, _csr_rows
+from edbatch_jax.graph import Graph, GraphError, _csr_rows, check_node_ids
 from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
@@ -422,10 +422,7 @@ class Engine:
 
 def output_nodes(plan: ExecutionPlan, graph: Graph, outputs) -> np.ndarray:
     """Checks requested output node ids (int ``[K]``) against a plan: they exist and share one buffer."""
-    nodes = np.arange(graph.num_nodes) if outputs is None else np.asarray(outputs, dtype=np.int64).reshape(-1)
-    if nodes.size and (nodes.min() < 0 or nodes.max() >= graph.num_nodes):
-        bad = nodes[(nodes < 0) | (nodes >= graph.num_nodes)][0]
-        raise GraphError(f"output node {bad} does not exist (the graph has {graph.num_nodes} nodes)")
+    nodes = check_node_ids(graph, outputs)
     which = np.unique(plan.node_buffer[nodes])
     if which.size > 1:
         v1 = nodes[plan.node_buffer[nodes] == which[0]][0]

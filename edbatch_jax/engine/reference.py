@@ -18,7 +18,7 @@ import numpy as np
 
 from edbatch_jax.analysis import topological_order
 from edbatch_jax.engine.ops import Op, as_ops, check_graph_ops
-from edbatch_jax.graph import Graph, GraphError, validate_graph
+from edbatch_jax.graph import Graph, check_node_ids, validate_graph
 
 PyTree = Any
 
@@ -68,9 +68,5 @@ def run_unbatched(
         args = [states[a] for a in graph.args(v)]
         payload = graph.payload(v)
         states[v] = (_jitted(op) if jit else functools.partial(_call, op))(params, payload, *args)
-    nodes = range(graph.num_nodes) if outputs is None else [int(v) for v in np.asarray(outputs).reshape(-1)]
-    for v in nodes:
-        if not 0 <= v < graph.num_nodes:
-            raise GraphError(f"output node {v} does not exist (the graph has {graph.num_nodes} nodes)")
-    picked = [states[v] for v in nodes]
+    picked = [states[v] for v in check_node_ids(graph, outputs)]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *picked)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edbatch_jax.analysis import topological_order
-from edbatch_jax.graph import Graph
+from edbatch_jax.graph import Graph, _csr_by_source, _csr_rows
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
 
@@ -57,9 +57,7 @@ class TypewiseFrontier(Frontier):
     def __init__(self, graph: Graph):
         super().__init__(graph)
         src, dst = nearest_same_type_edges(graph)
-        order = np.argsort(src, kind="stable")
-        self._near_ptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=graph.num_nodes))]).astype(np.int64)
-        self._near_dst = dst[order]
+        self._near_ptr, self._near_dst = _csr_by_source(src, dst, graph.num_nodes)
         self._near_indeg = np.bincount(dst, minlength=graph.num_nodes).astype(np.int64)
         top = self._near_indeg == 0
         self.typewise_counts = np.bincount(graph.node_type[top], minlength=graph.num_types).astype(np.int64)
@@ -67,11 +65,9 @@ class TypewiseFrontier(Frontier):
     def take(self, t: int, limit: int | None = None) -> np.ndarray:
         nodes = super().take(t, limit)
         self.typewise_counts[t] -= nodes.size
-        starts, ends = self._near_ptr[nodes], self._near_ptr[nodes + 1]
-        counts = ends - starts
-        if counts.sum():
-            pos = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
-            uniq, cnt = np.unique(self._near_dst[pos], return_counts=True)
+        near, _ = _csr_rows(self._near_ptr, self._near_dst, nodes)
+        if near.size:
+            uniq, cnt = np.unique(near, return_counts=True)
             self._near_indeg[uniq] -= cnt
             self.typewise_counts[t] += int((self._near_indeg[uniq] == 0).sum())
         return nodes
