@@ -8,6 +8,8 @@ The public surface::
   eb.validate_schedule(graph, sched)
   states = eb.run(ops, params, graph, sched, outputs=node_ids)
   same = eb.run_unbatched(ops, params, graph, outputs=node_ids)
+  policy = eb.learn_fsm(train_graphs); policy.save("policy.json")   # the learned FSM
+  eb.schedule(graph, eb.FSMPolicy.load("policy.json", op_types=graph.op_types))
 """
 
 from edbatch_jax.analysis import (
@@ -28,6 +30,9 @@ from edbatch_jax.engine import (
     run,
     run_unbatched,
 )
+from edbatch_jax import fsm, workloads
+from edbatch_jax.fsm import FSMPolicy, PolicyFileError, learn_fsm
+from edbatch_jax.layout import PQTree, PQTreeError
 from edbatch_jax.graph import (
     Graph,
     GraphBuilder,
@@ -57,6 +62,7 @@ __all__ = [
     "AgendaPolicy",
     "DepthPolicy",
     "Engine",
+    "FSMPolicy",
     "ExecutionPlan",
     "Frontier",
     "FrontierPolicy",
@@ -65,7 +71,10 @@ __all__ = [
     "GraphError",
     "Op",
     "OpError",
+    "PQTree",
+    "PQTreeError",
     "Policy",
+    "PolicyFileError",
     "Schedule",
     "ScheduleError",
     "TypewiseFrontier",
@@ -73,6 +82,8 @@ __all__ = [
     "batch_graphs",
     "bucket",
     "children",
+    "fsm",
+    "learn_fsm",
     "linen_op",
     "lower_bound",
     "node_depth",

@@ -1,9 +1,12 @@
 """The ``edbatch`` command.
 
-``edbatch demo`` trains the SST Tree-LSTM for a short run (on SST-like
-synthetic trees, or on real SST with ``--data DIR``) and then compares the
-batching policies on the same model: batches per mini-batch against the lower
-bound, trees per second for inference and training, and root accuracy.
+* ``edbatch demo`` trains the SST Tree-LSTM for a short run (on SST-like
+  synthetic trees, or on real SST with ``--data DIR``) and then compares the
+  batching policies on the same model: batches per mini-batch against the
+  lower bound, trees per second for inference and training, and root accuracy.
+* ``edbatch learn --model NAME`` learns an FSM batching policy by Q-learning
+  on several training mini-batches, saves it, and compares it with the
+  heuristics on held-out mini-batches.
 """
 
 from __future__ import annotations
@@ -79,8 +82,14 @@ def demo(args: argparse.Namespace) -> int:
     eval_graphs = train_graphs[: args.eval_batches]
     rows = []
     params = trainer.params
-    for policy in ("none", "depth", "agenda", "typewise"):
-        if policy == "none":
+    policies = {"none": None, "depth": "depth", "agenda": "agenda", "typewise": "typewise"}
+    from edbatch_jax.workloads import default_policy_path
+
+    shipped = default_policy_path("treelstm")
+    if shipped.exists():  # the learned FSM shipped in policies/
+        policies["fsm"] = eb.FSMPolicy.load(shipped, op_types=model.op_types)
+    for name, policy in policies.items():
+        if policy is None:
             lb = float(np.mean([eb.lower_bound(g) for g in eval_graphs]))
             batches = float(np.mean([g.num_nodes for g in eval_graphs]))
             mb = make_minibatch(eval_graphs[0], None)
@@ -107,7 +116,7 @@ def demo(args: argparse.Namespace) -> int:
             infer_tps = mbs[0].graph.num_instances / infer
             train_tps = mbs[0].graph.num_instances / train_s
             acc = Trainer(engine, params, optax.sgd(0.0)).evaluate([make_minibatch(g, policy) for g in dev_graphs])["root_accuracy"]
-        rows.append((policy, batches, lb, infer_tps, train_tps, acc))
+        rows.append((name, batches, lb, infer_tps, train_tps, acc))
 
     majority = np.bincount(np.concatenate([b.root_labels for b in (make_minibatch(g, None) for g in dev_graphs)])).max()
     majority /= sum(g.num_instances for g in dev_graphs)
@@ -121,6 +130,74 @@ def demo(args: argparse.Namespace) -> int:
         print(f"{policy:<8} {batches:>11.1f} {lb:>7.1f} {batches / lb:>6.2f} {itps:>14.0f} {ttps:>14.0f} {acc:>9.3f}")
     print(f"\ncompiled step executables: {engine.trace_count}")
     return 0
+
+
+def learn(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import edbatch_jax as eb
+    from edbatch_jax.workloads import default_policy_path, load_workload
+
+    work = load_workload(args.model, args.data, seed=args.seed)
+    size = args.batch_size or work.batch_size
+    out = args.out or default_policy_path(args.model)
+    print(f"edbatch learn: {args.model} on {work.source}, batch {size}, {args.graphs} training mini-batches, "
+          f"encoding {args.encoding}")
+    train_graphs = work.minibatches("train", size, args.graphs, seed=args.seed)
+    held = work.minibatches("held_out", size, args.eval_batches, seed=args.seed + 1)
+    bar = tqdm(total=args.episodes, desc="Q-learning", unit="episode", disable=args.quiet)
+
+    def progress(episode, greedy, best, lb):
+        bar.update(int(episode) + 1 - bar.n)
+        bar.set_postfix(greedy=f"{float(greedy):.1f}", best=f"{float(best):.1f}", lb=f"{float(lb):.1f}")
+
+    settings = {"max_episodes": args.episodes}
+    if args.no_bootstrap:
+        settings["bootstrap"] = False
+    policy = eb.learn_fsm(train_graphs, encoding=args.encoding, seed=args.seed, progress=progress, **settings)
+    bar.close()
+    prov = policy.provenance
+    prov.update(model=args.model, data=work.source, batch_size=size)
+    print(f"learned in {prov['setup_seconds'] + prov['learn_seconds']:.1f}s from a cold start "
+          f"({prov['setup_seconds']:.1f}s graph analysis, {prov['learn_seconds']:.1f}s jit-compiled Q-learning "
+          f"incl. compilation), {prov['episodes']} episodes; training graphs: {prov['best_batches']:.1f} batches "
+          f"= {prov['best_ratio']:.3f} x LB; {policy.num_entries} states in the table")
+    policy.save(out)
+    print(f"saved {out}")
+    if args.plot:
+        _plot_curve(prov, args.plot)
+        print(f"learning curve: {args.plot}")
+
+    lb = float(np.mean([eb.lower_bound(g) for g in held]))
+    print(f"\nheld-out: {len(held)} mini-batches of {size} ({work.source}, not used in learning); LB {lb:.1f}")
+    header = f"{'policy':<10} {'batches/mb':>11} {'x LB':>7} {'hit rate':>9}"
+    print(header)
+    print("-" * len(header))
+    for name in ("depth", "agenda", "typewise", "fsm"):
+        pol = policy if name == "fsm" else name
+        batches = float(np.mean([eb.schedule(g, pol).num_batches for g in held]))
+        hit = f"{policy.hit_rate(held):>9.3f}" if name == "fsm" else f"{'':>9}"
+        print(f"{name:<10} {batches:>11.1f} {batches / lb:>7.3f} {hit}")
+    return 0
+
+
+def _plot_curve(provenance: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = provenance["curve"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve["train_batches"], lw=0.8, label="exploring episode")
+    ax.plot(curve["eval_episodes"], curve["eval_batches"], "o-", label="greedy evaluation")
+    ax.axhline(provenance["lower_bound"], color="k", ls="--", lw=0.8, label="lower bound")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("batches per mini-batch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=demo)
+
+    from edbatch_jax.workloads import WORKLOADS
+
+    models = ", ".join(sorted(WORKLOADS))
+    lp = sub.add_parser("learn", help="learn an FSM batching policy by Q-learning and save it")
+    lp.add_argument("--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}")
+    lp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    lp.add_argument("--out", default=None, help="policy file to write (default: the shipped policies/ file)")
+    lp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
+    lp.add_argument("--graphs", type=int, default=4, help="training mini-batches learned from")
+    lp.add_argument("--eval-batches", type=int, default=10, help="held-out mini-batches for the comparison")
+    lp.add_argument("--encoding", default="sort", choices=["sort", "set", "max", "sort_complete"])
+    lp.add_argument("--episodes", type=int, default=1000, help="episode budget")
+    lp.add_argument("--no-bootstrap", action="store_true", help="targets without the max-Q bootstrap (the reference's)")
+    lp.add_argument("--plot", default=None, help="write the learning curve as a PNG here")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--quiet", action="store_true", help="no progress bar")
+    lp.set_defaults(func=learn)
     return parser
 
 

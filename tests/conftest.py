@@ -11,3 +11,27 @@ from pathlib import Path
 _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sst_minibatches():
+    """Four Tree-LSTM mini-batch graphs of 16 synthetic SST-like trees."""
+    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.nn.treelstm import TreeLSTM
+
+    trees = synthetic_sst(64, seed=11)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(len(vocab), hidden=8, embed=8)
+    return [model.batch_graph(trees[i : i + 16], vocab) for i in range(0, 64, 16)]
+
+
+@pytest.fixture(scope="session")
+def lattice_minibatch():
+    """One Lattice-LSTM mini-batch graph of 8 synthetic lattices."""
+    from edbatch_jax.data.lattice import synthetic_lattices
+    from edbatch_jax.nn.lattice import LatticeTagger
+
+    return LatticeTagger(hidden=8, embed=8).batch_graph(synthetic_lattices(8, seed=5))

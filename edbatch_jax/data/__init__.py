@@ -9,3 +9,12 @@ from edbatch_jax.data.sst import read_sst
 from edbatch_jax.data.sst import synthetic_sst
 from edbatch_jax.data.sst import tree_stats
 from edbatch_jax.data.sst import word_polarity
+from edbatch_jax.data.lattice import NUM_TAGS
+from edbatch_jax.data.lattice import Lattice
+from edbatch_jax.data.lattice import char_tag
+from edbatch_jax.data.lattice import format_lattices
+from edbatch_jax.data.lattice import lattice_stats
+from edbatch_jax.data.lattice import parse_lattices
+from edbatch_jax.data.lattice import read_lattices
+from edbatch_jax.data.lattice import synthetic_lattices
+from edbatch_jax.data.lattice import write_lattices

@@ -96,6 +96,8 @@ class TreeLSTM:
     embed: int = 128
     num_classes: int = 5
 
+    op_types = ("leaf", "internal", "loss")
+
     @property
     def cells(self) -> dict[str, nn.Module]:
         return {
@@ -150,7 +152,7 @@ class TreeLSTM:
         words = np.concatenate([vocab.encode(t) for t in trees])
         g = np.arange(sizes.sum())
         binary = left >= 0
-        types = ("leaf", "internal", "loss")
+        types = self.op_types
         node_type = np.empty(2 * g.size, np.int32)
         node_type[0::2] = np.where(binary, 1, 0)
         node_type[1::2] = 2

@@ -17,7 +17,7 @@ from edbatch_jax.graph import Graph, _csr_by_source, _csr_rows
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
 
-__all__ = ["nearest_same_type_edges", "TypewiseFrontier", "TypewisePolicy"]
+__all__ = ["nearest_same_type_edges", "maximal_same_type_edges", "TypewiseFrontier", "TypewisePolicy"]
 
 
 def nearest_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
@@ -44,6 +44,48 @@ def nearest_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
             src.append(u)
             dst.append(v)
         reach[v] = {t: frozenset(us) for t, us in acc.items()}
+    return np.asarray(src, np.int32), np.asarray(dst, np.int32)
+
+
+def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
+    """A reduced version of :func:`nearest_same_type_edges` with the same frontier.
+
+    Executed sets are closed under ancestors, so ``v`` is in ``TF_t`` exactly
+    when its *maximal* type-``t`` ancestors ran: a nearest ancestor that is
+    itself an ancestor of another nearest ancestor adds no information. The
+    pairs ``(u, w)`` returned are those with ``u`` a maximal same-type
+    ancestor of ``w``; on lattices this turns ``O(L^2)`` pairs per word-arc
+    chain into a handful per node. Ancestor sets are Python-int bitsets.
+
+    Returns ``(src int32 [M], dst int32 [M])``.
+    """
+    types = graph.node_type
+    maximal: list[dict[int, tuple[int, ...]]] = [dict() for _ in range(graph.num_nodes)]
+    below = [0] * graph.num_nodes  # bitset of same-type ancestors of each node
+    src, dst = [], []
+    for v in topological_order(graph):
+        v = int(v)
+        acc: dict[int, set] = {}
+        for a in graph.args(v):
+            a = int(a)
+            ta = int(types[a])
+            for t, us in maximal[a].items():
+                if t != ta:
+                    acc.setdefault(t, set()).update(us)
+            acc.setdefault(ta, set()).add(a)
+        out = {}
+        for t, us in acc.items():
+            if len(us) > 1:
+                us = [u for u in us if not any(w != u and below[w] >> u & 1 for w in us)]
+            out[t] = tuple(us)
+        tv = int(types[v])
+        bits = 0
+        for u in out.get(tv, ()):
+            src.append(u)
+            dst.append(v)
+            bits |= below[u] | (1 << u)
+        below[v] = bits
+        maximal[v] = out
     return np.asarray(src, np.int32), np.asarray(dst, np.int32)
 
 

@@ -1,0 +1,347 @@
+"""The learned FSM policy: encodings, the JAX batching environment, Q-learning, policy files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+import edbatch_jax as eb
+from edbatch_jax.fsm import encoding as enc
+from edbatch_jax.fsm.env import _pad_env
+from edbatch_jax.fsm.qlearning import QLearningSettings, _n_step_update
+import strategies
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ----------------------------------------------------------------------------- encodings
+@pytest.mark.parametrize("encoding", enc.ENCODINGS)
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_encoding_is_a_bijection_onto_states(encoding, k):
+    size = enc.num_states(encoding, k)
+    seen = set()
+    jitted = jax.jit(enc.encode, static_argnums=1)
+    rng = np.random.default_rng(k)
+    for counts in itertools.product(range(3), repeat=k):
+        counts = np.array(counts)
+        typewise = counts + rng.integers(0, 2, k)  # |TF_t| >= |F_t|
+        s = enc.encode_np(counts, encoding, typewise)
+        assert 0 <= s < size
+        assert enc.decode(s, encoding, k) == enc.state_tuple(counts, encoding, typewise)
+        assert int(jitted(jnp.asarray(counts), encoding, jnp.asarray(typewise))) == s
+        seen.add(enc.state_tuple(counts, encoding, typewise))
+    # distinct tuples get distinct indices
+    assert len({enc._index_of_tuple(t, encoding, k) for t in seen}) == len(seen)
+
+
+def test_encodings_follow_the_paper():
+    counts = np.array([0, 5, 2, 9])
+    assert enc.state_tuple(counts, "set") == (1, 2, 3)
+    assert enc.state_tuple(counts, "sort") == (3, 1, 2)
+    assert enc.state_tuple(counts, "max") == (1, 2, 3, 3)
+    assert enc.state_tuple(np.array([4, 4, 1]), "sort") == (0, 1, 2)  # ties: lower id first
+    assert enc.state_tuple(counts, "sort_complete", np.array([0, 5, 3, 9])) == (3 + 4, 1 + 4, 2)
+    with pytest.raises(ValueError, match="type-wise frontier counts"):
+        enc.state_tuple(counts, "sort_complete")
+    assert enc.num_states("sort", 3) == 1 + 3 + 6 + 6
+    with pytest.raises(ValueError, match="limit"):
+        enc.num_states("sort", 12)
+    with pytest.raises(ValueError, match="unknown state encoding"):
+        enc.num_states("bogus", 3)
+
+
+def test_action_table_matches_ready_types():
+    avail, rank = enc.action_table("sort", 4)
+    for s in range(enc.num_states("sort", 4)):
+        state = enc.decode(s, "sort", 4)
+        assert set(np.flatnonzero(avail[s])) == set(state)
+        assert [int(np.flatnonzero(rank[s] == i)[0]) for i in range(len(state))] == list(state)
+
+
+# ----------------------------------------------------------------------------- environment
+def _fixed_env(graph):
+    """The environment padded to fixed sizes, so that one compilation serves every example."""
+    env = eb.fsm.make_env(graph)
+    return _pad_env(env, 64, 12, 12, np.full(graph.num_types, 64, np.int32))
+
+
+_step = jax.jit(eb.fsm.step)
+_reset = jax.jit(eb.fsm.reset)
+
+
+def _walk(graph, seed):
+    """Drives the JAX environment and the NumPy reference with the same random actions."""
+    env = _fixed_env(graph)
+    ref = eb.fsm.ReferenceEnv(graph)
+    state = _reset(env)
+    rng = np.random.default_rng(seed)
+    unbatchable = graph.type_is_unbatchable
+    steps = 0
+    while True:
+        ref.force()
+        # the JAX side: forced moves, one type at a time, each node its own batch
+        while True:
+            counts = np.asarray(state.ready_counts)
+            forced = np.flatnonzero((counts > 0) & unbatchable)
+            if not forced.size:
+                break
+            state, _ = _step(env, state, int(forced[0]), int(counts[forced[0]]))
+        np.testing.assert_array_equal(np.asarray(state.ready_counts), ref.ready_counts)
+        np.testing.assert_array_equal(np.asarray(state.typewise), ref.typewise_counts)
+        assert int(state.num_batches) == ref.num_batches
+        assert int(state.remaining) == ref.frontier.remaining
+        if ref.done:
+            return steps
+        a = int(rng.choice(np.flatnonzero(ref.ready_counts > 0)))
+        r_ref = ref.step(a)
+        state, r = _step(env, state, a)
+        assert float(r) == pytest.approx(r_ref, abs=1e-6)
+        assert -1.0 < r_ref <= 0.0
+        steps += 1
+
+
+@PROPERTY
+@given(strategies.batched_graphs(max_graphs=4), st.integers(0, 2**16))
+def test_jax_environment_agrees_with_numpy_reference(graph, seed):
+    assert graph.num_nodes <= 64  # at most 4 instances of at most 15 nodes
+    _walk(graph, seed)
+
+
+def test_environment_on_real_sizes_agrees_with_reference(sst_minibatches):
+    steps = _walk_unpadded(sst_minibatches[0], seed=3)
+    assert steps > 20
+
+
+def _walk_unpadded(graph, seed):
+    env = eb.fsm.make_env(graph)
+    ref = eb.fsm.ReferenceEnv(graph)
+    state = _reset(env)
+    rng = np.random.default_rng(seed)
+    steps = 0
+    while not ref.done:
+        np.testing.assert_array_equal(np.asarray(state.ready_counts), ref.ready_counts)
+        np.testing.assert_array_equal(np.asarray(state.typewise), ref.typewise_counts)
+        a = int(rng.choice(np.flatnonzero(ref.ready_counts > 0)))
+        r_ref = ref.step(a)
+        state, r = _step(env, state, a)
+        assert float(r) == pytest.approx(r_ref, abs=1e-6)
+        steps += 1
+    assert int(state.remaining) == 0
+    return steps
+
+
+def test_step_jit_and_eager_agree():
+    graph = strategies.perfect_tree(3)
+    env = eb.fsm.make_env(graph)
+    s1, s2 = eb.fsm.reset(env), _reset(env)
+    for a in (0, 1, 1):
+        s1, r1 = eb.fsm.step(env, s1, a)
+        s2, r2 = _step(env, s2, a)
+        assert float(r1) == float(r2)
+        for x, y in zip(jax.tree.leaves(s1), jax.tree.leaves(s2)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_maximal_edges_give_the_same_frontier_as_nearest_edges(lattice_minibatch):
+    from edbatch_jax.scheduling.typewise import maximal_same_type_edges, nearest_same_type_edges
+
+    near = nearest_same_type_edges(lattice_minibatch)
+    maximal = maximal_same_type_edges(lattice_minibatch)
+    assert set(zip(*map(list, maximal))) <= set(zip(*map(list, near)))
+    assert maximal[0].size < near[0].size / 2  # the reduction is what keeps steps cheap
+    _walk_unpadded(lattice_minibatch, seed=1)
+
+
+# ----------------------------------------------------------------------------- Q-learning
+def test_n_step_update_equals_sequential_updates():
+    rng = np.random.default_rng(0)
+    s_count, k, g, t_max = 7, 3, 2, 9
+    avail = rng.random((s_count, k)) < 0.7
+    avail[:, 0] = True
+    q0 = rng.normal(size=(s_count, k)).astype(np.float32)
+    states = rng.integers(0, s_count, (g, t_max)).astype(np.int32)
+    actions = rng.integers(0, k, (g, t_max)).astype(np.int32)
+    rewards = -rng.random((g, t_max)).astype(np.float32)
+    lengths = np.array([t_max, 5], np.int32)
+    cfg = QLearningSettings(n_step=3, gamma=0.9)
+    got = np.asarray(_n_step_update(jnp.asarray(q0), jnp.asarray(avail), states, actions, rewards, lengths, cfg))
+    # reference: targets from the table as it stood at the end of the episode, applied one by one
+    v = np.where(avail, q0, -np.inf).max(axis=1)
+    want = q0.copy()
+    for gi in range(g):
+        for t in range(lengths[gi]):
+            ret = sum(cfg.gamma**i * rewards[gi, t + i] for i in range(cfg.n_step) if t + i < lengths[gi])
+            if t + cfg.n_step < lengths[gi]:
+                ret += cfg.gamma**cfg.n_step * v[states[gi, t + cfg.n_step]]
+            s, a = states[gi, t], actions[gi, t]
+            want[s, a] += cfg.alpha * (ret - want[s, a])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError, match="alpha"):
+        QLearningSettings(alpha=0.0)
+    with pytest.raises(TypeError):
+        eb.learn_fsm([strategies.perfect_tree(2)], bogus=1)
+    with pytest.raises(ValueError, match="at least one graph"):
+        eb.learn_fsm([])
+
+
+def _depth_trap(n_chains: int = 6) -> eb.Graph:
+    """Chains a->b->a->b... of different lengths plus an "x" after every b.
+
+    Level order and the agenda heuristic run "x" level by level; the optimal
+    schedule runs every x at the end, so the optimum is known: LB batches.
+    """
+    graphs = []
+    for length in range(1, n_chains + 1):
+        b = eb.GraphBuilder()
+        v = b.add("a")
+        for _ in range(length):
+            v = b.add("b", v)
+            b.add("x", v)
+            v = b.add("a", v)
+        graphs.append(b.build())
+    return eb.batch_graphs(graphs)
+
+
+def test_learning_reaches_the_lower_bound_where_heuristics_do_not():
+    graph = _depth_trap()
+    lb = eb.lower_bound(graph)
+    assert eb.schedule(graph, "depth").num_batches > lb
+    policy = eb.learn_fsm([graph], seed=0, max_episodes=200)
+    sched = eb.schedule(graph, policy)
+    eb.validate_schedule(graph, sched)
+    assert sched.num_batches == lb
+    assert policy.provenance["best_batches"] == lb
+    assert policy.last_stats[0] == policy.last_stats[1]  # every decision found in the table
+
+
+def test_sort_complete_policy_round_trips_and_matches_its_learning(tmp_path, lattice_minibatch):
+    policy = eb.learn_fsm([lattice_minibatch], encoding="sort_complete", seed=0, max_episodes=40, bootstrap=False)
+    assert eb.schedule(lattice_minibatch, policy).num_batches == policy.provenance["best_batches"]
+    path = tmp_path / "p.json"
+    policy.save(path)
+    assert any(name.endswith("*") for e in policy.to_dict()["table"] for name in e["state"])
+    loaded = eb.FSMPolicy.load(path, op_types=lattice_minibatch.op_types)
+    np.testing.assert_array_equal(loaded.actions, policy.actions)
+
+
+def test_learned_table_reproduces_the_greedy_evaluation(sst_minibatches):
+    policy = eb.learn_fsm(sst_minibatches[:2], seed=0, max_episodes=120)
+    counts = [eb.schedule(g, policy).num_batches for g in sst_minibatches[:2]]
+    assert np.mean(counts) == pytest.approx(policy.provenance["best_batches"])
+    assert policy.provenance["best_ratio"] < 1.01  # typewise-complete batches exist for trees
+    assert policy.hit_rate(sst_minibatches[2:]) == 1.0
+
+
+# ----------------------------------------------------------------------------- policy files
+@pytest.fixture(scope="module")
+def tree_policy():
+    return eb.learn_fsm([_depth_trap()], seed=0, max_episodes=100)
+
+
+def test_save_load_round_trip(tmp_path, tree_policy):
+    path = tmp_path / "sub" / "policy.json"
+    tree_policy.save(path)
+    assert os.listdir(path.parent) == ["policy.json"]  # no temporary file left behind
+    loaded = eb.FSMPolicy.load(path, op_types=tree_policy.op_types)
+    np.testing.assert_array_equal(loaded.actions, tree_policy.actions)
+    assert loaded.encoding == tree_policy.encoding and loaded.fallback == tree_policy.fallback
+    assert loaded.provenance == json.loads(json.dumps(tree_policy.provenance))
+    graph = _depth_trap()
+    a, b = eb.schedule(graph, tree_policy), eb.schedule(graph, loaded)
+    np.testing.assert_array_equal(a.node_order, b.node_order)
+    data = json.loads(path.read_text())
+    assert data["format"] == "edbatch-fsm" and data["version"] == 1
+    assert all(set(e) == {"state", "action"} for e in data["table"])
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "p.json"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(format="other"), "not an edbatch FSM policy"),
+        (lambda d: d.update(version=99), "unsupported version 99"),
+        (lambda d: d.update(encoding="zigzag"), "unknown encoding 'zigzag'"),
+        (lambda d: d.update(op_types="a"), "'op_types' must be"),
+        (lambda d: d.update(table={}), "'table' must be a list"),
+        (lambda d: d["table"].append({"state": ["a", "nope"], "action": "a"}), "unknown op type 'nope'"),
+        (lambda d: d["table"].append({"state": ["a", "a"], "action": "a"}), "not a valid 'sort' state"),
+        (lambda d: d["table"].append({"state": ["a"], "action": "b"}), "action 'b' is not ready"),
+        (lambda d: d["table"].append({"state": ["a"]}), "must be an object with 'state' and 'action'"),
+    ],
+)
+def test_corrupt_policy_files_name_the_problem(tmp_path, tree_policy, mutate, message):
+    data = tree_policy.to_dict()
+    mutate(data)
+    p = _write(tmp_path, json.dumps(data))
+    with pytest.raises(eb.PolicyFileError, match=message) as err:
+        eb.FSMPolicy.load(p)
+    assert str(p) in str(err.value)
+
+
+def test_unreadable_and_mismatched_policy_files(tmp_path, tree_policy):
+    with pytest.raises(eb.PolicyFileError, match="not valid JSON"):
+        eb.FSMPolicy.load(_write(tmp_path, '{"format": "edbatch-fsm", '))
+    with pytest.raises(eb.PolicyFileError, match="cannot read policy file"):
+        eb.FSMPolicy.load(tmp_path / "missing.json")
+    path = tmp_path / "ok.json"
+    tree_policy.save(path)
+    with pytest.raises(eb.PolicyFileError, match=r"the policy is for op types \['a', 'b', 'x'\], but the model has"):
+        eb.FSMPolicy.load(path, op_types=("leaf", "internal", "loss"))
+    with pytest.raises(ValueError, match="learned for op types"):
+        eb.schedule(strategies.perfect_tree(2), tree_policy)
+
+
+def test_fallbacks_apply_to_unseen_states():
+    policy = eb.FSMPolicy(("a", "b", "x"), "sort", np.full(enc.num_states("sort", 3), -1), fallback="last")
+    graph = _depth_trap()
+    for fallback in eb.fsm.FALLBACKS:
+        p = policy.with_fallback(fallback)
+        sched = eb.schedule(graph, p)
+        eb.validate_schedule(graph, sched)
+        assert p.last_stats[0] == 0 and p.last_stats[1] > 0
+    with pytest.raises(ValueError, match="unknown fallback"):
+        policy.with_fallback("random")
+
+
+def test_learn_command_saves_a_policy_and_prints_the_comparison(tmp_path, capsys):
+    from edbatch_jax.cli import main
+
+    out = tmp_path / "treelstm.json"
+    plot = tmp_path / "curve.png"
+    argv = ["learn", "--model", "treelstm", "--batch-size", "16", "--graphs", "2", "--eval-batches", "2",
+            "--episodes", "60", "--out", str(out), "--plot", str(plot), "--quiet"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    for word in ("learned in", "held-out", "depth", "agenda", "typewise", "fsm", "hit rate"):
+        assert word in text
+    policy = eb.FSMPolicy.load(out, op_types=("leaf", "internal", "loss"))
+    assert policy.provenance["model"] == "treelstm"
+    assert plot.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["treelstm", "lattice_lstm"])
+def test_shipped_policies_load_for_their_models(name):
+    from edbatch_jax.workloads import default_policy_path, load_workload
+
+    work = load_workload(name, num_train=64, num_held_out=64)
+    policy = eb.FSMPolicy.load(default_policy_path(name), op_types=work.op_types)
+    graph = work.minibatches("held_out", 8, 1)[0]
+    sched = eb.schedule(graph, policy)
+    eb.validate_schedule(graph, sched)
+    assert sched.num_batches <= eb.schedule(graph, "agenda").num_batches
