@@ -136,25 +136,30 @@ def learn(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import edbatch_jax as eb
-    from edbatch_jax.workloads import default_policy_path, load_workload
+    from edbatch_jax.workloads import default_policy_path, fsm_settings, load_workload
 
     work = load_workload(args.model, args.data, seed=args.seed)
     size = args.batch_size or work.batch_size
     out = args.out or default_policy_path(args.model)
+    settings = fsm_settings(args.model)
+    if args.encoding:
+        settings["encoding"] = args.encoding
+    if args.bootstrap:
+        settings["bootstrap"] = args.bootstrap == "on"
+    if args.episodes:
+        settings["max_episodes"] = args.episodes
+    encoding = settings.pop("encoding")
     print(f"edbatch learn: {args.model} on {work.source}, batch {size}, {args.graphs} training mini-batches, "
-          f"encoding {args.encoding}")
+          f"encoding {encoding}, settings {settings}")
     train_graphs = work.minibatches("train", size, args.graphs, seed=args.seed)
     held = work.minibatches("held_out", size, args.eval_batches, seed=args.seed + 1)
-    bar = tqdm(total=args.episodes, desc="Q-learning", unit="episode", disable=args.quiet)
+    bar = tqdm(total=settings.get("max_episodes", 1000), desc="Q-learning", unit="episode", disable=args.quiet)
 
     def progress(episode, greedy, best, lb):
         bar.update(int(episode) + 1 - bar.n)
         bar.set_postfix(greedy=f"{float(greedy):.1f}", best=f"{float(best):.1f}", lb=f"{float(lb):.1f}")
 
-    settings = {"max_episodes": args.episodes}
-    if args.no_bootstrap:
-        settings["bootstrap"] = False
-    policy = eb.learn_fsm(train_graphs, encoding=args.encoding, seed=args.seed, progress=progress, **settings)
+    policy = eb.learn_fsm(train_graphs, encoding=encoding, seed=args.seed, progress=progress, **settings)
     bar.close()
     prov = policy.provenance
     prov.update(model=args.model, data=work.source, batch_size=size)
@@ -229,9 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
     lp.add_argument("--graphs", type=int, default=4, help="training mini-batches learned from")
     lp.add_argument("--eval-batches", type=int, default=10, help="held-out mini-batches for the comparison")
-    lp.add_argument("--encoding", default="sort", choices=["sort", "set", "max", "sort_complete"])
-    lp.add_argument("--episodes", type=int, default=1000, help="episode budget")
-    lp.add_argument("--no-bootstrap", action="store_true", help="targets without the max-Q bootstrap (the reference's)")
+    lp.add_argument("--encoding", default=None, choices=["sort", "set", "max", "sort_complete"],
+                    help="state encoding (default: the one of the shipped policy)")
+    lp.add_argument("--episodes", type=int, default=None, help="episode budget (default: the shipped policy's, else 1000)")
+    lp.add_argument("--bootstrap", default=None, choices=["on", "off"],
+                    help="max-Q bootstrap in the n-step targets; off = the reference's truncated returns "
+                         "(default: the shipped policy's)")
     lp.add_argument("--plot", default=None, help="write the learning curve as a PNG here")
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("--quiet", action="store_true", help="no progress bar")

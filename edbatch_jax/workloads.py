@@ -19,7 +19,7 @@ import numpy as np
 
 from edbatch_jax.graph import Graph
 
-__all__ = ["WORKLOADS", "Workload", "load_workload", "default_policy_path", "POLICY_DIR"]
+__all__ = ["WORKLOADS", "Workload", "load_workload", "default_policy_path", "fsm_settings", "POLICY_DIR"]
 
 POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
 """Where the learned policies of the bundled models live (top-level ``policies/``)."""
@@ -31,12 +31,15 @@ class _Spec:
     batch_size: int
     policy_file: str
     data_dir: str
+    fsm: dict = dataclasses.field(default_factory=dict)  # learn_fsm settings of the shipped policy
 
 
 WORKLOADS: dict[str, _Spec] = {
     "treelstm": _Spec("binary Tree-LSTM, SST sentiment (leaf, internal, loss per node)", 64, "treelstm.json", "trees"),
-    "lattice_lstm": _Spec("Lattice-LSTM NER tagger (char/word arc cells, node sums, tag loss)", 32, "lattice.json", "lattice"),
-    "lattice_gru": _Spec("Lattice-GRU NER tagger (same graphs as lattice_lstm)", 32, "lattice.json", "lattice"),
+    "lattice_lstm": _Spec("Lattice-LSTM NER tagger (char/word arc cells, node sums, tag loss)", 32, "lattice.json", "lattice",
+                          {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}),
+    "lattice_gru": _Spec("Lattice-GRU NER tagger (same graphs as lattice_lstm)", 32, "lattice.json", "lattice",
+                         {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}),
 }
 """Bundled workload names -> description, reference batch size, policy file, data folder name."""
 
@@ -76,6 +79,11 @@ class Workload:
         if count is not None:
             chunks = chunks[:count]
         return [self.batch_graph([items[j] for j in c]) for c in chunks]
+
+
+def fsm_settings(name: str) -> dict:
+    """The :func:`~edbatch_jax.learn_fsm` settings that produced a workload's shipped policy."""
+    return {"encoding": "sort", **_spec(name).fsm}
 
 
 def default_policy_path(name: str) -> Path:
