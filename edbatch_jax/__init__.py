@@ -32,7 +32,7 @@ from edbatch_jax.engine import (
 )
 from edbatch_jax import fsm, workloads
 from edbatch_jax.fsm import FSMPolicy, PolicyFileError, learn_fsm
-from edbatch_jax.layout import PQTree, PQTreeError
+from edbatch_jax.layout import LayoutPlan, PQTree, PQTreeError, plan_layout
 from edbatch_jax.graph import (
     Graph,
     GraphBuilder,
@@ -67,6 +67,7 @@ __all__ = [
     "Frontier",
     "FrontierPolicy",
     "Graph",
+    "LayoutPlan",
     "GraphBuilder",
     "GraphError",
     "Op",
@@ -87,6 +88,7 @@ __all__ = [
     "linen_op",
     "lower_bound",
     "node_depth",
+    "plan_layout",
     "register_policy",
     "run",
     "run_unbatched",

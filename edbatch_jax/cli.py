@@ -127,7 +127,7 @@ def demo(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for policy, batches, lb, itps, ttps, acc in rows:
-        print(f"{policy:<8} {batches:>11.1f} {lb:>7.1f} {batches / lb:>6.2f} {itps:>14.0f} {ttps:>14.0f} {acc:>9.3f}")
+        print(f"{policy:<8} {batches:>11.1f} {lb:>7.1f} {batches / lb:>6.2f} {itps:>14.1f} {ttps:>14.1f} {acc:>9.3f}")
     print(f"\ncompiled step executables: {engine.trace_count}")
     return 0
 

@@ -66,7 +66,7 @@ class BatchStep:
     out_offset: int
     payload: PyTree  # leaves [lanes, ...] or None
     operand_buffers: tuple[int, ...]  # buffer of each operand group
-    operand_slots: tuple[np.ndarray, ...]  # int32 [lanes] (fixed arity) or [edge bucket] (variadic)
+    operand_slots: tuple[np.ndarray, ...]  # int32 [lanes] / [edge bucket] rows, or an int32 scalar: slice start
     segments: np.ndarray | None  # variadic: int32 [edge bucket], lane of every gathered row
     mask: np.ndarray  # bool [lanes]: real (not padding) lanes
 
@@ -86,6 +86,9 @@ class ExecutionPlan:
       node_buffer: int32 ``[N]``, the buffer holding each node's state.
       node_slot: int32 ``[N]``, the node's row in that buffer.
       steps: one :class:`BatchStep` per batch, in schedule order.
+      num_operands: operand lists read per run.
+      num_gathers: operand lists gathered row by row (the others are slices).
+      gathered_bytes: bytes those gathers read (real lanes only).
     """
 
     signatures: tuple[tuple, ...]
@@ -93,6 +96,9 @@ class ExecutionPlan:
     node_buffer: np.ndarray
     node_slot: np.ndarray
     steps: tuple[BatchStep, ...]
+    num_operands: int = 0
+    num_gathers: int = 0
+    gathered_bytes: int = 0
 
     @property
     def num_steps(self) -> int:
@@ -101,6 +107,29 @@ class ExecutionPlan:
 
 def _take_rows(tree: PyTree, idx) -> PyTree:
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+
+def _read_rows(tree: PyTree, idx, length: int) -> PyTree:
+    """Rows ``idx`` (int32 ``[M]``: a gather) or ``idx .. idx + length`` (int32 scalar: a slice)."""
+    if jnp.ndim(idx) == 0:
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, idx, length, 0), tree)
+    return _take_rows(tree, idx)
+
+
+def _add_rows(tree: PyTree, idx, values: PyTree) -> PyTree:
+    """Scatter-adds ``values`` into rows ``idx`` (gather) or the slice starting at ``idx``."""
+    if jnp.ndim(idx) == 0:
+        def add(c, x):
+            cur = jax.lax.dynamic_slice_in_dim(c, idx, x.shape[0], 0)
+            return jax.lax.dynamic_update_slice_in_dim(c, cur + x.astype(c.dtype), idx, 0)
+
+        return jax.tree.map(add, tree, values)
+    return jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), tree, values)
+
+
+def _sig_bytes(sig: tuple) -> int:
+    """Bytes of one row of a state structure."""
+    return int(sum(np.prod(shape, dtype=np.int64) * np.dtype(dtype).itemsize for shape, dtype in sig[1]))
 
 
 def _combine(op: Op, params, payload, gathered: Sequence[PyTree], segments, mask):
@@ -173,24 +202,32 @@ class Engine:
             sig = self._signature_cache[key] = state_signature(out)
         return sig
 
-    def plan(self, params: PyTree, graph: Graph, schedule: Schedule) -> ExecutionPlan:
+    def plan(self, params: PyTree, graph: Graph, schedule: Schedule, layout: Any = None) -> ExecutionPlan:
         """Host-side plan of one schedule: buffers, rows, padded index arrays.
 
-        Cached per (graph, schedule) object; not jittable.
+        Args:
+          layout: ``None`` (rows in schedule order, as DyNet allocates them;
+            operands that happen to be consecutive are read as slices),
+            ``"gather"`` (the same rows, every operand gathered), or a
+            :class:`~edbatch_jax.layout.LayoutPlan` (rows in its order).
+
+        Cached per (graph, schedule, layout) object; not jittable.
         """
-        key = (id(graph), id(schedule))
+        if not (layout is None or layout == "gather" or hasattr(layout, "position")):
+            raise ValueError(f"layout must be None, 'gather' or a LayoutPlan, got {layout!r}")
+        key = (id(graph), id(schedule), layout if isinstance(layout, str) else id(layout))
         hit = self._plans.get(key)
         params_sig = state_signature(params)
-        if hit is not None and hit[0] is graph and hit[1] is schedule and hit[2] == params_sig:
+        if hit is not None and hit[0] is graph and hit[1] is schedule and hit[2] == params_sig and hit[3] is layout:
             self._plans.move_to_end(key)
-            return hit[3]
-        plan = self._build_plan(params, params_sig, graph, schedule)
-        self._plans[key] = (graph, schedule, params_sig, plan)
+            return hit[4]
+        plan = self._build_plan(params, params_sig, graph, schedule, layout)
+        self._plans[key] = (graph, schedule, params_sig, layout, plan)
         if len(self._plans) > self._plan_cache_size:
             self._plans.popitem(last=False)
         return plan
 
-    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule) -> ExecutionPlan:
+    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None) -> ExecutionPlan:
         if graph.num_nodes == 0:
             raise GraphError("empty graph: nothing to run")
         if schedule.op_types != graph.op_types:
@@ -237,13 +274,34 @@ class Engine:
                     f"{signatures[src_buf[e2]]}; one operand position must always read one structure"
                 )
 
-        # --- rows: allocated per buffer in schedule order (each batch contiguous)
+        # --- rows: per buffer in schedule order (each batch contiguous), or in the layout's order
         node_buffer = type_buffer[graph.node_type]
-        buf_in_order = node_buffer[order]
+        if hasattr(layout, "position"):
+            position = np.asarray(layout.position)
+            if position.shape != (n,):
+                raise ValueError(f"the layout plan has {position.shape[0]} positions for a graph of {n} nodes")
+            by_row = np.argsort(position, kind="stable")
+        else:
+            by_row = order
+        buf_in_order = node_buffer[by_row]
         node_slot = np.empty(n, dtype=np.int32)
         for b in range(len(signatures)):
             sel = buf_in_order == b
-            node_slot[order[sel]] = np.arange(int(sel.sum()), dtype=np.int32)
+            node_slot[by_row[sel]] = np.arange(int(sel.sum()), dtype=np.int32)
+        allow_slices = layout != "gather"
+        row_bytes = [_sig_bytes(sig) for sig in signatures]
+        num_operands = num_gathers = gathered_bytes = 0
+
+        def operand(rows: np.ndarray, length: int, buf: int):
+            """A slice start (int32 scalar) when ``rows`` are consecutive and increasing, else padded rows."""
+            nonlocal num_operands, num_gathers, gathered_bytes
+            num_operands += 1
+            if allow_slices and rows.size and np.all(np.diff(rows) == 1):
+                need[buf] = max(need[buf], int(rows[0]) + length)
+                return np.int32(rows[0])
+            num_gathers += 1
+            gathered_bytes += rows.size * row_bytes[buf]
+            return np.concatenate([rows, np.zeros(length - rows.size, np.int32)]).astype(np.int32)
 
         widths = schedule.widths
         steps = []
@@ -252,9 +310,11 @@ class Engine:
             name = graph.op_types[t]
             op = self.ops[name]
             nodes = order[s:e]
+            nodes = nodes[np.argsort(node_slot[nodes], kind="stable")]  # lanes in row order
+            if node_slot[nodes[-1]] - node_slot[nodes[0]] != nodes.size - 1:
+                raise ValueError(f"the layout does not keep batch {b} ({name!r}) in consecutive rows")
             w = int(widths[b])
             lanes = bucket(w)
-            pad = np.zeros(lanes - w, dtype=np.int32)
             out_buf = int(type_buffer[t])
             offset = int(node_slot[nodes[0]])
             need[out_buf] = max(need[out_buf], offset + lanes)
@@ -269,14 +329,14 @@ class Engine:
             if op.variadic:
                 flat, seg = _csr_rows(graph.arg_ptr, graph.arg_idx, nodes)
                 eb = bucket(flat.shape[0])
-                slots = (np.concatenate([node_slot[flat], np.zeros(eb - flat.shape[0], np.int32)]),)
-                segments = np.concatenate([seg, np.full(eb - flat.shape[0], lanes, np.int32)]).astype(np.int32)
                 bufs = (int(type_buffer[graph.node_type[flat[0]]]),)
+                slots = (operand(node_slot[flat].astype(np.int32), eb, bufs[0]),)
+                segments = np.concatenate([seg, np.full(eb - flat.shape[0], lanes, np.int32)]).astype(np.int32)
             else:
                 a = op.arity
                 arg_mat = graph.arg_idx[graph.arg_ptr[nodes][:, None] + np.arange(a)[None, :]] if a else None
-                slots = tuple(np.concatenate([node_slot[arg_mat[:, j]], pad]) for j in range(a))
                 bufs = tuple(int(type_buffer[graph.node_type[arg_mat[0, j]]]) for j in range(a))
+                slots = tuple(operand(node_slot[arg_mat[:, j]].astype(np.int32), lanes, bufs[j]) for j in range(a))
                 segments = None
             steps.append(BatchStep(name, w, lanes, out_buf, offset, payload, bufs, slots, segments, mask))
 
@@ -285,7 +345,8 @@ class Engine:
             cap = max(self._capacity.get(sig, 0), bucket(int(need[b]), self.min_capacity))
             self._capacity[sig] = cap
             capacities.append(cap)
-        return ExecutionPlan(signatures, tuple(capacities), node_buffer, node_slot, tuple(steps))
+        return ExecutionPlan(signatures, tuple(capacities), node_buffer, node_slot, tuple(steps),
+                             num_operands, num_gathers, int(gathered_bytes))
 
     # ------------------------------------------------------------- step functions
     def _forward_step(self, step: BatchStep):
@@ -298,11 +359,16 @@ class Engine:
 
             def forward(params, out_buf, read_bufs, payload, slots, segments, mask, offset):
                 self.trace_count += 1
-                gathered = [_take_rows(out_buf if s < 0 else read_bufs[s], idx) for s, idx in zip(src, slots)]
+                rows = mask.shape[0] if segments is None else segments.shape[0]
+                gathered = [_read_rows(out_buf if s < 0 else read_bufs[s], idx, rows) for s, idx in zip(src, slots)]
                 y = _combine(op, params, payload, gathered, segments, mask)
-                return jax.tree.map(
-                    lambda b, v: jax.lax.dynamic_update_slice_in_dim(b, v.astype(b.dtype), offset, 0), out_buf, y
-                )
+
+                def write(b, v):  # padding lanes keep the rows they cover (another batch's, in a planned layout)
+                    old = jax.lax.dynamic_slice_in_dim(b, offset, v.shape[0], 0)
+                    keep = mask.reshape((-1,) + (1,) * (v.ndim - 1))
+                    return jax.lax.dynamic_update_slice_in_dim(b, jnp.where(keep, v.astype(b.dtype), old), offset, 0)
+
+                return jax.tree.map(write, out_buf, y)
 
             fn = self._fwd[key] = jax.jit(forward, donate_argnums=(1,))
         return fn, read
@@ -320,7 +386,8 @@ class Engine:
             def backward(params, grad_acc, ct_bufs, fwd_bufs, payload, slots, segments, mask, offset):
                 self.trace_count += 1
                 lanes = mask.shape[0]
-                gathered = [_take_rows(fwd_bufs[s], idx) for s, idx in zip(fwd_src, slots)]
+                rows = lanes if segments is None else segments.shape[0]
+                gathered = [_read_rows(fwd_bufs[s], idx, rows) for s, idx in zip(fwd_src, slots)]
                 ct_out = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, offset, lanes, 0), ct_bufs[0])
                 ct_out = _mask_rows(ct_out, mask)
                 _, pullback = jax.vjp(lambda p, g: _combine(op, p, payload, g, segments, mask), params, gathered)
@@ -328,7 +395,7 @@ class Engine:
                 grad_acc = jax.tree.map(jnp.add, grad_acc, g_params)
                 ct_bufs = list(ct_bufs)
                 for s, idx, g in zip(ct_src, slots, g_operands):
-                    ct_bufs[s] = jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), ct_bufs[s], g)
+                    ct_bufs[s] = _add_rows(ct_bufs[s], idx, g)
                 return grad_acc, tuple(ct_bufs)
 
             fn = self._bwd[key] = jax.jit(backward, donate_argnums=(1, 2))
@@ -400,6 +467,7 @@ class Engine:
         graph: Graph,
         schedule: Schedule,
         outputs: Sequence[int] | np.ndarray | None = None,
+        layout: Any = None,
     ) -> PyTree:
         """Runs ``schedule`` and returns the stacked states of ``outputs``.
 
@@ -409,12 +477,14 @@ class Engine:
           schedule: a valid schedule of ``graph``.
           outputs: node ids (int ``[K]``), all of one state structure; ``None``
             means every node (then all op types must share one structure).
+          layout: buffer layout (see :meth:`plan`): ``None``, ``"gather"`` or
+            a :class:`~edbatch_jax.layout.LayoutPlan`.
 
         Returns:
           The state pytree with a leading axis ``[K]``. Differentiable with
           ``jax.grad`` w.r.t. ``params``; usable eagerly or under ``jax.jit``.
         """
-        plan = self.plan(params, graph, schedule)
+        plan = self.plan(params, graph, schedule, layout)
         nodes = output_nodes(plan, graph, outputs)
         bufs = self.execute(plan, params)
         return _take_rows(bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0], plan.node_slot[nodes])
@@ -455,6 +525,7 @@ def run(
     graph: Graph,
     schedule: Schedule,
     outputs: Sequence[int] | np.ndarray | None = None,
+    layout: Any = None,
 ) -> PyTree:
     """Batched execution of ``schedule``; see :meth:`Engine.run`.
 
@@ -462,4 +533,4 @@ def run(
     *operand_states)`` or :class:`Op`; an engine is kept per ``ops`` so that
     compiled steps are reused across calls.
     """
-    return engine_for(ops).run(params, graph, schedule, outputs)
+    return engine_for(ops).run(params, graph, schedule, outputs, layout)
