@@ -186,6 +186,52 @@ def learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench(args: argparse.Namespace) -> int:
+    import json
+
+    import jax
+
+    from edbatch_jax import bench as harness
+    from edbatch_jax.workloads import load_workload
+
+    work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
+    size = args.batch_size or work.batch_size
+    split = lambda s: [x for x in s.split(",") if x]
+    print(f"edbatch bench: {args.model} on {work.source}, batch {size}, hidden {args.hidden}, "
+          f"{args.batches} timed mini-batches, jax {jax.__version__} on {jax.default_backend()}")
+    results = harness.run_benchmarks(
+        work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
+        args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+    )
+    print(harness.format_table(results))
+    print("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling and layout "
+          "every step; build/sched/layout/exec: ms per mini-batch; exes: compiled executables; "
+          "warm s: warm-up incl. compilation; new: executables compiled after warm-up")
+    if args.json:
+        _write_atomic(args.json, json.dumps(harness.to_json(results), indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        harness.plot_results(results, args.plot, f"{args.model}, batch {size}, hidden {args.hidden}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _write_atomic(path: str, text: str) -> None:
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _plot_curve(provenance: dict, path: str) -> None:
     import matplotlib
 
@@ -244,6 +290,23 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("--quiet", action="store_true", help="no progress bar")
     lp.set_defaults(func=learn)
+
+    bp = sub.add_parser("bench", help="measure policies, layouts and modes side by side in one run")
+    bp.add_argument("--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}")
+    bp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    bp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
+    bp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
+    bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
+    bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
+    bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")
+    bp.add_argument("--batches", type=int, default=10, help="timed mini-batches per configuration")
+    bp.add_argument("--warmup", type=int, default=2, help="extra mini-batches run before timing")
+    bp.add_argument("--unbatched", type=int, default=0, help="also time node-by-node execution on this many instances")
+    bp.add_argument("--json", default=None, help="write the results as JSON here")
+    bp.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    bp.add_argument("--seed", type=int, default=0)
+    bp.add_argument("--quiet", action="store_true")
+    bp.set_defaults(func=bench)
     return parser
 
 

@@ -39,6 +39,8 @@ class MiniBatch:
       loss_nodes: int32 ``[L]`` ids of all loss nodes.
       root_nodes: int32 ``[num_instances]`` the loss node of every instance's root.
       root_labels: int32 ``[num_instances]``.
+      layout: the buffer layout passed to the engine (``None``, ``"gather"``
+        or a :class:`~edbatch_jax.layout.LayoutPlan`).
     """
 
     graph: Graph
@@ -47,6 +49,7 @@ class MiniBatch:
     loss_nodes: np.ndarray
     root_nodes: np.ndarray
     root_labels: np.ndarray
+    layout: Any = None
 
 
 def root_loss_nodes(graph: Graph) -> np.ndarray:
@@ -75,7 +78,7 @@ def make_minibatch(graph: Graph, policy: Any = "agenda") -> MiniBatch:
 
 def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch) -> jax.Array:
     """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar)."""
-    out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes)
+    out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout)
     return out["loss"].sum() / batch.graph.num_instances
 
 

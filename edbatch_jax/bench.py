@@ -1,0 +1,278 @@
+"""The benchmark harness behind ``edbatch bench``.
+
+For one workload it measures, side by side in one process, every combination
+of batching policy, memory layout and mode (inference or training):
+
+* throughput in instances per second — on cached mini-batches (graphs,
+  schedules and layouts built once and reused, as a data pipeline may) and
+  rebuilt every step (construction + scheduling + layout + execution);
+* the time split: graph construction, scheduling, layout planning, execution;
+* batches per mini-batch against the lower bound;
+* operand gathers and bytes gathered per mini-batch (the engine's count);
+* compiled step executables and the warm-up (compile) time, and executables
+  compiled after warm-up (expected: none);
+* the process's peak resident memory.
+
+Each phase is wrapped in a ``jax.profiler.TraceAnnotation`` so that a
+``jax.profiler`` trace shows it. Speeds are only comparable within one run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import resource
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import edbatch_jax as eb
+from edbatch_jax.training import Trainer, batched_loss, make_minibatch
+from edbatch_jax.workloads import Workload, default_policy_path
+
+__all__ = ["BenchResult", "run_benchmarks", "resolve_policy", "format_table"]
+
+LAYOUTS = ("dynet", "planned", "gather")
+"""``dynet``: rows in schedule order, slices only where operands happen to be
+consecutive; ``planned``: :func:`edbatch_jax.plan_layout`; ``gather``: every
+operand gathered."""
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """One measured configuration (the ``--json`` object)."""
+
+    model: str
+    policy: str
+    layout: str
+    mode: str
+    batch_size: int
+    hidden: int
+    backend: str
+    instances_per_s: float
+    instances_per_s_rebuilt: float
+    construct_ms: float
+    schedule_ms: float
+    layout_ms: float
+    execute_ms: float
+    batches_per_minibatch: float
+    lower_bound: float
+    gathers_per_minibatch: float
+    gathered_bytes_per_minibatch: float
+    executables: int
+    warmup_s: float
+    compiles_after_warmup: int
+    peak_rss_mb: float
+
+    @property
+    def planning_fraction(self) -> float:
+        """(construction + scheduling + layout) over the rebuilt step time."""
+        plan = self.construct_ms + self.schedule_ms + self.layout_ms
+        return plan / max(plan + self.execute_ms, 1e-9)
+
+
+def resolve_policy(name: str, work: Workload):
+    """A policy name, ``"fsm"`` (the shipped policy of the workload) or a policy file path."""
+    if name == "fsm":
+        return eb.FSMPolicy.load(default_policy_path(work.name), op_types=work.op_types)
+    if name.endswith(".json"):
+        return eb.FSMPolicy.load(name, op_types=work.op_types)
+    return name
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _variadic(model) -> set[str]:
+    return {name for name, op in model.ops.items() if getattr(op, "variadic", False)}
+
+
+def _block(x):
+    return jax.block_until_ready(x)
+
+
+def run_benchmarks(
+    work: Workload,
+    policies: Sequence[str],
+    layouts: Sequence[str],
+    modes: Sequence[str],
+    batch_size: int,
+    num_batches: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+    unbatched_instances: int = 0,
+    progress=None,
+) -> list[BenchResult]:
+    """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
+
+    Args:
+      work: the workload (model and data).
+      policies: policy names (``"depth"``, ``"agenda"``, ``"typewise"``,
+        ``"fsm"``, a policy file) to compare.
+      layouts: a subset of :data:`LAYOUTS`.
+      modes: ``"infer"`` and/or ``"train"``.
+      batch_size: instances per mini-batch.
+      num_batches: timed mini-batches per configuration (cycled twice).
+      warmup: mini-batches (of other shapes) run first; their compilations are
+        the warm-up cost.
+      unbatched_instances: if > 0, also time node-by-node execution on this
+        many instances (policy ``"none"``).
+      progress: optional callable(str) for status lines.
+    """
+    say = progress or (lambda s: None)
+    model = work.model
+    params0 = model.init(jax.random.PRNGKey(seed))
+    variadic = _variadic(model)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(work.train))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    need = warmup + num_batches
+    if len(chunks) < need:
+        chunks = (chunks * (need // max(len(chunks), 1) + 1))[:need]
+    instance_sets = [[work.train[j] for j in c] for c in chunks[:need]]
+    backend = jax.default_backend()
+    results = []
+
+    t0 = time.perf_counter()
+    with jax.profiler.TraceAnnotation("edbatch.construct"):
+        graphs = [work.batch_graph(x) for x in instance_sets]
+    construct_ms = (time.perf_counter() - t0) / len(graphs) * 1e3
+
+    for policy_name, layout, mode in itertools.product(policies, layouts, modes):
+        policy = resolve_policy(policy_name, work)
+        label = policy_name if isinstance(policy, str) else "fsm"
+        say(f"{label} / {layout} / {mode}")
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.schedule"):
+            mbs = [make_minibatch(g, policy) for g in graphs]
+        schedule_ms = (time.perf_counter() - t0) / len(mbs) * 1e3
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.layout"):
+            lays = [eb.plan_layout(m.graph, m.schedule, variadic) if layout == "planned" else
+                    ("gather" if layout == "gather" else None) for m in mbs]
+        layout_ms = (time.perf_counter() - t0) / len(mbs) * 1e3 if layout == "planned" else 0.0
+        mbs = [dataclasses.replace(m, layout=lay) for m, lay in zip(mbs, lays)]
+
+        engine = eb.Engine(model.ops)
+        params = jax.tree.map(jnp.copy, params0)
+        trainer = Trainer(engine, params, optax.adam(1e-3)) if mode == "train" else None
+
+        def run_one(k: int):
+            if mode == "train":
+                return trainer.step(mbs[k])  # returns a host float: synchronises
+            return _block(batched_loss(engine, params, mbs[k]))
+
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.warmup"):
+            for k in range(warmup + num_batches):  # every shape once: compiles happen here
+                run_one(k)
+        warm_s = time.perf_counter() - t0
+        executables = engine.trace_count
+        times = []
+        with jax.profiler.TraceAnnotation("edbatch.execute"):
+            for _ in range(2):
+                for k in range(warmup, warmup + num_batches):
+                    t0 = time.perf_counter()
+                    run_one(k)
+                    times.append(time.perf_counter() - t0)
+        execute_ms = float(np.median(times)) * 1e3
+        plans = [engine.plan(params, m.graph, m.schedule, m.layout) for m in mbs[warmup:]]
+        timed = mbs[warmup:]
+        rebuilt_ms = construct_ms + schedule_ms + layout_ms + execute_ms
+        results.append(BenchResult(
+            model=work.name, policy=label, layout=layout, mode=mode, batch_size=batch_size,
+            hidden=int(getattr(model, "hidden", 0)), backend=backend,
+            instances_per_s=batch_size / (execute_ms / 1e3),
+            instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
+            construct_ms=construct_ms, schedule_ms=schedule_ms, layout_ms=layout_ms, execute_ms=execute_ms,
+            batches_per_minibatch=float(np.mean([m.schedule.num_batches for m in timed])),
+            lower_bound=float(np.mean([eb.lower_bound(m.graph) for m in timed])),
+            gathers_per_minibatch=float(np.mean([p.num_gathers for p in plans])),
+            gathered_bytes_per_minibatch=float(np.mean([p.gathered_bytes for p in plans])),
+            executables=executables, warmup_s=warm_s,
+            compiles_after_warmup=engine.trace_count - executables,
+            peak_rss_mb=_peak_rss_mb(),
+        ))
+
+    if unbatched_instances > 0:
+        results.extend(_unbatched(work, graphs[0], params0, modes, unbatched_instances, construct_ms, batch_size, backend))
+    return results
+
+
+def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, backend):
+    """Node-by-node execution of ``count`` instances (the no-batching baseline)."""
+    sub = eb.batch_graphs(eb.unbatch_graph(graph)[:count])
+    losses = sub.nodes_of_type("loss")
+    ops = work.model.ops
+    out = []
+    for mode in modes:
+        if mode == "train":
+            fn = lambda: jax.grad(lambda p: eb.run_unbatched(ops, p, sub, outputs=losses)["loss"].sum())(params)
+        else:
+            fn = lambda: eb.run_unbatched(ops, params, sub, outputs=losses)["loss"].sum()
+        t0 = time.perf_counter()
+        _block(fn())  # warm-up: compiles one executable per op type
+        warm = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _block(fn())
+        per_instance_ms = (time.perf_counter() - t0) / count * 1e3
+        out.append(BenchResult(
+            model=work.name, policy="none", layout="-", mode=mode, batch_size=batch_size,
+            hidden=int(getattr(work.model, "hidden", 0)), backend=backend,
+            instances_per_s=1e3 / per_instance_ms, instances_per_s_rebuilt=1e3 / (per_instance_ms + construct_ms / batch_size),
+            construct_ms=construct_ms, schedule_ms=0.0, layout_ms=0.0, execute_ms=per_instance_ms * batch_size,
+            batches_per_minibatch=float(graph.num_nodes), lower_bound=float(eb.lower_bound(graph)),
+            gathers_per_minibatch=0.0, gathered_bytes_per_minibatch=0.0, executables=0, warmup_s=warm,
+            compiles_after_warmup=0, peak_rss_mb=_peak_rss_mb(),
+        ))
+    return out
+
+
+def format_table(results: Sequence[BenchResult]) -> str:
+    """A fixed-width text table of results."""
+    head = (f"{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
+            f"{'exec ms':>9}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(
+            f"{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
+            f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.execute_ms:>9.1f}"
+            f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
+            f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
+            f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"
+        )
+    return "\n".join(lines)
+
+
+def plot_results(results: Sequence[BenchResult], path: str, title: str = "") -> None:
+    """A bar chart of instances per second per configuration (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.policy}/{r.layout}/{r.mode}" for r in results]
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(results)), 4))
+    colors = ["tab:blue" if r.mode == "infer" else "tab:orange" for r in results]
+    ax.bar(range(len(results)), [r.instances_per_s for r in results], color=colors)
+    ax.set_xticks(range(len(results)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("instances / s (cached mini-batches)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
+    """The ``--json`` objects (one per configuration)."""
+    out = []
+    for r in results:
+        d = dataclasses.asdict(r)
+        d["planning_fraction"] = r.planning_fraction
+        out.append(d)
+    return out
