@@ -216,6 +216,46 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from edbatch_jax.train import TrainConfig, train
+    from edbatch_jax.workloads import load_workload
+
+    work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, policy=args.policy, layout=args.layout,
+        eval_batches=args.eval_batches, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        log_path=args.log, seed=args.seed,
+    )
+    size = args.batch_size or work.batch_size
+    print(f"edbatch train: {args.model} on {work.source} ({len(work.train)} train / {len(work.held_out)} held-out "
+          f"instances), batch {size}, hidden {args.hidden}, {args.steps} steps, policy {args.policy}, layout {args.layout}")
+    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
+
+    def progress(step, loss, rate):
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", inst_s=f"{rate:.0f}")
+
+    def epoch_end(epoch, m):
+        bar.write(f"epoch {epoch}: held-out loss {m['loss']:.4f}, accuracy {m['accuracy']:.3f} "
+                  f"(majority class {m['majority']:.3f}) at step {m['step']}")
+
+    result = train(work, config, resume=args.resume, progress=progress, epoch_end=epoch_end)
+    bar.close()
+    if result.resumed_from is not None:
+        print(f"resumed from the checkpoint of step {result.resumed_from}")
+    if result.losses:
+        k = max(1, min(10, len(result.losses) // 4))
+        print(f"training loss: first {k} steps {np.mean(result.losses[:k]):.4f}, last {k} steps {np.mean(result.losses[-k:]):.4f}")
+    if result.evals:
+        m = result.evals[-1]
+        print(f"final held-out accuracy {m['accuracy']:.3f} (majority class {m['majority']:.3f}), loss {m['loss']:.4f}")
+    if args.checkpoint_dir:
+        print(f"checkpoint at step {result.step} in {args.checkpoint_dir}")
+    return 0
+
+
 def _write_atomic(path: str, text: str) -> None:
     import tempfile
 
@@ -307,6 +347,24 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--quiet", action="store_true")
     bp.set_defaults(func=bench)
+
+    tp = sub.add_parser("train", help="train a bundled model with optax, evaluation and orbax checkpoints")
+    tp.add_argument("--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}")
+    tp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    tp.add_argument("--steps", type=int, default=200, help="optimisation steps (mini-batches)")
+    tp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
+    tp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
+    tp.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (warm-up, then cosine decay)")
+    tp.add_argument("--policy", default="typewise", help="batching policy (fsm = the shipped policy)")
+    tp.add_argument("--layout", default="dynet", choices=["dynet", "planned", "gather"])
+    tp.add_argument("--eval-batches", type=int, default=4, help="held-out mini-batches evaluated after every epoch")
+    tp.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint directory")
+    tp.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    tp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    tp.add_argument("--log", default=None, help="append metrics as JSON lines to this file")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--quiet", action="store_true", help="no progress bar")
+    tp.set_defaults(func=train_command)
     return parser
 
 

@@ -1,0 +1,61 @@
+"""edbatch train: optax training with evaluation, metrics log and exact resume from orbax checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from edbatch_jax.cli import main
+from edbatch_jax.train import TrainConfig, train
+from edbatch_jax.workloads import WORKLOADS, load_workload
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _work():
+    return load_workload("treelstm", hidden=8, num_train=96, num_held_out=32)
+
+
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_path):
+    cfg = dict(steps=7, batch_size=16, checkpoint_every=3, eval_batches=1, lr=1e-2)
+    full = train(_work(), TrainConfig(checkpoint_dir=str(tmp_path / "a"), **cfg))
+
+    def crash(step, loss, rate):
+        if step == 5:  # after the checkpoint of step 3, before the end
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(_work(), TrainConfig(checkpoint_dir=str(tmp_path / "b"), **cfg), progress=crash)
+    resumed = train(_work(), TrainConfig(checkpoint_dir=str(tmp_path / "b"), **cfg), resume=True)
+    assert resumed.resumed_from == 3 and resumed.step == full.step == 7
+    assert resumed.losses == full.losses[3:]
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_train_command_lowers_the_loss_logs_and_beats_the_majority_class(tmp_path, capsys):
+    log = tmp_path / "metrics.jsonl"
+    assert main(["train", "--model", "treelstm", "--steps", "40", "--batch-size", "32", "--hidden", "32",
+                 "--lr", "0.02", "--eval-batches", "2", "--log", str(log), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    first, last = map(float, [out.split("first")[1].split()[2].rstrip(","), out.split("last")[1].split()[2]])
+    assert last < 0.8 * first
+    acc = float(out.split("final held-out accuracy ")[1].split()[0])
+    majority = float(out.split("majority class ")[-1].split(")")[0])
+    assert acc > majority
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in records if "step" in r][:3] == [1, 2, 3]
+    assert any("eval" in r for r in records)
+
+
+def test_train_help_lists_every_model(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for name in WORKLOADS:
+        assert name in text
