@@ -78,8 +78,8 @@ def make_minibatch(graph: Graph, policy: Any = "agenda") -> MiniBatch:
 
 def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch) -> jax.Array:
     """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar)."""
-    out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout)
-    return out["loss"].sum() / batch.graph.num_instances
+    out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout, reduce="sum")
+    return out["loss"] / batch.graph.num_instances
 
 
 def unbatched_loss(ops, params: PyTree, batch: MiniBatch) -> jax.Array:
@@ -98,6 +98,8 @@ class Trainer:
 
     ``step(batch)`` computes the loss and gradients (eager: one jitted call per
     batch of nodes forward and backward) and applies one jitted optax update.
+    The trainer owns ``params``: updates donate the previous arrays, so keep a
+    copy (``jax.tree.map(jnp.copy, params)``) if you need the initial values.
     """
 
     def __init__(self, engine: Engine, params: PyTree, optimizer: optax.GradientTransformation):

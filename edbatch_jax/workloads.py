@@ -36,10 +36,24 @@ class _Spec:
 
 WORKLOADS: dict[str, _Spec] = {
     "treelstm": _Spec("binary Tree-LSTM, SST sentiment (leaf, internal, loss per node)", 64, "treelstm.json", "trees"),
+    "treegru": _Spec("Tree-GRU, SST sentiment (gate pair per child, loss per node)", 64, "treelstm.json", "trees"),
+    "mvrnn": _Spec("MV-RNN, SST sentiment (a vector and a matrix per word)", 64, "treelstm.json", "trees"),
+    "double_treelstm": _Spec("double-typed Tree-LSTM, SST (two internal cells, chosen per node)", 64,
+                             "double_treelstm.json", "trees"),
     "lattice_lstm": _Spec("Lattice-LSTM NER tagger (char/word arc cells, node sums, tag loss)", 32, "lattice.json", "lattice",
                           {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}),
     "lattice_gru": _Spec("Lattice-GRU NER tagger (same graphs as lattice_lstm)", 32, "lattice.json", "lattice",
                          {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}),
+    "bilstm_tagger": _Spec("2-layer BiLSTM tagger, WikiNER (learned initial states, per-token loss)", 32,
+                           "bilstm_tagger.json", "tags"),
+    "chain_lstm": _Spec("chain LSTM language model over variable-length sentences (WikiNER words)", 32,
+                        "chain_lstm.json", "tags"),
+    "grid_1d": _Spec("synthetic 1-D LSTM grid (length 10-50)", 32, "grid_1d.json", ""),
+    "grid_2d": _Spec("synthetic 2-D LSTM grid (3-5 x 20-25)", 32, "grid_2d.json", ""),
+    "grid_3d": _Spec("synthetic 3-D LSTM grid (2-4 x 2-4 x 10-15)", 32, "grid_3d.json", ""),
+    "random_dag": _Spec("synthetic random DAG (200 states, 4 arcs from the previous 30, two arc types 90/10)", 8,
+                        "random_dag.json", ""),
+    "binary_tree": _Spec("synthetic perfect binary trees (depth 5-7), Tree-LSTM cells", 32, "binary_tree.json", ""),
 }
 """Bundled workload names -> description, reference batch size, policy file, data folder name."""
 
@@ -127,8 +141,11 @@ def load_workload(
       num_train, num_held_out: synthetic instances to generate.
     """
     spec = _spec(name)
-    if name == "treelstm":
+    if name in ("treelstm", "treegru", "mvrnn", "double_treelstm"):
         from edbatch_jax.data.sst import Vocabulary, read_sst, synthetic_sst
+        from edbatch_jax.nn.double_treelstm import DoubleTreeLSTM
+        from edbatch_jax.nn.mvrnn import MVRNN
+        from edbatch_jax.nn.treegru import TreeGRU
         from edbatch_jax.nn.treelstm import TreeLSTM
 
         if data is None:
@@ -139,8 +156,13 @@ def load_workload(
             held = [t for f in files[1:] for t in read_sst(f)] or train[-num_held_out:]
             source = "SST " + "/".join(os.path.basename(f) for f in files)
         vocab = Vocabulary.build(train, max_size=5000)
-        model = TreeLSTM(vocab_size=len(vocab), hidden=hidden, embed=hidden)
+        cls = {"treelstm": TreeLSTM, "treegru": TreeGRU, "mvrnn": MVRNN, "double_treelstm": DoubleTreeLSTM}[name]
+        model = cls(vocab_size=len(vocab), hidden=hidden, embed=hidden)
         return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source)
+    if name in ("bilstm_tagger", "chain_lstm"):
+        return _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out)
+    if name.startswith("grid_") or name in ("random_dag", "binary_tree"):
+        return _load_synthetic(name, spec, data, hidden, seed, num_train, num_held_out)
     from edbatch_jax.data.lattice import read_lattices, synthetic_lattices
     from edbatch_jax.nn.lattice import LatticeTagger
 
@@ -155,3 +177,47 @@ def load_workload(
         source = "lattices " + "/".join(os.path.basename(f) for f in files)
     model = LatticeTagger(hidden=hidden, embed=hidden, cell="gru" if name == "lattice_gru" else "lstm")
     return Workload(name, model, train, held, model.batch_graph, spec.batch_size, source)
+
+
+def _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out) -> Workload:
+    from edbatch_jax.data.tags import WordVocabulary, read_tagged, split_sentences, synthetic_tagged
+
+    if data is None:
+        sentences, source = synthetic_tagged(num_train // 2 + num_held_out // 2, seed=seed), "synthetic WikiNER-like sentences"
+    else:
+        files = _files(data, ("dev",))
+        sentences = [s for f in files for s in read_tagged(f)]
+        source = "WikiNER " + "/".join(os.path.basename(f) for f in files)
+    train, held = split_sentences(sentences, 0.2, seed=seed)
+    vocab = WordVocabulary.build(train, max_size=20000)
+    if name == "bilstm_tagger":
+        from edbatch_jax.nn.bilstm import BiLSTMTagger
+
+        model = BiLSTMTagger(vocab_size=len(vocab), hidden=hidden, embed=hidden)
+    else:
+        from edbatch_jax.nn.chain import ChainLM
+
+        model = ChainLM(vocab_size=len(vocab), hidden=hidden, embed=hidden)
+    return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source)
+
+
+def _load_synthetic(name, spec, data, hidden, seed, num_train, num_held_out) -> Workload:
+    from edbatch_jax.data import synthetic_graphs as sg
+    from edbatch_jax.nn import synthetic as models
+
+    if data is not None:
+        raise ValueError(f"{name} is a synthetic workload; it takes no --data")
+    if name.startswith("grid_"):
+        ndim = int(name[5])
+        make = lambda n, s: sg.synthetic_grids(n, s, ndim=ndim)
+        model = models.GridLSTM(ndim=ndim, hidden=hidden, embed=hidden)
+    elif name == "random_dag":
+        make, model = sg.synthetic_dags, models.DagLSTM(hidden=hidden, embed=hidden)
+        num_train, num_held_out = min(num_train, 64), min(num_held_out, 16)
+    else:
+        make, model = sg.synthetic_binary_trees, models.BinaryTreeLSTM(hidden=hidden, embed=hidden)
+        num_train, num_held_out = min(num_train, 512), min(num_held_out, 128)
+    train, held = make(num_train // 4, seed), make(num_held_out // 4, seed + 1)
+    if name == "random_dag":
+        train, held = make(num_train, seed), make(num_held_out, seed + 1)
+    return Workload(name, model, train, held, model.batch_graph, spec.batch_size, f"synthetic {name.replace('_', ' ')}")

@@ -191,7 +191,7 @@ def test_unbatchable_nodes_run_alone_and_match():
 
 # ------------------------------------------------------------ compile budget
 def test_recompile_budget_twenty_minibatches_of_different_shapes():
-    """20 mini-batches of different tree shapes compile at most types x width buckets steps."""
+    """20 mini-batches of different tree shapes compile one step per (op, width bucket, slice pattern)."""
     trees = synthetic_sst(20 * 16, seed=7)
     vocab = Vocabulary.build(trees)
     model = TreeLSTM(vocab_size=len(vocab), hidden=8, embed=8)
@@ -201,14 +201,16 @@ def test_recompile_budget_twenty_minibatches_of_different_shapes():
     for k in range(20):
         graph = model.batch_graph(trees[16 * k : 16 * (k + 1)], vocab)
         sched = eb.schedule(graph, "agenda")
-        lanes_seen |= {(op, eb.bucket(len(nodes))) for op, nodes in sched.batches}
+        # each operand list is read with a slice (consecutive rows) or a gather: part of the step's shape
+        plan = engine.plan(params, graph, sched)
+        lanes_seen |= {(st.op, st.lanes, tuple(np.ndim(x) == 0 for x in st.operand_slots)) for st in plan.steps}
         nodes = graph.nodes_of_type("loss")
         jax.grad(lambda p: engine.run(p, graph, sched, outputs=nodes)["loss"].sum())(params)
-    n_types = 3
-    width_buckets = len({w for _, w in lanes_seen})
-    # forward and backward: one executable per (op type, width bucket) each
+    n_types, max_arity = 3, 2
+    width_buckets = len({w for _, w, _ in lanes_seen})
+    # forward and backward: one executable per (op type, width bucket, slice pattern) each
     assert engine.trace_count == 2 * len(lanes_seen)
-    assert engine.trace_count <= 2 * n_types * width_buckets
+    assert engine.trace_count <= 2 * n_types * width_buckets * 2**max_arity
     compiled = sum(f._cache_size() for f in (*engine._fwd.values(), *engine._bwd.values()))
     assert compiled == engine.trace_count
     # and a 21st mini-batch with known buckets compiles nothing
@@ -227,3 +229,41 @@ def test_empty_outputs_and_bad_output_ids():
     sched = eb.schedule(graph, "depth")
     with pytest.raises(eb.GraphError, match="output node 9999 does not exist"):
         eb.run(model.ops, params, graph, sched, outputs=[9999])
+
+
+def test_no_compilation_after_warm_up_across_100_minibatches_of_varying_shape(caplog):
+    """Warm up on mini-batches covering the width buckets, then 100 shuffled ones compile nothing."""
+    import logging
+
+    import optax
+
+    from edbatch_jax.training import Trainer, make_minibatch
+
+    trees = synthetic_sst(400, seed=21)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(4, 9, 100)  # 4..8 trees: many shapes, few buckets
+    starts = rng.integers(0, 390, 100)
+    batches = [make_minibatch(model.batch_graph(trees[s : s + k], vocab), "typewise") for s, k in zip(starts, sizes)]
+    engine = eb.Engine(model.ops, min_capacity=1024)
+    trainer = Trainer(engine, model.init(jax.random.PRNGKey(0)), optax.adam(1e-3))
+    seen = set()
+    for b in batches:  # warm-up: one mini-batch per new (op, bucket, slice pattern) set
+        plan = engine.plan(trainer.params, b.graph, b.schedule)
+        keys = {(st.op, st.lanes, tuple(np.ndim(x) == 0 for x in st.operand_slots)) for st in plan.steps}
+        keys.add(("outputs", eb.bucket(b.loss_nodes.size), ()))
+        if not keys <= seen:
+            trainer.step(b)
+            seen |= keys
+    before = engine.trace_count
+    caplog.set_level(logging.WARNING, logger="jax")
+    with jax.log_compiles():
+        for b in batches:
+            trainer.step(b)
+    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Finished XLA compilation")]
+    assert engine.trace_count == before
+    assert compiles == []
+    with jax.log_compiles():  # the probe sees a compilation when there is one
+        jax.jit(lambda x: x * 3)(jnp.arange(13))
+    assert any(r.getMessage().startswith("Finished XLA compilation") for r in caplog.records)

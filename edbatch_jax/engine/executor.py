@@ -63,7 +63,7 @@ class BatchStep:
     width: int
     lanes: int  # bucketed width
     out_buffer: int
-    out_offset: int
+    out_offset: Any  # int32 scalar (on device): first output row
     payload: PyTree  # leaves [lanes, ...] or None
     operand_buffers: tuple[int, ...]  # buffer of each operand group
     operand_slots: tuple[np.ndarray, ...]  # int32 [lanes] / [edge bucket] rows, or an int32 scalar: slice start
@@ -73,7 +73,7 @@ class BatchStep:
     @property
     def index_args(self) -> tuple:
         """``(payload, operand_slots, segments, mask, out_offset)``: the data arguments of a step call."""
-        return self.payload, self.operand_slots, self.segments, self.mask, np.int32(self.out_offset)
+        return self.payload, self.operand_slots, self.segments, self.mask, self.out_offset
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -107,6 +107,16 @@ class ExecutionPlan:
 
 def _take_rows(tree: PyTree, idx) -> PyTree:
     return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+
+
+@jax.jit
+def _sum_rows(tree: PyTree, idx, mask) -> PyTree:
+    """Sum of rows ``idx`` where ``mask`` (bucketed shapes: one executable per bucket)."""
+    def one(a):
+        rows = jnp.take(a, idx, axis=0)
+        return jnp.sum(jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), rows, jnp.zeros_like(rows)), axis=0)
+
+    return jax.tree.map(one, tree)
 
 
 def _read_rows(tree: PyTree, idx, length: int) -> PyTree:
@@ -338,7 +348,9 @@ class Engine:
                 bufs = tuple(int(type_buffer[graph.node_type[arg_mat[0, j]]]) for j in range(a))
                 slots = tuple(operand(node_slot[arg_mat[:, j]].astype(np.int32), lanes, bufs[j]) for j in range(a))
                 segments = None
-            steps.append(BatchStep(name, w, lanes, out_buf, offset, payload, bufs, slots, segments, mask))
+            # index arrays go to the device once per plan, not once per call
+            payload, slots, segments, mask, dev_offset = jax.device_put((payload, slots, segments, mask, np.int32(offset)))
+            steps.append(BatchStep(name, w, lanes, out_buf, dev_offset, payload, bufs, slots, segments, mask))
 
         capacities = []
         for b, sig in enumerate(signatures):
@@ -468,6 +480,7 @@ class Engine:
         schedule: Schedule,
         outputs: Sequence[int] | np.ndarray | None = None,
         layout: Any = None,
+        reduce: str | None = None,
     ) -> PyTree:
         """Runs ``schedule`` and returns the stacked states of ``outputs``.
 
@@ -479,15 +492,26 @@ class Engine:
             means every node (then all op types must share one structure).
           layout: buffer layout (see :meth:`plan`): ``None``, ``"gather"`` or
             a :class:`~edbatch_jax.layout.LayoutPlan`.
+          reduce: ``"sum"`` returns the sum over the outputs instead (no
+            leading axis), computed on a bucketed index so that mini-batches
+            with different output counts share one executable.
 
         Returns:
-          The state pytree with a leading axis ``[K]``. Differentiable with
+          The state pytree with a leading axis ``[K]`` (or summed). Differentiable with
           ``jax.grad`` w.r.t. ``params``; usable eagerly or under ``jax.jit``.
         """
+        if reduce not in (None, "sum"):
+            raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
         plan = self.plan(params, graph, schedule, layout)
         nodes = output_nodes(plan, graph, outputs)
         bufs = self.execute(plan, params)
-        return _take_rows(bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0], plan.node_slot[nodes])
+        buf = bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0]
+        if reduce == "sum":
+            k = bucket(nodes.size)
+            idx = np.zeros(k, np.int32)
+            idx[: nodes.size] = plan.node_slot[nodes]
+            return _sum_rows(buf, idx, np.arange(k) < nodes.size)
+        return _take_rows(buf, plan.node_slot[nodes])
 
 
 def output_nodes(plan: ExecutionPlan, graph: Graph, outputs) -> np.ndarray:

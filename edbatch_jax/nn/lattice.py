@@ -28,6 +28,7 @@ States: ``{"h", "c"}`` (LSTM) or ``{"h"}`` (GRU), f32 ``[H]``; loss states
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -132,7 +133,7 @@ class LatticeTagger:
             "loss": LossCell(self.num_tags),
         }
 
-    @property
+    @functools.cached_property
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; ``node`` is a variadic sum."""
         ops = {name: linen_op(cell, name) for name, cell in self.cells.items()}

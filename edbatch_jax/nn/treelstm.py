@@ -23,6 +23,7 @@ buffer), ``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -106,7 +107,7 @@ class TreeLSTM:
             "loss": LossCell(self.num_classes),
         }
 
-    @property
+    @functools.cached_property
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}

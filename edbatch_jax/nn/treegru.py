@@ -1,0 +1,230 @@
+"""Binary Tree-GRU sentiment classifier (SST), shaped like the ED-Batch benchmark.
+
+Graph of one tree (post-order), exactly as for :class:`~edbatch_jax.nn.treelstm.TreeLSTM`:
+every preterminal is a ``leaf`` node (payload: the word id), every binary node
+an ``internal`` node reading its two children, and every non-terminal
+(preterminals included) also gets a ``loss`` node (payload: the node's label)
+reading its state. Tree node ``k`` becomes cell node ``2k`` and loss node
+``2k + 1``, so the root's loss node is the last node of the instance.
+
+Cells (``flax.linen``), H = hidden size, E = embedding size, σ the logistic
+sigmoid, ⊙ the elementwise product:
+
+* leaf (a GRU step from a zero state; the reset gate has nothing to gate and is
+  omitted)::
+
+    x = Embed[word]                        # f32 [E]
+    z = σ(W_z x + b_z)                     # f32 [H]
+    n = tanh(W_n x + b_n)                  # f32 [H]
+    h = (1 - z) ⊙ n
+
+* internal (no word; one reset gate per child and a softmax-normalised update
+  gate over the two children and the candidate)::
+
+    g = [h_l; h_r]                                         # f32 [2H]
+    r_l, r_r = split(σ(W_r g + b_r))                       # f32 [H] each
+    n = tanh(W_n [r_l ⊙ h_l; r_r ⊙ h_r] + b_n)             # f32 [H]
+    a_l, a_r, a_n = split(W_z g + b_z)                     # f32 [H] each
+    z_l, z_r, z_n = softmax(a_l, a_r, a_n)                 # per hidden unit
+    h = z_l ⊙ h_l + z_r ⊙ h_r + z_n ⊙ n
+
+  The three update gates are positive and sum to one in every unit, so ``h``
+  is a convex combination of the children's states and the candidate.
+* loss: ``logits = W_o h + b_o`` (5 classes) and the softmax cross-entropy
+  against the label (:class:`~edbatch_jax.nn.treelstm.LossCell`).
+
+States: ``{"h": f32[H]}`` for leaf and internal nodes (one shared buffer),
+``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edbatch_jax.data.sst import Tree, Vocabulary
+from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.graph import Graph, GraphBuilder, GraphError, _payload_rows
+from edbatch_jax.nn.treelstm import LossCell
+
+__all__ = ["GRULeafCell", "GRUInternalCell", "TreeGRU", "binary_tree_batch_graph"]
+
+
+class GRULeafCell(nn.Module):
+    """Preterminal cell: word id (int32 scalar) -> ``{"h": f32[H]}``."""
+
+    vocab_size: int
+    embed: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, word):
+        x = nn.Embed(self.vocab_size, self.embed, name="embed")(word)
+        z = nn.sigmoid(nn.Dense(self.hidden, name="update")(x))
+        n = jnp.tanh(nn.Dense(self.hidden, name="cand")(x))
+        return {"h": (1.0 - z) * n}
+
+
+class GRUInternalCell(nn.Module):
+    """Binary cell: two child states ``{"h": f32[H]}`` -> ``{"h": f32[H]}``; no payload."""
+
+    hidden: int
+
+    @nn.compact
+    def __call__(self, payload, left, right):
+        del payload
+        h_l, h_r = left["h"], right["h"]
+        g = jnp.concatenate([h_l, h_r], axis=-1)
+        r_l, r_r = jnp.split(nn.sigmoid(nn.Dense(2 * self.hidden, name="reset")(g)), 2, axis=-1)
+        n = jnp.tanh(nn.Dense(self.hidden, name="cand")(jnp.concatenate([r_l * h_l, r_r * h_r], axis=-1)))
+        a = nn.Dense(3 * self.hidden, name="update")(g).reshape(3, self.hidden)
+        z_l, z_r, z_n = jax.nn.softmax(a, axis=0)
+        return {"h": z_l * h_l + z_r * h_r + z_n * n}
+
+
+def binary_tree_batch_graph(
+    trees: Sequence[Tree],
+    vocab: Vocabulary,
+    vocab_size: int,
+    op_types: tuple[str, ...],
+    internal_type: np.ndarray | None = None,
+) -> Graph:
+    """The batched graph of several SST trees for a leaf / internal / loss model, built vectorised.
+
+    Tree node ``k`` of the ``i``-th tree becomes cell node ``2 (o_i + k)`` and
+    loss node ``2 (o_i + k) + 1``, with ``o_i`` the nodes of the trees before
+    it; one instance per tree. Leaf payloads are int32 word ids modulo
+    ``vocab_size``, loss payloads the int32 labels; internal nodes carry none.
+
+    Args:
+      trees: the trees (post-order, root last).
+      vocab: maps tokens to ids.
+      vocab_size: leaf word ids are taken modulo it.
+      op_types: the model's op types: ``op_types[0]`` is the leaf type and
+        ``op_types[-1]`` the loss type; the ones between are internal types.
+      internal_type: int ``[total nodes]``, the op type id of every tree node
+        (read only at binary nodes); ``None`` means every binary node has type
+        id 1.
+
+    Returns:
+      The :class:`Graph`, with ``op_types`` as given (types without nodes
+      included, their payload ``None``).
+
+    Raises:
+      GraphError: ``trees`` is empty.
+    """
+    if not trees:
+        raise GraphError("batch_graph got an empty batch: no trees")
+    sizes = np.array([t.num_nodes for t in trees])
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    left = np.concatenate([t.left for t in trees])
+    right = np.concatenate([t.right for t in trees])
+    labels = np.concatenate([t.labels for t in trees]).astype(np.int32)
+    words = np.concatenate([vocab.encode(t) for t in trees])
+    g = np.arange(sizes.sum())
+    binary = left >= 0
+    loss_type = len(op_types) - 1
+    node_type = np.empty(2 * g.size, np.int32)
+    node_type[0::2] = np.where(binary, 1 if internal_type is None else internal_type, 0)
+    node_type[1::2] = loss_type
+    args = np.full((2 * g.size, 2), -1, np.int64)
+    args[0::2] = np.where(binary[:, None], 2 * (offsets[:, None] + np.stack([left, right], 1)), -1)
+    args[1::2, 0] = 2 * g
+    arity = (args >= 0).sum(1)
+    leaf_words = (words[~binary] % vocab_size).astype(np.int32)
+    payloads = [None] * len(op_types)
+    payloads[0], payloads[loss_type] = leaf_words, labels
+    return Graph(
+        node_type=node_type,
+        arg_ptr=np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
+        arg_idx=args[args >= 0].astype(np.int32),
+        instance=np.repeat(np.arange(len(trees), dtype=np.int32), 2 * sizes),
+        payload_row=_payload_rows(node_type, len(op_types)),
+        payloads=tuple(payloads),
+        op_types=tuple(op_types),
+        num_instances=len(trees),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeGRU:
+    """The Tree-GRU model: its cells, their ops, parameter init, and graph construction.
+
+    Attributes:
+      vocab_size: rows of the embedding table (token ids are taken modulo it).
+      hidden: hidden size H (default 128, as in the reference benchmark).
+      embed: embedding size E (default 128).
+      num_classes: sentiment classes (5 for SST).
+    """
+
+    vocab_size: int
+    hidden: int = 128
+    embed: int = 128
+    num_classes: int = 5
+
+    op_types = ("leaf", "internal", "loss")
+
+    @property
+    def cells(self) -> dict[str, nn.Module]:
+        """Op type name -> Flax cell: leaf, internal, loss."""
+        return {
+            "leaf": GRULeafCell(self.vocab_size, self.embed, self.hidden),
+            "internal": GRUInternalCell(self.hidden),
+            "loss": LossCell(self.num_classes),
+        }
+
+    @functools.cached_property
+    def ops(self) -> dict[str, Op]:
+        """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
+        return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def init(self, rng: jax.Array) -> dict:
+        """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32).
+
+        Args:
+          rng: a PRNG key.
+        """
+        k1, k2, k3 = jax.random.split(rng, 3)
+        state = {"h": jnp.zeros(self.hidden)}
+        cells = self.cells
+        return {
+            "leaf": cells["leaf"].init(k1, jnp.int32(0))["params"],
+            "internal": cells["internal"].init(k2, None, state, state)["params"],
+            "loss": cells["loss"].init(k3, jnp.int32(0), state)["params"],
+        }
+
+    def tree_graph(self, tree: Tree, token_ids: np.ndarray) -> Graph:
+        """The graph of one tree, built node by node (the readable reference).
+
+        Args:
+          tree: the tree.
+          token_ids: int32 ``[tree.num_nodes]`` token id per tree node (ignored
+            for binary nodes), e.g. ``vocab.encode(tree)``.
+        """
+        b = GraphBuilder()
+        node_of = np.empty(tree.num_nodes, dtype=np.int64)
+        for k in range(tree.num_nodes):
+            if tree.left[k] < 0:
+                v = b.add("leaf", payload=np.int32(token_ids[k] % self.vocab_size))
+            else:
+                v = b.add("internal", int(node_of[tree.left[k]]), int(node_of[tree.right[k]]))
+            node_of[k] = v
+            b.add("loss", v, payload=np.int32(tree.labels[k]))
+        return b.build()
+
+    def batch_graph(self, trees: Sequence[Tree], vocab: Vocabulary) -> Graph:
+        """The batched graph of several trees (one instance per tree), built vectorised.
+
+        Equal to ``batch_graphs([tree_graph(t, vocab.encode(t)) for t in trees])``
+        (see :func:`binary_tree_batch_graph` for the node numbering).
+
+        Raises:
+          GraphError: ``trees`` is empty.
+        """
+        return binary_tree_batch_graph(trees, vocab, self.vocab_size, self.op_types)
