@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/edbatch demo $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -27,6 +27,7 @@ from edbatch_jax.engine import (
     OpError,
     bucket,
     linen_op,
+    nnx_op,
     run,
     run_unbatched,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "fsm",
     "learn_fsm",
     "linen_op",
+    "nnx_op",
     "lower_bound",
     "node_depth",
     "plan_layout",

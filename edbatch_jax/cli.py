@@ -188,31 +188,59 @@ def learn(args: argparse.Namespace) -> int:
 
 def bench(args: argparse.Namespace) -> int:
     import json
+    import platform
 
     import jax
 
     from edbatch_jax import bench as harness
-    from edbatch_jax.workloads import load_workload
+    from edbatch_jax.workloads import WORKLOADS, load_workload
 
-    work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
-    size = args.batch_size or work.batch_size
     split = lambda s: [x for x in s.split(",") if x]
-    print(f"edbatch bench: {args.model} on {work.source}, batch {size}, hidden {args.hidden}, "
-          f"{args.batches} timed mini-batches, jax {jax.__version__} on {jax.default_backend()}")
-    results = harness.run_benchmarks(
-        work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
-        args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
-    )
-    print(harness.format_table(results))
-    print("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling and layout "
-          "every step; build/sched/layout/exec: ms per mini-batch; exes: compiled executables; "
-          "warm s: warm-up incl. compilation; new: executables compiled after warm-up")
+    machine = (f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), {platform.system()}, "
+               f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind})")
+    results, sections = [], []
+    for name in split(args.model):
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown model {name!r}; bundled models: {sorted(WORKLOADS)}")
+        data = args.data
+        if args.data_root and WORKLOADS[name].data_dir:
+            candidate = os.path.join(args.data_root, WORKLOADS[name].data_dir)
+            data = candidate if os.path.isdir(candidate) else None
+        work = load_workload(name, data, hidden=args.hidden, seed=args.seed)
+        size = args.batch_size or work.batch_size
+        print(f"edbatch bench: {name} on {work.source}, batch {size}, hidden {args.hidden}, "
+              f"{args.batches} timed mini-batches; {machine}", flush=True)
+        res = harness.run_benchmarks(
+            work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
+            args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+        )
+        table = harness.format_table(res)
+        print(table, flush=True)
+        results += res
+        sections.append(f"## {name}: {work.source}, batch {size}, hidden {args.hidden}\n\n```\n{table}\n```\n")
+    legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling and layout "
+              "every step; build/sched/layout/exec: ms per mini-batch; exes: compiled executables; "
+              "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
+    print(legend)
     if args.json:
         _write_atomic(args.json, json.dumps(harness.to_json(results), indent=1))
         print(f"wrote {args.json}")
     if args.plot:
-        harness.plot_results(results, args.plot, f"{args.model}, batch {size}, hidden {args.hidden}")
+        harness.plot_results(results, args.plot, f"{args.model}, hidden {args.hidden}")
         print(f"wrote {args.plot}")
+    if args.markdown:
+        shown, skip = [], False
+        for a in args.argv:  # the command line without the --markdown destination
+            if skip or a.startswith("--markdown"):
+                skip = a == "--markdown" and not skip
+                continue
+            shown.append(a)
+        command = "edbatch bench " + " ".join(shown)
+        _write_atomic(args.markdown, "\n".join([
+            "# Benchmarks", "", f"Machine: {machine}.", "",
+            f"Produced by `{command} --markdown PATH`; all rows of one section come from one process, "
+            "so compare them within a section only.", "", legend + ".", "", *sections]))
+        print(f"wrote {args.markdown}")
     return 0
 
 
@@ -378,8 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     lp.set_defaults(func=learn)
 
     bp = sub.add_parser("bench", help="measure policies, layouts and modes side by side in one run")
-    bp.add_argument("--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}")
+    bp.add_argument("--model", default="treelstm", help=f"comma-separated workloads: {models}")
     bp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    bp.add_argument("--data-root", default=None, help="folder with trees/, lattice/, tags/: real data per workload")
+    bp.add_argument("--markdown", default=None, help="write the results page (machine, command, tables) here")
     bp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
     bp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
     bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
@@ -424,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     return args.func(args)
 
 

@@ -153,3 +153,23 @@ def test_every_plan_is_a_permutation_keeping_batches_consecutive(graph, policy):
         pos = np.sort(plan.position[nodes])
         assert pos[-1] - pos[0] == nodes.size - 1
     assert 0 <= plan.num_gathers <= plan.num_operands
+
+
+@pytest.mark.parametrize("name", ["treegru", "mvrnn", "double_treelstm", "bilstm_tagger", "chain_lstm",
+                                  "grid_2d", "grid_3d", "random_dag", "binary_tree", "lattice_gru"])
+def test_every_bundled_workload_matches_unbatched_with_the_planned_layout(name):
+    from edbatch_jax.workloads import load_workload
+
+    work = load_workload(name, hidden=4, num_train=16, num_held_out=8)
+    small = {"random_dag": 1, "grid_3d": 1, "binary_tree": 1}.get(name, 2)
+    items = work.train[:small]
+    if name == "random_dag":  # a 200-state DAG is slow node by node: keep its first states
+        from edbatch_jax.data.synthetic_graphs import synthetic_dags
+
+        items = synthetic_dags(1, seed=3, num_states=24)
+    graph = work.batch_graph(items)
+    sched = eb.schedule(graph, "typewise")
+    variadic = {n for n, op in work.model.ops.items() if op.variadic}
+    plan = _check(work.model.ops, work.model.init(jax.random.PRNGKey(0)), graph, sched, graph.nodes_of_type("loss"),
+                  eb.plan_layout(graph, sched, variadic), reduce=lambda s: jnp.sum(s["loss"]))
+    assert plan.num_gathers <= plan.num_operands

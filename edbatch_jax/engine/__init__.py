@@ -2,7 +2,7 @@
 
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.executor import Engine, ExecutionPlan, engine_for, run, state_signature
-from edbatch_jax.engine.ops import Op, OpError, as_op, as_ops, linen_op
+from edbatch_jax.engine.ops import Op, OpError, as_op, as_ops, linen_op, nnx_op
 from edbatch_jax.engine.reference import run_unbatched
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "bucket",
     "engine_for",
     "linen_op",
+    "nnx_op",
     "run",
     "run_unbatched",
     "state_signature",

@@ -174,6 +174,36 @@ def _mask_rows(tree: PyTree, mask) -> PyTree:
     )
 
 
+def _path_head(path) -> Any:
+    """The first key of a pytree path (dict key, attribute name or index)."""
+    k = path[0]
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return k
+
+
+def _assemble_grads(params: PyTree, grads: dict) -> PyTree:
+    """The gradient pytree of ``params`` from per-``params_key`` accumulators.
+
+    ``grads[None]`` (ops reading all of ``params``) has the structure of
+    ``params``; ``grads[key]`` that of ``params[key]``. Leaves are matched by
+    path, so any mapping container works (dicts, ``flax.nnx.State``).
+    """
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    total = grads.pop(None, None)
+    out = jax.tree.leaves(total) if total is not None else [jnp.zeros_like(x) for _, x in with_path]
+    heads = [_path_head(p) if p else None for p, _ in with_path]
+    for key, g in grads.items():
+        idx = [i for i, h in enumerate(heads) if h == key]
+        leaves = jax.tree.leaves(g)
+        if len(idx) != len(leaves):
+            raise OpError(f"gradient of params[{key!r}] has {len(leaves)} leaves, the parameters {len(idx)}")
+        for i, leaf in zip(idx, leaves):
+            out[i] = out[i] + leaf
+    return jax.tree.unflatten(treedef, out)
+
+
 class Engine:
     """Runs schedules of graphs whose op types are implemented by ``ops``.
 
@@ -448,12 +478,7 @@ class Engine:
             )
             for b, c in zip(ct_touch, touched):
                 ct_bufs[b] = c
-        total = grads.pop(None, None)
-        if total is None:
-            total = jax.tree.map(jnp.zeros_like, params)
-        for key, g in grads.items():
-            total = type(total)({**total, key: jax.tree.map(jnp.add, total[key], g)})
-        return total
+        return _assemble_grads(params, grads)
 
     def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
         """All state buffers after running ``plan``; differentiable w.r.t. ``params``."""

@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Op", "OpError", "as_op", "as_ops", "linen_op"]
+__all__ = ["Op", "OpError", "as_op", "as_ops", "linen_op", "nnx_op"]
 
 AGGREGATES = ("sum", "mean", "max")
 
@@ -134,5 +134,30 @@ def linen_op(module, params_key: str, arity: int | None = None, aggregate: str |
 
     if arity is None and aggregate is None:
         arity = _signature_arity(type(module).__call__)  # (self, payload, *states)
+    fn.__name__ = f"{type(module).__name__}[{params_key}]"
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
+
+
+def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
+    """Wraps a ``flax.nnx`` module instance as an op.
+
+    The op reads ``params[params_key]``: the ``nnx.State`` of the module's
+    ``nnx.Param`` variables (``nnx.state(module, nnx.Param)``, or the
+    ``params_key`` entry of ``nnx.split(container, nnx.Param)`` for a
+    container module holding every cell). The node function is
+    ``nnx.merge(graphdef, params, rest)(payload, *operand_states)``, so the
+    engine differentiates with respect to the ``nnx.State`` and an
+    ``nnx.Optimizer`` can apply the gradients. The arity is read from
+    ``type(module).__call__(self, payload, *operand_states)`` unless given.
+    """
+    from flax import nnx
+
+    graphdef, _, rest = nnx.split(module, nnx.Param, ...)
+
+    def fn(params, payload, *states):
+        return nnx.merge(graphdef, params, rest)(payload, *states)
+
+    if arity is None and aggregate is None:
+        arity = _signature_arity(type(module).__call__)
     fn.__name__ = f"{type(module).__name__}[{params_key}]"
     return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
