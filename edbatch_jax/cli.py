@@ -234,7 +234,7 @@ def bench(args: argparse.Namespace) -> int:
             if skip or a.startswith("--markdown"):
                 skip = a == "--markdown" and not skip
                 continue
-            shown.append(a)
+            shown.append("DATA" if shown and shown[-1] in ("--data", "--data-root") else a)
         command = "edbatch bench " + " ".join(shown)
         _write_atomic(args.markdown, "\n".join([
             "# Benchmarks", "", f"Machine: {machine}.", "",

@@ -37,11 +37,11 @@ def _brute_typewise_counts(graph, remaining, anc):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 30), st.integers(1, 3))
-def test_typewise_counts_match_brute_force_as_batches_run(seed, n, n_types):
+@given(st.integers(0, 10**6), st.integers(1, 30), st.integers(1, 3), st.sampled_from(["maximal", "nearest"]))
+def test_typewise_counts_match_brute_force_as_batches_run(seed, n, n_types, edges):
     graph = _random_dag(seed, n, n_types)
     anc = _ancestors(graph)
-    frontier = eb.TypewiseFrontier(graph)
+    frontier = eb.TypewiseFrontier(graph, edges=edges)
     remaining = set(range(graph.num_nodes))
     rng = np.random.default_rng(seed)
     while not frontier.done:

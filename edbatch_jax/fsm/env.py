@@ -380,7 +380,7 @@ class ReferenceEnv:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.frontier = TypewiseFrontier(graph)
+        self.frontier = TypewiseFrontier(graph, edges="nearest")  # the definition, to cross-check
         self.num_batches = 0
         self._unbatchable = np.flatnonzero(graph.type_is_unbatchable)
 

@@ -96,9 +96,12 @@ class TypewiseFrontier(Frontier):
       typewise_counts: int64 ``[T]``, ``|TF_t|`` of the remaining graph.
     """
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, edges: str = "maximal"):
+        """``edges``: ``"maximal"`` (fewer pairs, same counts) or ``"nearest"`` (the definition)."""
         super().__init__(graph)
-        src, dst = nearest_same_type_edges(graph)
+        if edges not in ("maximal", "nearest"):
+            raise ValueError(f"edges must be 'maximal' or 'nearest', got {edges!r}")
+        src, dst = (maximal_same_type_edges if edges == "maximal" else nearest_same_type_edges)(graph)
         self._near_ptr, self._near_dst = _csr_by_source(src, dst, graph.num_nodes)
         self._near_indeg = np.bincount(dst, minlength=graph.num_nodes).astype(np.int64)
         top = self._near_indeg == 0
