@@ -142,6 +142,8 @@ def learn(args: argparse.Namespace) -> int:
     size = args.batch_size or work.batch_size
     out = args.out or default_policy_path(args.model)
     settings = fsm_settings(args.model)
+    graphs = args.graphs or settings.pop("graphs")
+    settings.pop("graphs", None)
     if args.encoding:
         settings["encoding"] = args.encoding
     if args.bootstrap:
@@ -149,9 +151,9 @@ def learn(args: argparse.Namespace) -> int:
     if args.episodes:
         settings["max_episodes"] = args.episodes
     encoding = settings.pop("encoding")
-    print(f"edbatch learn: {args.model} on {work.source}, batch {size}, {args.graphs} training mini-batches, "
+    print(f"edbatch learn: {args.model} on {work.source}, batch {size}, {graphs} training mini-batches, "
           f"encoding {encoding}, settings {settings}")
-    train_graphs = work.minibatches("train", size, args.graphs, seed=args.seed)
+    train_graphs = work.minibatches("train", size, graphs, seed=args.seed)
     held = work.minibatches("held_out", size, args.eval_batches, seed=args.seed + 1)
     bar = tqdm(total=settings.get("max_episodes", 1000), desc="Q-learning", unit="episode", disable=args.quiet)
 
@@ -392,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
     lp.add_argument("--out", default=None, help="policy file to write (default: the shipped policies/ file)")
     lp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
-    lp.add_argument("--graphs", type=int, default=4, help="training mini-batches learned from")
+    lp.add_argument("--graphs", type=int, default=None, help="training mini-batches learned from (default: the shipped policy's, else 4)")
     lp.add_argument("--eval-batches", type=int, default=10, help="held-out mini-batches for the comparison")
     lp.add_argument("--encoding", default=None, choices=["sort", "set", "max", "sort_complete"],
                     help="state encoding (default: the one of the shipped policy)")

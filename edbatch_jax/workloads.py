@@ -32,6 +32,7 @@ class _Spec:
     policy_file: str
     data_dir: str
     fsm: dict = dataclasses.field(default_factory=dict)  # learn_fsm settings of the shipped policy
+    learn_graphs: int = 4  # training mini-batches the shipped policy was learned from
 
 
 WORKLOADS: dict[str, _Spec] = {
@@ -41,9 +42,9 @@ WORKLOADS: dict[str, _Spec] = {
     "double_treelstm": _Spec("double-typed Tree-LSTM, SST (two internal cells, chosen per node)", 64,
                              "double_treelstm.json", "trees"),
     "lattice_lstm": _Spec("Lattice-LSTM NER tagger (char/word arc cells, node sums, tag loss)", 32, "lattice.json", "lattice",
-                          {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}),
+                          {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}, learn_graphs=2),
     "lattice_gru": _Spec("Lattice-GRU NER tagger (same graphs as lattice_lstm)", 32, "lattice.json", "lattice",
-                         {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}),
+                         {"encoding": "sort_complete", "bootstrap": False, "max_episodes": 300}, learn_graphs=2),
     "bilstm_tagger": _Spec("2-layer BiLSTM tagger, WikiNER (learned initial states, per-token loss)", 32,
                            "bilstm_tagger.json", "tags"),
     "chain_lstm": _Spec("chain LSTM language model over variable-length sentences (WikiNER words)", 32,
@@ -96,8 +97,11 @@ class Workload:
 
 
 def fsm_settings(name: str) -> dict:
-    """The :func:`~edbatch_jax.learn_fsm` settings that produced a workload's shipped policy."""
-    return {"encoding": "sort", **_spec(name).fsm}
+    """The :func:`~edbatch_jax.learn_fsm` settings that produced a workload's shipped policy.
+
+    Includes ``"graphs"``: how many training mini-batches it was learned from.
+    """
+    return {"encoding": "sort", **_spec(name).fsm, "graphs": _spec(name).learn_graphs}
 
 
 def default_policy_path(name: str) -> Path:
