@@ -7,7 +7,9 @@ Graph of one lattice with ``L`` nodes and ``A`` arcs (ED-Batch section 9):
   node (a longer arc); it reads its source node's state, and its payload is
   the arc's embedding id;
 * every node ``i >= 1`` is a ``node`` node: the **sum** of the states of its
-  incoming arcs (1 to k operands: a variable-arity op, nothing padded);
+  incoming arcs (1 to k operands: a variable-arity op, nothing padded); the
+  GRU variant takes the **mean** instead, because its unsquashed ``h`` summed
+  over several arcs per node grows geometrically along the lattice;
 * every node (0 included) gets a ``loss`` node: an 18-way tag classifier.
 
 Node ids inside one lattice: states ``0..L-1``, then arcs ``L..L+A-1`` (in
@@ -137,7 +139,9 @@ class LatticeTagger:
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; ``node`` is a variadic sum."""
         ops = {name: linen_op(cell, name) for name, cell in self.cells.items()}
-        ops["node"] = Op(_node_sum, aggregate="sum")
+        # LSTM: the sum of the arcs (h is squashed by tanh, so sums stay bounded). GRU: the mean, since
+        # its h is not squashed and a sum over 1..k arcs per node grows geometrically along the lattice.
+        ops["node"] = Op(_node_sum, aggregate="sum" if self.cell == "lstm" else "mean")
         return ops
 
     def init(self, rng: jax.Array) -> dict:
