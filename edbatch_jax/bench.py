@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
-from edbatch_jax.training import Trainer, batched_loss, make_minibatch
+from edbatch_jax.training import Trainer, batched_loss, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload, default_policy_path
 
 __all__ = ["BenchResult", "run_benchmarks", "resolve_policy", "format_table"]
@@ -90,10 +90,6 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _variadic(model) -> set[str]:
-    return {name for name, op in model.ops.items() if getattr(op, "variadic", False)}
-
-
 def _block(x):
     return jax.block_until_ready(x)
 
@@ -129,7 +125,7 @@ def run_benchmarks(
     say = progress or (lambda s: None)
     model = work.model
     params0 = model.init(jax.random.PRNGKey(seed))
-    variadic = _variadic(model)
+    variadic = variadic_ops(model.ops)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(work.train))
     chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
@@ -156,10 +152,8 @@ def run_benchmarks(
         schedule_ms = (time.perf_counter() - t0) / len(mbs) * 1e3
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.layout"):
-            lays = [eb.plan_layout(m.graph, m.schedule, variadic) if layout == "planned" else
-                    ("gather" if layout == "gather" else None) for m in mbs]
+            mbs = [resolve_layout(layout, m, variadic) for m in mbs]
         layout_ms = (time.perf_counter() - t0) / len(mbs) * 1e3 if layout == "planned" else 0.0
-        mbs = [dataclasses.replace(m, layout=lay) for m, lay in zip(mbs, lays)]
 
         engine = engines[mode]
         traced_before = engine.trace_count

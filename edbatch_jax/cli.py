@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from edbatch_jax.io import write_text_atomic
+
 
 def _load_trees(data: str | None, seed: int, num_train: int, num_dev: int):
     from edbatch_jax.data.sst import read_sst, synthetic_sst
@@ -225,7 +227,7 @@ def bench(args: argparse.Namespace) -> int:
               "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
     print(legend)
     if args.json:
-        _write_atomic(args.json, json.dumps(harness.to_json(results), indent=1))
+        write_text_atomic(args.json, json.dumps(harness.to_json(results), indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         harness.plot_results(results, args.plot, f"{args.model}, hidden {args.hidden}")
@@ -238,7 +240,7 @@ def bench(args: argparse.Namespace) -> int:
                 continue
             shown.append("DATA" if shown and shown[-1] in ("--data", "--data-root") else a)
         command = "edbatch bench " + " ".join(shown)
-        _write_atomic(args.markdown, "\n".join([
+        write_text_atomic(args.markdown, "\n".join([
             "# Benchmarks", "", f"Machine: {machine}.", "",
             f"Produced by `{command} --markdown PATH`; all rows of one section come from one process, "
             "so compare them within a section only.", "", legend + ".", "", *sections]))
@@ -327,25 +329,9 @@ def workloads_table(args: argparse.Namespace) -> int:
         "",
     ])
     if args.out:
-        _write_atomic(args.out, text)
+        write_text_atomic(args.out, text)
         print(f"wrote {args.out}")
     return 0
-
-
-def _write_atomic(path: str, text: str) -> None:
-    import tempfile
-
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _plot_curve(provenance: dict, path: str) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
-from edbatch_jax.training import MiniBatch, Trainer, batched_loss, make_minibatch
+from edbatch_jax.training import MiniBatch, Trainer, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_nodes"]
@@ -83,13 +83,8 @@ def _majority(batches: list[MiniBatch]) -> float:
 
 
 def _prepare(work: Workload, graphs, policy, layout: str) -> list[MiniBatch]:
-    variadic = {n for n, op in work.model.ops.items() if getattr(op, "variadic", False)}
-    out = []
-    for g in graphs:
-        m = make_minibatch(g, policy)
-        lay = eb.plan_layout(g, m.schedule, variadic) if layout == "planned" else ("gather" if layout == "gather" else None)
-        out.append(dataclasses.replace(m, layout=lay))
-    return out
+    variadic = variadic_ops(work.model.ops)
+    return [resolve_layout(layout, make_minibatch(g, policy), variadic) for g in graphs]
 
 
 def _checkpointer(directory: str):

@@ -25,7 +25,7 @@ from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
 
-__all__ = ["MiniBatch", "make_minibatch", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
+__all__ = ["MiniBatch", "make_minibatch", "resolve_layout", "variadic_ops", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -74,6 +74,22 @@ def make_minibatch(graph: Graph, policy: Any = "agenda") -> MiniBatch:
         root_nodes=roots,
         root_labels=node_labels(graph, roots),
     )
+
+
+def variadic_ops(ops) -> set[str]:
+    """Names of the variable-arity ops in an op mapping."""
+    return {name for name, op in ops.items() if getattr(op, "variadic", False)}
+
+
+def resolve_layout(name: str, batch: MiniBatch, variadic=None) -> MiniBatch:
+    """``batch`` with the layout ``name``: ``"dynet"`` (rows in schedule order), ``"planned"`` or ``"gather"``."""
+    if name == "planned":
+        from edbatch_jax.layout import plan_layout
+
+        return dataclasses.replace(batch, layout=plan_layout(batch.graph, batch.schedule, variadic))
+    if name not in ("dynet", "gather"):
+        raise ValueError(f"unknown layout {name!r}; choose 'dynet', 'planned' or 'gather'")
+    return dataclasses.replace(batch, layout="gather" if name == "gather" else None)
 
 
 def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch) -> jax.Array:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -30,6 +29,7 @@ from edbatch_jax.fsm import encoding as enc
 from edbatch_jax.fsm.env import make_env, stack_envs
 from edbatch_jax.fsm.qlearning import QLearningSettings, greedy_actions, run_q_learning
 from edbatch_jax.graph import Graph
+from edbatch_jax.io import write_text_atomic
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.policies import FrontierPolicy
 from edbatch_jax.scheduling.schedule import Schedule
@@ -188,19 +188,7 @@ class FSMPolicy(FrontierPolicy):
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the policy as JSON, atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".fsm-", suffix=".json.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1), prefix=".fsm-")
 
     @classmethod
     def from_dict(cls, data: Any, op_types: Sequence[str] | None = None, source: str = "<dict>") -> "FSMPolicy":
