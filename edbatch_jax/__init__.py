@@ -23,6 +23,7 @@ from edbatch_jax.analysis import (
 from edbatch_jax.engine import (
     Engine,
     ExecutionPlan,
+    FusedEngine,
     Op,
     OpError,
     bucket,
@@ -65,6 +66,7 @@ __all__ = [
     "Engine",
     "FSMPolicy",
     "ExecutionPlan",
+    "FusedEngine",
     "Frontier",
     "FrontierPolicy",
     "Graph",

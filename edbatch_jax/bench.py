@@ -33,10 +33,10 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
-from edbatch_jax.training import Trainer, batched_loss, make_minibatch, resolve_layout, variadic_ops
+from edbatch_jax.training import Trainer, batched_loss, make_engine, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload, default_policy_path
 
-__all__ = ["BenchResult", "run_benchmarks", "resolve_policy", "format_table"]
+__all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
 
 LAYOUTS = ("dynet", "planned", "gather")
 """``dynet``: rows in schedule order, slices only where operands happen to be
@@ -52,6 +52,7 @@ class BenchResult:
     policy: str
     layout: str
     mode: str
+    engine: str
     batch_size: int
     hidden: int
     backend: str
@@ -105,6 +106,8 @@ def run_benchmarks(
     seed: int = 0,
     unbatched_instances: int = 0,
     progress=None,
+    engines: Sequence[str] = ("fused",),
+    max_lanes: int = 512,
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -121,6 +124,8 @@ def run_benchmarks(
       unbatched_instances: if > 0, also time node-by-node execution on this
         many instances (policy ``"none"``).
       progress: optional callable(str) for status lines.
+      engines: a subset of :data:`edbatch_jax.training.ENGINES`.
+      max_lanes: the fused engine's widest chunk.
     """
     say = progress or (lambda s: None)
     model = work.model
@@ -135,17 +140,18 @@ def run_benchmarks(
     instance_sets = [[work.train[j] for j in c] for c in chunks[:need]]
     backend = jax.default_backend()
     results = []
-    engines = {mode: eb.Engine(model.ops) for mode in modes}  # shared: a configuration compiles only what is new
+    # shared per (engine, mode): a configuration compiles only what is new
+    shared = {(e, mode): make_engine(e, model.ops, max_lanes) for e in engines for mode in modes}
 
     t0 = time.perf_counter()
     with jax.profiler.TraceAnnotation("edbatch.construct"):
         graphs = [work.batch_graph(x) for x in instance_sets]
     construct_ms = (time.perf_counter() - t0) / len(graphs) * 1e3
 
-    for policy_name, layout, mode in itertools.product(policies, layouts, modes):
+    for engine_name, policy_name, layout, mode in itertools.product(engines, policies, layouts, modes):
         policy = resolve_policy(policy_name, work)
         label = policy_name if isinstance(policy, str) else "fsm"
-        say(f"{label} / {layout} / {mode}")
+        say(f"{engine_name} / {label} / {layout} / {mode}")
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.schedule"):
             mbs = [make_minibatch(g, policy) for g in graphs]
@@ -155,7 +161,7 @@ def run_benchmarks(
             mbs = [resolve_layout(layout, m, variadic) for m in mbs]
         layout_ms = (time.perf_counter() - t0) / len(mbs) * 1e3 if layout == "planned" else 0.0
 
-        engine = engines[mode]
+        engine = shared[(engine_name, mode)]
         traced_before = engine.trace_count
         params = jax.tree.map(jnp.copy, params0)
         trainer = Trainer(engine, params, optax.adam(1e-3)) if mode == "train" else None
@@ -184,7 +190,7 @@ def run_benchmarks(
         timed = mbs[warmup:]
         rebuilt_ms = construct_ms + schedule_ms + layout_ms + execute_ms
         results.append(BenchResult(
-            model=work.name, policy=label, layout=layout, mode=mode, batch_size=batch_size,
+            model=work.name, policy=label, layout=layout, mode=mode, engine=engine_name, batch_size=batch_size,
             hidden=int(getattr(model, "hidden", 0)), backend=backend,
             instances_per_s=batch_size / (execute_ms / 1e3),
             instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
@@ -221,7 +227,7 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
         _block(fn())
         per_instance_ms = (time.perf_counter() - t0) / count * 1e3
         out.append(BenchResult(
-            model=work.name, policy="none", layout="-", mode=mode, batch_size=batch_size,
+            model=work.name, policy="none", layout="-", mode=mode, engine="-", batch_size=batch_size,
             hidden=int(getattr(work.model, "hidden", 0)), backend=backend,
             instances_per_s=1e3 / per_instance_ms, instances_per_s_rebuilt=1e3 / (per_instance_ms + construct_ms / batch_size),
             construct_ms=construct_ms, schedule_ms=0.0, layout_ms=0.0, execute_ms=per_instance_ms * batch_size,
@@ -234,12 +240,12 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
 
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
-    head = (f"{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
+    head = (f"{'engine':<9}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
             f"{'exec ms':>9}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
+            f"{r.engine:<9}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
@@ -255,7 +261,7 @@ def plot_results(results: Sequence[BenchResult], path: str, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.policy}/{r.layout}/{r.mode}" for r in results]
+    labels = [f"{r.engine}/{r.policy}/{r.layout}/{r.mode}" for r in results]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(results)), 4))
     colors = ["tab:blue" if r.mode == "infer" else "tab:orange" for r in results]
     ax.bar(range(len(results)), [r.instances_per_s for r in results], color=colors)

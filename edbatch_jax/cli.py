@@ -203,25 +203,27 @@ def bench(args: argparse.Namespace) -> int:
     machine = (f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), {platform.system()}, "
                f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind})")
     results, sections = [], []
-    for name in split(args.model):
+    ints = lambda s: [int(x) for x in split(str(s))] if s else [None]
+    for name, hidden, batch in itertools.product(split(args.model), ints(args.hidden), ints(args.batch_size)):
         if name not in WORKLOADS:
             raise SystemExit(f"unknown model {name!r}; bundled models: {sorted(WORKLOADS)}")
         data = args.data
         if args.data_root and WORKLOADS[name].data_dir:
             candidate = os.path.join(args.data_root, WORKLOADS[name].data_dir)
             data = candidate if os.path.isdir(candidate) else None
-        work = load_workload(name, data, hidden=args.hidden, seed=args.seed)
-        size = args.batch_size or work.batch_size
-        print(f"edbatch bench: {name} on {work.source}, batch {size}, hidden {args.hidden}, "
+        work = load_workload(name, data, hidden=hidden, seed=args.seed)
+        size = batch or work.batch_size
+        print(f"edbatch bench: {name} on {work.source}, batch {size}, hidden {hidden}, "
               f"{args.batches} timed mini-batches; {machine}", flush=True)
         res = harness.run_benchmarks(
             work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
             args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+            engines=split(args.engine), max_lanes=args.max_lanes,
         )
         table = harness.format_table(res)
         print(table, flush=True)
         results += res
-        sections.append(f"## {name}: {work.source}, batch {size}, hidden {args.hidden}\n\n```\n{table}\n```\n")
+        sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling and layout "
               "every step; build/sched/layout/exec: ms per mini-batch; exes: compiled executables; "
               "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
@@ -257,7 +259,7 @@ def train_command(args: argparse.Namespace) -> int:
     work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, policy=args.policy, layout=args.layout,
-        eval_batches=args.eval_batches, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+        engine=args.engine, eval_batches=args.eval_batches, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
         log_path=args.log, seed=args.seed,
     )
     size = args.batch_size or work.batch_size
@@ -398,8 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
     bp.add_argument("--data-root", default=None, help="folder with trees/, lattice/, tags/: real data per workload")
     bp.add_argument("--markdown", default=None, help="write the results page (machine, command, tables) here")
-    bp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
-    bp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
+    bp.add_argument("--batch-size", default=None, help="comma-separated instances per mini-batch (default: the model's)")
+    bp.add_argument("--hidden", default="128", help="comma-separated hidden = embedding sizes")
+    bp.add_argument("--engine", default="fused", help="comma-separated engines: fused, stepwise")
+    bp.add_argument("--max-lanes", type=int, default=512, help="widest chunk of the fused engine (a power of two)")
     bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
     bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
     bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")
@@ -421,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (warm-up, then cosine decay)")
     tp.add_argument("--policy", default="typewise", help="batching policy (fsm = the shipped policy)")
     tp.add_argument("--layout", default="dynet", choices=["dynet", "planned", "gather"])
+    tp.add_argument("--engine", default="stepwise", choices=["stepwise", "fused"],
+                    help="stepwise: one call per batch (compiles in seconds); fused: one program per schedule "
+                         "(faster steps, longer first compile)")
     tp.add_argument("--eval-batches", type=int, default=4, help="held-out mini-batches evaluated after every epoch")
     tp.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint directory")
     tp.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
-from edbatch_jax.training import MiniBatch, Trainer, make_minibatch, resolve_layout, variadic_ops
+from edbatch_jax.training import MiniBatch, Trainer, make_engine, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate_nodes"]
@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_steps: int = 20
     policy: str = "typewise"
     layout: str = "dynet"
+    engine: str = "stepwise"
     eval_batches: int = 4
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
@@ -123,7 +124,7 @@ def train(
                     policy, config.layout)
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, max(1, min(config.warmup_steps, config.steps // 2)),
                                                   max(config.steps, 2))
-    engine = eb.Engine(work.model.ops)
+    engine = make_engine(config.engine, work.model.ops)
     trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(config.seed)), optax.adam(schedule))
     step, resumed_from = 0, None
     manager = _checkpointer(config.checkpoint_dir) if config.checkpoint_dir else None

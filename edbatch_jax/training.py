@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from edbatch_jax.engine.executor import Engine
+from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.graph import Graph
 from edbatch_jax.scheduling.policies import schedule as make_schedule
@@ -25,7 +26,7 @@ from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
 
-__all__ = ["MiniBatch", "make_minibatch", "resolve_layout", "variadic_ops", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
+__all__ = ["ENGINES", "MiniBatch", "make_engine", "make_minibatch", "resolve_layout", "variadic_ops", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -50,6 +51,20 @@ class MiniBatch:
     root_nodes: np.ndarray
     root_labels: np.ndarray
     layout: Any = None
+
+
+ENGINES = ("fused", "stepwise")
+"""``fused``: :class:`edbatch_jax.FusedEngine`, one XLA program per schedule;
+``stepwise``: :class:`edbatch_jax.Engine`, one jitted call per batch."""
+
+
+def make_engine(name: str, ops, max_lanes: int = 512) -> Engine:
+    """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk."""
+    if name == "fused":
+        return FusedEngine(ops, max_lanes=max_lanes)
+    if name == "stepwise":
+        return Engine(ops)
+    raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
 
 
 def root_loss_nodes(graph: Graph) -> np.ndarray:

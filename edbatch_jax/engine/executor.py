@@ -89,6 +89,8 @@ class ExecutionPlan:
       num_operands: operand lists read per run.
       num_gathers: operand lists gathered row by row (the others are slices).
       gathered_bytes: bytes those gathers read (real lanes only).
+      tables: the device arrays of a :class:`~edbatch_jax.engine.fused.FusedEngine`
+        plan (``None`` for the stepwise engine).
     """
 
     signatures: tuple[tuple, ...]
@@ -99,6 +101,7 @@ class ExecutionPlan:
     num_operands: int = 0
     num_gathers: int = 0
     gathered_bytes: int = 0
+    tables: Any = None
 
     @property
     def num_steps(self) -> int:
@@ -267,7 +270,8 @@ class Engine:
             self._plans.popitem(last=False)
         return plan
 
-    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None) -> ExecutionPlan:
+    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None,
+                    device: bool = True) -> ExecutionPlan:
         if graph.num_nodes == 0:
             raise GraphError("empty graph: nothing to run")
         if schedule.op_types != graph.op_types:
@@ -378,8 +382,9 @@ class Engine:
                 bufs = tuple(int(type_buffer[graph.node_type[arg_mat[0, j]]]) for j in range(a))
                 slots = tuple(operand(node_slot[arg_mat[:, j]].astype(np.int32), lanes, bufs[j]) for j in range(a))
                 segments = None
-            # index arrays go to the device once per plan, not once per call
-            payload, slots, segments, mask, dev_offset = jax.device_put((payload, slots, segments, mask, np.int32(offset)))
+            dev_offset = np.int32(offset)
+            if device:  # index arrays go to the device once per plan, not once per call
+                payload, slots, segments, mask, dev_offset = jax.device_put((payload, slots, segments, mask, dev_offset))
             steps.append(BatchStep(name, w, lanes, out_buf, dev_offset, payload, bufs, slots, segments, mask))
 
         capacities = []

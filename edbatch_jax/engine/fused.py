@@ -1,0 +1,365 @@
+"""The fused executor: a whole schedule as one XLA program.
+
+The stepwise :class:`~edbatch_jax.engine.Engine` dispatches one jitted call
+per batch; on a CPU each call costs a few hundred microseconds of runtime
+overhead beyond its arithmetic, which dominates the many narrow batches of a
+tree or lattice schedule. :class:`FusedEngine` runs the same plan as a single
+program: a ``lax.while_loop`` over *chunks*, each a ``lax.switch`` over
+*branches*, one branch per (op type, lane bucket). The schedule is data — an
+int32 descriptor table and a flat index array — so mini-batches of any shape
+reuse one executable:
+
+* descriptor row (int32 ``[D]``): branch, first output row, valid lanes,
+  payload offset, segment offset, one index offset per operand;
+* ``flat_idx`` (int32 ``[M]``): the operand rows of every chunk (slices are
+  expanded to rows), and the segment ids of variable-arity chunks;
+* ``payloads``: per op type, the payload rows of every chunk, concatenated.
+
+A batch wider than ``max_lanes`` runs as several chunks of at most
+``max_lanes`` lanes (the last one bucketed), so padding waste stays below one
+bucket of the remainder instead of up to half of a power of two.
+
+Table lengths grow along the bucket ladder and are kept per engine, as buffer
+capacities are; a program is compiled per set of branches, which grows only
+when an op type (or, for variable arity, an edge bucket) is first seen: every
+lane bucket of a new op type is registered at once. ``trace_count`` counts the
+programs compiled (forward and backward).
+
+Gradients: the same ``jax.custom_vjp`` as the stepwise engine, with the
+reverse sweep as one program too (a reverse loop whose branches recompute
+their chunk, pull its output cotangent back through ``jax.vjp``, accumulate
+parameter gradients and scatter-add operand cotangents).
+
+XLA's CPU copy insertion is asked to use region analysis
+(``xla_cpu_copy_insertion_use_region_analysis``) so that branches update the
+loop-carried buffers in place instead of copying them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.executor import (
+    Engine,
+    ExecutionPlan,
+    _assemble_grads,
+    _combine,
+    _mask_rows,
+    _struct,
+    _take_rows,
+)
+from edbatch_jax.engine.ops import Op
+
+PyTree = Any
+
+__all__ = ["FusedEngine"]
+
+# descriptor columns
+_BRANCH, _OUT, _VALID, _PAY, _SEG, _IDX = range(6)
+
+_COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
+
+
+@dataclasses.dataclass(frozen=True)
+class FusedTables:
+    """Device arrays of one fused plan.
+
+    Attributes:
+      desc: int32 ``[S, D]`` descriptor rows (``S`` bucketed, rows past
+        ``num_chunks`` unused).
+      num_chunks: int32 scalar, the chunks to run.
+      flat_idx: int32 ``[M]`` operand rows and segment ids (``M`` bucketed).
+      payloads: op type name -> payload pytree, leaves ``[P, ...]``.
+      branches: the engine's branch keys this plan uses (for inspection).
+    """
+
+    desc: jax.Array
+    num_chunks: jax.Array
+    flat_idx: jax.Array
+    payloads: dict
+    branches: tuple
+
+
+def _chunks(width: int, max_lanes: int):
+    """``(first lane, valid lanes, bucketed lanes)`` of each chunk of a batch."""
+    out = []
+    for c0 in range(0, width, max_lanes):
+        n = min(max_lanes, width - c0)
+        out.append((c0, n, bucket(n)))
+    return out
+
+
+def _rows_of(slot, length: int) -> np.ndarray:
+    """Operand rows: a gather's padded rows, or a slice start expanded to ``length`` rows."""
+    slot = np.asarray(slot)
+    if slot.ndim == 0:
+        return (int(slot) + np.arange(length)).astype(np.int32)
+    return slot.astype(np.int32)
+
+
+def _pad(rows: np.ndarray, length: int, fill: int = 0) -> np.ndarray:
+    out = np.full(length, fill, np.int32)
+    out[: rows.shape[0]] = rows
+    return out
+
+
+class FusedEngine(Engine):
+    """An :class:`Engine` that runs each schedule as one XLA program.
+
+    Same interface and results as the stepwise engine (``plan``, ``execute``,
+    ``run``; values and gradients equal to unbatched execution). Not
+    jittable from outside in a useful way: the program is already compiled
+    once per branch set and reused across mini-batches.
+
+    Args:
+      ops: op type name -> :class:`Op` or per-node function.
+      max_lanes: widest chunk (a power of two); wider batches run as several
+        chunks.
+      min_capacity: smallest buffer capacity.
+    """
+
+    def __init__(self, ops: Mapping[str, Op | Any], *, max_lanes: int = 512, min_capacity: int = 64,
+                 plan_cache_size: int = 16):
+        super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size)
+        if max_lanes < 1 or max_lanes & (max_lanes - 1):
+            raise ValueError(f"max_lanes must be a power of two, got {max_lanes}")
+        self.max_lanes = int(max_lanes)
+        self._branches: dict[tuple, int] = {}  # branch key -> index in the program's switch
+        self._families: set[tuple] = set()
+        self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
+        self._programs: dict[tuple, tuple] = {}
+        self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
+
+    @property
+    def branch_keys(self) -> tuple:
+        """``(op, out buffer, operand buffers, has payload, lanes, edge rows)`` of every branch, in switch order."""
+        return tuple(sorted(self._branches, key=self._branches.get))
+
+    # ------------------------------------------------------------------ planning
+    def _register(self, family: tuple, lanes: int, erows: int | None) -> int:
+        """Branch index of ``family`` (op, out buffer, operand buffers, payload?) at a lane bucket."""
+        if family not in self._families and erows is None:  # a new op type: all its lane buckets at once
+            self._families.add(family)
+            lane = 1
+            while lane <= self.max_lanes:
+                self._branches.setdefault(family + (lane, None), len(self._branches))
+                lane *= 2
+        return self._branches.setdefault(family + (lanes, erows), len(self._branches))
+
+    def _length(self, name: Any, n: int) -> int:
+        """Bucketed table length, at least the widest slice any branch takes of it."""
+        widest = max([self.max_lanes] + [k[5] for k in self._branches if k[5] is not None])
+        size = max(self._lengths.get(name, 0), bucket(max(n, widest)))
+        self._lengths[name] = size
+        return size
+
+    def _build_plan(self, params, params_sig, graph, schedule, layout=None, device=True) -> ExecutionPlan:
+        plan = super()._build_plan(params, params_sig, graph, schedule, layout, device=False)
+        rows_desc: list[list[int]] = []
+        flat: list[np.ndarray] = []
+        flat_len = 0
+        pay_parts: dict[str, list] = {}
+        pay_len: dict[str, int] = {}
+        used = []
+        k_ops = self._max_operands
+        for step in plan.steps:
+            op = self.ops[step.op]
+            family = (step.op, step.out_buffer, tuple(step.operand_buffers), step.payload is not None)
+            offset = int(step.out_offset)
+            if op.variadic:
+                erows = int(step.segments.shape[0])
+                pieces = [(0, step.width, step.lanes, [_rows_of(step.operand_slots[0], erows)], step.segments)]
+            else:
+                erows = None
+                pieces = []
+                rows = [_rows_of(s, step.lanes) for s in step.operand_slots]
+                for c0, n, lanes in _chunks(step.width, self.max_lanes):
+                    pieces.append((c0, n, lanes, [_pad(r[c0 : c0 + n], lanes) for r in rows], None))
+            for c0, n, lanes, operand_rows, segments in pieces:
+                branch = self._register(family, lanes, erows)
+                used.append(branch)
+                row = [branch, offset + c0, n, 0, 0] + [0] * k_ops
+                if step.payload is not None:
+                    sel = np.concatenate([np.arange(c0, c0 + n), np.zeros(lanes - n, np.int64)])
+                    pay_parts.setdefault(step.op, []).append(jax.tree.map(lambda a: np.asarray(a)[sel], step.payload))
+                    row[_PAY] = pay_len.get(step.op, 0)
+                    pay_len[step.op] = row[_PAY] + lanes
+                if segments is not None:
+                    row[_SEG] = flat_len
+                    flat.append(np.asarray(segments, np.int32))
+                    flat_len += segments.shape[0]
+                for j, r in enumerate(operand_rows):
+                    row[_IDX + j] = flat_len
+                    flat.append(r)
+                    flat_len += r.shape[0]
+                rows_desc.append(row)
+
+        s_len = self._length("desc", len(rows_desc))
+        desc = np.zeros((s_len, _IDX + k_ops), np.int32)
+        desc[: len(rows_desc)] = np.asarray(rows_desc, np.int32)
+        m_len = self._length("flat", flat_len)
+        flat_idx = _pad(np.concatenate(flat) if flat else np.zeros(0, np.int32), m_len)
+        payloads = {}
+        for name, parts in pay_parts.items():
+            p_len = self._length(("payload", name), pay_len[name])
+            joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
+            payloads[name] = jax.tree.map(
+                lambda a: np.concatenate([a, np.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]), joined
+            )
+        self._payload_structs = getattr(self, "_payload_structs", {})
+        for name, tree in payloads.items():
+            self._payload_structs[name] = jax.tree.map(lambda a: (a.shape[1:], a.dtype), tree)
+        tables = FusedTables(
+            *jax.device_put((desc, np.int32(len(rows_desc)), flat_idx, payloads)),
+            branches=tuple(sorted(set(used))),
+        )
+        return dataclasses.replace(plan, tables=tables)
+
+    def _full_payloads(self, payloads: dict) -> dict:
+        """``payloads`` plus zero tables for registered op types this plan does not run."""
+        out = dict(payloads)
+        for name, structs in self._payload_structs.items():
+            if name not in out:
+                p_len = self._lengths[("payload", name)]
+                out[name] = jax.tree.map(lambda sd: jnp.zeros((p_len,) + sd[0], sd[1]), structs,
+                                         is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple))
+            else:
+                p_len = self._lengths[("payload", name)]
+                out[name] = jax.tree.map(
+                    lambda a: a if a.shape[0] == p_len else jnp.concatenate([a, jnp.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]),
+                    out[name],
+                )
+        return out
+
+    def _pad_tables(self, tables: FusedTables):
+        """Tables padded to the engine's current lengths (they only grow)."""
+        desc, flat_idx = tables.desc, tables.flat_idx
+        if desc.shape[0] < self._lengths["desc"]:
+            desc = jnp.concatenate([desc, jnp.zeros((self._lengths["desc"] - desc.shape[0], desc.shape[1]), desc.dtype)])
+        if flat_idx.shape[0] < self._lengths["flat"]:
+            flat_idx = jnp.concatenate([flat_idx, jnp.zeros(self._lengths["flat"] - flat_idx.shape[0], flat_idx.dtype)])
+        return desc, tables.num_chunks, flat_idx, self._full_payloads(tables.payloads)
+
+    # ------------------------------------------------------------------ programs
+    def _program(self, plan: ExecutionPlan):
+        keys = self.branch_keys
+        pkey = (keys, plan.signatures, plan.capacities)
+        prog = self._programs.get(pkey)
+        if prog is None:
+            prog = self._programs[pkey] = (self._make_forward(keys, plan), *self._make_backward(keys, plan))
+        return prog
+
+    def _branch_inputs(self, key, d, bufs, flat_idx, payloads):
+        name, out_b, in_bufs, has_payload, lanes, erows = key
+        rows = lanes if erows is None else erows
+        mask = jnp.arange(lanes) < d[_VALID]
+        payload = None
+        if has_payload:
+            payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, d[_PAY], lanes, 0), payloads[name])
+        segments = None if erows is None else jax.lax.dynamic_slice_in_dim(flat_idx, d[_SEG], erows, 0)
+        gathered = [
+            _take_rows(bufs[b], jax.lax.dynamic_slice_in_dim(flat_idx, d[_IDX + j], rows, 0))
+            for j, b in enumerate(in_bufs)
+        ]
+        return mask, payload, segments, gathered
+
+    def _make_forward(self, keys: tuple, plan: ExecutionPlan):
+        signatures, capacities = plan.signatures, plan.capacities
+
+        def branch(key):
+            op = self.ops[key[0]]
+
+            def run(params, d, bufs, flat_idx, payloads):
+                mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
+                y = _combine(op, op.select_params(params), payload, gathered, segments, mask)
+
+                def write(b, v):
+                    old = jax.lax.dynamic_slice_in_dim(b, d[_OUT], v.shape[0], 0)
+                    keep = mask.reshape((-1,) + (1,) * (v.ndim - 1))
+                    return jax.lax.dynamic_update_slice_in_dim(b, jnp.where(keep, v.astype(b.dtype), old), d[_OUT], 0)
+
+                bufs = list(bufs)
+                bufs[key[1]] = jax.tree.map(write, bufs[key[1]], y)
+                return tuple(bufs)
+
+            return run
+
+        branches = [branch(k) for k in keys]
+
+        def forward(params, desc, num_chunks, flat_idx, payloads):
+            self.trace_count += 1
+            bufs = tuple(
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (cap,)))
+                for sig, cap in zip(signatures, capacities)
+            )
+
+            def body(i, bufs):
+                d = desc[i]
+                return jax.lax.switch(d[_BRANCH], branches, params, d, bufs, flat_idx, payloads)
+
+            return jax.lax.fori_loop(0, num_chunks, body, bufs)
+
+        return jax.jit(forward, compiler_options=_COMPILER_OPTIONS)
+
+    def _make_backward(self, keys: tuple, plan: ExecutionPlan):
+        grad_keys = tuple(dict.fromkeys(self.ops[k[0]].params_key for k in keys))
+        owner = {self.ops[k[0]].params_key: self.ops[k[0]] for k in keys}
+
+        def branch(key):
+            op = self.ops[key[0]]
+            slot = grad_keys.index(op.params_key)
+
+            def run(params, d, carry, bufs, flat_idx, payloads):
+                ct_bufs, accs = carry
+                mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
+                lanes = mask.shape[0]
+                out_b, in_bufs = key[1], key[2]
+                ct_out = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, d[_OUT], lanes, 0), ct_bufs[out_b])
+                ct_out = _mask_rows(ct_out, mask)
+                _, pullback = jax.vjp(
+                    lambda p, g: _combine(op, p, payload, g, segments, mask), op.select_params(params), gathered
+                )
+                g_params, g_operands = pullback(ct_out)
+                accs = list(accs)
+                accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
+                ct_bufs = list(ct_bufs)
+                rows = lanes if key[5] is None else key[5]
+                for j, (b, g) in enumerate(zip(in_bufs, g_operands)):
+                    idx = jax.lax.dynamic_slice_in_dim(flat_idx, d[_IDX + j], rows, 0)
+                    ct_bufs[b] = jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), ct_bufs[b], g)
+                return tuple(ct_bufs), tuple(accs)
+
+            return run
+
+        branches = [branch(k) for k in keys]
+
+        def backward(params, bufs, ct_bufs, desc, num_chunks, flat_idx, payloads):
+            self.trace_count += 1
+            accs = tuple(jax.tree.map(jnp.zeros_like, owner[k].select_params(params)) for k in grad_keys)
+
+            def body(j, carry):
+                d = desc[num_chunks - 1 - j]
+                fns = [lambda d, c, f=f: f(params, d, c, bufs, flat_idx, payloads) for f in branches]
+                return jax.lax.switch(d[_BRANCH], fns, d, carry)
+
+            _, accs = jax.lax.fori_loop(0, num_chunks, body, (tuple(ct_bufs), accs))
+            return accs
+
+        return jax.jit(backward, compiler_options=_COMPILER_OPTIONS), grad_keys
+
+    # ------------------------------------------------------------------ execution
+    def _forward(self, plan: ExecutionPlan, params) -> tuple:
+        forward = self._program(plan)[0]
+        return forward(params, *self._pad_tables(plan.tables))
+
+    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple):
+        _, backward, grad_keys = self._program(plan)
+        accs = backward(params, tuple(bufs), ct_bufs, *self._pad_tables(plan.tables))
+        return _assemble_grads(params, dict(zip(grad_keys, accs)))

@@ -1,0 +1,94 @@
+"""The fused engine (one XLA program per schedule) against unbatched execution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import edbatch_jax as eb
+from edbatch_jax.data.sst import Vocabulary, synthetic_sst
+from edbatch_jax.nn.treelstm import TreeLSTM
+from edbatch_jax.training import Trainer, make_minibatch
+from test_engine import TOL, _assert_trees_close, _dag_ops, _loss_fn, _random_dag
+
+
+def test_treelstm_values_and_grads_match_unbatched_with_chunks():
+    trees = synthetic_sst(4, seed=3)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=8, embed=8)
+    params = model.init(jax.random.PRNGKey(0))
+    graph = model.batch_graph(trees, vocab)
+    sched = eb.schedule(graph, "agenda")
+    engine = eb.FusedEngine(model.ops, max_lanes=4)  # leaf and loss batches run as several chunks
+    plan = engine.plan(params, graph, sched)
+    assert max(s.width for s in plan.steps) > 4
+    loss_nodes = graph.nodes_of_type("loss")
+    batched = _loss_fn(lambda p: engine.run(p, graph, sched, outputs=loss_nodes))
+    reference = _loss_fn(lambda p: eb.run_unbatched(model.ops, p, graph, outputs=loss_nodes))
+    v1, g1 = jax.value_and_grad(batched)(params)
+    v0, g0 = jax.value_and_grad(reference)(params)
+    np.testing.assert_allclose(v1, v0, **TOL)
+    _assert_trees_close(g1, g0, **TOL)
+    nodes = np.flatnonzero(graph.node_type != graph.type_id("loss"))
+    _assert_trees_close(
+        engine.run(params, graph, sched, outputs=nodes), eb.run_unbatched(model.ops, params, graph, outputs=nodes), **TOL
+    )
+    # one forward and one backward program: every lane bucket of every op type registered up front
+    assert engine.trace_count == 2
+    assert len(engine.branch_keys) == 3 * 3  # leaf, internal, loss x lanes 1, 2, 4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mixed_structures_and_variadic_ops_match_unbatched(seed):
+    graph = _random_dag(np.random.default_rng(seed))
+    ops = _dag_ops()
+    params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
+    sched = eb.schedule(graph, "agenda")
+    heads = graph.nodes_of_type("head")
+    engine = eb.FusedEngine(ops, max_lanes=2)
+    f1 = lambda p: jnp.sum(jnp.sin(engine.run(p, graph, sched, outputs=heads)))
+    f0 = lambda p: jnp.sum(jnp.sin(eb.run_unbatched(ops, p, graph, outputs=heads)))
+    v1, g1 = jax.value_and_grad(f1)(params)
+    v0, g0 = jax.value_and_grad(f0)(params)
+    np.testing.assert_allclose(v1, v0, **TOL)
+    _assert_trees_close(g1, g0, **TOL)
+
+
+def test_planned_layout_gives_the_same_values():
+    trees = synthetic_sst(3, seed=5)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
+    params = model.init(jax.random.PRNGKey(1))
+    graph = model.batch_graph(trees, vocab)
+    sched = eb.schedule(graph, "typewise")
+    engine = eb.FusedEngine(model.ops, max_lanes=8)
+    nodes = graph.nodes_of_type("loss")
+    planned = engine.run(params, graph, sched, outputs=nodes, layout=eb.plan_layout(graph, sched))
+    _assert_trees_close(planned, eb.run_unbatched(model.ops, params, graph, outputs=nodes), **TOL)
+
+
+def test_max_lanes_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        eb.FusedEngine({"x": lambda p, s: s}, max_lanes=6)
+
+
+def test_one_program_serves_mini_batches_of_every_shape():
+    """After the largest mini-batches ran once, 30 others of varying shape compile nothing."""
+    trees = synthetic_sst(300, seed=11)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(3, 9, 36)
+    starts = rng.integers(0, 290, 36)
+    batches = [make_minibatch(model.batch_graph(trees[s : s + k], vocab), "typewise") for s, k in zip(starts, sizes)]
+    batches.sort(key=lambda b: -b.graph.num_nodes)
+    engine = eb.FusedEngine(model.ops, max_lanes=16, min_capacity=512)
+    trainer = Trainer(engine, model.init(jax.random.PRNGKey(0)), optax.adam(1e-3))
+    for b in batches[:6]:  # the largest: table lengths reach their buckets
+        trainer.step(b)
+    before = engine.trace_count
+    assert before == 2  # forward and backward programs
+    for b in np.random.default_rng(1).permutation(len(batches) - 6) + 6:
+        trainer.step(batches[b])
+    assert engine.trace_count == before
