@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,7 +22,14 @@ from edbatch_jax.graph import Graph
 
 __all__ = ["WORKLOADS", "Workload", "load_workload", "default_policy_path", "fsm_settings", "POLICY_DIR"]
 
-POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
+def _policy_dir() -> Path:
+    source = Path(__file__).resolve().parents[1] / "policies"  # a checkout or an editable install
+    if source.is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "edbatch_jax" / "policies"  # a wheel installs them here
+
+
+POLICY_DIR = _policy_dir()
 """Where the learned policies of the bundled models live (top-level ``policies/``)."""
 
 
