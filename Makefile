@@ -2,12 +2,13 @@
 #   make demo   trains the SST Tree-LSTM briefly and compares batching policies
 #   make test   runs the test suite
 # Both create the virtual environment (.venv) and install the package first.
+# make notebooks re-executes notebooks/*.ipynb in place (full sizes), storing their outputs.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test install clean
+.PHONY: demo test notebooks install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+
+notebooks: $(VENV)/.installed
+	EDBATCH_NOTEBOOK_QUICK=0 JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(PY) -c 'import sys, nbclient, nbformat; \
+	[(print("executing", p, flush=True), nbformat.write(nbclient.execute(nbformat.read(p, as_version=4), \
+	kernel_name="python3", timeout=1800, record_timing=False), p)) for p in sys.argv[1:]]' notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
