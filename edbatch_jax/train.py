@@ -134,7 +134,10 @@ def train(
         latest = manager.latest_step()
         template = {"params": trainer.params, "opt_state": trainer.opt_state, "step": np.array(0, np.int64)}
         state = manager.restore(latest, args=ocp.args.StandardRestore(template))
-        trainer.params, trainer.opt_state = state["params"], state["opt_state"]
+        # restored arrays are committed to a device, which changes jit's cache key: hand them back
+        # uncommitted, as fresh ones are, so the executables compiled before the restart still apply
+        uncommitted = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
+        trainer.params, trainer.opt_state = uncommitted(state["params"]), uncommitted(state["opt_state"])
         step = resumed_from = int(state["step"])
 
     def save(at: int) -> None:

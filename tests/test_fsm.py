@@ -345,3 +345,24 @@ def test_shipped_policies_load_for_their_models(name):
     sched = eb.schedule(graph, policy)
     eb.validate_schedule(graph, sched)
     assert sched.num_batches <= eb.schedule(graph, "agenda").num_batches
+
+
+def test_policy_follows_op_types_numbered_in_another_order():
+    """``tree_graph`` + ``batch_graphs`` number the types (leaf, loss, internal); the policy maps them by name."""
+    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.nn.treelstm import TreeLSTM
+    from edbatch_jax.workloads import default_policy_path
+
+    trees = synthetic_sst(8, seed=4)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
+    a = model.batch_graph(trees, vocab)
+    b = eb.batch_graphs([model.tree_graph(t, vocab.encode(t)) for t in trees])
+    assert a.op_types != b.op_types and sorted(a.op_types) == sorted(b.op_types)
+    policy = eb.FSMPolicy.load(default_policy_path("treelstm"), op_types=b.op_types)
+    sa, sb = eb.schedule(a, policy), eb.schedule(b, policy)
+    eb.validate_schedule(b, sb)
+    assert [a.op_types[t] for t in sa.batch_type] == [b.op_types[t] for t in sb.batch_type]
+    assert [sorted(sa.node_order[s:e].tolist()) for s, e in zip(sa.batch_ptr[:-1], sa.batch_ptr[1:])] == \
+        [sorted(sb.node_order[s:e].tolist()) for s, e in zip(sb.batch_ptr[:-1], sb.batch_ptr[1:])]
+    assert sb.num_batches == eb.lower_bound(b)

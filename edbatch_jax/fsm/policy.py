@@ -59,7 +59,8 @@ class FSMPolicy(FrontierPolicy):
     """A batching policy given by a table ``state -> op type``.
 
     Attributes:
-      op_types: op type names the policy was learned for (the graph's must match).
+      op_types: op type names the policy was learned for (a graph must have the
+        same names, in any order).
       encoding: ``"sort"``, ``"set"`` or ``"max"``.
       actions: int32 ``[S]``, the action of every dense state; -1 where unseen.
       fallback: rule for unseen states (see :data:`FALLBACKS`).
@@ -121,32 +122,36 @@ class FSMPolicy(FrontierPolicy):
         return [self.op_types[t % k] + ("*" if t >= k else "") for t in state]
 
     def start(self, graph: Graph) -> dict:
-        if tuple(graph.op_types) != self.op_types:
+        """Per-graph state; the graph may number the same op types in another order."""
+        if sorted(graph.op_types) != sorted(self.op_types):
             raise ValueError(
                 f"this FSM policy was learned for op types {list(self.op_types)}, "
                 f"but the graph has {list(graph.op_types)}"
             )
-        self._stats = {"hits": 0, "decisions": 0}
+        # graph type id of each policy type id (the identity when both number them alike)
+        perm = np.array([graph.op_types.index(t) for t in self.op_types], dtype=np.int64)
+        self._stats = {"hits": 0, "decisions": 0, "perm": perm}
         return self._stats
 
     def choose(self, frontier: Frontier, stats: dict) -> int:
+        perm = stats["perm"]
         counts = frontier.ready_counts
-        typewise = frontier.typewise_counts if enc.needs_typewise(self.encoding) else None
-        state = enc.state_tuple(counts, self.encoding, typewise)
+        typewise = frontier.typewise_counts[perm] if enc.needs_typewise(self.encoding) else None
+        state = enc.state_tuple(counts[perm], self.encoding, typewise)
         s = enc._index_of_tuple(state, self.encoding, len(self.op_types))
         stats["decisions"] += 1
         a = int(self.actions[s])
         if a >= 0:
             stats["hits"] += 1
-            return a
+            return int(perm[a])
         k = len(self.op_types)
         if self.fallback == "first":
-            return state[0] % k
+            return int(perm[state[0] % k])
         if self.fallback == "typewise":
             ratio = np.where(counts > 0, counts / np.maximum(frontier.typewise_counts, 1), -1.0)
             best = np.flatnonzero(ratio == ratio.max())
             return int(best[np.argmax(counts[best])])
-        return state[-1] % k
+        return int(perm[state[-1] % k])
 
     def schedule(self, graph: Graph) -> Schedule:
         """Schedules ``graph``; ``last_stats`` then holds ``(hits, decisions)``."""
@@ -213,7 +218,7 @@ class FSMPolicy(FrontierPolicy):
             fail("'op_types' must be a non-empty list of names")
         if len(set(names)) != len(names):
             fail(f"'op_types' has duplicates: {names}")
-        if op_types is not None and tuple(op_types) != tuple(names):
+        if op_types is not None and sorted(op_types) != sorted(names):
             fail(f"the policy is for op types {names}, but the model has {list(op_types)}")
         encoding = data.get("encoding")
         if encoding not in enc.ENCODINGS:
@@ -260,7 +265,7 @@ class FSMPolicy(FrontierPolicy):
 
         Args:
           path: the JSON file.
-          op_types: the model's op type names; a policy for others is refused.
+          op_types: the model's op type names (any order); a policy for other names is refused.
 
         Raises:
           PolicyFileError: unreadable, corrupt or mismatched file (the message
