@@ -134,6 +134,8 @@ def run_benchmarks(
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(work.train))
     chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    if not chunks:
+        raise ValueError(f"{work.name}: {len(work.train)} training instances make no mini-batch of {batch_size}")
     need = warmup + num_batches
     if len(chunks) < need:
         chunks = (chunks * (need // max(len(chunks), 1) + 1))[:need]

@@ -190,6 +190,10 @@ def learn(args: argparse.Namespace) -> int:
     return 0
 
 
+_PLACEHOLDERS = {"--data": "DATA", "--data-root": "DATA", "--json": "OUT.json", "--plot": "OUT.png"}
+"""Paths shown as placeholders in the command line a results page quotes."""
+
+
 def bench(args: argparse.Namespace) -> int:
     import json
     import platform
@@ -215,11 +219,16 @@ def bench(args: argparse.Namespace) -> int:
         size = batch or work.batch_size
         print(f"edbatch bench: {name} on {work.source}, batch {size}, hidden {hidden}, "
               f"{args.batches} timed mini-batches; {machine}", flush=True)
-        res = harness.run_benchmarks(
-            work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
-            args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
-            engines=split(args.engine), max_lanes=args.max_lanes,
-        )
+        try:
+            res = harness.run_benchmarks(
+                work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
+                args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+                engines=split(args.engine), max_lanes=args.max_lanes,
+            )
+        except ValueError as e:  # one impossible configuration does not lose the others
+            print(f"  skipped: {e}", flush=True)
+            sections.append(f"## {name}: batch {size}, hidden {hidden}\n\nskipped: {e}\n")
+            continue
         table = harness.format_table(res)
         print(table, flush=True)
         results += res
@@ -240,7 +249,11 @@ def bench(args: argparse.Namespace) -> int:
             if skip or a.startswith("--markdown"):
                 skip = a == "--markdown" and not skip
                 continue
-            shown.append("DATA" if shown and shown[-1] in ("--data", "--data-root") else a)
+            if "=" in a and a.split("=", 1)[0] in _PLACEHOLDERS:
+                a = f"{a.split('=', 1)[0]}={_PLACEHOLDERS[a.split('=', 1)[0]]}"
+            elif shown and shown[-1] in _PLACEHOLDERS:
+                a = _PLACEHOLDERS[shown[-1]]
+            shown.append(a)
         command = "edbatch bench " + " ".join(shown)
         write_text_atomic(args.markdown, "\n".join([
             "# Benchmarks", "", f"Machine: {machine}.", "",

@@ -75,14 +75,17 @@ class Graph:
     # ----------------------------------------------------------------- sizes
     @property
     def num_nodes(self) -> int:
+        """Number of nodes ``N``."""
         return int(self.node_type.shape[0])
 
     @property
     def num_edges(self) -> int:
+        """Number of argument edges ``E``."""
         return int(self.arg_idx.shape[0])
 
     @property
     def num_types(self) -> int:
+        """Number of op types ``T``."""
         return len(self.op_types)
 
     @property
@@ -178,6 +181,7 @@ class GraphBuilder:
 
     @property
     def num_nodes(self) -> int:
+        """Nodes added so far."""
         return len(self._node_type)
 
     def add(self, op: str, *args: int, payload: PyTree = None) -> int:

@@ -146,9 +146,11 @@ class Trainer:
         self._update = jax.jit(update, donate_argnums=(1, 2))
 
     def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
+        """Summed loss of ``batch`` and its gradient w.r.t. ``params`` (through the engine)."""
         return jax.value_and_grad(lambda p: batched_loss(self.engine, p, batch))(params)
 
     def step(self, batch: MiniBatch) -> float:
+        """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""
         loss, grads = self.loss_and_grads(self.params, batch)
         self.params, self.opt_state = self._update(grads, self.opt_state, self.params)
         return float(loss)

@@ -91,6 +91,7 @@ class Workload:
 
     @property
     def op_types(self) -> tuple[str, ...]:
+        """The model's op type names."""
         return tuple(self.model.op_types)
 
     def minibatches(self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0) -> list[Graph]:
@@ -225,7 +226,7 @@ def _load_synthetic(name, spec, data, hidden, seed, num_train, num_held_out) -> 
         model = models.GridLSTM(ndim=ndim, hidden=hidden, embed=hidden)
     elif name == "random_dag":
         make, model = sg.synthetic_dags, models.DagLSTM(hidden=hidden, embed=hidden)
-        num_train, num_held_out = min(num_train, 64), min(num_held_out, 16)
+        num_train, num_held_out = min(num_train, 256), min(num_held_out, 32)
     else:
         make, model = sg.synthetic_binary_trees, models.BinaryTreeLSTM(hidden=hidden, embed=hidden)
         num_train, num_held_out = min(num_train, 512), min(num_held_out, 128)

@@ -39,4 +39,5 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     assert any(r["policy"] == "none" for r in rows)  # the unbatched baseline in the same run
     text = page.read_text()
     assert "edbatch bench --model binary_tree" in text and "fused" in text and "stepwise" in text
+    assert str(tmp_path) not in text and "--json OUT.json" in text and "--plot OUT.png" in text  # no machine paths
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -105,6 +105,7 @@ class ExecutionPlan:
 
     @property
     def num_steps(self) -> int:
+        """Number of batches in the plan."""
         return len(self.steps)
 
 

@@ -52,6 +52,7 @@ class Op:
 
     @property
     def variadic(self) -> bool:
+        """Whether the op takes a variable number of operands (``aggregate`` set)."""
         return self.aggregate is not None
 
     def select_params(self, params):

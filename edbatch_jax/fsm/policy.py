@@ -108,6 +108,7 @@ class FSMPolicy(FrontierPolicy):
     # ------------------------------------------------------------- policy
     @property
     def frontier_class(self):
+        """The frontier this policy needs (type-wise counts for ``sort_complete`` or the typewise fallback)."""
         typewise = self.fallback == "typewise" or enc.needs_typewise(self.encoding)
         return TypewiseFrontier if typewise else Frontier
 
@@ -174,6 +175,7 @@ class FSMPolicy(FrontierPolicy):
 
     # ---------------------------------------------------------------- io
     def to_dict(self) -> dict:
+        """The JSON-ready form that :meth:`save` writes and :meth:`from_dict` reads."""
         k = len(self.op_types)
         table = [
             {"state": self._names(enc.decode(s, self.encoding, k)), "action": self.op_types[a]}

@@ -35,10 +35,12 @@ class Frontier:
 
     @property
     def ready_counts(self) -> np.ndarray:
+        """int64 ``[T]``: ready nodes per op type (|F_t|)."""
         return self._counts
 
     @property
     def done(self) -> bool:
+        """Whether every node has run."""
         return self.remaining == 0
 
     def _push(self, nodes: np.ndarray) -> None:

@@ -52,6 +52,7 @@ class Schedule:
 
     @property
     def num_batches(self) -> int:
+        """Number of batches (kernel launches of a stepwise run)."""
         return int(self.batch_type.shape[0])
 
     @property

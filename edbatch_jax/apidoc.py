@@ -1,0 +1,92 @@
+"""Generates the API reference page (``docs/api.md``) from the docstrings.
+
+``python -m edbatch_jax.apidoc docs/api.md`` rewrites the page; a test checks
+that the committed page equals what this module generates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import edbatch_jax as eb
+from edbatch_jax import bench, train, training, workloads
+from edbatch_jax.io import write_text_atomic
+
+__all__ = ["render"]
+
+SECTIONS = (
+    ("Graphs", eb, ("GraphBuilder", "Graph", "batch_graphs", "unbatch_graph", "validate_graph", "GraphError")),
+    ("Analysis", eb, ("lower_bound", "node_depth", "topological_order", "type_depths", "typewise_depth", "children")),
+    ("Scheduling", eb, ("schedule", "Schedule", "validate_schedule", "ScheduleError", "Policy", "FrontierPolicy",
+                        "DepthPolicy", "AgendaPolicy", "TypewisePolicy", "Frontier", "TypewiseFrontier",
+                        "register_policy")),
+    ("Learned FSM policy", eb, ("learn_fsm", "FSMPolicy", "PolicyFileError")),
+    ("Memory layout", eb, ("plan_layout", "LayoutPlan", "PQTree", "PQTreeError")),
+    ("Execution", eb, ("run", "run_unbatched", "Engine", "FusedEngine", "ExecutionPlan", "Op", "OpError",
+                       "linen_op", "nnx_op", "bucket")),
+    ("Training (`edbatch_jax.training`, `edbatch_jax.train`)", None,
+     (training.MiniBatch, training.make_minibatch, training.make_engine, training.batched_loss, training.Trainer,
+      train.TrainConfig, train.train)),
+    ("Workloads and benchmarks (`edbatch_jax.workloads`, `edbatch_jax.bench`)", None,
+     (workloads.load_workload, workloads.Workload, workloads.default_policy_path, bench.run_benchmarks,
+      bench.BenchResult)),
+)
+
+
+def _signature(obj) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return ""
+
+
+def _summary(obj) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.split("\n\n")[0].replace("\n", " ").strip()
+
+
+def _entry(name: str, obj) -> list[str]:
+    kind = "class" if inspect.isclass(obj) else "function" if callable(obj) else "value"
+    lines = [f"### `{name}`", ""]
+    if kind != "value":
+        lines += ["```python", f"{'class ' if kind == 'class' else ''}{name}{_signature(obj)}", "```", ""]
+    lines += [_summary(obj) or "(no docstring)", ""]
+    if kind == "class":
+        methods = [
+            (m, f) for m, f in vars(obj).items()
+            if not m.startswith("_") and (inspect.isfunction(f) or isinstance(f, (classmethod, staticmethod, property)))
+        ]
+        for m, f in methods:
+            target = f.fget if isinstance(f, property) else getattr(f, "__func__", f)
+            sig = "" if isinstance(f, property) else _signature(target)
+            lines.append(f"* `{m}{sig}`: {_summary(target) or '-'}")
+        if methods:
+            lines.append("")
+    return lines
+
+
+def render() -> str:
+    """The whole page (Markdown)."""
+    out = [
+        "# API reference",
+        "",
+        "Generated from the docstrings by `python -m edbatch_jax.apidoc docs/api.md`.",
+        "`import edbatch_jax as eb` gives every name of the first six sections.",
+        "",
+    ]
+    for title, module, names in SECTIONS:
+        out += [f"## {title}", ""]
+        for item in names:
+            if isinstance(item, str):
+                out += _entry(f"eb.{item}", getattr(module, item))
+            else:
+                out += _entry(f"{item.__module__}.{item.__qualname__}", item)
+    return "\n".join(out).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m edbatch_jax.apidoc OUT.md")
+    write_text_atomic(sys.argv[1], render().rstrip("\n"))  # the writer ends the file with one newline
+    print(f"wrote {sys.argv[1]}")
