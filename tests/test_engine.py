@@ -36,12 +36,13 @@ def _loss_fn(run):
     return loss
 
 
-def _check_treelstm(trees, policy):
-    model, params, graph = _tree_setup(trees)
+def _check_treelstm(trees, policy, make_engine=eb.Engine, hidden=32):
+    """Values and gradients of ``make_engine(ops)`` on a Tree-LSTM equal unbatched execution; returns the engine."""
+    model, params, graph = _tree_setup(trees, hidden=hidden)
     sched = eb.schedule(graph, policy)
     eb.validate_schedule(graph, sched)
     loss_nodes = graph.nodes_of_type("loss")
-    engine = eb.Engine(model.ops)
+    engine = make_engine(model.ops)
     batched = _loss_fn(lambda p: engine.run(p, graph, sched, outputs=loss_nodes))
     reference = _loss_fn(lambda p: eb.run_unbatched(model.ops, p, graph, outputs=loss_nodes))
     v1, g1 = jax.value_and_grad(batched)(params)
@@ -53,6 +54,7 @@ def _check_treelstm(trees, policy):
     _assert_trees_close(
         engine.run(params, graph, sched, outputs=nodes), eb.run_unbatched(model.ops, params, graph, outputs=nodes), **TOL
     )
+    return engine, engine.plan(params, graph, sched)
 
 
 @pytest.mark.parametrize("policy", ["agenda", "depth"])

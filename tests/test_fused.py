@@ -10,30 +10,13 @@ import edbatch_jax as eb
 from edbatch_jax.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.nn.treelstm import TreeLSTM
 from edbatch_jax.training import Trainer, make_minibatch
-from test_engine import TOL, _assert_trees_close, _dag_ops, _loss_fn, _random_dag
+from test_engine import TOL, _assert_trees_close, _check_treelstm, _dag_ops, _random_dag
 
 
 def test_treelstm_values_and_grads_match_unbatched_with_chunks():
-    trees = synthetic_sst(4, seed=3)
-    vocab = Vocabulary.build(trees)
-    model = TreeLSTM(vocab_size=len(vocab), hidden=8, embed=8)
-    params = model.init(jax.random.PRNGKey(0))
-    graph = model.batch_graph(trees, vocab)
-    sched = eb.schedule(graph, "agenda")
-    engine = eb.FusedEngine(model.ops, max_lanes=4)  # leaf and loss batches run as several chunks
-    plan = engine.plan(params, graph, sched)
+    # max_lanes=4: leaf and loss batches run as several chunks
+    engine, plan = _check_treelstm(synthetic_sst(4, seed=3), "agenda", lambda ops: eb.FusedEngine(ops, max_lanes=4), hidden=8)
     assert max(s.width for s in plan.steps) > 4
-    loss_nodes = graph.nodes_of_type("loss")
-    batched = _loss_fn(lambda p: engine.run(p, graph, sched, outputs=loss_nodes))
-    reference = _loss_fn(lambda p: eb.run_unbatched(model.ops, p, graph, outputs=loss_nodes))
-    v1, g1 = jax.value_and_grad(batched)(params)
-    v0, g0 = jax.value_and_grad(reference)(params)
-    np.testing.assert_allclose(v1, v0, **TOL)
-    _assert_trees_close(g1, g0, **TOL)
-    nodes = np.flatnonzero(graph.node_type != graph.type_id("loss"))
-    _assert_trees_close(
-        engine.run(params, graph, sched, outputs=nodes), eb.run_unbatched(model.ops, params, graph, outputs=nodes), **TOL
-    )
     # one forward and one backward program: every lane bucket of every op type registered up front
     assert engine.trace_count == 2
     assert len(engine.branch_keys) == 3 * 3  # leaf, internal, loss x lanes 1, 2, 4

@@ -135,6 +135,7 @@ class FusedEngine(Engine):
         self._families: set[tuple] = set()
         self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
         self._programs: dict[tuple, tuple] = {}
+        self._payload_structs: dict[str, PyTree] = {}  # op -> ShapeDtypeStruct per payload leaf (no row axis)
         self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
 
     @property
@@ -213,9 +214,8 @@ class FusedEngine(Engine):
             payloads[name] = jax.tree.map(
                 lambda a: np.concatenate([a, np.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]), joined
             )
-        self._payload_structs = getattr(self, "_payload_structs", {})
         for name, tree in payloads.items():
-            self._payload_structs[name] = jax.tree.map(lambda a: (a.shape[1:], a.dtype), tree)
+            self._payload_structs[name] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
         tables = FusedTables(
             *jax.device_put((desc, np.int32(len(rows_desc)), flat_idx, payloads)),
             branches=tuple(sorted(set(used))),
@@ -224,17 +224,15 @@ class FusedEngine(Engine):
 
     def _full_payloads(self, payloads: dict) -> dict:
         """``payloads`` plus zero tables for registered op types this plan does not run."""
-        out = dict(payloads)
+        out = {}
         for name, structs in self._payload_structs.items():
-            if name not in out:
-                p_len = self._lengths[("payload", name)]
-                out[name] = jax.tree.map(lambda sd: jnp.zeros((p_len,) + sd[0], sd[1]), structs,
-                                         is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], tuple))
+            p_len = self._lengths[("payload", name)]
+            if name not in payloads:
+                out[name] = jax.tree.map(lambda sd: jnp.zeros((p_len,) + sd.shape, sd.dtype), structs)
             else:
-                p_len = self._lengths[("payload", name)]
                 out[name] = jax.tree.map(
                     lambda a: a if a.shape[0] == p_len else jnp.concatenate([a, jnp.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]),
-                    out[name],
+                    payloads[name],
                 )
         return out
 
