@@ -24,6 +24,7 @@ from edbatch_jax.engine import (
     Engine,
     ExecutionPlan,
     FusedEngine,
+    NNXCells,
     Op,
     OpError,
     bucket,
@@ -33,7 +34,7 @@ from edbatch_jax.engine import (
     run_unbatched,
 )
 from edbatch_jax import fsm, workloads
-from edbatch_jax.fsm import FSMPolicy, PolicyFileError, learn_fsm
+from edbatch_jax.fsm import FSMDecision, FSMPolicy, PolicyFileError, learn_fsm
 from edbatch_jax.layout import LayoutPlan, PQTree, PQTreeError, plan_layout
 from edbatch_jax.graph import (
     Graph,
@@ -64,9 +65,11 @@ __all__ = [
     "AgendaPolicy",
     "DepthPolicy",
     "Engine",
+    "FSMDecision",
     "FSMPolicy",
     "ExecutionPlan",
     "FusedEngine",
+    "NNXCells",
     "Frontier",
     "FrontierPolicy",
     "Graph",

@@ -7,6 +7,7 @@ that the committed page equals what this module generates.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 
 import edbatch_jax as eb
@@ -21,12 +22,13 @@ SECTIONS = (
     ("Scheduling", eb, ("schedule", "Schedule", "validate_schedule", "ScheduleError", "Policy", "FrontierPolicy",
                         "DepthPolicy", "AgendaPolicy", "TypewisePolicy", "Frontier", "TypewiseFrontier",
                         "register_policy")),
-    ("Learned FSM policy", eb, ("learn_fsm", "FSMPolicy", "PolicyFileError")),
+    ("Learned FSM policy", eb, ("learn_fsm", "FSMPolicy", "FSMDecision", "PolicyFileError")),
     ("Memory layout", eb, ("plan_layout", "LayoutPlan", "PQTree", "PQTreeError")),
     ("Execution", eb, ("run", "run_unbatched", "Engine", "FusedEngine", "ExecutionPlan", "Op", "OpError",
-                       "linen_op", "nnx_op", "bucket")),
+                       "linen_op", "nnx_op", "NNXCells", "bucket")),
     ("Training (`edbatch_jax.training`, `edbatch_jax.train`)", None,
      (training.MiniBatch, training.make_minibatch, training.make_engine, training.batched_loss, training.Trainer,
+      training.root_loss_nodes, training.variadic_ops,
       train.TrainConfig, train.train)),
     ("Workloads and benchmarks (`edbatch_jax.workloads`, `edbatch_jax.bench`)", None,
      (workloads.load_workload, workloads.Workload, workloads.default_policy_path, bench.run_benchmarks,
@@ -36,9 +38,13 @@ SECTIONS = (
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        sig = inspect.signature(obj)
+        if inspect.isclass(obj) and obj.__init__ is not object.__init__ and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+            init = inspect.signature(obj.__init__)  # a metaclass hides the constructor's signature (flax.nnx)
+            sig = init.replace(parameters=list(init.parameters.values())[1:], return_annotation=inspect.Signature.empty)
     except (TypeError, ValueError):
         return ""
+    return re.sub(r"ForwardRef\(('[^']*')\)", r"\1", str(sig))
 
 
 def _summary(obj) -> str:

@@ -79,6 +79,8 @@ class Workload:
       batch_graph: ``instances -> Graph``.
       batch_size: the reference batch size.
       source: where the instances came from, for messages.
+      vocab: the word vocabulary the graphs encode tokens with (SST and
+        tagging workloads), built from the training split; ``None`` otherwise.
     """
 
     name: str
@@ -88,6 +90,7 @@ class Workload:
     batch_graph: Callable[[Sequence], Graph]
     batch_size: int
     source: str
+    vocab: Any = None
 
     @property
     def op_types(self) -> tuple[str, ...]:
@@ -171,7 +174,7 @@ def load_workload(
         vocab = Vocabulary.build(train, max_size=5000)
         cls = {"treelstm": TreeLSTM, "treegru": TreeGRU, "mvrnn": MVRNN, "double_treelstm": DoubleTreeLSTM}[name]
         model = cls(vocab_size=len(vocab), hidden=hidden, embed=hidden)
-        return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source)
+        return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source, vocab)
     if name in ("bilstm_tagger", "chain_lstm"):
         return _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out)
     if name.startswith("grid_") or name in ("random_dag", "binary_tree"):
@@ -211,7 +214,7 @@ def _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out) -> 
         from edbatch_jax.nn.chain import ChainLM
 
         model = ChainLM(vocab_size=len(vocab), hidden=hidden, embed=hidden)
-    return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source)
+    return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source, vocab)
 
 
 def _load_synthetic(name, spec, data, hidden, seed, num_train, num_held_out) -> Workload:

@@ -345,6 +345,11 @@ def test_shipped_policies_load_for_their_models(name):
     sched = eb.schedule(graph, policy)
     eb.validate_schedule(graph, sched)
     assert sched.num_batches <= eb.schedule(graph, "agenda").num_batches
+    if name == "treelstm":  # the workload's vocabulary is the one its graphs were built with
+        again = work.model.batch_graph(work.held_out[:3], work.vocab)
+        np.testing.assert_array_equal(again.payloads[0], work.batch_graph(work.held_out[:3]).payloads[0])
+    else:
+        assert work.vocab is None
 
 
 def test_policy_follows_op_types_numbered_in_another_order():
@@ -366,3 +371,18 @@ def test_policy_follows_op_types_numbered_in_another_order():
     assert [sorted(sa.node_order[s:e].tolist()) for s, e in zip(sa.batch_ptr[:-1], sa.batch_ptr[1:])] == \
         [sorted(sb.node_order[s:e].tolist()) for s, e in zip(sb.batch_ptr[:-1], sb.batch_ptr[1:])]
     assert sb.num_batches == eb.lower_bound(b)
+    # the decision trace speaks in op type names, so both numberings give the same walk through the FSM
+    ta, tb = policy.trace(a), policy.trace(b)
+    assert ta == tb and len(ta) == policy.last_stats[1] == sb.num_batches
+    assert [d.action for d in tb] == [b.op_types[t] for t in sb.batch_type]
+    assert sum(d.from_table for d in tb) == policy.last_stats[0]
+    assert ta[0].state == ("leaf",) and all(d.action in d.state for d in ta)
+
+
+def test_trace_reports_fallback_decisions():
+    policy = eb.FSMPolicy(("a", "b", "x"), "sort", np.full(enc.num_states("sort", 3), -1), fallback="first")
+    graph = _depth_trap()
+    trace = policy.trace(graph)
+    sched = eb.schedule(graph, policy)
+    assert len(trace) == sched.num_batches and not any(d.from_table for d in trace)
+    assert all(d.action == d.state[0] for d in trace)  # "first": the most ready type

@@ -22,14 +22,14 @@ def test_treelstm_values_and_grads_match_unbatched_with_chunks():
     assert len(engine.branch_keys) == 3 * 3  # leaf, internal, loss x lanes 1, 2, 4
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_mixed_structures_and_variadic_ops_match_unbatched(seed):
+@pytest.mark.parametrize("seed, max_lanes", [(0, 2), (1, 512)])  # 512: branches wider than the buffers exist
+def test_mixed_structures_and_variadic_ops_match_unbatched(seed, max_lanes):
     graph = _random_dag(np.random.default_rng(seed))
     ops = _dag_ops()
     params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
     sched = eb.schedule(graph, "agenda")
     heads = graph.nodes_of_type("head")
-    engine = eb.FusedEngine(ops, max_lanes=2)
+    engine = eb.FusedEngine(ops, max_lanes=max_lanes)
     f1 = lambda p: jnp.sum(jnp.sin(engine.run(p, graph, sched, outputs=heads)))
     f0 = lambda p: jnp.sum(jnp.sin(eb.run_unbatched(ops, p, graph, outputs=heads)))
     v1, g1 = jax.value_and_grad(f1)(params)

@@ -273,6 +273,8 @@ class FusedEngine(Engine):
 
         def branch(key):
             op = self.ops[key[0]]
+            if key[4] > capacities[key[1]]:  # wider than its output buffer: no chunk can select it
+                return lambda params, d, bufs, flat_idx, payloads: bufs
 
             def run(params, d, bufs, flat_idx, payloads):
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
@@ -313,6 +315,8 @@ class FusedEngine(Engine):
         def branch(key):
             op = self.ops[key[0]]
             slot = grad_keys.index(op.params_key)
+            if key[4] > plan.capacities[key[1]]:  # wider than its output buffer: no chunk can select it
+                return lambda params, d, carry, bufs, flat_idx, payloads: carry
 
             def run(params, d, carry, bufs, flat_idx, payloads):
                 ct_bufs, accs = carry

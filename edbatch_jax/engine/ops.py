@@ -15,7 +15,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["Op", "OpError", "as_op", "as_ops", "linen_op", "nnx_op"]
+__all__ = ["NNXCells", "Op", "OpError", "as_op", "as_ops", "linen_op", "nnx_op"]
 
 AGGREGATES = ("sum", "mean", "max")
 
@@ -162,3 +162,78 @@ def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | N
         arity = _signature_arity(type(module).__call__)
     fn.__name__ = f"{type(module).__name__}[{params_key}]"
     return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
+
+
+def _nnx_module_base():
+    from flax import nnx
+
+    return nnx.Module
+
+
+class NNXCells(_nnx_module_base()):
+    """A ``flax.nnx`` container holding one cell module per op type.
+
+    One ``nnx.split(cells, nnx.Param)`` gives the parameter ``nnx.State`` the
+    engine differentiates (keyed by op type name), and
+    ``nnx.Optimizer(cells, tx, wrt=nnx.Param)`` updates the cells in place::
+
+      cells = eb.NNXCells({"leaf": Leaf(16, rngs=rngs), "node": Node(16, rngs=rngs)})
+      _, params = nnx.split(cells, nnx.Param)
+      loss = lambda p: eb.run(cells.ops, p, graph, sched, outputs=roots).sum()
+
+    Args:
+      cells: op type name -> ``nnx.Module`` whose ``__call__(payload,
+        *operand_states)`` computes one node.
+      arity: op type name -> number of operand states, for cells whose
+        ``__call__`` takes ``*operand_states`` (otherwise read from the
+        signature).
+      aggregate: op type name -> ``"sum"``, ``"mean"`` or ``"max"`` for
+        variable-arity cells (see :class:`Op`).
+      extra_ops: ops without parameters (e.g. a variadic sum node), passed
+        through unchanged into :attr:`ops`.
+    """
+
+    def __init__(
+        self,
+        cells: Mapping[str, Any],
+        *,
+        arity: Mapping[str, int] | None = None,
+        aggregate: Mapping[str, str] | None = None,
+        extra_ops: Mapping[str, Op] | None = None,
+    ):
+        extra_ops = dict(extra_ops or {})
+        clash = sorted(set(cells) & set(extra_ops))
+        if clash:
+            raise OpError(f"op types {clash} are given both as cells and as extra_ops")
+        for name, cell in cells.items():
+            if not name.isidentifier() or hasattr(type(self), name):
+                raise OpError(f"op type name {name!r} cannot name an NNX cell attribute")
+            setattr(self, name, cell)
+        self.cell_names = tuple(cells)
+        arity, aggregate = dict(arity or {}), dict(aggregate or {})
+        ops = {name: nnx_op(cell, name, arity.get(name), aggregate.get(name)) for name, cell in cells.items()}
+        # Built once, so every eb.run(cells.ops, ...) reuses the engine's compiled steps.
+        self._ops = tuple({**ops, **extra_ops}.items())
+
+    @classmethod
+    def matching(cls, ops: Mapping[str, Any], cells: Mapping[str, Any]) -> "NNXCells":
+        """NNX ``cells`` for some of the op types of ``ops`` (say, a Linen model's).
+
+        Each cell's op takes the arity and aggregate of ``ops[name]``; the ops
+        of ``ops`` without a cell (parameter-free ones) are passed through.
+        """
+        ops = as_ops(ops)
+        missing = sorted(set(cells) - set(ops))
+        if missing:
+            raise OpError(f"cells {missing} have no op type in {sorted(ops)}")
+        return cls(
+            cells,
+            arity={name: ops[name].arity for name in cells if ops[name].arity is not None},
+            aggregate={name: ops[name].aggregate for name in cells if ops[name].aggregate is not None},
+            extra_ops={name: op for name, op in ops.items() if name not in cells},
+        )
+
+    @property
+    def ops(self) -> dict[str, Op]:
+        """Op type name -> :class:`Op`; a cell's op reads ``params[name]`` of ``nnx.split(self, nnx.Param)``."""
+        return dict(self._ops)

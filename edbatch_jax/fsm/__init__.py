@@ -2,7 +2,7 @@
 
 from edbatch_jax.fsm.encoding import ENCODINGS, decode, encode, encode_np, num_states, state_tuple
 from edbatch_jax.fsm.env import CHUNK, BatchingEnv, EnvState, ReferenceEnv, make_env, observe, reset, stack_envs, step
-from edbatch_jax.fsm.policy import FALLBACKS, FSMPolicy, PolicyFileError, learn_fsm
+from edbatch_jax.fsm.policy import FALLBACKS, FSMDecision, FSMPolicy, PolicyFileError, learn_fsm
 from edbatch_jax.fsm.qlearning import LearningResult, QLearningSettings, greedy_actions, run_q_learning
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "FALLBACKS",
     "BatchingEnv",
     "EnvState",
+    "FSMDecision",
     "FSMPolicy",
     "LearningResult",
     "PolicyFileError",

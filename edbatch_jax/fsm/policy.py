@@ -21,7 +21,7 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from edbatch_jax.scheduling.policies import FrontierPolicy
 from edbatch_jax.scheduling.schedule import Schedule
 from edbatch_jax.scheduling.typewise import TypewiseFrontier
 
-__all__ = ["FSMPolicy", "PolicyFileError", "learn_fsm", "FALLBACKS"]
+__all__ = ["FSMDecision", "FSMPolicy", "PolicyFileError", "learn_fsm", "FALLBACKS"]
 
 FORMAT = "edbatch-fsm"
 VERSION = 1
@@ -49,6 +49,21 @@ FALLBACKS = ("last", "first", "typewise")
 * ``"typewise"`` — the type-wise ratio greedy choice (tracks ``|TF_t|``,
   which costs a little more per step).
 """
+
+
+class FSMDecision(NamedTuple):
+    """One decision of an :class:`FSMPolicy` (see :meth:`FSMPolicy.trace`).
+
+    Attributes:
+      state: the encoded frontier as op type names (a ``*`` marks a type whose
+        every remaining node is ready, in the ``sort_complete`` encoding).
+      action: the op type run next (one batch of its ready nodes).
+      from_table: whether the state was in the table (else the fallback chose).
+    """
+
+    state: tuple[str, ...]
+    action: str
+    from_table: bool
 
 
 class PolicyFileError(ValueError):
@@ -104,6 +119,7 @@ class FSMPolicy(FrontierPolicy):
         self.provenance = dict(provenance or {})
         self.last_stats = (0, 0)
         self._stats = {"hits": 0, "decisions": 0}
+        self._tracing = False
 
     # ------------------------------------------------------------- policy
     @property
@@ -131,7 +147,7 @@ class FSMPolicy(FrontierPolicy):
             )
         # graph type id of each policy type id (the identity when both number them alike)
         perm = np.array([graph.op_types.index(t) for t in self.op_types], dtype=np.int64)
-        self._stats = {"hits": 0, "decisions": 0, "perm": perm}
+        self._stats = {"hits": 0, "decisions": 0, "perm": perm, "trace": [] if self._tracing else None}
         return self._stats
 
     def choose(self, frontier: Frontier, stats: dict) -> int:
@@ -144,7 +160,15 @@ class FSMPolicy(FrontierPolicy):
         a = int(self.actions[s])
         if a >= 0:
             stats["hits"] += 1
-            return int(perm[a])
+            choice = int(perm[a])
+        else:
+            choice = self._fallback_choice(state, counts, frontier, perm)
+        if stats["trace"] is not None:
+            stats["trace"].append((state, choice, a >= 0))
+        return choice
+
+    def _fallback_choice(self, state, counts, frontier, perm) -> int:
+        """The graph type id the fallback rule picks for a state missing from the table."""
         k = len(self.op_types)
         if self.fallback == "first":
             return int(perm[state[0] % k])
@@ -153,6 +177,22 @@ class FSMPolicy(FrontierPolicy):
             best = np.flatnonzero(ratio == ratio.max())
             return int(best[np.argmax(counts[best])])
         return int(perm[state[-1] % k])
+
+    def trace(self, graph: Graph) -> list[FSMDecision]:
+        """Schedules ``graph`` and returns every decision in order: the walk through the FSM.
+
+        Forced moves (nodes of an unbatchable type, run one at a time) are not
+        decisions and are not listed; ``len(trace)`` is ``last_stats[1]``.
+        """
+        self._tracing = True
+        try:
+            self.schedule(graph)
+        finally:
+            self._tracing = False
+        return [
+            FSMDecision(tuple(self._names(state)), graph.op_types[choice], hit)
+            for state, choice, hit in self._stats["trace"]
+        ]
 
     def schedule(self, graph: Graph) -> Schedule:
         """Schedules ``graph``; ``last_stats`` then holds ``(hits, decisions)``."""

@@ -54,10 +54,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphError, _payload_rows
-from edbatch_jax.nn.treelstm import LossCell
+from edbatch_jax.nn.lattice import lstm_step
+from edbatch_jax.nn.treelstm import LossCell, NNXLossCell
 
 __all__ = [
     "BILSTM_OP_TYPES",
@@ -66,6 +68,10 @@ __all__ = [
     "InitTableCell",
     "LSTMCell",
     "TaggerLossCell",
+    "NNXEmbedCell",
+    "NNXInitTableCell",
+    "NNXLSTMCell",
+    "NNXTaggerLossCell",
     "token_positions",
 ]
 
@@ -116,9 +122,7 @@ class LSTMCell(nn.Module):
     def __call__(self, payload, prev, *inputs):
         del payload
         x = jnp.concatenate([_features(s) for s in inputs] + [prev["h"]], axis=-1)
-        i, f, o, u = jnp.split(nn.Dense(4 * self.hidden, name="gates")(x), 4, axis=-1)
-        c = nn.sigmoid(i) * jnp.tanh(u) + nn.sigmoid(f) * prev["c"]
-        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+        return lstm_step(nn.Dense(4 * self.hidden, name="gates"), x, prev["c"])
 
 
 class TaggerLossCell(nn.Module):
@@ -135,6 +139,51 @@ class TaggerLossCell(nn.Module):
     def __call__(self, tag, fwd, bwd):
         h = jnp.tanh(nn.Dense(self.hidden, name="hm")(jnp.concatenate([fwd["h"], bwd["h"]], axis=-1)))
         return LossCell(self.num_tags, name="classifier")(tag, {"h": h})
+
+
+class NNXEmbedCell(nnx.Module):
+    """:class:`EmbedCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, embed: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+
+    def __call__(self, word):
+        return {"x": self.embed(word)}
+
+
+class NNXInitTableCell(nnx.Module):
+    """:class:`InitTableCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, hidden: int, num_states: int = 1):
+        self.h0 = nnx.Param(jnp.zeros((num_states, hidden)))
+        self.c0 = nnx.Param(jnp.zeros((num_states, hidden)))
+
+    def __call__(self, index):
+        return {"h": self.h0[...][index], "c": self.c0[...][index]}
+
+
+class NNXLSTMCell(nnx.Module):
+    """:class:`LSTMCell` in ``flax.nnx``: ``in_features`` is the summed width of the inputs' features."""
+
+    def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
+        self.gates = nnx.Linear(in_features + hidden, 4 * hidden, rngs=rngs)
+
+    def __call__(self, payload, prev, *inputs):
+        del payload
+        x = jnp.concatenate([_features(s) for s in inputs] + [prev["h"]], axis=-1)
+        return lstm_step(self.gates, x, prev["c"])
+
+
+class NNXTaggerLossCell(nnx.Module):
+    """:class:`TaggerLossCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, hidden: int, num_tags: int = 5, *, rngs: nnx.Rngs):
+        self.hm = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+        self.classifier = NNXLossCell(hidden, num_tags, rngs=rngs)
+
+    def __call__(self, tag, fwd, bwd):
+        h = jnp.tanh(self.hm(jnp.concatenate([fwd["h"], bwd["h"]], axis=-1)))
+        return self.classifier(tag, {"h": h})
 
 
 def token_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -195,6 +244,15 @@ class BiLSTMTagger:
         """
         arity = {"fwd1": 2, "bwd1": 2, "fwd2": 3, "bwd2": 3}
         return {name: linen_op(cell, name, arity=arity.get(name)) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        h = self.hidden
+        cells = {"init": NNXInitTableCell(h, num_states=4), "embed": NNXEmbedCell(self.vocab_size, self.embed, rngs=rngs)}
+        for name, width in (("fwd1", self.embed), ("bwd1", self.embed), ("fwd2", 2 * h), ("bwd2", 2 * h)):
+            cells[name] = NNXLSTMCell(width, h, rngs=rngs)
+        cells["loss"] = NNXTaggerLossCell(h, self.num_tags, rngs=rngs)
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters, one entry per op type (f32)."""

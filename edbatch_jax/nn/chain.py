@@ -31,12 +31,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, _payload_rows
-from edbatch_jax.nn.bilstm import EmbedCell, LSTMCell, _check_sequences, token_positions
-from edbatch_jax.nn.lattice import InitCell
-from edbatch_jax.nn.treelstm import LossCell
+from edbatch_jax.nn.bilstm import EmbedCell, LSTMCell, NNXEmbedCell, NNXLSTMCell, _check_sequences, token_positions
+from edbatch_jax.nn.lattice import InitCell, NNXInitCell
+from edbatch_jax.nn.treelstm import LossCell, NNXLossCell
 
 __all__ = ["CHAIN_OP_TYPES", "ChainLM", "next_word_targets"]
 
@@ -92,6 +93,16 @@ class ChainLM:
         reuses the engine's compiled steps across calls.
         """
         return {name: linen_op(cell, name, arity=2 if name == "lstm" else None) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        cells = {
+            "init": NNXInitCell(self.hidden),
+            "embed": NNXEmbedCell(self.vocab_size, self.embed, rngs=rngs),
+            "lstm": NNXLSTMCell(self.embed, self.hidden, rngs=rngs),
+            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+        }
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"init", "embed", "lstm", "loss"}`` (f32)."""

@@ -43,12 +43,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from edbatch_jax.data.sst import Tree, Vocabulary
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder
 from edbatch_jax.nn.treegru import binary_tree_batch_graph
-from edbatch_jax.nn.treelstm import InternalCell, LeafCell, LossCell
+from edbatch_jax.nn.treelstm import InternalCell, LeafCell, LossCell, NNXInternalCell, NNXLeafCell, NNXLossCell
 
 __all__ = ["DoubleTreeLSTM", "internal_choice", "tree_fingerprint"]
 
@@ -145,6 +146,16 @@ class DoubleTreeLSTM:
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        cells = {
+            "leaf": NNXLeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+            "internal_a": NNXInternalCell(self.hidden, rngs=rngs),
+            "internal_b": NNXInternalCell(self.hidden, rngs=rngs),
+            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+        }
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"leaf", "internal_a", "internal_b", "loss"}`` (f32); the two internal cells differ.

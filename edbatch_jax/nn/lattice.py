@@ -37,12 +37,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphError, _payload_rows
-from edbatch_jax.nn.treelstm import LossCell
+from edbatch_jax.nn.treelstm import LossCell, NNXLossCell
 
-__all__ = ["InitCell", "LSTMArcCell", "GRUArcCell", "LatticeTagger", "LATTICE_OP_TYPES"]
+__all__ = [
+    "InitCell",
+    "LSTMArcCell",
+    "GRUArcCell",
+    "NNXInitCell",
+    "NNXLSTMArcCell",
+    "NNXGRUArcCell",
+    "LatticeTagger",
+    "LATTICE_OP_TYPES",
+]
 
 LATTICE_OP_TYPES = ("init", "char", "word", "node", "loss")
 """Op types of a lattice graph, in type-id order."""
@@ -73,10 +83,7 @@ class LSTMArcCell(nn.Module):
     @nn.compact
     def __call__(self, arc_id, src):
         x = nn.Embed(self.vocab_size, self.embed, name="embed")(arc_id)
-        gates = nn.Dense(4 * self.hidden, name="gates")(jnp.concatenate([x, src["h"]], axis=-1))
-        i, f, o, u = jnp.split(gates, 4, axis=-1)
-        c = nn.sigmoid(i) * jnp.tanh(u) + nn.sigmoid(f) * src["c"]
-        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+        return lstm_step(nn.Dense(4 * self.hidden, name="gates"), jnp.concatenate([x, src["h"]], axis=-1), src["c"])
 
 
 class GRUArcCell(nn.Module):
@@ -89,10 +96,59 @@ class GRUArcCell(nn.Module):
     @nn.compact
     def __call__(self, arc_id, src):
         x = nn.Embed(self.vocab_size, self.embed, name="embed")(arc_id)
-        h = src["h"]
-        r, z = jnp.split(nn.sigmoid(nn.Dense(2 * self.hidden, name="rz")(jnp.concatenate([x, h], -1))), 2, -1)
-        n = jnp.tanh(nn.Dense(self.hidden, name="cand")(jnp.concatenate([x, r * h], -1)))
-        return {"h": (1.0 - z) * n + z * h}
+        return gru_step(nn.Dense(2 * self.hidden, name="rz"), nn.Dense(self.hidden, name="cand"), x, src["h"])
+
+
+def lstm_step(gates, x, c_prev):
+    """LSTM equations: ``gates`` (a layer to ``4H``) applied to the input ``x``; ``c_prev`` f32 ``[H]``."""
+    i, f, o, u = jnp.split(gates(x), 4, axis=-1)
+    c = jax.nn.sigmoid(i) * jnp.tanh(u) + jax.nn.sigmoid(f) * c_prev
+    return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
+
+
+def gru_step(rz, cand, x, h):
+    """GRU equations, given the layers ``rz`` (to ``2H``) and ``cand`` (to ``H``), input ``x`` and state ``h``."""
+    r, z = jnp.split(jax.nn.sigmoid(rz(jnp.concatenate([x, h], -1))), 2, -1)
+    n = jnp.tanh(cand(jnp.concatenate([x, r * h], -1)))
+    return {"h": (1.0 - z) * n + z * h}
+
+
+class NNXInitCell(nnx.Module):
+    """:class:`InitCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, hidden: int, gru: bool = False):
+        self.h0 = nnx.Param(jnp.zeros(hidden))
+        self.c0 = None if gru else nnx.Param(jnp.zeros(hidden))
+
+    def __call__(self, payload):
+        del payload
+        state = {"h": self.h0[...]}
+        if self.c0 is not None:
+            state["c"] = self.c0[...]
+        return state
+
+
+class NNXLSTMArcCell(nnx.Module):
+    """:class:`LSTMArcCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+        self.gates = nnx.Linear(embed + hidden, 4 * hidden, rngs=rngs)
+
+    def __call__(self, arc_id, src):
+        return lstm_step(self.gates, jnp.concatenate([self.embed(arc_id), src["h"]], axis=-1), src["c"])
+
+
+class NNXGRUArcCell(nnx.Module):
+    """:class:`GRUArcCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+        self.rz = nnx.Linear(embed + hidden, 2 * hidden, rngs=rngs)
+        self.cand = nnx.Linear(embed + hidden, hidden, rngs=rngs)
+
+    def __call__(self, arc_id, src):
+        return gru_step(self.rz, self.cand, self.embed(arc_id), src["h"])
 
 
 def _node_sum(params, payload, total):
@@ -143,6 +199,17 @@ class LatticeTagger:
         # its h is not squashed and a sum over 1..k arcs per node grows geometrically along the lattice.
         ops["node"] = Op(_node_sum, aggregate="sum" if self.cell == "lstm" else "mean")
         return ops
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        arc = NNXLSTMArcCell if self.cell == "lstm" else NNXGRUArcCell
+        cells = {
+            "init": NNXInitCell(self.hidden, gru=self.cell == "gru"),
+            "char": arc(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+            "word": arc(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+            "loss": NNXLossCell(self.hidden, self.num_tags, rngs=rngs),
+        }
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"init", "char", "word", "loss"}`` (f32)."""

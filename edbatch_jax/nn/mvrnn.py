@@ -44,14 +44,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from flax import nnx
 
 from edbatch_jax.data.sst import Tree, Vocabulary
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder
 from edbatch_jax.nn.treegru import binary_tree_batch_graph
+from edbatch_jax.nn.treelstm import NNXLossCell, classify
 
-__all__ = ["MVLeafCell", "MVInternalCell", "MVLossCell", "MVRNN"]
+__all__ = ["MVLeafCell", "MVInternalCell", "MVLossCell", "NNXMVLeafCell", "NNXMVInternalCell", "MVRNN"]
 
 NOISE = 0.01
 """Standard deviation of the noise added to the identity initialisations."""
@@ -85,11 +86,9 @@ class MVLeafCell(nn.Module):
 
     @nn.compact
     def __call__(self, word):
-        v = nn.Embed(self.vocab_size, self.embed, name="embed")(word)
-        if self.embed != self.hidden:
-            v = nn.Dense(self.hidden, use_bias=False, name="proj")(v)
+        proj = nn.Dense(self.hidden, use_bias=False, name="proj") if self.embed != self.hidden else None
         table = self.param("matrices", _identity_plus_noise, (self.matrix_rows, self.hidden, self.hidden))
-        return {"v": v, "M": table[word % self.matrix_rows]}
+        return mv_leaf(nn.Embed(self.vocab_size, self.embed, name="embed"), proj, table, word)
 
 
 class MVInternalCell(nn.Module):
@@ -100,11 +99,8 @@ class MVInternalCell(nn.Module):
     @nn.compact
     def __call__(self, payload, left, right):
         del payload
-        x = jnp.concatenate([left["M"] @ right["v"], right["M"] @ left["v"]], axis=-1)
-        v = jnp.tanh(nn.Dense(self.hidden, name="vec")(x))
         w_m = self.param("mat", _half_identity_pair_plus_noise, (self.hidden, 2 * self.hidden))
-        m = w_m @ jnp.concatenate([left["M"], right["M"]], axis=0)
-        return {"v": v, "M": m}
+        return mv_internal(nn.Dense(self.hidden, name="vec"), w_m, left, right)
 
 
 class MVLossCell(nn.Module):
@@ -114,8 +110,45 @@ class MVLossCell(nn.Module):
 
     @nn.compact
     def __call__(self, label, state):
-        logits = nn.Dense(self.num_classes, name="out")(state["v"])
-        return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, label), "logits": logits}
+        return classify(nn.Dense(self.num_classes, name="out"), label, state["v"])
+
+
+def mv_leaf(embed, proj, matrices, word):
+    """Leaf equations: ``v = proj(embed(word))`` (``proj`` may be ``None``), ``M = matrices[word mod rows]``."""
+    v = embed(word)
+    if proj is not None:
+        v = proj(v)
+    return {"v": v, "M": matrices[word % matrices.shape[0]]}
+
+
+def mv_internal(vec, w_m, left, right):
+    """Binary MV-RNN equations, given the layer ``vec`` and the matrix ``w_m`` f32 ``[H, 2H]``."""
+    v = jnp.tanh(vec(jnp.concatenate([left["M"] @ right["v"], right["M"] @ left["v"]], axis=-1)))
+    return {"v": v, "M": w_m @ jnp.concatenate([left["M"], right["M"]], axis=0)}
+
+
+class NNXMVLeafCell(nnx.Module):
+    """:class:`MVLeafCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, matrix_rows: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+        self.proj = nnx.Linear(embed, hidden, use_bias=False, rngs=rngs) if embed != hidden else None
+        self.matrices = nnx.Param(_identity_plus_noise(rngs.params(), (matrix_rows, hidden, hidden)))
+
+    def __call__(self, word):
+        return mv_leaf(self.embed, self.proj, self.matrices[...], word)
+
+
+class NNXMVInternalCell(nnx.Module):
+    """:class:`MVInternalCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.vec = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+        self.mat = nnx.Param(_half_identity_pair_plus_noise(rngs.params(), (hidden, 2 * hidden)))
+
+    def __call__(self, payload, left, right):
+        del payload
+        return mv_internal(self.vec, self.mat[...], left, right)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +195,17 @@ class MVRNN:
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        return NNXCells.matching(
+            self.ops,
+            {
+                "leaf": NNXMVLeafCell(self.vocab_size, self.matrix_rows, self.embed, self.hidden, rngs=rngs),
+                "internal": NNXMVInternalCell(self.hidden, rngs=rngs),
+                "loss": NNXLossCell(self.hidden, self.num_classes, key="v", rngs=rngs),
+            },
+        )
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32).

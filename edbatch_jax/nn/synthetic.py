@@ -55,11 +55,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphError, _csr_by_source, _payload_rows
-from edbatch_jax.nn.lattice import InitCell, LSTMArcCell
-from edbatch_jax.nn.treelstm import InternalCell, LeafCell, LossCell
+from edbatch_jax.nn.lattice import InitCell, LSTMArcCell, NNXInitCell, NNXLSTMArcCell
+from edbatch_jax.nn.treelstm import InternalCell, LeafCell, LossCell, NNXInternalCell, NNXLeafCell, NNXLossCell
 
 __all__ = [
     "BINARY_TREE_OP_TYPES",
@@ -69,6 +70,7 @@ __all__ = [
     "DagLSTM",
     "GridCell",
     "GridLSTM",
+    "NNXGridCell",
 ]
 
 GRID_OP_TYPES = ("init", "cell", "loss")
@@ -110,10 +112,26 @@ class GridCell(nn.Module):
     @nn.compact
     def __call__(self, token, *preds):
         x = nn.Embed(self.vocab_size, self.embed, name="embed")(token)
-        z = nn.Dense((3 + self.ndim) * self.hidden, name="gates")(jnp.concatenate([x] + [p["h"] for p in preds], -1))
-        i, o, u, *f = jnp.split(z, 3 + self.ndim, axis=-1)
-        c = nn.sigmoid(i) * jnp.tanh(u) + sum(nn.sigmoid(fd) * p["c"] for fd, p in zip(f, preds)) / self.ndim
-        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+        return grid_lstm_step(nn.Dense((3 + self.ndim) * self.hidden, name="gates"), x, preds)
+
+
+def grid_lstm_step(gates, x, preds):
+    """N-d LSTM equations: ``gates`` (a layer to ``(3 + N) H``) on ``[x; h_1 .. h_N]``, one forget gate per predecessor."""
+    n = len(preds)
+    i, o, u, *f = jnp.split(gates(jnp.concatenate([x] + [p["h"] for p in preds], -1)), 3 + n, axis=-1)
+    c = jax.nn.sigmoid(i) * jnp.tanh(u) + sum(jax.nn.sigmoid(fd) * p["c"] for fd, p in zip(f, preds)) / n
+    return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
+
+
+class NNXGridCell(nnx.Module):
+    """:class:`GridCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, ndim: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+        self.gates = nnx.Linear(embed + ndim * hidden, (3 + ndim) * hidden, rngs=rngs)
+
+    def __call__(self, token, *preds):
+        return grid_lstm_step(self.gates, self.embed(token), preds)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +175,15 @@ class GridLSTM:
         """
         arity = {"cell": self.ndim}
         return {name: linen_op(cell, name, arity=arity.get(name)) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        cells = {
+            "init": NNXInitCell(self.hidden),
+            "cell": NNXGridCell(self.vocab_size, self.embed, self.hidden, self.ndim, rngs=rngs),
+            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+        }
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"init", "cell", "loss"}`` (f32)."""
@@ -255,6 +282,16 @@ class DagLSTM:
         ops = {name: linen_op(cell, name) for name, cell in self.cells.items()}
         ops["state"] = Op(_state_mean, aggregate="sum")
         return ops
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        cells = {
+            "init": NNXInitCell(self.hidden),
+            "arc_a": NNXLSTMArcCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+            "arc_b": NNXLSTMArcCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+        }
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"init", "arc_a", "arc_b", "loss"}`` (f32)."""
@@ -361,6 +398,15 @@ class BinaryTreeLSTM:
         reuses the engine's compiled steps across calls.
         """
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        cells = {
+            "leaf": NNXLeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+            "internal": NNXInternalCell(self.hidden, rngs=rngs),
+            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+        }
+        return NNXCells.matching(self.ops, cells)
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"leaf", "internal", "loss"}`` (f32)."""

@@ -47,13 +47,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from edbatch_jax.data.sst import Tree, Vocabulary
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder, GraphError, _payload_rows
-from edbatch_jax.nn.treelstm import LossCell
+from edbatch_jax.nn.treelstm import LossCell, NNXLossCell
 
-__all__ = ["GRULeafCell", "GRUInternalCell", "TreeGRU", "binary_tree_batch_graph"]
+__all__ = ["GRULeafCell", "GRUInternalCell", "NNXGRULeafCell", "NNXGRUInternalCell", "TreeGRU", "binary_tree_batch_graph"]
 
 
 class GRULeafCell(nn.Module):
@@ -65,10 +66,8 @@ class GRULeafCell(nn.Module):
 
     @nn.compact
     def __call__(self, word):
-        x = nn.Embed(self.vocab_size, self.embed, name="embed")(word)
-        z = nn.sigmoid(nn.Dense(self.hidden, name="update")(x))
-        n = jnp.tanh(nn.Dense(self.hidden, name="cand")(x))
-        return {"h": (1.0 - z) * n}
+        dense = lambda name: nn.Dense(self.hidden, name=name)
+        return leaf_gru(nn.Embed(self.vocab_size, self.embed, name="embed"), dense("update"), dense("cand"), word)
 
 
 class GRUInternalCell(nn.Module):
@@ -79,13 +78,51 @@ class GRUInternalCell(nn.Module):
     @nn.compact
     def __call__(self, payload, left, right):
         del payload
-        h_l, h_r = left["h"], right["h"]
-        g = jnp.concatenate([h_l, h_r], axis=-1)
-        r_l, r_r = jnp.split(nn.sigmoid(nn.Dense(2 * self.hidden, name="reset")(g)), 2, axis=-1)
-        n = jnp.tanh(nn.Dense(self.hidden, name="cand")(jnp.concatenate([r_l * h_l, r_r * h_r], axis=-1)))
-        a = nn.Dense(3 * self.hidden, name="update")(g).reshape(3, self.hidden)
-        z_l, z_r, z_n = jax.nn.softmax(a, axis=0)
-        return {"h": z_l * h_l + z_r * h_r + z_n * n}
+        h = self.hidden
+        reset, cand, update = nn.Dense(2 * h, name="reset"), nn.Dense(h, name="cand"), nn.Dense(3 * h, name="update")
+        return internal_gru(reset, cand, update, left, right)
+
+
+def leaf_gru(embed, update, cand, word):
+    """Leaf equations, given the layers (Linen or NNX)."""
+    x = embed(word)
+    z = jax.nn.sigmoid(update(x))
+    return {"h": (1.0 - z) * jnp.tanh(cand(x))}
+
+
+def internal_gru(reset, cand, update, left, right):
+    """Binary Tree-GRU equations, given the layers (Linen or NNX)."""
+    h_l, h_r = left["h"], right["h"]
+    g = jnp.concatenate([h_l, h_r], axis=-1)
+    r_l, r_r = jnp.split(jax.nn.sigmoid(reset(g)), 2, axis=-1)
+    n = jnp.tanh(cand(jnp.concatenate([r_l * h_l, r_r * h_r], axis=-1)))
+    z_l, z_r, z_n = jax.nn.softmax(update(g).reshape(3, h_l.shape[-1]), axis=0)
+    return {"h": z_l * h_l + z_r * h_r + z_n * n}
+
+
+class NNXGRULeafCell(nnx.Module):
+    """:class:`GRULeafCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+        self.update = nnx.Linear(embed, hidden, rngs=rngs)
+        self.cand = nnx.Linear(embed, hidden, rngs=rngs)
+
+    def __call__(self, word):
+        return leaf_gru(self.embed, self.update, self.cand, word)
+
+
+class NNXGRUInternalCell(nnx.Module):
+    """:class:`GRUInternalCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.reset = nnx.Linear(2 * hidden, 2 * hidden, rngs=rngs)
+        self.cand = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+        self.update = nnx.Linear(2 * hidden, 3 * hidden, rngs=rngs)
+
+    def __call__(self, payload, left, right):
+        del payload
+        return internal_gru(self.reset, self.cand, self.update, left, right)
 
 
 def binary_tree_batch_graph(
@@ -183,6 +220,17 @@ class TreeGRU:
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
+        return NNXCells.matching(
+            self.ops,
+            {
+                "leaf": NNXGRULeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+                "internal": NNXGRUInternalCell(self.hidden, rngs=rngs),
+                "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+            },
+        )
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32).

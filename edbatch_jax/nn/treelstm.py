@@ -31,12 +31,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from edbatch_jax.data.sst import Tree, Vocabulary
-from edbatch_jax.engine.ops import Op, linen_op
+from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder, GraphError, _payload_rows
 
-__all__ = ["LeafCell", "InternalCell", "LossCell", "TreeLSTM"]
+__all__ = ["LeafCell", "InternalCell", "LossCell", "NNXLeafCell", "NNXInternalCell", "NNXLossCell", "TreeLSTM"]
+
+
+def leaf_lstm(embed, iou, word):
+    """Leaf equations, given the layers ``embed`` and ``iou`` (Linen or NNX)."""
+    i, o, u = jnp.split(iou(embed(word)), 3, axis=-1)
+    c = jax.nn.sigmoid(i) * jnp.tanh(u)
+    return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
+
+
+def internal_lstm(iou, f_left, f_right, left, right):
+    """Binary Tree-LSTM equations, given the layers ``iou``, ``f_left``, ``f_right``."""
+    i, o, u = jnp.split(iou(jnp.concatenate([left["h"], right["h"]], axis=-1)), 3, axis=-1)
+    f_l = jax.nn.sigmoid(f_left(left["h"]))
+    f_r = jax.nn.sigmoid(f_right(right["h"]))
+    c = jax.nn.sigmoid(i) * jnp.tanh(u) + f_l * left["c"] + f_r * right["c"]
+    return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
+
+
+def classify(out, label, h):
+    """``{"loss": f32[], "logits": f32[C]}`` of the output layer ``out`` on features ``h``."""
+    logits = out(h)
+    return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, label), "logits": logits}
 
 
 class LeafCell(nn.Module):
@@ -48,10 +71,7 @@ class LeafCell(nn.Module):
 
     @nn.compact
     def __call__(self, word):
-        x = nn.Embed(self.vocab_size, self.embed, name="embed")(word)
-        i, o, u = jnp.split(nn.Dense(3 * self.hidden, name="iou")(x), 3, axis=-1)
-        c = nn.sigmoid(i) * jnp.tanh(u)
-        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+        return leaf_lstm(nn.Embed(self.vocab_size, self.embed, name="embed"), nn.Dense(3 * self.hidden, name="iou"), word)
 
 
 class InternalCell(nn.Module):
@@ -62,12 +82,8 @@ class InternalCell(nn.Module):
     @nn.compact
     def __call__(self, payload, left, right):
         del payload
-        iou = nn.Dense(3 * self.hidden, name="iou")(jnp.concatenate([left["h"], right["h"]], axis=-1))
-        i, o, u = jnp.split(iou, 3, axis=-1)
-        f_l = nn.sigmoid(nn.Dense(self.hidden, name="f_left")(left["h"]))
-        f_r = nn.sigmoid(nn.Dense(self.hidden, name="f_right")(right["h"]))
-        c = nn.sigmoid(i) * jnp.tanh(u) + f_l * left["c"] + f_r * right["c"]
-        return {"h": nn.sigmoid(o) * jnp.tanh(c), "c": c}
+        dense = lambda n, name: nn.Dense(n, name=name)
+        return internal_lstm(dense(3 * self.hidden, "iou"), dense(self.hidden, "f_left"), dense(self.hidden, "f_right"), left, right)
 
 
 class LossCell(nn.Module):
@@ -77,8 +93,42 @@ class LossCell(nn.Module):
 
     @nn.compact
     def __call__(self, label, state):
-        logits = nn.Dense(self.num_classes, name="out")(state["h"])
-        return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, label), "logits": logits}
+        return classify(nn.Dense(self.num_classes, name="out"), label, state["h"])
+
+
+class NNXLeafCell(nnx.Module):
+    """:class:`LeafCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, vocab_size: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
+        self.iou = nnx.Linear(embed, 3 * hidden, rngs=rngs)
+
+    def __call__(self, word):
+        return leaf_lstm(self.embed, self.iou, word)
+
+
+class NNXInternalCell(nnx.Module):
+    """:class:`InternalCell` in ``flax.nnx``; the same parameter names."""
+
+    def __init__(self, hidden: int, *, rngs: nnx.Rngs):
+        self.iou = nnx.Linear(2 * hidden, 3 * hidden, rngs=rngs)
+        self.f_left = nnx.Linear(hidden, hidden, rngs=rngs)
+        self.f_right = nnx.Linear(hidden, hidden, rngs=rngs)
+
+    def __call__(self, payload, left, right):
+        del payload
+        return internal_lstm(self.iou, self.f_left, self.f_right, left, right)
+
+
+class NNXLossCell(nnx.Module):
+    """:class:`LossCell` in ``flax.nnx`` (reads ``state["h"]``, or ``state[key]``); the same parameter names."""
+
+    def __init__(self, hidden: int, num_classes: int = 5, *, key: str = "h", rngs: nnx.Rngs):
+        self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
+        self.key = key
+
+    def __call__(self, label, state):
+        return classify(self.out, label, state[self.key])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +161,17 @@ class TreeLSTM:
     def ops(self) -> dict[str, Op]:
         """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}
+
+    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells` (``.ops``, ``nnx.Param`` state)."""
+        return NNXCells.matching(
+            self.ops,
+            {
+                "leaf": NNXLeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
+                "internal": NNXInternalCell(self.hidden, rngs=rngs),
+                "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
+            },
+        )
 
     def init(self, rng: jax.Array) -> dict:
         """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32)."""
