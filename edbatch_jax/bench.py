@@ -14,8 +14,9 @@ of batching policy, memory layout and mode (inference or training):
   and the warm-up (compile) time, and executables compiled after warm-up
   (expected: none);
 * the process's peak resident memory;
-* with ``ceiling=True``, the compute ceiling of the schedule: its batched op
-  calls alone (:mod:`edbatch_jax.ceiling`), and the fraction of it reached.
+* with ``op_calls=True``, the op-call bound of the schedule: the throughput
+  if execution were only its batched op calls, each a jitted call timed alone
+  (:mod:`edbatch_jax.op_calls`), and the measured throughput over it.
 
 Each phase is wrapped in a ``jax.profiler.TraceAnnotation`` so that a
 ``jax.profiler`` trace shows it. Speeds are only comparable within one run.
@@ -35,7 +36,7 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
-from edbatch_jax.ceiling import op_time_ms
+from edbatch_jax.op_calls import op_calls_ms
 from edbatch_jax.training import Trainer, batched_loss, make_engine, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload, default_policy_path
 
@@ -73,12 +74,12 @@ class BenchResult:
     warmup_s: float
     compiles_after_warmup: int
     peak_rss_mb: float
-    ceiling_instances_per_s: float = 0.0
+    op_calls_instances_per_s: float = 0.0
 
     @property
-    def ceiling_fraction(self) -> float:
-        """Measured over ceiling throughput (0 when the ceiling was not measured)."""
-        return self.instances_per_s / self.ceiling_instances_per_s if self.ceiling_instances_per_s else 0.0
+    def op_calls_fraction(self) -> float:
+        """Measured throughput over the op-call bound (0 when it was not measured)."""
+        return self.instances_per_s / self.op_calls_instances_per_s if self.op_calls_instances_per_s else 0.0
 
     @property
     def planning_fraction(self) -> float:
@@ -117,7 +118,7 @@ def run_benchmarks(
     progress=None,
     engines: Sequence[str] = ("fused",),
     max_lanes: int = 512,
-    ceiling: bool = False,
+    op_calls: bool = False,
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -136,8 +137,8 @@ def run_benchmarks(
       progress: optional callable(str) for status lines.
       engines: a subset of :data:`edbatch_jax.training.ENGINES`.
       max_lanes: the fused engine's widest chunk.
-      ceiling: also measure the compute ceiling of each (policy, mode): the
-        schedule's batched op calls alone (:func:`edbatch_jax.ceiling.op_time_ms`).
+      op_calls: also measure the op-call bound of each (policy, mode): the
+        schedule's batched op calls alone (:func:`edbatch_jax.op_calls.op_calls_ms`).
     """
     say = progress or (lambda s: None)
     model = work.model
@@ -154,7 +155,7 @@ def run_benchmarks(
     instance_sets = [[work.train[j] for j in c] for c in chunks[:need]]
     backend = jax.default_backend()
     results = []
-    ceilings: dict[tuple, float] = {}  # (policy, mode) -> instances/s: layouts and engines do not change it
+    bounds: dict[tuple, float] = {}  # (policy, mode) -> instances/s: layouts and engines do not change it
     # shared per (engine, mode): a configuration compiles only what is new
     shared = {(e, mode): make_engine(e, model.ops, max_lanes) for e in engines for mode in modes}
 
@@ -201,11 +202,13 @@ def run_benchmarks(
                     run_one(k)
                     times.append(time.perf_counter() - t0)
         execute_ms = float(np.median(times)) * 1e3
+        if trainer is not None:
+            params = trainer.params  # the originals were donated to the updates
         plans = [engine.plan(params, m.graph, m.schedule, m.layout) for m in mbs[warmup:]]
         timed = mbs[warmup:]
-        if ceiling and (label, mode) not in ceilings:
-            with jax.profiler.TraceAnnotation("edbatch.ceiling"):
-                ceilings[(label, mode)] = batch_size / (op_time_ms(engine, plans, params, mode == "train") / 1e3)
+        if op_calls and (label, mode) not in bounds:
+            with jax.profiler.TraceAnnotation("edbatch.op_calls"):
+                bounds[(label, mode)] = batch_size / (op_calls_ms(engine, plans, params, mode == "train") / 1e3)
         rebuilt_ms = construct_ms + schedule_ms + layout_ms + execute_ms
         results.append(BenchResult(
             model=work.name, policy=label, layout=layout, mode=mode, engine=engine_name, batch_size=batch_size,
@@ -219,7 +222,7 @@ def run_benchmarks(
             gathered_bytes_per_minibatch=float(np.mean([p.gathered_bytes for p in plans])),
             executables=executables, warmup_s=warm_s,
             compiles_after_warmup=engine.trace_count - after_warmup,
-            peak_rss_mb=_peak_rss_mb(), ceiling_instances_per_s=ceilings.get((label, mode), 0.0),
+            peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((label, mode), 0.0),
         ))
 
     if unbatched_instances > 0:
@@ -260,9 +263,9 @@ def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
     head = (f"{'engine':<9}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
             f"{'exec ms':>9}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
-    with_ceiling = any(r.ceiling_instances_per_s for r in results)
-    if with_ceiling:
-        head += f"{'ceil':>7}{'%ceil':>6}"
+    with_bound = any(r.op_calls_instances_per_s for r in results)
+    if with_bound:
+        head += f"{'opcall':>7}{'%opc':>6}"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
@@ -271,7 +274,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
             f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
             f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"
-            + (f"{r.ceiling_instances_per_s:>7.0f}{100 * r.ceiling_fraction:>6.0f}" if with_ceiling else "")
+            + (f"{r.op_calls_instances_per_s:>7.0f}{100 * r.op_calls_fraction:>6.0f}" if with_bound else "")
         )
     return "\n".join(lines)
 
@@ -301,6 +304,6 @@ def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     for r in results:
         d = dataclasses.asdict(r)
         d["planning_fraction"] = r.planning_fraction
-        d["ceiling_fraction"] = r.ceiling_fraction
+        d["op_calls_fraction"] = r.op_calls_fraction
         out.append(d)
     return out

@@ -18,7 +18,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     assert main(["bench", "--model", "binary_tree", "--batch-size", "4,8", "--hidden", "8", "--batches", "2",
                  "--warmup", "1", "--policy", "typewise", "--layout", "dynet,planned", "--mode", "infer",
                  "--engine", "stepwise,fused", "--max-lanes", "4", "--unbatched", "1", "--json", str(out), "--markdown", str(page),
-                 "--plot", str(plot), "--ceiling", "--quiet"]) == 0
+                 "--plot", str(plot), "--op-calls", "--quiet"]) == 0
     rows = json.loads(out.read_text())
     batched = [r for r in rows if r["policy"] != "none"]
     assert len(batched) == 2 * 2 * 2  # batch sizes x engines x layouts
@@ -28,7 +28,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         assert r["compiles_after_warmup"] == 0
         assert r["batches_per_minibatch"] >= r["lower_bound"] > 0
         assert r["instances_per_s"] > 0
-        assert r["ceiling_instances_per_s"] > 0 and r["ceiling_fraction"] > 0  # the op calls alone, timed
+        assert r["op_calls_instances_per_s"] > 0 and r["op_calls_fraction"] > 0  # the op calls alone, timed
     # a perfect binary tree: type-wise batching reaches the lower bound exactly
     assert all(r["batches_per_minibatch"] == r["lower_bound"] for r in batched if r["policy"] == "typewise")
     # the planned layout gathers no more than DyNet-style rows
@@ -39,7 +39,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
             assert r["gathered_bytes_per_minibatch"] <= twin["gathered_bytes_per_minibatch"]
     assert any(r["policy"] == "none" for r in rows)  # the unbatched baseline in the same run
     text = page.read_text()
-    assert "%ceil" in text and "--ceiling" in text
+    assert "%opc" in text and "--op-calls" in text
     assert "edbatch bench --model binary_tree" in text and "fused" in text and "stepwise" in text
     assert str(tmp_path) not in text and "--json OUT.json" in text and "--plot OUT.png" in text  # no machine paths
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

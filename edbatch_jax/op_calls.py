@@ -1,4 +1,4 @@
-"""The compute ceiling of a schedule: its batched op calls alone, timed one by one.
+"""The op-call bound of a schedule: its batched op calls alone, timed one by one.
 
 An engine's execution time per mini-batch is the op math of every batch plus
 what the engine adds around it: dispatch, gathers, buffer writes and copies.
@@ -7,9 +7,11 @@ plan (op type, lane bucket, operand structures) it compiles the batched op
 call alone, ``vmap(op)`` over the lanes on operand states that are already
 gathered (``jax.vjp`` and the pullback too for training), times it in steady
 state, and sums over the plan's batches. ``batch_size / op_time`` is then the
-throughput an engine with no overhead at all would reach *with this schedule
-at these widths* on this machine, and ``measured / ceiling`` how much of it
-an engine reaches. The dispatch of each timed call (a jitted no-op on the same
+throughput of an engine that issues one call per batch and adds nothing
+else (no gathers, no buffer writes) *with this schedule at these widths* on
+this machine: a bound for per-batch-call engines (the stepwise engine). An
+engine that runs the schedule as one program (the fused engine) can exceed
+it, since it pays no per-call launch at all. The dispatch of each timed call (a jitted no-op on the same
 arguments) is subtracted. Host-side timing; the op calls run jitted.
 """
 
@@ -24,7 +26,7 @@ import numpy as np
 
 from edbatch_jax.engine.executor import Engine, ExecutionPlan, _combine, _struct
 
-__all__ = ["op_time_ms"]
+__all__ = ["op_calls_ms"]
 
 
 def _zeros(struct):
@@ -64,7 +66,7 @@ def _median_ms(fn, args, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def op_time_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: bool = False, repeats: int = 20) -> float:
+def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: bool = False, repeats: int = 20) -> float:
     """Mean over ``plans`` of the summed time of their batched op calls alone (ms per mini-batch).
 
     Args:
