@@ -1,5 +1,5 @@
 """Flax NNX cells: every bundled model's NNX cells have the Linen cells' parameter tree, and with the
-same weights the batched NNX model equals the unbatched Linen reference (values and gradients);
+same weights the batched NNX model (planned layout) equals the unbatched Linen reference (values and gradients);
 ``nnx.Optimizer`` trains through the engine; :class:`~edbatch_jax.NNXCells` errors."""
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def test_nnx_cells_match_the_linen_model(name):
     nnx.update(cells, state)
     assert set(cells.ops) == set(model.ops)
 
-    batched = lambda p: jnp.sum(eb.run(cells.ops, p, graph, sched, outputs=outputs)["loss"])
+    # the planned (PQ-tree) layout: these workloads' layout check with Linen ops lives here too
+    layout = eb.plan_layout(graph, sched, {n for n, op in model.ops.items() if op.variadic})
+    batched = lambda p: jnp.sum(eb.run(cells.ops, p, graph, sched, outputs=outputs, layout=layout)["loss"])
     reference = lambda p: jnp.sum(eb.run_unbatched(model.ops, p, graph, outputs=outputs)["loss"])
     v1, g1 = jax.value_and_grad(batched)(nnx.state(cells, nnx.Param))
     v0, g0 = jax.value_and_grad(reference)(linen_params)
