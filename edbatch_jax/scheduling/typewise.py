@@ -59,28 +59,32 @@ def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
 
     Returns ``(src int32 [M], dst int32 [M])``.
     """
-    types = graph.node_type
+    types = graph.node_type.tolist()
+    arg_ptr, arg_idx = graph.arg_ptr.tolist(), graph.arg_idx.tolist()
     maximal: list[dict[int, tuple[int, ...]]] = [dict() for _ in range(graph.num_nodes)]
     below = [0] * graph.num_nodes  # bitset of same-type ancestors of each node
     src, dst = [], []
-    for v in topological_order(graph):
-        v = int(v)
-        acc: dict[int, set] = {}
-        for a in graph.args(v):
-            a = int(a)
-            ta = int(types[a])
-            for t, us in maximal[a].items():
-                if t != ta:
-                    acc.setdefault(t, set()).update(us)
-            acc.setdefault(ta, set()).add(a)
-        out = {}
-        for t, us in acc.items():
-            if len(us) > 1:
-                us = [u for u in us if not any(w != u and below[w] >> u & 1 for w in us)]
-            out[t] = tuple(us)
-        tv = int(types[v])
+    for v in topological_order(graph).tolist():
+        lo, hi = arg_ptr[v], arg_ptr[v + 1]
+        if hi - lo == 1:  # one operand (most nodes): its sets, with itself as the nearest of its type
+            a = arg_idx[lo]
+            out = maximal[a].copy()
+            out[types[a]] = (a,)
+        else:
+            acc: dict[int, set] = {}
+            for a in arg_idx[lo:hi]:
+                ta = types[a]
+                for t, us in maximal[a].items():
+                    if t != ta:
+                        acc.setdefault(t, set()).update(us)
+                acc.setdefault(ta, set()).add(a)
+            out = {}
+            for t, us in acc.items():
+                if len(us) > 1:
+                    us = [u for u in us if not any(w != u and below[w] >> u & 1 for w in us)]
+                out[t] = tuple(us)
         bits = 0
-        for u in out.get(tv, ()):
+        for u in out.get(types[v], ()):
             src.append(u)
             dst.append(v)
             bits |= below[u] | (1 << u)
