@@ -9,7 +9,8 @@ gathered row by row. :func:`plan_layout` chooses one global order of the nodes
 possible are slices:
 
 1. **Adjacency.** Every batch's nodes are consecutive (always satisfiable:
-   batches are disjoint).
+   batches are disjoint). Batches whose nodes no operand reads (loss nodes,
+   say) stay out of the PQ-tree and follow its order, batch by batch.
 2. **Consecutive operands.** Every operand set is offered to a
    :class:`~edbatch_jax.layout.PQTree` (largest first); a set that cannot be
    made consecutive together with those accepted so far is dropped (that
@@ -138,9 +139,16 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     inst_rank = np.empty(graph.num_instances, np.int64)
     inst_rank[np.lexsort((np.arange(graph.num_instances), -sizes))] = np.arange(graph.num_instances)
     initial = np.lexsort((np.arange(n), inst_rank[graph.instance], batch_of))
-    tree = PQTree(initial.tolist())
-    for s, e in zip(schedule.batch_ptr[:-1], schedule.batch_ptr[1:]):
-        tree.reduce(schedule.node_order[s:e].tolist())
+    # batches none of whose nodes is ever read (loss nodes, say) only need to be consecutive: they stay
+    # out of the PQ-tree and follow its order, batch by batch
+    is_operand = np.zeros(n, bool)
+    for _, _, args in lists:
+        is_operand[args] = True
+    read_batch = np.bincount(batch_of, weights=is_operand, minlength=schedule.num_batches) > 0
+    in_tree = read_batch[batch_of[initial]]
+    tree = PQTree(initial[in_tree].tolist())
+    for b in np.flatnonzero(read_batch).tolist():
+        tree.reduce(schedule.node_order[schedule.batch_ptr[b] : schedule.batch_ptr[b + 1]].tolist())
     accepted = np.zeros(len(lists), bool)
     by_size = sorted(range(len(lists)), key=lambda i: -lists[i][2].size)
     for i in by_size:
@@ -149,7 +157,7 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
             continue
         accepted[i] = args.size < 2 or tree.reduce(args.tolist())
     position = np.empty(n, np.int64)
-    position[np.asarray(tree.frontier(), dtype=np.int64)] = np.arange(n)
+    position[np.concatenate([np.asarray(tree.frontier(), dtype=np.int64), initial[~in_tree]])] = np.arange(n)
 
     # alignment, in schedule order
     pinned = np.zeros(n, bool)
