@@ -2,17 +2,18 @@
 
 An engine's execution time per mini-batch is the op math of every batch plus
 what the engine adds around it: dispatch, gathers, buffer writes and copies.
-:func:`op_time_ms` measures the first part. For every distinct batch of a
+:func:`op_calls_ms` measures the first part. For every distinct batch of a
 plan (op type, lane bucket, operand structures) it compiles the batched op
 call alone, ``vmap(op)`` over the lanes on operand states that are already
 gathered (``jax.vjp`` and the pullback too for training), times it in steady
-state, and sums over the plan's batches. ``batch_size / op_time`` is then the
-throughput of an engine that issues one call per batch and adds nothing
+state, and sums over the plan's batches. ``batch_size / op_calls_ms`` is then
+the throughput of an engine that issues one call per batch and adds nothing
 else (no gathers, no buffer writes) *with this schedule at these widths* on
 this machine: a bound for per-batch-call engines (the stepwise engine). An
 engine that runs the schedule as one program (the fused engine) can exceed
-it, since it pays no per-call launch at all. The dispatch of each timed call (a jitted no-op on the same
-arguments) is subtracted. Host-side timing; the op calls run jitted.
+it, since it pays no per-call launch at all. The dispatch of each timed call
+(a jitted no-op on the same arguments) is subtracted. Host-side timing; the
+op calls run jitted.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: b
       train: time the forward call and its pullback (a training step's math).
       repeats: timed calls per distinct batch (the median is used).
     """
+    noop = jax.jit(lambda p, payload, gathered: jnp.zeros(()))  # the same arguments, no math
     cost: dict[tuple, float] = {}
     totals = []
     for plan in plans:
@@ -85,7 +87,6 @@ def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: b
                    tuple(plan.signatures[b] for b in step.operand_buffers))
             if key not in cost:
                 fn, args = _batched_call(engine, plan, step, params, train)
-                noop = jax.jit(lambda p, payload, gathered: jnp.zeros(()))  # the same arguments, no math
                 cost[key] = max(_median_ms(fn, args, repeats) - _median_ms(noop, args, repeats), 0.0)
             total += cost[key]
         totals.append(total)

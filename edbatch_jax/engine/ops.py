@@ -15,6 +15,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from flax import nnx
+
 __all__ = ["NNXCells", "Op", "OpError", "as_op", "as_ops", "linen_op", "nnx_op"]
 
 AGGREGATES = ("sum", "mean", "max")
@@ -151,8 +153,6 @@ def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | N
     ``nnx.Optimizer`` can apply the gradients. The arity is read from
     ``type(module).__call__(self, payload, *operand_states)`` unless given.
     """
-    from flax import nnx
-
     graphdef, _, rest = nnx.split(module, nnx.Param, ...)
 
     def fn(params, payload, *states):
@@ -164,13 +164,7 @@ def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | N
     return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
 
 
-def _nnx_module_base():
-    from flax import nnx
-
-    return nnx.Module
-
-
-class NNXCells(_nnx_module_base()):
+class NNXCells(nnx.Module):
     """A ``flax.nnx`` container holding one cell module per op type.
 
     One ``nnx.split(cells, nnx.Param)`` gives the parameter ``nnx.State`` the
@@ -209,7 +203,6 @@ class NNXCells(_nnx_module_base()):
             if not name.isidentifier() or hasattr(type(self), name):
                 raise OpError(f"op type name {name!r} cannot name an NNX cell attribute")
             setattr(self, name, cell)
-        self.cell_names = tuple(cells)
         arity, aggregate = dict(arity or {}), dict(aggregate or {})
         ops = {name: nnx_op(cell, name, arity.get(name), aggregate.get(name)) for name, cell in cells.items()}
         # Built once, so every eb.run(cells.ops, ...) reuses the engine's compiled steps.
