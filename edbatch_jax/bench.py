@@ -6,7 +6,8 @@ of batching policy, memory layout and mode (inference or training):
 * throughput in instances per second — on cached mini-batches (graphs,
   schedules and layouts built once and reused, as a data pipeline may) and
   rebuilt every step (construction + scheduling + layout + execution);
-* the time split: graph construction, scheduling, layout planning, execution;
+* the time split: graph construction, scheduling, layout planning, execution
+  (each the median over timed rounds in which the configurations take turns);
 * batches per mini-batch against the lower bound;
 * operand gathers and bytes gathered per mini-batch (the engine's count);
 * step executables compiled for the configuration (one engine per mode is
@@ -75,6 +76,7 @@ class BenchResult:
     compiles_after_warmup: int
     peak_rss_mb: float
     op_calls_instances_per_s: float = 0.0
+    rounds: int = 1
 
     @property
     def op_calls_fraction(self) -> float:
@@ -105,6 +107,83 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
+@dataclasses.dataclass
+class _Config:
+    """One (engine, policy, layout, mode) under measurement: its mini-batches, engine and samples."""
+
+    engine_name: str
+    label: str
+    policy: Any
+    layout: str
+    mode: str
+    graphs: list
+    mbs: list
+    engine: Any
+    params: Any
+    trainer: Any
+    variadic: Any
+    executables: int = 0
+    warmup_s: float = 0.0
+    compiles_after_warmup: int = 0
+    schedule_ms: list = dataclasses.field(default_factory=list)  # one mean per mini-batch per round
+    layout_ms: list = dataclasses.field(default_factory=list)
+    execute_ms: list = dataclasses.field(default_factory=list)
+
+    def plan_all(self, graphs) -> tuple[list, float, float]:
+        """Mini-batches of ``graphs`` and the mean scheduling and layout ms per mini-batch."""
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.schedule"):
+            mbs = [make_minibatch(g, self.policy) for g in graphs]
+        t1 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.layout"):
+            mbs = [resolve_layout(self.layout, m, self.variadic) for m in mbs]
+        t2 = time.perf_counter()
+        layout_ms = (t2 - t1) / len(mbs) * 1e3 if self.layout == "planned" else 0.0
+        return mbs, (t1 - t0) / len(mbs) * 1e3, layout_ms
+
+    def run_one(self, k: int):
+        if self.trainer is not None:
+            return self.trainer.step(self.mbs[k])  # returns a host float: synchronises
+        return _block(batched_loss(self.engine, self.params, self.mbs[k]))
+
+    def time_round(self, warmup: int, num_batches: int) -> None:
+        """One timed round: re-plan the timed mini-batches, then run each once."""
+        _, sched, lay = self.plan_all(self.graphs[warmup : warmup + num_batches])
+        self.schedule_ms.append(sched)
+        self.layout_ms.append(lay)
+        before = self.engine.trace_count
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.execute"):
+            for k in range(warmup, warmup + num_batches):
+                self.run_one(k)
+        self.execute_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
+        self.compiles_after_warmup += self.engine.trace_count - before
+        if self.trainer is not None:
+            self.params = self.trainer.params  # the previous ones were donated to the updates
+
+
+def _prepare(work, shared, graphs, engine_name, policy_name, layout, mode, params0, variadic, warmup, say) -> _Config:
+    """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
+    policy = resolve_policy(policy_name, work)
+    label = policy_name if isinstance(policy, str) else "fsm"
+    say(f"{engine_name} / {label} / {layout} / {mode}")
+    engine = shared[(engine_name, mode)]
+    params = jax.tree.map(jnp.copy, params0)
+    trainer = Trainer(engine, params, optax.adam(1e-3)) if mode == "train" else None
+    cfg = _Config(engine_name, label, policy, layout, mode, graphs, [], engine, params, trainer, variadic)
+    cfg.mbs = cfg.plan_all(graphs)[0]  # timed in the rounds, warm here
+    traced_before = engine.trace_count
+    t0 = time.perf_counter()
+    with jax.profiler.TraceAnnotation("edbatch.warmup"):
+        for k in range(len(graphs)):  # every shape once: compiles happen here
+            cfg.run_one(k)
+    cfg.warmup_s = time.perf_counter() - t0
+    cfg.executables = engine.trace_count - traced_before
+    if trainer is not None:
+        cfg.params = trainer.params
+    return cfg
+
+
 def run_benchmarks(
     work: Workload,
     policies: Sequence[str],
@@ -119,6 +198,7 @@ def run_benchmarks(
     engines: Sequence[str] = ("fused",),
     max_lanes: int = 512,
     op_calls: bool = False,
+    rounds: int = 3,
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -129,9 +209,14 @@ def run_benchmarks(
       layouts: a subset of :data:`LAYOUTS`.
       modes: ``"infer"`` and/or ``"train"``.
       batch_size: instances per mini-batch.
-      num_batches: timed mini-batches per configuration (cycled twice).
+      num_batches: timed mini-batches per configuration.
       warmup: mini-batches (of other shapes) run first; their compilations are
         the warm-up cost.
+      rounds: timed rounds. In each, every configuration re-plans (schedule,
+        layout) and runs its ``num_batches`` mini-batches, configurations
+        taking turns in a rotating order; each reported time is the median
+        over rounds of the per-mini-batch mean, so that a slow spell of a
+        shared machine does not fall on one configuration only.
       unbatched_instances: if > 0, also time node-by-node execution on this
         many instances (policy ``"none"``).
       progress: optional callable(str) for status lines.
@@ -140,6 +225,8 @@ def run_benchmarks(
       op_calls: also measure the op-call bound of each (policy, mode): the
         schedule's batched op calls alone (:func:`edbatch_jax.op_calls.op_calls_ms`).
     """
+    if rounds < 1 or num_batches < 1:
+        raise ValueError(f"rounds and num_batches must be at least 1, got {rounds} and {num_batches}")
     say = progress or (lambda s: None)
     model = work.model
     params0 = model.init(jax.random.PRNGKey(seed))
@@ -157,62 +244,46 @@ def run_benchmarks(
     results = []
     bounds: dict[tuple, float] = {}  # (policy, mode) -> instances/s: layouts and engines do not change it
     # shared per (engine, mode): a configuration compiles only what is new
-    shared = {(e, mode): make_engine(e, model.ops, max_lanes) for e in engines for mode in modes}
+    # all configurations' plans stay cached, since they take turns
+    cached = len(policies) * len(layouts) * need + 1
+    shared = {(e, mode): make_engine(e, model.ops, max_lanes, cached) for e in engines for mode in modes}
 
-    t0 = time.perf_counter()
-    with jax.profiler.TraceAnnotation("edbatch.construct"):
-        graphs = [work.batch_graph(x) for x in instance_sets]
-    construct_ms = (time.perf_counter() - t0) / len(graphs) * 1e3
+    def construct(sets):
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.construct"):
+            out = [work.batch_graph(x) for x in sets]
+        return out, (time.perf_counter() - t0) / len(sets) * 1e3
 
+    graphs = construct(instance_sets)[0]  # timed in the rounds
+    construct_samples = []
+
+    configs = []
     for engine_name, policy_name, layout, mode in itertools.product(engines, policies, layouts, modes):
-        policy = resolve_policy(policy_name, work)
-        label = policy_name if isinstance(policy, str) else "fsm"
-        say(f"{engine_name} / {label} / {layout} / {mode}")
-        t0 = time.perf_counter()
-        with jax.profiler.TraceAnnotation("edbatch.schedule"):
-            mbs = [make_minibatch(g, policy) for g in graphs]
-        schedule_ms = (time.perf_counter() - t0) / len(mbs) * 1e3
-        t0 = time.perf_counter()
-        with jax.profiler.TraceAnnotation("edbatch.layout"):
-            mbs = [resolve_layout(layout, m, variadic) for m in mbs]
-        layout_ms = (time.perf_counter() - t0) / len(mbs) * 1e3 if layout == "planned" else 0.0
+        configs.append(_prepare(work, shared, graphs, engine_name, policy_name, layout, mode, params0, variadic,
+                                warmup, say))
 
-        engine = shared[(engine_name, mode)]
-        traced_before = engine.trace_count
-        params = jax.tree.map(jnp.copy, params0)
-        trainer = Trainer(engine, params, optax.adam(1e-3)) if mode == "train" else None
+    # Timed rounds: every configuration runs its mini-batches (and re-plans them) once per round, in an order
+    # that rotates between rounds, so that a slow spell of a shared machine falls on all configurations alike.
+    for r in range(rounds):
+        turn = configs[r % len(configs):] + configs[: r % len(configs)]
+        say(f"round {r + 1} of {rounds}")
+        construct_samples.append(construct(instance_sets[warmup:])[1])
+        for cfg in turn:
+            cfg.time_round(warmup, num_batches)
 
-        def run_one(k: int):
-            if mode == "train":
-                return trainer.step(mbs[k])  # returns a host float: synchronises
-            return _block(batched_loss(engine, params, mbs[k]))
-
-        t0 = time.perf_counter()
-        with jax.profiler.TraceAnnotation("edbatch.warmup"):
-            for k in range(warmup + num_batches):  # every shape once: compiles happen here
-                run_one(k)
-        warm_s = time.perf_counter() - t0
-        executables = engine.trace_count - traced_before
-        after_warmup = engine.trace_count
-        times = []
-        with jax.profiler.TraceAnnotation("edbatch.execute"):
-            for _ in range(2):
-                for k in range(warmup, warmup + num_batches):
-                    t0 = time.perf_counter()
-                    run_one(k)
-                    times.append(time.perf_counter() - t0)
-        execute_ms = float(np.median(times)) * 1e3
-        if trainer is not None:
-            params = trainer.params  # the originals were donated to the updates
-        plans = [engine.plan(params, m.graph, m.schedule, m.layout) for m in mbs[warmup:]]
-        timed = mbs[warmup:]
-        if op_calls and (label, mode) not in bounds:
+    construct_ms = float(np.median(construct_samples))
+    for cfg in configs:
+        plans = [cfg.engine.plan(cfg.params, m.graph, m.schedule, m.layout) for m in cfg.mbs[warmup:]]
+        if op_calls and (cfg.label, cfg.mode) not in bounds:
             with jax.profiler.TraceAnnotation("edbatch.op_calls"):
-                bounds[(label, mode)] = batch_size / (op_calls_ms(engine, plans, params, mode == "train") / 1e3)
+                bounds[(cfg.label, cfg.mode)] = batch_size / (
+                    op_calls_ms(cfg.engine, plans, cfg.params, cfg.mode == "train") / 1e3)
+        timed = cfg.mbs[warmup:]
+        schedule_ms, layout_ms, execute_ms = (float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.execute_ms))
         rebuilt_ms = construct_ms + schedule_ms + layout_ms + execute_ms
         results.append(BenchResult(
-            model=work.name, policy=label, layout=layout, mode=mode, engine=engine_name, batch_size=batch_size,
-            hidden=int(getattr(model, "hidden", 0)), backend=backend,
+            model=work.name, policy=cfg.label, layout=cfg.layout, mode=cfg.mode, engine=cfg.engine_name,
+            batch_size=batch_size, hidden=int(getattr(model, "hidden", 0)), backend=backend,
             instances_per_s=batch_size / (execute_ms / 1e3),
             instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
             construct_ms=construct_ms, schedule_ms=schedule_ms, layout_ms=layout_ms, execute_ms=execute_ms,
@@ -220,9 +291,9 @@ def run_benchmarks(
             lower_bound=float(np.mean([eb.lower_bound(m.graph) for m in timed])),
             gathers_per_minibatch=float(np.mean([p.num_gathers for p in plans])),
             gathered_bytes_per_minibatch=float(np.mean([p.gathered_bytes for p in plans])),
-            executables=executables, warmup_s=warm_s,
-            compiles_after_warmup=engine.trace_count - after_warmup,
-            peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((label, mode), 0.0),
+            executables=cfg.executables, warmup_s=cfg.warmup_s, compiles_after_warmup=cfg.compiles_after_warmup,
+            peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
+            rounds=rounds,
         ))
 
     if unbatched_instances > 0:

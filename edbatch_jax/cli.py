@@ -223,7 +223,7 @@ def bench(args: argparse.Namespace) -> int:
             res = harness.run_benchmarks(
                 work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
                 args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
-                engines=split(args.engine), max_lanes=args.max_lanes, op_calls=args.op_calls,
+                engines=split(args.engine), max_lanes=args.max_lanes, op_calls=args.op_calls, rounds=args.rounds,
             )
         except ValueError as e:  # one impossible configuration does not lose the others
             print(f"  skipped: {e}", flush=True)
@@ -428,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")
     bp.add_argument("--batches", type=int, default=10, help="timed mini-batches per configuration")
     bp.add_argument("--warmup", type=int, default=2, help="extra mini-batches run before timing")
+    bp.add_argument("--rounds", type=int, default=3,
+                    help="timed rounds; configurations take turns within each (reported: the median over rounds)")
     bp.add_argument("--unbatched", type=int, default=0, help="also time node-by-node execution on this many instances")
     bp.add_argument("--json", default=None, help="write the results as JSON here")
     bp.add_argument("--plot", default=None, help="write a PNG bar chart here")

@@ -58,12 +58,13 @@ ENGINES = ("fused", "stepwise")
 ``stepwise``: :class:`edbatch_jax.Engine`, one jitted call per batch."""
 
 
-def make_engine(name: str, ops, max_lanes: int = 512) -> Engine:
-    """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk."""
+def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16) -> Engine:
+    """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk;
+    ``plan_cache_size``: execution plans kept (one per mini-batch in use)."""
     if name == "fused":
-        return FusedEngine(ops, max_lanes=max_lanes)
+        return FusedEngine(ops, max_lanes=max_lanes, plan_cache_size=plan_cache_size)
     if name == "stepwise":
-        return Engine(ops)
+        return Engine(ops, plan_cache_size=plan_cache_size)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
 
 

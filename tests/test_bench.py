@@ -18,14 +18,15 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     assert main(["bench", "--model", "binary_tree", "--batch-size", "4,8", "--hidden", "8", "--batches", "2",
                  "--warmup", "1", "--policy", "typewise", "--layout", "dynet,planned", "--mode", "infer",
                  "--engine", "stepwise,fused", "--max-lanes", "4", "--unbatched", "1", "--json", str(out), "--markdown", str(page),
-                 "--plot", str(plot), "--op-calls", "--quiet"]) == 0
+                 "--plot", str(plot), "--op-calls", "--rounds", "2", "--quiet"]) == 0
     rows = json.loads(out.read_text())
     batched = [r for r in rows if r["policy"] != "none"]
     assert len(batched) == 2 * 2 * 2  # batch sizes x engines x layouts
     assert {r["batch_size"] for r in rows} == {4, 8}
     for r in batched:
         assert REQUIRED <= r.keys()
-        assert r["compiles_after_warmup"] == 0
+        assert r["compiles_after_warmup"] == 0  # across both timed rounds
+        assert r["rounds"] == 2
         assert r["batches_per_minibatch"] >= r["lower_bound"] > 0
         assert r["instances_per_s"] > 0
         assert r["op_calls_instances_per_s"] > 0 and r["op_calls_fraction"] > 0  # the op calls alone, timed
@@ -43,3 +44,14 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "edbatch bench --model binary_tree" in text and "fused" in text and "stepwise" in text
     assert str(tmp_path) not in text and "--json OUT.json" in text and "--plot OUT.png" in text  # no machine paths
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_rejects_zero_rounds():
+    import pytest
+
+    from edbatch_jax.bench import run_benchmarks
+    from edbatch_jax.workloads import load_workload
+
+    work = load_workload("binary_tree", None, hidden=8)
+    with pytest.raises(ValueError, match="rounds"):
+        run_benchmarks(work, ["agenda"], ["dynet"], ["infer"], 4, num_batches=1, rounds=0)
