@@ -77,11 +77,19 @@ class BenchResult:
     peak_rss_mb: float
     op_calls_instances_per_s: float = 0.0
     rounds: int = 1
+    execute_ms_rounds: list = dataclasses.field(default_factory=list)
 
     @property
     def op_calls_fraction(self) -> float:
         """Measured throughput over the op-call bound (0 when it was not measured)."""
         return self.instances_per_s / self.op_calls_instances_per_s if self.op_calls_instances_per_s else 0.0
+
+    @property
+    def spread_pct(self) -> float:
+        """Half the range of the per-round execution times, in % of their median (0 for one round)."""
+        if len(self.execute_ms_rounds) < 2:
+            return 0.0
+        return 50.0 * (max(self.execute_ms_rounds) - min(self.execute_ms_rounds)) / max(self.execute_ms, 1e-9)
 
     @property
     def planning_fraction(self) -> float:
@@ -293,7 +301,7 @@ def run_benchmarks(
             gathered_bytes_per_minibatch=float(np.mean([p.gathered_bytes for p in plans])),
             executables=cfg.executables, warmup_s=cfg.warmup_s, compiles_after_warmup=cfg.compiles_after_warmup,
             peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
-            rounds=rounds,
+            rounds=rounds, execute_ms_rounds=[round(x, 3) for x in cfg.execute_ms],
         ))
 
     if unbatched_instances > 0:
@@ -333,7 +341,7 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
     head = (f"{'engine':<9}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
-            f"{'exec ms':>9}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
+            f"{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
         head += f"{'opcall':>7}{'%opc':>6}"
@@ -341,7 +349,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     for r in results:
         lines.append(
             f"{r.engine:<9}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
-            f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.execute_ms:>9.1f}"
+            f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.execute_ms:>9.1f}{r.spread_pct:>4.0f}"
             f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
             f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"
@@ -376,5 +384,6 @@ def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
         d = dataclasses.asdict(r)
         d["planning_fraction"] = r.planning_fraction
         d["op_calls_fraction"] = r.op_calls_fraction
+        d["spread_pct"] = r.spread_pct
         out.append(d)
     return out

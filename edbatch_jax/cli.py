@@ -234,7 +234,8 @@ def bench(args: argparse.Namespace) -> int:
         results += res
         sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling and layout "
-              "every step; build/sched/layout/exec: ms per mini-batch; exes: compiled executables; "
+              "every step; build/sched/layout/exec: ms per mini-batch (median over rounds); ±%: half the range of the "
+              "rounds' exec times over their median; exes: compiled executables; "
               "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
     if args.op_calls:
         legend += ("; opcall: inst/s if execution were only the schedule's batched op calls, each a jitted call "

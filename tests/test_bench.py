@@ -26,7 +26,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     for r in batched:
         assert REQUIRED <= r.keys()
         assert r["compiles_after_warmup"] == 0  # across both timed rounds
-        assert r["rounds"] == 2
+        assert r["rounds"] == 2 and len(r["execute_ms_rounds"]) == 2 and r["spread_pct"] >= 0
         assert r["batches_per_minibatch"] >= r["lower_bound"] > 0
         assert r["instances_per_s"] > 0
         assert r["op_calls_instances_per_s"] > 0 and r["op_calls_fraction"] > 0  # the op calls alone, timed
