@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from edbatch_jax.analysis import topological_order
-from edbatch_jax.graph import Graph, _csr_by_source, _csr_rows
+from edbatch_jax.graph import Graph, _csr_by_source
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
 
@@ -106,19 +106,22 @@ class TypewiseFrontier(Frontier):
         if edges not in ("maximal", "nearest"):
             raise ValueError(f"edges must be 'maximal' or 'nearest', got {edges!r}")
         src, dst = (maximal_same_type_edges if edges == "maximal" else nearest_same_type_edges)(graph)
-        self._near_ptr, self._near_dst = _csr_by_source(src, dst, graph.num_nodes)
-        self._near_indeg = np.bincount(dst, minlength=graph.num_nodes).astype(np.int64)
-        top = self._near_indeg == 0
+        near_ptr, near_dst = _csr_by_source(src, dst, graph.num_nodes)
+        near_indeg = np.bincount(dst, minlength=graph.num_nodes)
+        self._near_ptr, self._near_dst, self._near_indeg = near_ptr.tolist(), near_dst.tolist(), near_indeg.tolist()
+        top = near_indeg == 0
         self.typewise_counts = np.bincount(graph.node_type[top], minlength=graph.num_types).astype(np.int64)
 
-    def take(self, t: int, limit: int | None = None) -> np.ndarray:
-        nodes = super().take(t, limit)
-        self.typewise_counts[t] -= nodes.size
-        near, _ = _csr_rows(self._near_ptr, self._near_dst, nodes)
-        if near.size:
-            uniq, cnt = np.unique(near, return_counts=True)
-            self._near_indeg[uniq] -= cnt
-            self.typewise_counts[t] += int((self._near_indeg[uniq] == 0).sum())
+    def _take(self, t: int, limit: int | None) -> list[int]:
+        nodes = super()._take(t, limit)
+        ptr, dst, indeg = self._near_ptr, self._near_dst, self._near_indeg
+        gained = 0
+        for v in nodes:
+            for w in dst[ptr[v] : ptr[v + 1]]:
+                left = indeg[w] - 1
+                indeg[w] = left
+                gained += left == 0  # its last maximal same-type ancestor ran: w joins TF_t
+        self.typewise_counts[t] += gained - len(nodes)
         return nodes
 
 
