@@ -80,8 +80,11 @@ def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
                 acc.setdefault(ta, set()).add(a)
             out = {}
             for t, us in acc.items():
-                if len(us) > 1:
-                    us = [u for u in us if not any(w != u and below[w] >> u & 1 for w in us)]
+                if len(us) > 1:  # drop those below another (no node is below itself, so one union does)
+                    under = 0
+                    for w in us:
+                        under |= below[w]
+                    us = [u for u in us if not under >> u & 1]
                 out[t] = tuple(us)
         bits = 0
         for u in out.get(types[v], ()):
