@@ -47,6 +47,14 @@ def nearest_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(src, np.int32), np.asarray(dst, np.int32)
 
 
+def _any_topological_order(graph: Graph):
+    """Node ids with arguments first: the ids themselves when every argument precedes its reader
+    (as :class:`~edbatch_jax.GraphBuilder` numbers them), else by depth."""
+    if bool(np.all(graph.arg_idx < graph.edge_dst())):
+        return range(graph.num_nodes)
+    return topological_order(graph).tolist()
+
+
 def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     """A reduced version of :func:`nearest_same_type_edges` with the same frontier.
 
@@ -64,7 +72,7 @@ def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     maximal: list[dict[int, tuple[int, ...]]] = [dict() for _ in range(graph.num_nodes)]
     below = [0] * graph.num_nodes  # bitset of same-type ancestors of each node
     src, dst = [], []
-    for v in topological_order(graph).tolist():
+    for v in _any_topological_order(graph):
         lo, hi = arg_ptr[v], arg_ptr[v + 1]
         if hi - lo == 1:  # one operand (most nodes): its sets, with itself as the nearest of its type
             a = arg_idx[lo]
