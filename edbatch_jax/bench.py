@@ -151,7 +151,8 @@ class _Config:
 
     def run_one(self, k: int):
         if self.trainer is not None:
-            return self.trainer.step(self.mbs[k])  # returns a host float: synchronises
+            self.trainer.step(self.mbs[k])  # returns a host float: waits for the forward pass
+            return _block(self.trainer.params)  # and for the backward pass and the update
         return _block(batched_loss(self.engine, self.params, self.mbs[k]))
 
     def time_round(self, warmup: int, num_batches: int) -> None:

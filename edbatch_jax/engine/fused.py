@@ -352,7 +352,7 @@ class FusedEngine(Engine):
                 return jax.lax.switch(d[_BRANCH], fns, d, carry)
 
             _, accs = jax.lax.fori_loop(0, num_chunks, body, (tuple(ct_bufs), accs))
-            return accs
+            return _assemble_grads(params, dict(zip(grad_keys, accs)))  # in the program: no eager adds
 
         return jax.jit(backward, compiler_options=_COMPILER_OPTIONS), grad_keys
 
@@ -362,6 +362,5 @@ class FusedEngine(Engine):
         return forward(params, *self._pad_tables(plan.tables))
 
     def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple):
-        _, backward, grad_keys = self._program(plan)
-        accs = backward(params, tuple(bufs), ct_bufs, *self._pad_tables(plan.tables))
-        return _assemble_grads(params, dict(zip(grad_keys, accs)))
+        backward = self._program(plan)[1]
+        return backward(params, tuple(bufs), ct_bufs, *self._pad_tables(plan.tables))
