@@ -114,12 +114,8 @@ def _take_rows(tree: PyTree, idx) -> PyTree:
 
 
 @jax.jit
-@jax.jit
 def _sum_rows(tree: PyTree, idx, mask) -> PyTree:
-    """Sum of rows ``idx`` where ``mask`` (bucketed shapes: one executable per bucket).
-
-    Jitted, so that eagerly it and its transpose are one call each, not one per primitive.
-    """
+    """Sum of rows ``idx`` where ``mask`` (bucketed shapes: one executable per bucket)."""
     def one(a):
         rows = jnp.take(a, idx, axis=0)
         return jnp.sum(jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), rows, jnp.zeros_like(rows)), axis=0)

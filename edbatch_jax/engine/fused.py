@@ -251,7 +251,7 @@ class FusedEngine(Engine):
         pkey = (keys, plan.signatures, plan.capacities)
         prog = self._programs.get(pkey)
         if prog is None:
-            prog = self._programs[pkey] = (self._make_forward(keys, plan), *self._make_backward(keys, plan))
+            prog = self._programs[pkey] = (self._make_forward(keys, plan), self._make_backward(keys, plan))
         return prog
 
     def _branch_inputs(self, key, d, bufs, flat_idx, payloads):
@@ -354,7 +354,7 @@ class FusedEngine(Engine):
             _, accs = jax.lax.fori_loop(0, num_chunks, body, (tuple(ct_bufs), accs))
             return _assemble_grads(params, dict(zip(grad_keys, accs)))  # in the program: no eager adds
 
-        return jax.jit(backward, compiler_options=_COMPILER_OPTIONS), grad_keys
+        return jax.jit(backward, compiler_options=_COMPILER_OPTIONS)
 
     # ------------------------------------------------------------------ execution
     def _forward(self, plan: ExecutionPlan, params) -> tuple:

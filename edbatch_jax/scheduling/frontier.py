@@ -37,7 +37,6 @@ class Frontier:
         self._types = graph.node_type.tolist()
         self._indeg = graph.arity.tolist()
         self._pending: list[list[int]] = [[] for _ in range(graph.num_types)]
-        self._count_list = [0] * graph.num_types
         self._counts = np.zeros(graph.num_types, dtype=np.int64)
         self.remaining = graph.num_nodes
         for v in np.flatnonzero(graph.arity == 0).tolist():
