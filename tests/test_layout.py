@@ -155,6 +155,72 @@ def test_every_plan_is_a_permutation_keeping_batches_consecutive(graph, policy):
     assert 0 <= plan.num_gathers <= plan.num_operands
 
 
+def _operand_lists_by_loop(graph, sched):
+    """Operand lists batch by batch, argument position by position: the definition."""
+    out = []
+    for b, (op, nodes) in enumerate(sched.batches):
+        arities = {len(graph.args(v)) for v in graph.nodes_of_type(op).tolist()}
+        if len(arities) > 1:  # variable arity (within the op type): one flat list, lane by lane
+            lane = [k for k, v in enumerate(nodes.tolist()) for _ in graph.args(v)]
+            if lane:
+                out.append((b, lane, [a for v in nodes.tolist() for a in graph.args(v)]))
+        else:
+            for p in range(arities.pop()):  # fixed arity: one list per argument position
+                out.append((b, list(range(nodes.size)), [graph.args(v)[p] for v in nodes.tolist()]))
+    return out
+
+
+def _accepted_over_nodes(graph, sched):
+    """Operand sets a PQ-tree over the nodes themselves (no classes of twins) accepts, offered in the
+    planner's order: every read batch, then every list of distinct nodes, largest first."""
+    lists = eb.layout.operand_lists(graph, sched)
+    read = sorted({int(b) for b in sched.batch_of_node(graph.num_nodes)[np.concatenate([a for _, _, a in lists])]}) if lists else []
+    tree = eb.PQTree([v for b in read for v in sched.batches[b][1].tolist()])
+    for b in read:
+        tree.reduce(sched.batches[b][1].tolist())
+    accepted = 0
+    for _, _, args in sorted(lists, key=lambda item: -item[2].size):
+        if len(set(args.tolist())) == args.size:
+            accepted += args.size < 2 or tree.reduce(args.tolist())
+    return accepted
+
+
+def _gathers_by_loop(graph, sched, position):
+    """Operand lists whose rows, entries in lane order, are not consecutive and increasing."""
+    gathers = 0
+    for b, lane, args in eb.layout.operand_lists(graph, sched):
+        nodes = sched.batches[b][1]
+        lane_rank = np.argsort(np.argsort(position[nodes], kind="stable"), kind="stable")
+        rows = position[args[np.lexsort((np.arange(args.size), lane_rank[lane]))]]
+        gathers += not np.all(np.diff(rows) == 1)
+    return gathers
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(strategies.batched_graphs(max_graphs=4), st.sampled_from(["agenda", "depth", "typewise"]))
+def test_planner_agrees_with_its_definitions(graph, policy):
+    """Vectorised operand lists, PQ-tree over twin classes, gather count: each against the plain loop."""
+    from edbatch_jax.layout import planner
+
+    sched = eb.schedule(graph, policy)
+    got = eb.layout.operand_lists(graph, sched)
+    want = _operand_lists_by_loop(graph, sched)
+    assert [(b, lane.tolist(), args.tolist()) for b, lane, args in got] == want
+    plan = eb.plan_layout(graph, sched)
+    assert plan.accepted == _accepted_over_nodes(graph, sched)
+    assert plan.num_gathers == _gathers_by_loop(graph, sched, plan.position)
+    # alignment on lists and on arrays: the same order
+    wide = planner._WIDE
+    try:
+        planner._WIDE = 0
+        on_arrays = eb.plan_layout(graph, sched).position
+        planner._WIDE = 10**9
+        on_lists = eb.plan_layout(graph, sched).position
+    finally:
+        planner._WIDE = wide
+    np.testing.assert_array_equal(on_arrays, on_lists)
+
+
 # treegru, mvrnn, bilstm_tagger, chain_lstm, grid_2d and lattice_gru run with the planned layout in
 # test_nnx_cells (their NNX cells, the Linen weights, against the unbatched Linen model)
 @pytest.mark.parametrize("name", ["double_treelstm", "grid_3d", "random_dag", "binary_tree"])
