@@ -45,10 +45,33 @@ def _find_cycle(graph: Graph, remaining: np.ndarray) -> list[int]:
     return path[seen[v] :] + [v]
 
 
+_NARROW_LEVEL = 128  # below this many edges out, a Kahn level costs less on lists than in NumPy calls
+
+
+def _levels_on_lists(ptr, child_idx, indeg, depth, frontier, level) -> np.ndarray:
+    """Kahn's levels from ``frontier`` (at ``level``) on, on plain lists; returns the completed depths."""
+    ptr, child_idx, indeg, depth = ptr.tolist(), child_idx.tolist(), indeg.tolist(), depth.tolist()
+    current = frontier.tolist()
+    while current:
+        ready = []
+        for v in current:
+            depth[v] = level
+            for c in child_idx[ptr[v] : ptr[v + 1]]:
+                indeg[c] -= 1
+                if not indeg[c]:
+                    ready.append(c)
+        current = ready
+        level += 1
+    return np.asarray(depth, dtype=np.int32)
+
+
 def node_depth(graph: Graph) -> np.ndarray:
     """int32 ``[N]``: longest path (in edges) from a node without arguments.
 
-    Kahn's algorithm, one vectorised step per level.
+    Kahn's algorithm, level by level: one vectorised step per wide level; once
+    levels are narrow (chains, lattices: hundreds of levels of a few dozen
+    nodes, where a NumPy call costs more than the level's work), the rest on
+    plain lists.
 
     Raises:
       GraphError: the graph has a cycle; the message lists the nodes on it.
@@ -60,14 +83,16 @@ def node_depth(graph: Graph) -> np.ndarray:
     frontier = np.flatnonzero(indeg == 0)
     level = 0
     while frontier.size:
-        depth[frontier] = level
         ch, _ = _csr_rows(ptr, child_idx, frontier)
-        if ch.size == 0:
+        if ch.size < _NARROW_LEVEL:
             break
+        depth[frontier] = level
         uniq, cnt = np.unique(ch, return_counts=True)
         indeg[uniq] -= cnt
         frontier = uniq[indeg[uniq] == 0]
         level += 1
+    if frontier.size:
+        depth = _levels_on_lists(ptr, child_idx, indeg, depth, frontier, level)
     remaining = np.flatnonzero(depth < 0)
     if remaining.size:
         cycle = _find_cycle(graph, remaining)

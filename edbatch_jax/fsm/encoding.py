@@ -107,31 +107,33 @@ def needs_typewise(encoding: str) -> bool:
     return encoding == "sort_complete"
 
 
-def state_tuple(counts: np.ndarray, encoding: str, typewise: np.ndarray | None = None) -> tuple[int, ...]:
-    """The state tuple of one frontier, from its ready counts (int ``[K]``).
+def state_tuple(counts, encoding: str, typewise=None) -> tuple[int, ...]:
+    """The state tuple of one frontier, from its ready counts (ints ``[K]``, a list or an array).
 
-    ``typewise`` (``|TF_t|``, int ``[K]``) is needed by ``sort_complete``.
+    ``typewise`` (``|TF_t|``, ints ``[K]``) is needed by ``sort_complete``.
+    Host-side and on plain lists: a policy calls it once per decision.
     """
-    counts = np.asarray(counts)
-    ready = np.flatnonzero(counts > 0)
+    counts = np.asarray(counts).tolist()
+    k = len(counts)
+    ready = [t for t in range(k) if counts[t] > 0]
     if encoding == "sort_complete":
         if typewise is None:
             raise ValueError("the 'sort_complete' encoding needs the type-wise frontier counts")
-        k = counts.shape[-1]
-        order = ready[np.argsort(-counts[ready], kind="stable")]
-        return tuple(int(t) + k * int(counts[t] == typewise[t]) for t in order)
+        typewise = np.asarray(typewise).tolist()
+        order = sorted(ready, key=lambda t: -counts[t])  # stable: ties by type id
+        return tuple(t + k * (counts[t] == typewise[t]) for t in order)
     if encoding == "set":
-        return tuple(int(t) for t in ready)
+        return tuple(ready)
     if encoding == "sort":
-        order = ready[np.argsort(-counts[ready], kind="stable")]
-        return tuple(int(t) for t in order)
+        return tuple(sorted(ready, key=lambda t: -counts[t]))
     if encoding == "max":
-        if ready.size == 0:
+        if not ready:
             return ()
-        return tuple(int(t) for t in ready) + (int(np.argmax(counts)),)
+        return tuple(ready) + (max(range(k), key=counts.__getitem__),)  # the first of the largest
     raise ValueError(f"unknown state encoding {encoding!r}; choose one of {list(ENCODINGS)}")
 
 
+@functools.lru_cache(maxsize=None)
 def _index_of_tuple(state: tuple[int, ...], encoding: str, num_types: int) -> int:
     k = num_types
     if encoding == "set":

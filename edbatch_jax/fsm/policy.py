@@ -147,22 +147,27 @@ class FSMPolicy(FrontierPolicy):
             )
         # graph type id of each policy type id (the identity when both number them alike)
         perm = np.array([graph.op_types.index(t) for t in self.op_types], dtype=np.int64)
-        self._stats = {"hits": 0, "decisions": 0, "perm": perm, "trace": [] if self._tracing else None}
+        self._stats = {"hits": 0, "decisions": 0, "perm": perm, "perm_list": perm.tolist(),
+                       "actions": self.actions.tolist(), "trace": [] if self._tracing else None}
         return self._stats
 
     def choose(self, frontier: Frontier, stats: dict) -> int:
-        perm = stats["perm"]
-        counts = frontier.ready_counts
-        typewise = frontier.typewise_counts[perm] if enc.needs_typewise(self.encoding) else None
-        state = enc.state_tuple(counts[perm], self.encoding, typewise)
-        s = enc._index_of_tuple(state, self.encoding, len(self.op_types))
+        # host-side, once per decision: plain lists (a NumPy call on K counts costs more than the work)
+        perm = stats["perm_list"]
+        counts = frontier.ready_counts.tolist()
+        typewise = None
+        if enc.needs_typewise(self.encoding):
+            typewise = frontier.typewise_counts.tolist()
+            typewise = [typewise[p] for p in perm]
+        state = enc.state_tuple([counts[p] for p in perm], self.encoding, typewise)
+        s = enc._index_of_tuple(state, self.encoding, len(perm))
         stats["decisions"] += 1
-        a = int(self.actions[s])
+        a = stats["actions"][s]
         if a >= 0:
             stats["hits"] += 1
-            choice = int(perm[a])
+            choice = perm[a]
         else:
-            choice = self._fallback_choice(state, counts, frontier, perm)
+            choice = self._fallback_choice(state, frontier.ready_counts, frontier, perm)
         if stats["trace"] is not None:
             stats["trace"].append((state, choice, a >= 0))
         return choice
