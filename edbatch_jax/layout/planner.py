@@ -90,8 +90,9 @@ def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[s
     """The operand lists of :func:`operand_lists`, vectorised: no loop over batches."""
     arity = graph.arity
     if variadic is None:  # types with more than one distinct (type, arity) pair
-        pairs = np.unique(graph.node_type.astype(np.int64) * (int(arity.max(initial=0)) + 1) + arity)
-        var = np.bincount(pairs // (int(arity.max(initial=0)) + 1), minlength=graph.num_types) > 1
+        span = int(arity.max(initial=0)) + 1
+        pairs = np.unique(graph.node_type.astype(np.int64) * span + arity)
+        var = np.bincount(pairs // span, minlength=graph.num_types) > 1
     else:
         var = np.array([t in variadic for t in graph.op_types], dtype=bool)
     nodes = schedule.node_order
@@ -103,7 +104,9 @@ def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[s
     position[var[graph.node_type[nodes[slot]]]] = 0  # one flat list per variable-arity batch
     order = np.lexsort((position, batch))  # stable: lanes stay in order inside a list
     batch, position, lane, arg = batch[order], position[order], lane[order], arg[order]
-    starts = np.flatnonzero(np.r_[True, (batch[1:] != batch[:-1]) | (position[1:] != position[:-1])]) if arg.size else np.zeros(0, np.int64)
+    new_list = np.ones(arg.size, bool)
+    new_list[1:] = (batch[1:] != batch[:-1]) | (position[1:] != position[:-1])
+    starts = np.flatnonzero(new_list)
     return _OperandLists(batch[starts], np.append(starts, arg.size), lane.astype(np.int32), arg.astype(np.int32))
 
 
