@@ -5,9 +5,12 @@ of batching policy, memory layout and mode (inference or training):
 
 * throughput in instances per second — on cached mini-batches (graphs,
   schedules and layouts built once and reused, as a data pipeline may) and
-  rebuilt every step (construction + scheduling + layout + execution);
-* the time split: graph construction, scheduling, layout planning, execution
-  (each the median over timed rounds in which the configurations take turns);
+  rebuilt every step (construction + scheduling + layout + engine plan +
+  execution);
+* the time split: graph construction, scheduling, layout planning, the
+  engine's plan (state rows and index tables; for the fused engine its
+  descriptor tables too), execution (each the median over timed rounds in
+  which the configurations take turns);
 * batches per mini-batch against the lower bound;
 * operand gathers and bytes gathered per mini-batch (the engine's count);
 * step executables compiled for the configuration (one engine per mode is
@@ -37,6 +40,7 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
+from edbatch_jax.engine.executor import state_signature
 from edbatch_jax.op_calls import op_calls_ms
 from edbatch_jax.training import Trainer, batched_loss, make_engine, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload, default_policy_path
@@ -67,6 +71,7 @@ class BenchResult:
     schedule_ms: float
     layout_ms: float
     execute_ms: float
+    engine_plan_ms: float
     batches_per_minibatch: float
     lower_bound: float
     gathers_per_minibatch: float
@@ -93,8 +98,8 @@ class BenchResult:
 
     @property
     def planning_fraction(self) -> float:
-        """(construction + scheduling + layout) over the rebuilt step time."""
-        plan = self.construct_ms + self.schedule_ms + self.layout_ms
+        """(construction + scheduling + layout + engine plan) over the rebuilt step time."""
+        plan = self.construct_ms + self.schedule_ms + self.layout_ms + self.engine_plan_ms
         return plan / max(plan + self.execute_ms, 1e-9)
 
 
@@ -135,6 +140,7 @@ class _Config:
     compiles_after_warmup: int = 0
     schedule_ms: list = dataclasses.field(default_factory=list)  # one mean per mini-batch per round
     layout_ms: list = dataclasses.field(default_factory=list)
+    engine_plan_ms: list = dataclasses.field(default_factory=list)
     execute_ms: list = dataclasses.field(default_factory=list)
 
     def plan_all(self, graphs) -> tuple[list, float, float]:
@@ -157,9 +163,17 @@ class _Config:
 
     def time_round(self, warmup: int, num_batches: int) -> None:
         """One timed round: re-plan the timed mini-batches, then run each once."""
-        _, sched, lay = self.plan_all(self.graphs[warmup : warmup + num_batches])
+        mbs, sched, lay = self.plan_all(self.graphs[warmup : warmup + num_batches])
         self.schedule_ms.append(sched)
         self.layout_ms.append(lay)
+        # the engine's plan of the fresh mini-batches (built, not cached: the timed runs below use the
+        # plans cached at warm-up, so the cache must keep them)
+        signature = state_signature(self.params)
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.engine_plan"):
+            for m in mbs:
+                self.engine._build_plan(self.params, signature, m.graph, m.schedule, m.layout)
+        self.engine_plan_ms.append((time.perf_counter() - t0) / len(mbs) * 1e3)
         before = self.engine.trace_count
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.execute"):
@@ -288,14 +302,16 @@ def run_benchmarks(
                 bounds[(cfg.label, cfg.mode)] = batch_size / (
                     op_calls_ms(cfg.engine, plans, cfg.params, cfg.mode == "train") / 1e3)
         timed = cfg.mbs[warmup:]
-        schedule_ms, layout_ms, execute_ms = (float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.execute_ms))
-        rebuilt_ms = construct_ms + schedule_ms + layout_ms + execute_ms
+        schedule_ms, layout_ms, engine_plan_ms, execute_ms = (
+            float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.engine_plan_ms, cfg.execute_ms))
+        rebuilt_ms = construct_ms + schedule_ms + layout_ms + engine_plan_ms + execute_ms
         results.append(BenchResult(
             model=work.name, policy=cfg.label, layout=cfg.layout, mode=cfg.mode, engine=cfg.engine_name,
             batch_size=batch_size, hidden=int(getattr(model, "hidden", 0)), backend=backend,
             instances_per_s=batch_size / (execute_ms / 1e3),
             instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
             construct_ms=construct_ms, schedule_ms=schedule_ms, layout_ms=layout_ms, execute_ms=execute_ms,
+            engine_plan_ms=engine_plan_ms,
             batches_per_minibatch=float(np.mean([m.schedule.num_batches for m in timed])),
             lower_bound=float(np.mean([eb.lower_bound(m.graph) for m in timed])),
             gathers_per_minibatch=float(np.mean([p.num_gathers for p in plans])),
@@ -332,6 +348,7 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
             hidden=int(getattr(work.model, "hidden", 0)), backend=backend,
             instances_per_s=1e3 / per_instance_ms, instances_per_s_rebuilt=1e3 / (per_instance_ms + construct_ms / batch_size),
             construct_ms=construct_ms, schedule_ms=0.0, layout_ms=0.0, execute_ms=per_instance_ms * batch_size,
+            engine_plan_ms=0.0,
             batches_per_minibatch=float(graph.num_nodes), lower_bound=float(eb.lower_bound(graph)),
             gathers_per_minibatch=0.0, gathered_bytes_per_minibatch=0.0, executables=0, warmup_s=warm,
             compiles_after_warmup=0, peak_rss_mb=_peak_rss_mb(),
@@ -342,7 +359,7 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
     head = (f"{'engine':<9}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
-            f"{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
+            f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
         head += f"{'opcall':>7}{'%opc':>6}"
@@ -350,7 +367,8 @@ def format_table(results: Sequence[BenchResult]) -> str:
     for r in results:
         lines.append(
             f"{r.engine:<9}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
-            f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.execute_ms:>9.1f}{r.spread_pct:>4.0f}"
+            f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
+            f"{r.spread_pct:>4.0f}"
             f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
             f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"

@@ -233,8 +233,9 @@ def bench(args: argparse.Namespace) -> int:
         print(table, flush=True)
         results += res
         sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
-    legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling and layout "
-              "every step; build/sched/layout/exec: ms per mini-batch (median over rounds); ±%: half the range of the "
+    legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
+              "the engine's plan every step; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
+              "eplan: the engine's state rows and index tables); ±%: half the range of the "
               "rounds' exec times over their median; exes: compiled executables; "
               "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
     if args.op_calls:

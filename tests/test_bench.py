@@ -7,7 +7,7 @@ import json
 from edbatch_jax.cli import main
 
 REQUIRED = {"model", "policy", "mode", "engine", "batch_size", "hidden", "instances_per_s", "batches_per_minibatch",
-            "lower_bound", "compiles_after_warmup", "construct_ms", "schedule_ms", "layout_ms", "execute_ms",
+            "lower_bound", "compiles_after_warmup", "construct_ms", "schedule_ms", "layout_ms", "engine_plan_ms", "execute_ms",
             "gathers_per_minibatch", "gathered_bytes_per_minibatch", "executables", "warmup_s", "peak_rss_mb"}
 
 
@@ -28,7 +28,10 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         assert r["compiles_after_warmup"] == 0  # across both timed rounds
         assert r["rounds"] == 2 and len(r["execute_ms_rounds"]) == 2 and r["spread_pct"] >= 0
         assert r["batches_per_minibatch"] >= r["lower_bound"] > 0
-        assert r["instances_per_s"] > 0
+        assert r["instances_per_s"] > r["instances_per_s_rebuilt"] > 0
+        assert r["engine_plan_ms"] > 0  # the engine's plan of re-planned mini-batches is timed, not served from a cache
+        rebuilt_ms = sum(r[k] for k in ("construct_ms", "schedule_ms", "layout_ms", "engine_plan_ms", "execute_ms"))
+        assert abs(r["batch_size"] / (rebuilt_ms / 1e3) - r["instances_per_s_rebuilt"]) < 1e-6 * r["instances_per_s_rebuilt"]
         assert r["op_calls_instances_per_s"] > 0 and r["op_calls_fraction"] > 0  # the op calls alone, timed
     # a perfect binary tree: type-wise batching reaches the lower bound exactly
     assert all(r["batches_per_minibatch"] == r["lower_bound"] for r in batched if r["policy"] == "typewise")
