@@ -124,7 +124,8 @@ def train(
                     policy, config.layout)
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, max(1, min(config.warmup_steps, config.steps // 2)),
                                                   max(config.steps, 2))
-    engine = make_engine(config.engine, work.model.ops)
+    # every mini-batch's execution plan stays cached: epochs after the first do no host planning at all
+    engine = make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches) + len(held))
     trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(config.seed)), optax.adam(schedule))
     step, resumed_from = 0, None
     manager = _checkpointer(config.checkpoint_dir) if config.checkpoint_dir else None

@@ -38,6 +38,20 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_pat
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
+    import edbatch_jax.train as train_module
+
+    engines = []
+    make_engine = train_module.make_engine
+    monkeypatch.setattr(train_module, "make_engine", lambda *a, **k: engines.append(make_engine(*a, **k)) or engines[-1])
+    work = load_workload("binary_tree", hidden=4)  # trees of one shape: compiled once
+    num_train = len(work.minibatches("train", 1))
+    assert num_train > 16  # more mini-batches than an engine caches plans by default
+    train(work, TrainConfig(steps=2 * num_train, batch_size=1, eval_batches=1))
+    # one plan per training mini-batch and one for the held-out batch, built in the first epoch only
+    assert engines[0].plans_built == num_train + 1
+
+
 def test_train_command_lowers_the_loss_logs_and_beats_the_majority_class(tmp_path, capsys):
     log = tmp_path / "metrics.jsonl"
     assert main(["train", "--model", "treelstm", "--steps", "40", "--batch-size", "32", "--hidden", "32",

@@ -218,12 +218,15 @@ class Engine:
       ops: op type name -> :class:`Op`.
       trace_count: number of step functions traced (each trace is one
         compiled executable when running eagerly).
+      plans_built: number of execution plans built (host-side work per new
+        mini-batch; a mini-batch whose plan is still cached costs none).
     """
 
     def __init__(self, ops: Mapping[str, Op | Any], *, min_capacity: int = 64, plan_cache_size: int = 16):
         self.ops = as_ops(ops)
         self.min_capacity = int(min_capacity)
         self.trace_count = 0
+        self.plans_built = 0
         self._capacity: dict[tuple, int] = {}
         self._signature_cache: dict[tuple, tuple] = {}
         self._fwd: dict[tuple, Any] = {}
@@ -266,6 +269,7 @@ class Engine:
             self._plans.move_to_end(key)
             return hit[4]
         plan = self._build_plan(params, params_sig, graph, schedule, layout)
+        self.plans_built += 1
         self._plans[key] = (graph, schedule, params_sig, layout, plan)
         if len(self._plans) > self._plan_cache_size:
             self._plans.popitem(last=False)
