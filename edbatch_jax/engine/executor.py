@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,7 +37,8 @@ import numpy as np
 
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops
-from edbatch_jax.graph import Graph, GraphError, _csr_rows, check_node_ids
+from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
+from edbatch_jax.graph import Graph, GraphError, check_node_ids
 from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
@@ -85,28 +87,81 @@ class ExecutionPlan:
       capacities: rows of every buffer (bucketed).
       node_buffer: int32 ``[N]``, the buffer holding each node's state.
       node_slot: int32 ``[N]``, the node's row in that buffer.
-      steps: one :class:`BatchStep` per batch, in schedule order.
+      rows: the whole schedule's lanes, operand rows and slice/gather
+        decisions (:class:`~edbatch_jax.engine.rows.ScheduleRows`).
       num_operands: operand lists read per run.
       num_gathers: operand lists gathered row by row (the others are slices).
       gathered_bytes: bytes those gathers read (real lanes only).
       tables: the device arrays of a :class:`~edbatch_jax.engine.fused.FusedEngine`
         plan (``None`` for the stepwise engine).
+      steps: one :class:`BatchStep` per batch, in schedule order (the
+        stepwise engine's calls; a fused plan cuts them only when asked).
     """
 
     signatures: tuple[tuple, ...]
     capacities: tuple[int, ...]
     node_buffer: np.ndarray
     node_slot: np.ndarray
-    steps: tuple[BatchStep, ...]
+    rows: ScheduleRows
     num_operands: int = 0
     num_gathers: int = 0
     gathered_bytes: int = 0
     tables: Any = None
+    step_source: Any = dataclasses.field(default=None, repr=False)  # (graph, device): what steps are cut from
 
     @property
     def num_steps(self) -> int:
         """Number of batches in the plan."""
-        return len(self.steps)
+        return self.rows.num_batches
+
+    @functools.cached_property
+    def steps(self) -> tuple[BatchStep, ...]:
+        """One :class:`BatchStep` per batch, cut from :attr:`rows` on first use (then kept)."""
+        graph, device = self.step_source
+        return _cut_steps(self.rows, graph, device)
+
+
+def _padded(rows: np.ndarray, length: int, fill: int = 0) -> np.ndarray:
+    out = np.full(length, fill, np.int32)
+    out[: rows.shape[0]] = rows
+    return out
+
+
+def _cut_steps(rows: ScheduleRows, graph: Graph, device: bool) -> tuple[BatchStep, ...]:
+    """One :class:`BatchStep` per batch from the whole-schedule arrays (``device``: index arrays put on it)."""
+    steps, args = [], []
+    for b in range(rows.num_batches):
+        t = int(rows.batch_type[b])
+        s, e = rows.batch_ptr[b], rows.batch_ptr[b + 1]
+        e0, e1 = rows.edge_ptr[b], rows.edge_ptr[b + 1]
+        g0, g1 = rows.group_ptr[b], rows.group_ptr[b + 1]
+        w, lanes = int(rows.width[b]), int(rows.lanes[b])
+        nodes = rows.lane_nodes[s:e]
+        tree = graph.payloads[t]
+        payload = None
+        if tree is not None:
+            prow = graph.payload_row[nodes]
+            prow = _padded(prow, lanes, prow[0])
+            payload = jax.tree.map(lambda a: np.asarray(a)[prow], tree)
+        edge_rows = rows.edge_rows[e0:e1]
+        is_slice = rows.group_slice[g0:g1]
+        if rows.variadic[t]:
+            eb = bucket(e1 - e0)
+            slots = (np.int32(edge_rows[0]) if is_slice[0] else _padded(edge_rows, eb),)
+            segments = _padded(rows.edge_lane[e0:e1], eb, lanes)
+        else:
+            mat = edge_rows.reshape(w, int(rows.arity[t]))
+            slots = tuple(np.int32(mat[0, j]) if is_slice[j] else _padded(mat[:, j], lanes) for j in range(mat.shape[1]))
+            segments = None
+        mask = np.arange(lanes) < w
+        args.append((payload, slots, segments, mask, np.int32(rows.offset[b])))
+        steps.append((graph.op_types[t], w, lanes, int(rows.out_buffer[b]), tuple(rows.group_buffer[g0:g1].tolist())))
+    if device:
+        args = jax.device_put(args)
+    return tuple(
+        BatchStep(name, w, lanes, out_b, offset, payload, bufs, slots, segments, mask)
+        for (name, w, lanes, out_b, bufs), (payload, slots, segments, mask, offset) in zip(steps, args)
+    )
 
 
 def _take_rows(tree: PyTree, idx) -> PyTree:
@@ -275,23 +330,29 @@ class Engine:
             self._plans.popitem(last=False)
         return plan
 
-    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None,
-                    device: bool = True) -> ExecutionPlan:
+    def _build_plan(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None) -> ExecutionPlan:
+        plan = self._plan_rows(params, params_sig, graph, schedule, layout)
+        plan.steps  # cut into steps now: their index arrays go to the device once per plan, not once per call
+        return plan
+
+    def _plan_rows(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None,
+                   device: bool = True) -> ExecutionPlan:
+        """The plan's buffers and whole-schedule rows (:class:`~edbatch_jax.engine.rows.ScheduleRows`);
+        its steps are cut on first use (``device``: their index arrays put on the device)."""
         if graph.num_nodes == 0:
             raise GraphError("empty graph: nothing to run")
         if schedule.op_types != graph.op_types:
             raise OpError("the schedule was made for another graph (op types differ)")
         check_graph_ops(graph, self.ops)
         n, T = graph.num_nodes, graph.num_types
-        arity = graph.arity
         order = schedule.node_order
         first_node = order[schedule.batch_ptr[:-1]]
 
-        # --- state structure of every op type, found in schedule order
+        # --- state structure of every op type, found at its first batch (in schedule order)
         type_sig: list[tuple | None] = [None] * T
-        for t, v in zip(schedule.batch_type, first_node):
-            if type_sig[t] is not None:
-                continue
+        types, first_batch = np.unique(schedule.batch_type, return_index=True)
+        for t, b in sorted(zip(types.tolist(), first_batch.tolist()), key=lambda tb: tb[1]):
+            v = first_node[b]
             name = graph.op_types[t]
             args = graph.args(v)
             if self.ops[name].variadic:
@@ -309,14 +370,17 @@ class Engine:
         dst = graph.edge_dst()
         pos = np.arange(graph.num_edges) - graph.arg_ptr[dst]
         variadic = np.array([graph.op_types[t] in self.ops and self.ops[graph.op_types[t]].variadic for t in range(T)])
+        arity = np.array([0 if variadic[t] or graph.op_types[t] not in self.ops else self.ops[graph.op_types[t]].arity
+                          for t in range(T)], np.int64)
         pos = np.where(variadic[graph.node_type[dst]], 0, pos)
         src_buf = type_buffer[graph.node_type[graph.arg_idx]]
-        if graph.num_edges:
-            k = np.lexsort((src_buf, pos, graph.node_type[dst]))
-            same_group = (graph.node_type[dst][k][1:] == graph.node_type[dst][k][:-1]) & (pos[k][1:] == pos[k][:-1])
-            clash = np.flatnonzero(same_group & (src_buf[k][1:] != src_buf[k][:-1]))
+        if graph.num_edges:  # distinct (type, position, buffer) triples, counted without a sort
+            group = graph.node_type[dst].astype(np.int64) * (int(pos.max()) + 1) + pos
+            seen = np.bincount(group * len(signatures) + src_buf, minlength=(int(group.max()) + 1) * len(signatures))
+            clash = np.flatnonzero((seen.reshape(-1, len(signatures)) > 0).sum(axis=1) > 1)
             if clash.size:
-                e1, e2 = k[clash[0]], k[clash[0] + 1]
+                e1 = int(np.flatnonzero(group == clash[0])[0])
+                e2 = int(np.flatnonzero((group == clash[0]) & (src_buf != src_buf[e1]))[0])
                 raise OpError(
                     f"op {graph.op_types[graph.node_type[dst[e1]]]!r}: operand {pos[e1]} of node {dst[e1]} "
                     f"has state structure {signatures[src_buf[e1]]} but node {dst[e2]} passes "
@@ -329,7 +393,11 @@ class Engine:
             position = np.asarray(layout.position)
             if position.shape != (n,):
                 raise ValueError(f"the layout plan has {position.shape[0]} positions for a graph of {n} nodes")
-            by_row = np.argsort(position, kind="stable")
+            if np.array_equal(np.bincount(np.clip(position, 0, n), minlength=n + 1)[:n], np.ones(n)):
+                by_row = np.empty(n, np.int64)  # a permutation of 0..n-1 (as plan_layout gives): invert it
+                by_row[position] = np.arange(n)
+            else:
+                by_row = np.argsort(position, kind="stable")
         else:
             by_row = order
         buf_in_order = node_buffer[by_row]
@@ -337,68 +405,18 @@ class Engine:
         for b in range(len(signatures)):
             sel = buf_in_order == b
             node_slot[by_row[sel]] = np.arange(int(sel.sum()), dtype=np.int32)
-        allow_slices = layout != "gather"
-        row_bytes = [_sig_bytes(sig) for sig in signatures]
-        num_operands = num_gathers = gathered_bytes = 0
-
-        def operand(rows: np.ndarray, length: int, buf: int):
-            """A slice start (int32 scalar) when ``rows`` are consecutive and increasing, else padded rows."""
-            nonlocal num_operands, num_gathers, gathered_bytes
-            num_operands += 1
-            if allow_slices and rows.size and np.all(np.diff(rows) == 1):
-                need[buf] = max(need[buf], int(rows[0]) + length)
-                return np.int32(rows[0])
-            num_gathers += 1
-            gathered_bytes += rows.size * row_bytes[buf]
-            return np.concatenate([rows, np.zeros(length - rows.size, np.int32)]).astype(np.int32)
-
-        widths = schedule.widths
-        steps = []
-        need = np.zeros(len(signatures), dtype=np.int64)
-        for b, (t, s, e) in enumerate(zip(schedule.batch_type, schedule.batch_ptr[:-1], schedule.batch_ptr[1:])):
-            name = graph.op_types[t]
-            op = self.ops[name]
-            nodes = order[s:e]
-            nodes = nodes[np.argsort(node_slot[nodes], kind="stable")]  # lanes in row order
-            if node_slot[nodes[-1]] - node_slot[nodes[0]] != nodes.size - 1:
-                raise ValueError(f"the layout does not keep batch {b} ({name!r}) in consecutive rows")
-            w = int(widths[b])
-            lanes = bucket(w)
-            out_buf = int(type_buffer[t])
-            offset = int(node_slot[nodes[0]])
-            need[out_buf] = max(need[out_buf], offset + lanes)
-            tree = graph.payloads[t]
-            if tree is None:
-                payload = None
-            else:
-                rows = graph.payload_row[nodes]
-                rows = np.concatenate([rows, np.full(lanes - w, rows[0], dtype=rows.dtype)])
-                payload = jax.tree.map(lambda a: a[rows], tree)
-            mask = np.arange(lanes) < w
-            if op.variadic:
-                flat, seg = _csr_rows(graph.arg_ptr, graph.arg_idx, nodes)
-                eb = bucket(flat.shape[0])
-                bufs = (int(type_buffer[graph.node_type[flat[0]]]),)
-                slots = (operand(node_slot[flat].astype(np.int32), eb, bufs[0]),)
-                segments = np.concatenate([seg, np.full(eb - flat.shape[0], lanes, np.int32)]).astype(np.int32)
-            else:
-                a = op.arity
-                arg_mat = graph.arg_idx[graph.arg_ptr[nodes][:, None] + np.arange(a)[None, :]] if a else None
-                bufs = tuple(int(type_buffer[graph.node_type[arg_mat[0, j]]]) for j in range(a))
-                slots = tuple(operand(node_slot[arg_mat[:, j]].astype(np.int32), lanes, bufs[j]) for j in range(a))
-                segments = None
-            dev_offset = np.int32(offset)
-            if device:  # index arrays go to the device once per plan, not once per call
-                payload, slots, segments, mask, dev_offset = jax.device_put((payload, slots, segments, mask, dev_offset))
-            steps.append(BatchStep(name, w, lanes, out_buf, dev_offset, payload, bufs, slots, segments, mask))
+        row_bytes = np.array([_sig_bytes(sig) for sig in signatures], np.int64)
+        rows = schedule_rows(graph, schedule, node_slot, node_buffer, len(signatures), variadic, arity, row_bytes,
+                             allow_slices=layout != "gather")
 
         capacities = []
         for b, sig in enumerate(signatures):
-            cap = max(self._capacity.get(sig, 0), bucket(int(need[b]), self.min_capacity))
+            cap = max(self._capacity.get(sig, 0), bucket(int(rows.need[b]), self.min_capacity))
             self._capacity[sig] = cap
             capacities.append(cap)
-        return ExecutionPlan(signatures, tuple(capacities), node_buffer, node_slot, tuple(steps),
-                             num_operands, num_gathers, int(gathered_bytes))
+        return ExecutionPlan(signatures, tuple(capacities), node_buffer, node_slot, rows,
+                             rows.num_operands, rows.num_gathers, rows.gathered_bytes,
+                             step_source=(graph, device))
 
     # ------------------------------------------------------------- step functions
     def _forward_step(self, step: BatchStep):

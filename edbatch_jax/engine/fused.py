@@ -15,6 +15,10 @@ reuse one executable:
   expanded to rows), and the segment ids of variable-arity chunks;
 * ``payloads``: per op type, the payload rows of every chunk, concatenated.
 
+The tables are built from the plan's whole-schedule rows
+(:class:`~edbatch_jax.engine.rows.ScheduleRows`) with array operations; no
+per-batch object is made unless ``plan.steps`` is asked for.
+
 A batch wider than ``max_lanes`` runs as several chunks of at most
 ``max_lanes`` lanes (the last one bucketed), so padding waste stays below one
 bucket of the remainder instead of up to half of a power of two.
@@ -45,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.buckets import bucket, bucket_array
 from edbatch_jax.engine.executor import (
     Engine,
     ExecutionPlan,
@@ -87,27 +91,11 @@ class FusedTables:
     branches: tuple
 
 
-def _chunks(width: int, max_lanes: int):
-    """``(first lane, valid lanes, bucketed lanes)`` of each chunk of a batch."""
-    out = []
-    for c0 in range(0, width, max_lanes):
-        n = min(max_lanes, width - c0)
-        out.append((c0, n, bucket(n)))
-    return out
-
-
-def _rows_of(slot, length: int) -> np.ndarray:
-    """Operand rows: a gather's padded rows, or a slice start expanded to ``length`` rows."""
-    slot = np.asarray(slot)
-    if slot.ndim == 0:
-        return (int(slot) + np.arange(length)).astype(np.int32)
-    return slot.astype(np.int32)
-
-
-def _pad(rows: np.ndarray, length: int, fill: int = 0) -> np.ndarray:
-    out = np.full(length, fill, np.int32)
-    out[: rows.shape[0]] = rows
-    return out
+def _ramp(counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(c) for c in counts])``, vectorised."""
+    counts = np.asarray(counts, np.int64)
+    total = int(counts.sum())
+    return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 class FusedEngine(Engine):
@@ -161,66 +149,96 @@ class FusedEngine(Engine):
         self._lengths[name] = size
         return size
 
-    def _build_plan(self, params, params_sig, graph, schedule, layout=None, device=True) -> ExecutionPlan:
-        plan = super()._build_plan(params, params_sig, graph, schedule, layout, device=False)
-        rows_desc: list[list[int]] = []
-        flat: list[np.ndarray] = []
-        flat_len = 0
-        pay_parts: dict[str, list] = {}
-        pay_len: dict[str, int] = {}
-        used = []
-        k_ops = self._max_operands
-        for step in plan.steps:
-            op = self.ops[step.op]
-            family = (step.op, step.out_buffer, tuple(step.operand_buffers), step.payload is not None)
-            offset = int(step.out_offset)
-            if op.variadic:
-                erows = int(step.segments.shape[0])
-                pieces = [(0, step.width, step.lanes, [_rows_of(step.operand_slots[0], erows)], step.segments)]
-            else:
-                erows = None
-                pieces = []
-                rows = [_rows_of(s, step.lanes) for s in step.operand_slots]
-                for c0, n, lanes in _chunks(step.width, self.max_lanes):
-                    pieces.append((c0, n, lanes, [_pad(r[c0 : c0 + n], lanes) for r in rows], None))
-            for c0, n, lanes, operand_rows, segments in pieces:
-                branch = self._register(family, lanes, erows)
-                used.append(branch)
-                row = [branch, offset + c0, n, 0, 0] + [0] * k_ops
-                if step.payload is not None:
-                    sel = np.concatenate([np.arange(c0, c0 + n), np.zeros(lanes - n, np.int64)])
-                    pay_parts.setdefault(step.op, []).append(jax.tree.map(lambda a: np.asarray(a)[sel], step.payload))
-                    row[_PAY] = pay_len.get(step.op, 0)
-                    pay_len[step.op] = row[_PAY] + lanes
-                if segments is not None:
-                    row[_SEG] = flat_len
-                    flat.append(np.asarray(segments, np.int32))
-                    flat_len += segments.shape[0]
-                for j, r in enumerate(operand_rows):
-                    row[_IDX + j] = flat_len
-                    flat.append(r)
-                    flat_len += r.shape[0]
-                rows_desc.append(row)
+    def _build_plan(self, params, params_sig, graph, schedule, layout=None) -> ExecutionPlan:
+        plan = self._plan_rows(params, params_sig, graph, schedule, layout, device=False)
+        rows = plan.rows
+        var_c, chunk_ptr, chunk_batch, c0, valid, lanes, erows = self._chunk_arrays(rows)
+        chunk_type = rows.batch_type[chunk_batch]
 
-        s_len = self._length("desc", len(rows_desc))
-        desc = np.zeros((s_len, _IDX + k_ops), np.int32)
-        desc[: len(rows_desc)] = np.asarray(rows_desc, np.int32)
-        m_len = self._length("flat", flat_len)
-        flat_idx = _pad(np.concatenate(flat) if flat else np.zeros(0, np.int32), m_len)
+        # --- branch of every chunk: registered in order of first use (as the schedule meets them)
+        operand_buffers = rows.type_operand_buffers()
+        combo = (chunk_type.astype(np.int64) * (int(lanes.max()) + 1) + lanes) * (int(erows.max()) + 1) + erows
+        _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
+        branch_of = np.zeros(first.shape[0], np.int32)
+        for u in np.argsort(first, kind="stable"):
+            c = first[u]
+            t, lane, er = int(chunk_type[c]), int(lanes[c]), int(erows[c])
+            out_buffer = int(rows.out_buffer[chunk_batch[c]])
+            family = (graph.op_types[t], out_buffer, operand_buffers[t], graph.payloads[t] is not None)
+            branch_of[u] = self._register(family, lane, er if var_c[c] else None)
+        branch = branch_of[inverse.reshape(-1)]
+
+        # --- descriptor rows and the flat index array: per chunk its segment ids, then one run per operand
+        k_ops = self._max_operands
+        num_ops = np.where(var_c, 1, rows.arity[chunk_type])
+        run = np.where(var_c, erows, lanes)
+        seg_len = np.where(var_c, erows, 0)
+        length = seg_len + num_ops * run
+        start = np.cumsum(length) - length
+        num_chunks = chunk_batch.shape[0]
+        desc = np.zeros((self._length("desc", num_chunks), _IDX + k_ops), np.int32)
+        desc[:num_chunks, _BRANCH] = branch
+        desc[:num_chunks, _OUT] = rows.offset[chunk_batch] + c0
+        desc[:num_chunks, _VALID] = valid
+        desc[:num_chunks, _SEG] = np.where(var_c, start, 0)
+        for j in range(k_ops):
+            desc[:num_chunks, _IDX + j] = np.where(j < num_ops, start + seg_len + j * run, 0)
+        flat_idx = np.zeros(self._length("flat", int(length.sum())), np.int32)
+        vc = np.flatnonzero(var_c)  # segment ids past the real arguments: the out-of-range lane, dropped
+        fill = np.repeat(start[vc], erows[vc]) + _ramp(erows[vc])
+        flat_idx[fill] = np.repeat(lanes[vc], erows[vc])
+        edge_batch = np.repeat(np.arange(rows.num_batches), np.diff(rows.edge_ptr))
+        local = np.arange(rows.edge_rows.shape[0]) - rows.edge_ptr[edge_batch]
+        e_var = rows.variadic[rows.batch_type[edge_batch]]
+        a = np.maximum(rows.arity[rows.batch_type[edge_batch]], 1)
+        lane, j = np.where(e_var, 0, local // a), np.where(e_var, 0, local % a)
+        chunk = chunk_ptr[edge_batch] + lane // self.max_lanes
+        pos = np.where(e_var, start[chunk] + erows[chunk] + local, start[chunk] + j * lanes[chunk] + lane % self.max_lanes)
+        flat_idx[pos] = rows.edge_rows
+        ve = np.flatnonzero(e_var)
+        flat_idx[start[chunk[ve]] + local[ve]] = rows.edge_lane[ve]
+
+        # --- payload rows per op type, chunk after chunk (padding lanes repeat the batch's first lane)
         payloads = {}
-        for name, parts in pay_parts.items():
-            p_len = self._length(("payload", name), pay_len[name])
-            joined = jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
-            payloads[name] = jax.tree.map(
-                lambda a: np.concatenate([a, np.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]), joined
-            )
-        for name, tree in payloads.items():
-            self._payload_structs[name] = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+        for t in np.unique(chunk_type).tolist():
+            tree = graph.payloads[t]
+            if tree is None:
+                continue
+            name = graph.op_types[t]
+            sel = np.flatnonzero(chunk_type == t)
+            at = np.cumsum(lanes[sel]) - lanes[sel]
+            desc[sel, _PAY] = at
+            ramp = _ramp(lanes[sel])
+            lane = np.where(ramp < np.repeat(valid[sel], lanes[sel]), np.repeat(c0[sel], lanes[sel]) + ramp, 0)
+            nodes = rows.lane_nodes[np.repeat(rows.batch_ptr[chunk_batch[sel]], lanes[sel]) + lane]
+            prow = np.zeros(self._length(("payload", name), int(lanes[sel].sum())), np.int64)
+            prow[: nodes.shape[0]] = graph.payload_row[nodes]
+            payloads[name] = jax.tree.map(lambda x: np.asarray(x)[prow], tree)
+            self._payload_structs[name] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
         tables = FusedTables(
-            *jax.device_put((desc, np.int32(len(rows_desc)), flat_idx, payloads)),
-            branches=tuple(sorted(set(used))),
+            *jax.device_put((desc, np.int32(num_chunks), flat_idx, payloads)),
+            branches=tuple(np.unique(branch).tolist()),
         )
         return dataclasses.replace(plan, tables=tables)
+
+    def _chunk_arrays(self, rows) -> tuple[np.ndarray, ...]:
+        """Chunks of every batch: ``(variable arity?, batch's first chunk, batch, first lane, valid lanes, lanes,
+        edge rows)``; all int64 ``[chunks]`` but the batch's first chunk, ``[B]``.
+
+        A fixed-arity batch runs as chunks of at most ``max_lanes`` lanes (each
+        bucketed); a variable-arity batch as one chunk whose operand rows are
+        its arguments (bucketed: ``edge rows``, 0 for fixed arity).
+        """
+        var_b = rows.variadic[rows.batch_type]
+        per = np.where(var_b, 1, -(-rows.width // self.max_lanes))
+        chunk_batch = np.repeat(np.arange(rows.num_batches), per)
+        var_c = var_b[chunk_batch]
+        c0 = np.where(var_c, 0, _ramp(per) * self.max_lanes)
+        width = rows.width[chunk_batch]
+        valid = np.where(var_c, width, np.minimum(self.max_lanes, width - c0))
+        lanes = bucket_array(valid)
+        erows = np.where(var_c, bucket_array(np.diff(rows.edge_ptr)[chunk_batch]), 0)
+        return var_c, np.cumsum(per) - per, chunk_batch, c0, valid, lanes, erows
 
     def _full_payloads(self, payloads: dict) -> dict:
         """``payloads`` plus zero tables for registered op types this plan does not run."""

@@ -1,0 +1,201 @@
+"""Whole-schedule row arrays: the host side of an execution plan, vectorised.
+
+An execution plan gives every node's state a row of its buffer; a batch reads
+its operands' rows and writes one contiguous range of rows. This module
+computes, for a whole schedule at once with NumPy (no loop over batches):
+each batch's lanes in row order and its first output row, the rows of every
+operand, which operand lists are consecutive (read as one slice) and which are
+gathered, and the rows each buffer needs. The stepwise engine cuts these
+arrays into one step per batch; the fused engine turns them into its
+descriptor tables directly.
+
+Terms: a batch of width ``w`` has ``w`` *lanes* (its nodes, ordered by row),
+bucketed to ``lanes`` (a power of two). An *operand group* is what one
+argument position reads across the lanes of a batch: ``w`` rows for a
+fixed-arity op (one group per position), or the rows of all the batch's
+arguments for a variable-arity op (one group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from edbatch_jax.engine.buckets import bucket_array
+from edbatch_jax.graph import Graph, _csr_rows
+from edbatch_jax.scheduling.schedule import Schedule
+
+__all__ = ["ScheduleRows", "schedule_rows"]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScheduleRows:
+    """Rows of every batch of a schedule (host NumPy arrays; ``B`` batches, ``G`` operand groups).
+
+    Attributes:
+      batch_type: int ``[B]``, op type of each batch.
+      batch_ptr: int64 ``[B+1]``, batch ``b``'s lanes are ``lane_nodes[batch_ptr[b]:batch_ptr[b+1]]``.
+      width: int64 ``[B]``, nodes per batch; ``lanes``: int64 ``[B]``, the width bucketed.
+      lane_nodes: int32 ``[K]``, the scheduled nodes, each batch's in row order.
+      offset: int64 ``[B]``, first output row; ``out_buffer``: int64 ``[B]``, the buffer written.
+      edge_ptr: int64 ``[B+1]``, batch ``b``'s operand rows are ``edge_rows[edge_ptr[b]:edge_ptr[b+1]]``:
+        lane by lane, each lane's arguments in order (for a fixed-arity op of
+        arity ``a`` that is a row-major ``[width, a]`` matrix).
+      edge_rows: int32 ``[E]``, the row of each argument (in its own buffer).
+      edge_lane: int32 ``[E]``, the lane (within its batch) that reads it.
+      group_ptr: int64 ``[B+1]``, batch ``b``'s operand groups are ``group_ptr[b]:group_ptr[b+1]``.
+      group_buffer: int64 ``[G]``, the buffer a group reads.
+      group_slice: bool ``[G]``, whether a group is read as one slice (its rows
+        consecutive and increasing, and slices allowed).
+      variadic: bool ``[T]``, per op type; ``arity``: int64 ``[T]``, operands
+        per node of a fixed-arity type.
+      need: int64 ``[num buffers]``, rows each buffer must have (padded
+        writes and slice reads included).
+      num_operands, num_gathers, gathered_bytes: operand groups, those
+        gathered, and the bytes those gathers read (real rows only).
+    """
+
+    batch_type: np.ndarray
+    batch_ptr: np.ndarray
+    width: np.ndarray
+    lanes: np.ndarray
+    lane_nodes: np.ndarray
+    offset: np.ndarray
+    out_buffer: np.ndarray
+    edge_ptr: np.ndarray
+    edge_rows: np.ndarray
+    edge_lane: np.ndarray
+    group_ptr: np.ndarray
+    group_buffer: np.ndarray
+    group_slice: np.ndarray
+    variadic: np.ndarray
+    arity: np.ndarray
+    need: np.ndarray
+    num_operands: int
+    num_gathers: int
+    gathered_bytes: int
+
+    @property
+    def num_batches(self) -> int:
+        """``B``."""
+        return int(self.width.shape[0])
+
+    def type_operand_buffers(self) -> dict[int, tuple[int, ...]]:
+        """Op type -> the buffer each of its operand groups reads (from its first batch)."""
+        out: dict[int, tuple[int, ...]] = {}
+        types, first = np.unique(self.batch_type, return_index=True)
+        for t, b in zip(types.tolist(), first.tolist()):
+            out[t] = tuple(self.group_buffer[self.group_ptr[b] : self.group_ptr[b + 1]].tolist())
+        return out
+
+
+def schedule_rows(
+    graph: Graph,
+    schedule: Schedule,
+    node_slot: np.ndarray,
+    node_buffer: np.ndarray,
+    num_buffers: int,
+    variadic: np.ndarray,
+    arity: np.ndarray,
+    row_bytes: np.ndarray,
+    allow_slices: bool = True,
+) -> ScheduleRows:
+    """Computes :class:`ScheduleRows` with whole-schedule array operations.
+
+    Args:
+      graph: the graph (its op arities already checked against the ops).
+      schedule: a schedule of ``graph``.
+      node_slot: int ``[N]``, each node's row (distinct within a buffer); each batch's rows must be
+        consecutive (they are, in schedule order or in a layout plan's order).
+      node_buffer: int ``[N]``, each node's buffer.
+      num_buffers: number of buffers.
+      variadic: bool ``[T]``; arity: int ``[T]`` (fixed-arity operand count).
+      row_bytes: int ``[num_buffers]``, bytes of one row of each buffer.
+      allow_slices: ``False`` gathers every operand group.
+
+    Raises:
+      ValueError: a batch's rows are not consecutive (naming the batch).
+
+    Not jittable (host NumPy).
+    """
+    order = np.asarray(schedule.node_order)
+    ptr = np.asarray(schedule.batch_ptr, np.int64)
+    batch_type = np.asarray(schedule.batch_type)
+    width = np.diff(ptr)
+    num_batches = width.shape[0]
+    batch_of = np.repeat(np.arange(num_batches), width)
+    slot_in_order = node_slot[order].astype(np.int64)
+    # a batch's rows are distinct (one buffer), so they are consecutive iff max - min == width - 1;
+    # then each node's lane is its row minus the first row: lanes in row order without a sort
+    offset = np.minimum.reduceat(slot_in_order, ptr[:-1]) if num_batches else np.zeros(0, np.int64)
+    last = np.maximum.reduceat(slot_in_order, ptr[:-1]) if num_batches else np.zeros(0, np.int64)
+    broken = np.flatnonzero(last - offset != width - 1)
+    if broken.size:
+        b = int(broken[0])
+        raise ValueError(
+            f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}) in consecutive rows"
+        )
+    lane_nodes = np.empty(order.shape[0], np.int32)
+    lane_nodes[ptr[batch_of] + slot_in_order - offset[batch_of]] = order
+    lanes = bucket_array(width)
+    out_buffer = node_buffer[lane_nodes[ptr[:-1]]].astype(np.int64)
+    need = np.zeros(num_buffers, np.int64)
+    np.maximum.at(need, out_buffer, offset + lanes)
+
+    # operand rows, lane by lane
+    flat, edge_node = _csr_rows(graph.arg_ptr, graph.arg_idx, lane_nodes)
+    deg = (graph.arg_ptr[lane_nodes + 1] - graph.arg_ptr[lane_nodes]).astype(np.int64)
+    edge_ptr = np.concatenate([[0], np.cumsum(deg)])[ptr]
+    edge_rows = node_slot[flat].astype(np.int32)
+    edge_batch = batch_of[edge_node]
+    edge_lane = (edge_node - ptr[edge_batch]).astype(np.int32)
+
+    # operand groups: one per argument position (fixed arity), one per batch (variable arity)
+    var_b = variadic[batch_type]
+    groups = np.where(var_b, 1, arity[batch_type]).astype(np.int64)
+    group_ptr = np.concatenate([[0], np.cumsum(groups)])
+    num_groups = int(group_ptr[-1])
+    stride = np.where(var_b, 1, np.maximum(arity[batch_type], 1))[edge_batch]
+    local = np.arange(edge_rows.shape[0]) - edge_ptr[edge_batch]
+    edge_group = group_ptr[edge_batch] + local % stride
+    # consecutive and increasing: each row one past the previous row of its group
+    nxt = np.arange(edge_rows.shape[0]) + stride
+    has_next = nxt < edge_ptr[edge_batch + 1]
+    step = edge_rows[np.minimum(nxt, max(edge_rows.shape[0] - 1, 0))].astype(np.int64) - edge_rows
+    not_slice = np.zeros(num_groups, bool)
+    not_slice[edge_group[has_next & (step != 1)]] = True
+    group_slice = ~not_slice if allow_slices else np.zeros(num_groups, bool)
+
+    group_batch = np.repeat(np.arange(num_batches), groups)
+    first_edge = edge_ptr[group_batch] + (np.arange(num_groups) - group_ptr[group_batch])
+    group_buffer = node_buffer[flat[first_edge]].astype(np.int64)
+    num_edges = np.diff(edge_ptr)
+    group_var = var_b[group_batch]
+    group_size = np.where(group_var, num_edges[group_batch], width[group_batch])
+    group_len = np.where(group_var, bucket_array(num_edges[group_batch]), lanes[group_batch])
+    sl = np.flatnonzero(group_slice)
+    np.maximum.at(need, group_buffer[sl], edge_rows[first_edge[sl]] + group_len[sl])
+    gathered = ~group_slice
+    gathered_bytes = int(np.sum(group_size[gathered] * np.asarray(row_bytes, np.int64)[group_buffer[gathered]]))
+    return ScheduleRows(
+        batch_type=batch_type,
+        batch_ptr=ptr,
+        width=width,
+        lanes=lanes,
+        lane_nodes=lane_nodes,
+        offset=offset,
+        out_buffer=out_buffer,
+        edge_ptr=edge_ptr,
+        edge_rows=edge_rows,
+        edge_lane=edge_lane,
+        group_ptr=group_ptr,
+        group_buffer=group_buffer,
+        group_slice=group_slice,
+        variadic=np.asarray(variadic, bool),
+        arity=np.asarray(arity, np.int64),
+        need=need,
+        num_operands=num_groups,
+        num_gathers=int(gathered.sum()),
+        gathered_bytes=gathered_bytes,
+    )
