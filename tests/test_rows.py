@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edbatch_jax as eb
-from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.buckets import bucket, fine_bucket_array
 from edbatch_jax.engine.executor import _sig_bytes
 from test_engine import _dag_ops, _random_dag
 
@@ -108,10 +108,11 @@ def test_rows_and_steps_agree_with_per_batch_definitions(seed, policy, layout_ki
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 10_000), st.sampled_from(["agenda", "depth", "typewise"]),
-       st.sampled_from(["dynet", "gather", "planned"]), st.sampled_from([1, 2, 4, 512]))
-def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind, max_lanes):
+       st.sampled_from(["dynet", "gather", "planned"]), st.sampled_from([1, 2, 4, 8, 512]), st.booleans())
+def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind, max_lanes, fine_lanes):
     graph, ops, sched, layout = _setup(seed, policy, layout_kind)
-    engine = eb.FusedEngine(ops, max_lanes=max_lanes)
+    engine = eb.FusedEngine(ops, max_lanes=max_lanes, fine_lanes=fine_lanes)
+    rung = (lambda n: int(fine_bucket_array(np.array([n]))[0])) if fine_lanes else bucket
     plan = engine.plan(PARAMS, graph, sched, layout)
     want = _batches_by_definition(graph, sched, plan, ops, allow_slices=layout != "gather")
     desc = np.asarray(plan.tables.desc)
@@ -124,7 +125,7 @@ def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind
         for c0, n in pieces:
             d = desc[chunk]
             op, out_b, in_bufs, has_payload, width, erows = keys[d[_BRANCH]]
-            assert op == name and width == bucket(n) and out_b == plan.node_buffer[lanes[0]]
+            assert op == name and width == rung(n) and out_b == plan.node_buffer[lanes[0]]
             assert (d[_OUT], d[_VALID]) == (first + c0, n)
             assert erows == (None if segments is None else bucket(segments.size))
             run = width if erows is None else erows
