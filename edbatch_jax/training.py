@@ -8,6 +8,7 @@ sum of its loss-node losses divided by the number of instances.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from edbatch_jax.engine.executor import Engine
+from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.executor import Engine, _sum_rows, output_nodes
 from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.graph import Graph
@@ -115,6 +117,13 @@ def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch) -> jax.Array:
     return out["loss"] / batch.graph.num_instances
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _loss_grad(bufs: tuple, which: int, idx, mask, count):
+    """:func:`batched_loss` from the state buffers and its cotangent (``None`` for the buffers it does not read)."""
+    loss, ct = jax.value_and_grad(lambda b: _sum_rows(b, idx, mask)["loss"] / count)(bufs[which])
+    return loss, tuple(ct if b == which else None for b in range(len(bufs)))
+
+
 def unbatched_loss(ops, params: PyTree, batch: MiniBatch) -> jax.Array:
     """Same as :func:`batched_loss`, node by node."""
     out = run_unbatched(ops, params, batch.graph, outputs=batch.loss_nodes)
@@ -129,8 +138,9 @@ def root_accuracy(logits: jax.Array, labels: np.ndarray) -> float:
 class Trainer:
     """optax training of a graph model through the batched engine.
 
-    ``step(batch)`` computes the loss and gradients (eager: one jitted call per
-    batch of nodes forward and backward) and applies one jitted optax update.
+    ``step(batch)`` computes the loss and gradients (the engine's forward
+    program, one jitted call for the loss and its cotangent, the engine's
+    backward program) and applies one jitted optax update.
     The trainer owns ``params``: updates donate the previous arrays, so keep a
     copy (``jax.tree.map(jnp.copy, params)``) if you need the initial values.
     """
@@ -148,8 +158,23 @@ class Trainer:
         self._update = jax.jit(update, donate_argnums=(1, 2))
 
     def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
-        """Summed loss of ``batch`` and its gradient w.r.t. ``params`` (through the engine)."""
-        return jax.value_and_grad(lambda p: batched_loss(self.engine, p, batch))(params)
+        """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
+
+        The engine's forward program, one jitted call for the loss and its
+        cotangent, then the engine's backward program
+        (:meth:`~edbatch_jax.Engine.value_and_grad`): the same values as
+        ``jax.value_and_grad`` over :func:`batched_loss`, without tracing the
+        schedule's autodiff in Python each step.
+        """
+        plan = self.engine.plan(params, batch.graph, batch.schedule, batch.layout)
+        nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
+        which = int(plan.node_buffer[nodes[0]])
+        k = bucket(nodes.size)
+        idx = np.zeros(k, np.int32)
+        idx[: nodes.size] = plan.node_slot[nodes]
+        args = (idx, np.arange(k) < nodes.size, np.float32(batch.graph.num_instances))
+        return self.engine.value_and_grad(
+            plan, params, lambda bufs: _loss_grad(bufs, which, *args))
 
     def step(self, batch: MiniBatch) -> float:
         """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""

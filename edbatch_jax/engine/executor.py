@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops
@@ -231,6 +232,20 @@ def _mask_rows(tree: PyTree, mask) -> PyTree:
     return jax.tree.map(
         lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree
     )
+
+
+def _zeros(sig: tuple, capacity: int) -> PyTree:
+    """A zero buffer of state structure ``sig`` with ``capacity`` rows."""
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (capacity,)))
+
+
+def _instantiate(ct: PyTree) -> PyTree | None:
+    """A custom-VJP cotangent with symbolic zeros: ``None`` if all of it is zero, else arrays."""
+    is_zero = lambda x: isinstance(x, SymbolicZero)
+    leaves = jax.tree.leaves(ct, is_leaf=is_zero)
+    if all(is_zero(x) for x in leaves):
+        return None
+    return jax.tree.map(lambda x: jnp.zeros(x.aval.shape, x.aval.dtype) if is_zero(x) else x, ct, is_leaf=is_zero)
 
 
 def _path_head(path) -> Any:
@@ -473,10 +488,7 @@ class Engine:
 
     # ------------------------------------------------------------------ execution
     def _forward(self, plan: ExecutionPlan, params) -> tuple:
-        bufs = [
-            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (cap,)))
-            for sig, cap in zip(plan.signatures, plan.capacities)
-        ]
+        bufs = [_zeros(sig, cap) for sig, cap in zip(plan.signatures, plan.capacities)]
         for step in plan.steps:
             fn, read = self._forward_step(step)
             bufs[step.out_buffer] = fn(
@@ -487,8 +499,15 @@ class Engine:
             )
         return tuple(bufs)
 
-    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple):
-        ct_bufs = list(jax.tree.map(jnp.copy, tuple(ct_bufs)))  # fresh arrays we may donate
+    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False):
+        """Gradient w.r.t. ``params`` of a plan's run, given one cotangent per buffer (``None``: zero).
+
+        ``owned``: the cotangent arrays are the caller's to give up (they are donated instead of copied).
+        """
+        ct_bufs = [
+            _zeros(sig, cap) if c is None else (c if owned else jax.tree.map(jnp.copy, c))  # arrays we may donate
+            for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
+        ]
         grads: dict = {}  # params_key -> gradient accumulator of that subtree
         for step in reversed(plan.steps):
             op = self.ops[step.op]
@@ -509,22 +528,59 @@ class Engine:
         return _assemble_grads(params, grads)
 
     def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
-        """All state buffers after running ``plan``; differentiable w.r.t. ``params``."""
+        """All state buffers after running ``plan``; differentiable w.r.t. ``params``.
+
+        With concrete ``params`` (nothing traces them: no ``jax.grad``, no
+        ``jax.jit`` around the call) the forward program runs directly;
+        otherwise through a ``jax.custom_vjp`` whose backward pass is the
+        reverse sweep (buffers nothing reads get no cotangent work: zero
+        cotangents stay symbolic until the sweep makes them).
+        """
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
+            return self._forward(plan, params)  # nothing to differentiate: skip the custom_vjp machinery
 
         @jax.custom_vjp
         def buffers(p):
             return self._forward(plan, p)
 
         def fwd(p):
+            p = jax.tree.map(lambda x: x.value, p, is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
             bufs = self._forward(plan, p)
             return bufs, (p, bufs)
 
         def bwd(res, ct):
             p, bufs = res
-            return (self._backward(plan, p, bufs, ct),)
+            return (self._backward(plan, p, bufs, tuple(_instantiate(c) for c in ct)),)
 
-        buffers.defvjp(fwd, bwd)
+        buffers.defvjp(fwd, bwd, symbolic_zeros=True)
         return buffers(params)
+
+    def value_and_grad(self, plan: ExecutionPlan, params: PyTree, loss_grad) -> tuple[jax.Array, PyTree]:
+        """A loss of the state buffers and its gradient w.r.t. ``params``, without tracing the schedule.
+
+        The same result as ``jax.value_and_grad`` of ``loss(execute(plan, p))``
+        for concrete ``params``, without autodiff's per-call tracing and zero
+        cotangents: the forward program, ``loss_grad``, then the backward
+        program. Not jittable (use ``jax.value_and_grad`` over :meth:`run`
+        under ``jax.jit``).
+
+        Args:
+          plan: a plan of this engine (:meth:`plan`).
+          params: the parameter pytree (concrete arrays).
+          loss_grad: ``buffers -> (loss, cotangents)``, with one cotangent
+            pytree per buffer or ``None`` for a buffer the loss does not read
+            (e.g. a jitted ``jax.value_and_grad``). The cotangent arrays are
+            handed over: the stepwise engine updates them in place (donated),
+            so they must be fresh (the outputs of a jitted function are).
+
+        Returns:
+          ``(loss, grads)``, ``grads`` with the structure of ``params``.
+        """
+        bufs = self._forward(plan, params)
+        loss, ct = loss_grad(bufs)
+        if len(ct) != len(bufs):
+            raise ValueError(f"loss_grad returned {len(ct)} cotangents for {len(bufs)} buffers")
+        return loss, self._backward(plan, params, bufs, tuple(ct), owned=True)
 
     def run(
         self,

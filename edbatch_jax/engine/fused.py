@@ -371,6 +371,10 @@ class FusedEngine(Engine):
 
         def backward(params, bufs, ct_bufs, desc, num_chunks, flat_idx, payloads):
             self.trace_count += 1
+            ct_bufs = tuple(  # a buffer no loss reads: its zero cotangents are made here, not passed in
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (cap,))) if c is None else c
+                for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
+            )
             accs = tuple(jax.tree.map(jnp.zeros_like, owner[k].select_params(params)) for k in grad_keys)
 
             def body(j, carry):
@@ -388,6 +392,7 @@ class FusedEngine(Engine):
         forward = self._program(plan)[0]
         return forward(params, *self._pad_tables(plan.tables))
 
-    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple):
+    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False):
+        del owned  # the program copies the cotangents it updates (an XLA copy); none is donated
         backward = self._program(plan)[1]
-        return backward(params, tuple(bufs), ct_bufs, *self._pad_tables(plan.tables))
+        return backward(params, tuple(bufs), tuple(ct_bufs), *self._pad_tables(plan.tables))
