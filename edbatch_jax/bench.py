@@ -6,7 +6,9 @@ of batching policy, memory layout and mode (inference or training):
 * throughput in instances per second — on cached mini-batches (graphs,
   schedules and layouts built once and reused, as a data pipeline may) and
   rebuilt every step (construction + scheduling + layout + engine plan +
-  execution);
+  execution, one after the other), and rebuilt every step with the planning
+  of the next mini-batch overlapped with the execution of the current one
+  (:func:`edbatch_jax.training.plan_ahead`, as a training loop would run);
 * the time split: graph construction, scheduling, layout planning, the
   engine's plan (state rows and index tables; for the fused engine its
   descriptor tables too), execution (each the median over timed rounds in
@@ -20,7 +22,12 @@ of batching policy, memory layout and mode (inference or training):
 * the process's peak resident memory;
 * with ``op_calls=True``, the op-call bound of the schedule: the throughput
   if execution were only its batched op calls, each a jitted call timed alone
-  (:mod:`edbatch_jax.op_calls`), and the measured throughput over it.
+  (:mod:`edbatch_jax.op_calls`), and the measured throughput over it;
+* with ``floor=True``, the compute floor: the FLOPs of a mini-batch's real
+  nodes (XLA's cost analysis, forward or forward + backward) at the
+  machine's matmul rate measured in the same run, and the measured
+  throughput as a fraction of it (a figure that does not depend on the
+  machine's speed).
 
 Each phase is wrapped in a ``jax.profiler.TraceAnnotation`` so that a
 ``jax.profiler`` trace shows it. Speeds are only comparable within one run.
@@ -41,8 +48,9 @@ import optax
 
 import edbatch_jax as eb
 from edbatch_jax.engine.executor import state_signature
-from edbatch_jax.op_calls import op_calls_ms
-from edbatch_jax.training import Trainer, batched_loss, make_engine, make_minibatch, resolve_layout, variadic_ops
+from edbatch_jax.op_calls import matmul_gflops, op_calls_ms, plan_flops
+from edbatch_jax.training import (Trainer, batched_loss, make_engine, make_minibatch, plan_ahead, resolve_layout,
+                                  variadic_ops)
 from edbatch_jax.workloads import Workload, default_policy_path
 
 __all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
@@ -83,6 +91,11 @@ class BenchResult:
     op_calls_instances_per_s: float = 0.0
     rounds: int = 1
     execute_ms_rounds: list = dataclasses.field(default_factory=list)
+    overlapped_ms: float = 0.0
+    instances_per_s_overlapped: float = 0.0
+    flops_per_instance: float = 0.0
+    matmul_gflops: float = 0.0
+    floor_instances_per_s: float = 0.0
 
     @property
     def op_calls_fraction(self) -> float:
@@ -101,6 +114,16 @@ class BenchResult:
         """(construction + scheduling + layout + engine plan) over the rebuilt step time."""
         plan = self.construct_ms + self.schedule_ms + self.layout_ms + self.engine_plan_ms
         return plan / max(plan + self.execute_ms, 1e-9)
+
+    @property
+    def floor_fraction(self) -> float:
+        """Measured (cached) throughput over the compute floor (0 when the floor was not measured)."""
+        return self.instances_per_s / self.floor_instances_per_s if self.floor_instances_per_s else 0.0
+
+    @property
+    def planning_fraction_overlapped(self) -> float:
+        """The time planning adds to a step when it overlaps execution: (overlapped - execution) / overlapped."""
+        return (self.overlapped_ms - self.execute_ms) / self.overlapped_ms if self.overlapped_ms else 0.0
 
 
 def resolve_policy(name: str, work: Workload):
@@ -135,6 +158,8 @@ class _Config:
     params: Any
     trainer: Any
     variadic: Any
+    instance_sets: list
+    build: Any  # instances -> batched graph
     executables: int = 0
     warmup_s: float = 0.0
     compiles_after_warmup: int = 0
@@ -142,6 +167,7 @@ class _Config:
     layout_ms: list = dataclasses.field(default_factory=list)
     engine_plan_ms: list = dataclasses.field(default_factory=list)
     execute_ms: list = dataclasses.field(default_factory=list)
+    overlapped_ms: list = dataclasses.field(default_factory=list)
 
     def plan_all(self, graphs) -> tuple[list, float, float]:
         """Mini-batches of ``graphs`` and the mean scheduling and layout ms per mini-batch."""
@@ -183,9 +209,37 @@ class _Config:
         self.compiles_after_warmup += self.engine.trace_count - before
         if self.trainer is not None:
             self.params = self.trainer.params  # the previous ones were donated to the updates
+        self.time_overlapped(warmup, num_batches)
+
+    def prepare(self, instances):
+        """Everything the host does for one mini-batch: construction, schedule, layout, the engine's plan."""
+        mb = resolve_layout(self.layout, make_minibatch(self.build(instances), self.policy), self.variadic)
+        self.engine.plan(self.params, mb.graph, mb.schedule, mb.layout)
+        return mb
+
+    def time_overlapped(self, warmup: int, num_batches: int) -> None:
+        """Rebuilt mini-batches, each planned while the previous one executes (the first one's planning included)."""
+        before = self.engine.trace_count
+        t0 = time.perf_counter()
+        with jax.profiler.TraceAnnotation("edbatch.overlapped"):
+            pending = None
+            for mb in plan_ahead(self.instance_sets[warmup : warmup + num_batches], self.prepare):
+                if self.trainer is not None:
+                    self.trainer.step(mb)  # waits for this step's forward pass; the backward runs on
+                else:
+                    out = batched_loss(self.engine, self.params, mb)
+                    if pending is not None:
+                        _block(pending)  # the previous mini-batch; this one runs on
+                    pending = out
+            _block(self.trainer.params if self.trainer is not None else pending)
+        self.overlapped_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
+        self.compiles_after_warmup += self.engine.trace_count - before
+        if self.trainer is not None:
+            self.params = self.trainer.params
 
 
-def _prepare(work, shared, graphs, engine_name, policy_name, layout, mode, params0, variadic, warmup, say) -> _Config:
+def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, params0, variadic, warmup,
+             say) -> _Config:
     """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
     policy = resolve_policy(policy_name, work)
     label = policy_name if isinstance(policy, str) else "fsm"
@@ -193,7 +247,8 @@ def _prepare(work, shared, graphs, engine_name, policy_name, layout, mode, param
     engine = shared[(engine_name, mode)]
     params = jax.tree.map(jnp.copy, params0)
     trainer = Trainer(engine, params, optax.adam(1e-3)) if mode == "train" else None
-    cfg = _Config(engine_name, label, policy, layout, mode, graphs, [], engine, params, trainer, variadic)
+    cfg = _Config(engine_name, label, policy, layout, mode, graphs, [], engine, params, trainer, variadic,
+                  instance_sets, work.batch_graph)
     cfg.mbs = cfg.plan_all(graphs)[0]  # timed in the rounds, warm here
     traced_before = engine.trace_count
     t0 = time.perf_counter()
@@ -222,6 +277,7 @@ def run_benchmarks(
     max_lanes: int = 512,
     op_calls: bool = False,
     rounds: int = 3,
+    floor: bool = False,
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -247,6 +303,9 @@ def run_benchmarks(
       max_lanes: the fused engine's widest chunk.
       op_calls: also measure the op-call bound of each (policy, mode): the
         schedule's batched op calls alone (:func:`edbatch_jax.op_calls.op_calls_ms`).
+      floor: also measure the compute floor of each mode
+        (:func:`edbatch_jax.op_calls.plan_flops` per instance at
+        :func:`edbatch_jax.op_calls.matmul_gflops`).
     """
     if rounds < 1 or num_batches < 1:
         raise ValueError(f"rounds and num_batches must be at least 1, got {rounds} and {num_batches}")
@@ -267,8 +326,9 @@ def run_benchmarks(
     results = []
     bounds: dict[tuple, float] = {}  # (policy, mode) -> instances/s: layouts and engines do not change it
     # shared per (engine, mode): a configuration compiles only what is new
-    # all configurations' plans stay cached, since they take turns
-    cached = len(policies) * len(layouts) * need + 1
+    # all configurations' plans stay cached, since they take turns (each round adds the plans of its
+    # overlapped run's fresh mini-batches, which are the least recently used ones by the next round)
+    cached = len(policies) * len(layouts) * (need + 2 * num_batches) + 1
     shared = {(e, mode): make_engine(e, model.ops, max_lanes, cached) for e in engines for mode in modes}
 
     def construct(sets):
@@ -282,7 +342,7 @@ def run_benchmarks(
 
     configs = []
     for engine_name, policy_name, layout, mode in itertools.product(engines, policies, layouts, modes):
-        configs.append(_prepare(work, shared, graphs, engine_name, policy_name, layout, mode, params0, variadic,
+        configs.append(_prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, params0, variadic,
                                 warmup, say))
 
     # Timed rounds: every configuration runs its mini-batches (and re-plans them) once per round, in an order
@@ -295,15 +355,21 @@ def run_benchmarks(
             cfg.time_round(warmup, num_batches)
 
     construct_ms = float(np.median(construct_samples))
+    gflops = matmul_gflops() if floor else 0.0
+    flops: dict[str, float] = {}  # mode -> FLOPs per instance: the real nodes do not depend on policy or layout
     for cfg in configs:
         plans = [cfg.engine.plan(cfg.params, m.graph, m.schedule, m.layout) for m in cfg.mbs[warmup:]]
         if op_calls and (cfg.label, cfg.mode) not in bounds:
             with jax.profiler.TraceAnnotation("edbatch.op_calls"):
                 bounds[(cfg.label, cfg.mode)] = batch_size / (
                     op_calls_ms(cfg.engine, plans, cfg.params, cfg.mode == "train") / 1e3)
+        if floor and cfg.mode not in flops:
+            with jax.profiler.TraceAnnotation("edbatch.flops"):
+                flops[cfg.mode] = plan_flops(cfg.engine, plans, cfg.params, cfg.mode == "train") / batch_size
         timed = cfg.mbs[warmup:]
-        schedule_ms, layout_ms, engine_plan_ms, execute_ms = (
-            float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.engine_plan_ms, cfg.execute_ms))
+        schedule_ms, layout_ms, engine_plan_ms, execute_ms, overlapped_ms = (
+            float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.engine_plan_ms, cfg.execute_ms,
+                                          cfg.overlapped_ms))
         rebuilt_ms = construct_ms + schedule_ms + layout_ms + engine_plan_ms + execute_ms
         results.append(BenchResult(
             model=work.name, policy=cfg.label, layout=cfg.layout, mode=cfg.mode, engine=cfg.engine_name,
@@ -319,6 +385,9 @@ def run_benchmarks(
             executables=cfg.executables, warmup_s=cfg.warmup_s, compiles_after_warmup=cfg.compiles_after_warmup,
             peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
             rounds=rounds, execute_ms_rounds=[round(x, 3) for x in cfg.execute_ms],
+            overlapped_ms=overlapped_ms, instances_per_s_overlapped=batch_size / (overlapped_ms / 1e3),
+            flops_per_instance=flops.get(cfg.mode, 0.0), matmul_gflops=gflops,
+            floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
         ))
 
     if unbatched_instances > 0:
@@ -358,21 +427,27 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
 
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
-    head = (f"{'engine':<11}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'build':>7}{'sched':>7}{'layout':>7}"
+    head = (f"{'engine':<11}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
             f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
         head += f"{'opcall':>7}{'%opc':>6}"
+    with_floor = any(r.floor_instances_per_s for r in results)
+    if with_floor:
+        head += f"{'MFLOP':>7}{'floor':>7}{'%flr':>6}"
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
             f"{r.engine:<11}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
+            f"{r.instances_per_s_overlapped:>9.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.spread_pct:>4.0f}"
             f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
             f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"
             + (f"{r.op_calls_instances_per_s:>7.0f}{100 * r.op_calls_fraction:>6.0f}" if with_bound else "")
+            + (f"{r.flops_per_instance / 1e6:>7.2f}{r.floor_instances_per_s:>7.0f}{100 * r.floor_fraction:>6.0f}"
+               if with_floor else "")
         )
     return "\n".join(lines)
 
@@ -402,7 +477,9 @@ def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     for r in results:
         d = dataclasses.asdict(r)
         d["planning_fraction"] = r.planning_fraction
+        d["planning_fraction_overlapped"] = r.planning_fraction_overlapped
         d["op_calls_fraction"] = r.op_calls_fraction
+        d["floor_fraction"] = r.floor_fraction
         d["spread_pct"] = r.spread_pct
         out.append(d)
     return out

@@ -190,7 +190,8 @@ def learn(args: argparse.Namespace) -> int:
     return 0
 
 
-_PLACEHOLDERS = {"--data": "DATA", "--data-root": "DATA", "--json": "OUT.json", "--plot": "OUT.png"}
+_PLACEHOLDERS = {"--data": "DATA", "--data-root": "DATA", "--json": "OUT.json", "--plot": "OUT.png",
+                 "--dynet": "DYNET_PYTHON", "--dynet-script": "DYNET_SCRIPT"}
 """Paths shown as placeholders in the command line a results page quotes."""
 
 
@@ -206,7 +207,7 @@ def bench(args: argparse.Namespace) -> int:
     split = lambda s: [x for x in s.split(",") if x]
     machine = (f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), {platform.system()}, "
                f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind})")
-    results, sections = [], []
+    results, sections, peer_rows = [], [], []
     ints = lambda s: [int(x) for x in split(str(s))] if s else [None]
     for name, hidden, batch in itertools.product(split(args.model), ints(args.hidden), ints(args.batch_size)):
         if name not in WORKLOADS:
@@ -219,11 +220,19 @@ def bench(args: argparse.Namespace) -> int:
         size = batch or work.batch_size
         print(f"edbatch bench: {name} on {work.source}, batch {size}, hidden {hidden}, "
               f"{args.batches} timed mini-batches; {machine}", flush=True)
+        dynet_runs, tree_file = [], None
+        if args.dynet:
+            tree_file = os.path.join(data, "train.txt") if data and os.path.isdir(data) else data
+            if name != "treelstm" or not tree_file or not os.path.isfile(tree_file):
+                raise SystemExit(f"--dynet runs DyNet's SST Tree-LSTM benchmark: it needs --model treelstm and the "
+                                 f"SST trees (--data-root or --data), got model {name!r}, data {data!r}")
+            dynet_runs.append(_run_dynet(args, tree_file, size, hidden or 128, "before"))
         try:
             res = harness.run_benchmarks(
                 work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
                 args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
                 engines=split(args.engine), max_lanes=args.max_lanes, op_calls=args.op_calls, rounds=args.rounds,
+                floor=args.floor,
             )
         except ValueError as e:  # one impossible configuration does not lose the others
             print(f"  skipped: {e}", flush=True)
@@ -233,18 +242,32 @@ def bench(args: argparse.Namespace) -> int:
         print(table, flush=True)
         results += res
         sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
+        if args.dynet:
+            from edbatch_jax.peers import comparison_table
+
+            dynet_runs.append(_run_dynet(args, tree_file, size, hidden or 128, "after"))
+            peers = comparison_table(res, dynet_runs)
+            print(peers, flush=True)
+            sections.append(f"### DyNet side by side: batch {size}, hidden {hidden or 128}\n\n{peers}\n")
+            peer_rows += [dict(r, model=name, engine="dynet", policy=r["system"], hidden=hidden or 128, run=k)
+                          for k, run in zip(("before", "after"), dynet_runs) for r in run]
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
-              "the engine's plan every step; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
+              "the engine's plan every step; overlap: the same, each mini-batch planned while the previous one "
+              "executes; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
               "eplan: the engine's state rows and index tables); ±%: half the range of the "
               "rounds' exec times over their median; exes: compiled executables; "
               "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
+    if args.floor:
+        legend += ("; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
+                   "backward); floor: inst/s if every FLOP ran at the matmul rate measured in this run; "
+                   "%flr: inst/s over floor")
     if args.op_calls:
         legend += ("; opcall: inst/s if execution were only the schedule's batched op calls, each a jitted call "
                    "timed alone (no gathers, no buffer writes); %opc: inst/s over opcall (a one-program engine "
                    "can exceed 100)")
     print(legend)
     if args.json:
-        write_text_atomic(args.json, json.dumps(harness.to_json(results), indent=1))
+        write_text_atomic(args.json, json.dumps(harness.to_json(results) + peer_rows, indent=1))
         print(f"wrote {args.json}")
     if args.plot:
         harness.plot_results(results, args.plot, f"{args.model}, hidden {args.hidden}")
@@ -267,6 +290,19 @@ def bench(args: argparse.Namespace) -> int:
             "so compare them within a section only.", "", legend + ".", "", *sections]))
         print(f"wrote {args.markdown}")
     return 0
+
+
+def _run_dynet(args: argparse.Namespace, tree_file: str, batch_size: int, hidden: int, when: str) -> list[dict]:
+    """DyNet's Tree-LSTM benchmark, once (``when``: before or after ours)."""
+    from edbatch_jax.peers import PeerError, run_dynet
+
+    if not args.dynet_script:
+        raise SystemExit("--dynet needs --dynet-script (DyNet's Tree-LSTM benchmark, dynet_treelstm.py)")
+    print(f"  measuring DyNet ({when} ours)", flush=True)
+    try:
+        return run_dynet(args.dynet, args.dynet_script, tree_file, batch_size, hidden, num_trees=args.dynet_trees)
+    except PeerError as e:
+        raise SystemExit(f"edbatch bench: {e}") from e
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -425,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--max-lanes", type=int, default=512, help="widest chunk of the fused engine (a power of two)")
     bp.add_argument("--op-calls", action="store_true",
                     help="also measure the op-call bound: the schedule's batched op calls alone (columns opcall, %%opc)")
+    bp.add_argument("--floor", action="store_true",
+                    help="also measure the compute floor: FLOPs per instance at this machine's matmul rate "
+                         "(columns MFLOP, floor, %%flr)")
     bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
     bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
     bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")
@@ -433,6 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--rounds", type=int, default=3,
                     help="timed rounds; configurations take turns within each (reported: the median over rounds)")
     bp.add_argument("--unbatched", type=int, default=0, help="also time node-by-node execution on this many instances")
+    bp.add_argument("--dynet", default=None, metavar="PYTHON",
+                    help="also run DyNet's Tree-LSTM benchmark before and after ours, with this Python "
+                         "(one where `import dynet` works); needs --dynet-script and the SST trees")
+    bp.add_argument("--dynet-script", default=None, help="DyNet's Tree-LSTM benchmark script (dynet_treelstm.py)")
+    bp.add_argument("--dynet-trees", type=int, default=1024, help="trees per timed DyNet pass")
     bp.add_argument("--json", default=None, help="write the results as JSON here")
     bp.add_argument("--plot", default=None, help="write a PNG bar chart here")
     bp.add_argument("--seed", type=int, default=0)

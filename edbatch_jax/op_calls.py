@@ -27,7 +27,7 @@ import numpy as np
 
 from edbatch_jax.engine.executor import Engine, ExecutionPlan, _combine, _struct
 
-__all__ = ["op_calls_ms"]
+__all__ = ["op_calls_ms", "plan_flops", "matmul_gflops"]
 
 
 def _zeros(struct):
@@ -50,11 +50,14 @@ def _batched_call(engine: Engine, plan: ExecutionPlan, step, params, train: bool
     if not train:
         return jax.jit(forward), (p, payload, gathered)
 
-    def forward_backward(p, payload, gathered):
+    # the cotangent is an argument and the output is returned too, so that XLA neither folds a constant
+    # cotangent into the pullback nor drops the forward products the pullback does not read
+    def forward_backward(p, payload, gathered, ct):
         y, pullback = jax.vjp(lambda p, g: forward(p, payload, g), p, gathered)
-        return pullback(jax.tree.map(jnp.ones_like, y))
+        return y, pullback(ct)
 
-    return jax.jit(forward_backward), (p, payload, gathered)
+    ct = _zeros(jax.eval_shape(forward, p, payload, gathered))
+    return jax.jit(forward_backward), (p, payload, gathered, ct)
 
 
 def _median_ms(fn, args, repeats: int) -> float:
@@ -77,7 +80,7 @@ def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: b
       train: time the forward call and its pullback (a training step's math).
       repeats: timed calls per distinct batch (the median is used).
     """
-    noop = jax.jit(lambda p, payload, gathered: jnp.zeros(()))  # the same arguments, no math
+    noop = jax.jit(lambda *args: jnp.zeros(()))  # the same arguments, no math
     cost: dict[tuple, float] = {}
     totals = []
     for plan in plans:
@@ -91,3 +94,54 @@ def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: b
             total += cost[key]
         totals.append(total)
     return float(np.mean(totals))
+
+
+def _flops(fn, args) -> float:
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def plan_flops(engine: Engine, plans: Sequence[ExecutionPlan], params, train: bool = False) -> float:
+    """Mean over ``plans`` of the FLOPs of their real nodes (per mini-batch), by XLA's cost analysis.
+
+    Every distinct batched op call (as :func:`op_calls_ms` builds it; with
+    ``train``, the forward call and its pullback) is compiled and its FLOPs
+    scaled to the batch's real lanes (padding lanes are not counted), so the
+    figure does not depend on the policy, the layout or the lane ladder.
+    Together with :func:`matmul_gflops` it gives the compute floor of a
+    workload on a machine: the throughput if every FLOP ran at the machine's
+    matmul rate. Host-side; compiles.
+    """
+    per_lane: dict[tuple, float] = {}
+    totals = []
+    for plan in plans:
+        total = 0.0
+        for step in plan.steps:
+            key = (step.op, step.lanes, None if step.segments is None else int(step.segments.shape[0]),
+                   tuple(plan.signatures[b] for b in step.operand_buffers))
+            if key not in per_lane:
+                fn, args = _batched_call(engine, plan, step, params, train)
+                per_lane[key] = _flops(fn, args) / step.lanes
+            total += per_lane[key] * int(np.count_nonzero(step.mask))
+        totals.append(total)
+    return float(np.mean(totals))
+
+
+def matmul_gflops(m: int = 256, k: int = 256, n: int = 384, repeats: int = 50) -> float:
+    """GFLOP/s of a jitted float32 ``[m, k] @ [k, n]`` matmul on the default device (best of ``repeats``).
+
+    The default shape is the Tree-LSTM's internal-cell gates (``[h_l; h_r]``,
+    hidden 128, to ``i, o, u``) over 256 lanes: the rate the bulk of a
+    tree model's FLOPs can reach on this machine.
+    """
+    a = jnp.ones((m, k), jnp.float32)
+    b = jnp.ones((k, n), jnp.float32)
+    fn = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(fn(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best / 1e9

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -28,7 +28,7 @@ from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
 
-__all__ = ["ENGINES", "MiniBatch", "make_engine", "make_minibatch", "resolve_layout", "variadic_ops", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
+__all__ = ["ENGINES", "MiniBatch", "make_engine", "make_minibatch", "resolve_layout", "variadic_ops", "plan_ahead", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -111,6 +111,34 @@ def resolve_layout(name: str, batch: MiniBatch, variadic=None) -> MiniBatch:
     return dataclasses.replace(batch, layout="gather" if name == "gather" else None)
 
 
+def plan_ahead(items: Iterable[Any], prepare: Callable[[Any], Any]) -> Iterator[Any]:
+    """Yields ``prepare(item)`` for every item, preparing each item after the previous one was handed out.
+
+    The preparation of item ``k + 1`` runs when the consumer asks for it,
+    i.e. after it has dispatched its work on item ``k``. With JAX's
+    asynchronous dispatch the host then plans the next mini-batch (graph
+    construction, scheduling, layout, the engine's plan: put them in
+    ``prepare``) while the device still executes the current one, so that
+    planning every step costs little more than its share of the host's time::
+
+        prepare = lambda xs: trainer.prepare(make_minibatch(build(xs), policy))
+        for batch in plan_ahead(loader, prepare):
+            trainer.step(batch)  # waits for the forward pass only
+
+    The consumer should keep the device queue short (``Trainer.step``
+    synchronises on each loss; in inference, wait for the previous result
+    after dispatching the next). Host-side; not jittable. Exceptions from
+    ``prepare`` propagate when the item is asked for.
+    """
+    it = iter(items)
+    for first in it:
+        ready = prepare(first)
+        for item in it:
+            yield ready
+            ready = prepare(item)
+        yield ready
+
+
 def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch) -> jax.Array:
     """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar)."""
     out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout, reduce="sum")
@@ -175,6 +203,11 @@ class Trainer:
         args = (idx, np.arange(k) < nodes.size, np.float32(batch.graph.num_instances))
         return self.engine.value_and_grad(
             plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+
+    def prepare(self, batch: MiniBatch) -> MiniBatch:
+        """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""
+        self.engine.plan(self.params, batch.graph, batch.schedule, batch.layout)
+        return batch
 
     def step(self, batch: MiniBatch) -> float:
         """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""

@@ -18,7 +18,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     assert main(["bench", "--model", "binary_tree", "--batch-size", "4,8", "--hidden", "8", "--batches", "2",
                  "--warmup", "1", "--policy", "typewise", "--layout", "dynet,planned", "--mode", "infer",
                  "--engine", "stepwise,fused", "--max-lanes", "4", "--unbatched", "1", "--json", str(out), "--markdown", str(page),
-                 "--plot", str(plot), "--op-calls", "--rounds", "2", "--quiet"]) == 0
+                 "--plot", str(plot), "--op-calls", "--floor", "--rounds", "2", "--quiet"]) == 0
     rows = json.loads(out.read_text())
     batched = [r for r in rows if r["policy"] != "none"]
     assert len(batched) == 2 * 2 * 2  # batch sizes x engines x layouts
@@ -29,10 +29,13 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         assert r["rounds"] == 2 and len(r["execute_ms_rounds"]) == 2 and r["spread_pct"] >= 0
         assert r["batches_per_minibatch"] >= r["lower_bound"] > 0
         assert r["instances_per_s"] > r["instances_per_s_rebuilt"] > 0
+        assert r["instances_per_s_overlapped"] > 0 and r["overlapped_ms"] > 0  # rebuilt, planned ahead
         assert r["engine_plan_ms"] > 0  # the engine's plan of re-planned mini-batches is timed, not served from a cache
         rebuilt_ms = sum(r[k] for k in ("construct_ms", "schedule_ms", "layout_ms", "engine_plan_ms", "execute_ms"))
         assert abs(r["batch_size"] / (rebuilt_ms / 1e3) - r["instances_per_s_rebuilt"]) < 1e-6 * r["instances_per_s_rebuilt"]
         assert r["op_calls_instances_per_s"] > 0 and r["op_calls_fraction"] > 0  # the op calls alone, timed
+        assert r["flops_per_instance"] > 0 and r["matmul_gflops"] > 0 and r["floor_fraction"] > 0  # compute floor
+        assert abs(r["floor_instances_per_s"] * r["flops_per_instance"] - r["matmul_gflops"] * 1e9) < 1e-3 * r["matmul_gflops"] * 1e9
     # a perfect binary tree: type-wise batching reaches the lower bound exactly
     assert all(r["batches_per_minibatch"] == r["lower_bound"] for r in batched if r["policy"] == "typewise")
     # the planned layout gathers no more than DyNet-style rows
@@ -43,7 +46,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
             assert r["gathered_bytes_per_minibatch"] <= twin["gathered_bytes_per_minibatch"]
     assert any(r["policy"] == "none" for r in rows)  # the unbatched baseline in the same run
     text = page.read_text()
-    assert "%opc" in text and "--op-calls" in text
+    assert "%opc" in text and "--op-calls" in text and "%flr" in text
     assert "edbatch bench --model binary_tree" in text and "fused" in text and "stepwise" in text
     assert str(tmp_path) not in text and "--json OUT.json" in text and "--plot OUT.png" in text  # no machine paths
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

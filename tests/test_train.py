@@ -73,3 +73,51 @@ def test_train_help_lists_every_model(capsys):
     text = capsys.readouterr().out
     for name in WORKLOADS:
         assert name in text
+
+
+def test_plan_ahead_prepares_each_item_after_the_previous_one_is_handed_out():
+    from edbatch_jax.training import plan_ahead
+
+    events = []
+
+    def prepare(x):
+        events.append(("prepare", x))
+        return x * 10
+
+    for y in plan_ahead(range(3), prepare):
+        events.append(("use", y))
+    # item k + 1 is prepared while the consumer's work on item k is in flight, never earlier
+    assert events == [("prepare", 0), ("use", 0), ("prepare", 1), ("use", 10), ("prepare", 2), ("use", 20)]
+    assert list(plan_ahead([], prepare)) == []
+
+    def failing(x):
+        if x == 1:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    it = plan_ahead(range(3), failing)
+    assert next(it) == 0
+    with pytest.raises(ValueError, match="bad item 1"):
+        next(it)
+
+
+def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
+    import optax
+
+    from edbatch_jax.training import Trainer, make_engine, make_minibatch, plan_ahead, resolve_layout, variadic_ops
+
+    work = _work()
+    graphs = work.minibatches("train", 16)[:4]
+    variadic = variadic_ops(work.model.ops)
+    build = lambda g: resolve_layout("planned", make_minibatch(g, "agenda"), variadic)
+    results = []
+    for ahead in (False, True):
+        engine = make_engine("fused", work.model.ops)
+        trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2))
+        batches = plan_ahead(graphs, lambda g: trainer.prepare(build(g))) if ahead else map(build, graphs)
+        losses = [trainer.step(b) for b in batches]
+        assert engine.plans_built == len(graphs)  # prepare's plan is the one the step runs
+        results.append((losses, trainer.params))
+    assert results[0][0] == results[1][0]
+    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
