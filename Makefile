@@ -3,12 +3,15 @@
 #   make test   runs the test suite
 # Both create the virtual environment (.venv) and install the package first.
 # make notebooks re-executes notebooks/*.ipynb in place (full sizes), storing their outputs.
+# make bench-device DATA=dir OUT=dir runs the Tree-LSTM and lattice benchmarks on a machine whose python3
+#   already has JAX for its accelerator (no virtual environment, nothing fetched); DATA holds trees/ and
+#   lattice/ (synthetic data without it); the page and JSON go to OUT.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test notebooks install clean
+.PHONY: demo test notebooks install clean bench-device
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +33,14 @@ notebooks: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+OUT ?= .
+DEVICE_BENCH := --policy agenda,fsm --layout dynet,planned --mode infer,train --engine fused,stepwise \
+	--batches 4 --rounds 3 --floor
+
+bench-device:
+	mkdir -p $(OUT)
+	python3 -c 'import jax; print("devices:", jax.devices())'
+	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.cli bench --model treelstm,lattice_lstm \
+		$(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) $(ARGS) \
+		--json $(OUT)/bench_device.json --markdown $(OUT)/bench_device.md
