@@ -453,3 +453,35 @@ def test_frontier_take_with_limit():
     np.testing.assert_array_equal(f.take(0), [2])
     np.testing.assert_array_equal(f.take(1), [3])
     assert f.done
+
+
+def test_gc_paused_restores_the_collectors_state_after_scheduling_and_errors():
+    import gc
+
+    from edbatch_jax.scheduling.policies import gc_paused
+
+    assert gc.isenabled()
+    b = eb.GraphBuilder()
+    x = b.add("leaf", payload=np.float32(1.0))
+    b.add("unary", x)
+    graph = b.build()
+    seen = []
+
+    class Probe(eb.AgendaPolicy):
+        def choose(self, frontier, context):
+            seen.append(gc.isenabled())  # paused while the frontier is simulated
+            return super().choose(frontier, context)
+
+    Probe().schedule(graph)
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(ValueError, match="inside"):
+        with gc_paused():
+            raise ValueError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # left as it was found
+    finally:
+        gc.enable()
