@@ -220,13 +220,13 @@ def bench(args: argparse.Namespace) -> int:
         size = batch or work.batch_size
         print(f"edbatch bench: {name} on {work.source}, batch {size}, hidden {hidden}, "
               f"{args.batches} timed mini-batches; {machine}", flush=True)
-        dynet_runs, tree_file = [], None
+        dynet_runs, tree_file, peer_hidden = [], None, hidden or 128
         if args.dynet:
             tree_file = os.path.join(data, "train.txt") if data and os.path.isdir(data) else data
             if name != "treelstm" or not tree_file or not os.path.isfile(tree_file):
                 raise SystemExit(f"--dynet runs DyNet's SST Tree-LSTM benchmark: it needs --model treelstm and the "
                                  f"SST trees (--data-root or --data), got model {name!r}, data {data!r}")
-            dynet_runs.append(_run_dynet(args, tree_file, size, hidden or 128, "before"))
+            dynet_runs.append(_run_dynet(args, tree_file, size, peer_hidden, "before"))
         try:
             res = harness.run_benchmarks(
                 work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
@@ -245,11 +245,11 @@ def bench(args: argparse.Namespace) -> int:
         if args.dynet:
             from edbatch_jax.peers import comparison_table
 
-            dynet_runs.append(_run_dynet(args, tree_file, size, hidden or 128, "after"))
+            dynet_runs.append(_run_dynet(args, tree_file, size, peer_hidden, "after"))
             peers = comparison_table(res, dynet_runs)
             print(peers, flush=True)
-            sections.append(f"### DyNet side by side: batch {size}, hidden {hidden or 128}\n\n{peers}\n")
-            peer_rows += [dict(r, model=name, engine="dynet", policy=r["system"], hidden=hidden or 128, run=k)
+            sections.append(f"### DyNet side by side: batch {size}, hidden {peer_hidden}\n\n{peers}\n")
+            peer_rows += [dict(r, model=name, engine="dynet", policy=r["system"], hidden=peer_hidden, run=k)
                           for k, run in zip(("before", "after"), dynet_runs) for r in run]
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
               "the engine's plan every step; overlap: the same, each mini-batch planned while the previous one "

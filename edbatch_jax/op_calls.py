@@ -81,6 +81,19 @@ def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: b
       repeats: timed calls per distinct batch (the median is used).
     """
     noop = jax.jit(lambda *args: jnp.zeros(()))  # the same arguments, no math
+
+    def call_ms(fn, args, step):
+        return max(_median_ms(fn, args, repeats) - _median_ms(noop, args, repeats), 0.0)
+
+    return _mean_over_plans(engine, plans, params, train, call_ms, lambda step: 1)
+
+
+def _mean_over_plans(engine, plans, params, train, per_call, weight) -> float:
+    """Mean over ``plans`` of the sum over their steps of ``per_call(fn, args, step) * weight(step)``.
+
+    ``per_call`` runs once per distinct batched op call (op type, lanes, edge
+    rows, operand structures) on the call :func:`_batched_call` builds.
+    """
     cost: dict[tuple, float] = {}
     totals = []
     for plan in plans:
@@ -90,8 +103,8 @@ def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: b
                    tuple(plan.signatures[b] for b in step.operand_buffers))
             if key not in cost:
                 fn, args = _batched_call(engine, plan, step, params, train)
-                cost[key] = max(_median_ms(fn, args, repeats) - _median_ms(noop, args, repeats), 0.0)
-            total += cost[key]
+                cost[key] = per_call(fn, args, step)
+            total += cost[key] * weight(step)
         totals.append(total)
     return float(np.mean(totals))
 
@@ -113,19 +126,8 @@ def plan_flops(engine: Engine, plans: Sequence[ExecutionPlan], params, train: bo
     workload on a machine: the throughput if every FLOP ran at the machine's
     matmul rate. Host-side; compiles.
     """
-    per_lane: dict[tuple, float] = {}
-    totals = []
-    for plan in plans:
-        total = 0.0
-        for step in plan.steps:
-            key = (step.op, step.lanes, None if step.segments is None else int(step.segments.shape[0]),
-                   tuple(plan.signatures[b] for b in step.operand_buffers))
-            if key not in per_lane:
-                fn, args = _batched_call(engine, plan, step, params, train)
-                per_lane[key] = _flops(fn, args) / step.lanes
-            total += per_lane[key] * int(np.count_nonzero(step.mask))
-        totals.append(total)
-    return float(np.mean(totals))
+    return _mean_over_plans(engine, plans, params, train, lambda fn, args, step: _flops(fn, args) / step.lanes,
+                            lambda step: int(np.count_nonzero(step.mask)))
 
 
 def matmul_gflops(m: int = 256, k: int = 256, n: int = 384, repeats: int = 50) -> float:
