@@ -11,7 +11,7 @@ import re
 import sys
 
 import edbatch_jax as eb
-from edbatch_jax import bench, op_calls, peers, train, training, workloads
+from edbatch_jax import bench, op_calls, parallel, peers, train, training, workloads
 from edbatch_jax.io import write_text_atomic
 
 __all__ = ["render"]
@@ -30,7 +30,10 @@ SECTIONS = (
      (training.MiniBatch, training.make_minibatch, training.make_engine, training.batched_loss, training.Trainer,
       training.plan_ahead,
       training.root_loss_nodes, training.variadic_ops,
-      train.TrainConfig, train.train)),
+      training.loss_and_grads, train.TrainConfig, train.train)),
+    ("Data parallelism (`edbatch_jax.parallel`)", None,
+     (parallel.ShardedTrainer, parallel.make_shards, parallel.sharded_loss, parallel.split_instances,
+      parallel.shard_devices, parallel.use_cpu_devices)),
     ("Workloads and benchmarks (`edbatch_jax.workloads`, `edbatch_jax.bench`, `edbatch_jax.op_calls`, `edbatch_jax.peers`)", None,
      (workloads.load_workload, workloads.Workload, workloads.default_policy_path, bench.run_benchmarks,
       bench.BenchResult, op_calls.op_calls_ms, op_calls.plan_flops, op_calls.matmul_gflops, peers.run_dynet, peers.comparison_table, peers.PeerError)),

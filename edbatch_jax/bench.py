@@ -49,6 +49,7 @@ import optax
 import edbatch_jax as eb
 from edbatch_jax.engine.executor import state_signature
 from edbatch_jax.op_calls import matmul_gflops, op_calls_ms, plan_flops
+from edbatch_jax.parallel import ShardedTrainer, shard_devices, sharded_loss, split_instances
 from edbatch_jax.training import (Trainer, batched_loss, make_engine, make_minibatch, plan_ahead, resolve_layout,
                                   variadic_ops)
 from edbatch_jax.workloads import Workload, default_policy_path
@@ -96,6 +97,7 @@ class BenchResult:
     flops_per_instance: float = 0.0
     matmul_gflops: float = 0.0
     floor_instances_per_s: float = 0.0
+    shards: int = 1
 
     @property
     def op_calls_fraction(self) -> float:
@@ -152,10 +154,11 @@ class _Config:
     policy: Any
     layout: str
     mode: str
-    graphs: list
-    mbs: list
-    engine: Any
-    params: Any
+    graphs: list  # per mini-batch, a tuple of shard graphs
+    mbs: list  # per mini-batch, a tuple of shard MiniBatches
+    engines: list  # one per device (shard)
+    devices: list
+    params: Any  # one parameter copy per device
     trainer: Any
     variadic: Any
     instance_sets: list
@@ -169,23 +172,46 @@ class _Config:
     execute_ms: list = dataclasses.field(default_factory=list)
     overlapped_ms: list = dataclasses.field(default_factory=list)
 
+    @property
+    def shards(self) -> int:
+        return len(self.engines)
+
+    @property
+    def trace_count(self) -> int:
+        return sum(e.trace_count for e in self.engines)
+
     def plan_all(self, graphs) -> tuple[list, float, float]:
-        """Mini-batches of ``graphs`` and the mean scheduling and layout ms per mini-batch."""
+        """Mini-batches (tuples of shards) of ``graphs`` and the mean scheduling and layout ms per mini-batch."""
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.schedule"):
-            mbs = [make_minibatch(g, self.policy) for g in graphs]
+            mbs = [tuple(make_minibatch(g, self.policy) for g in gs) for gs in graphs]
         t1 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.layout"):
-            mbs = [resolve_layout(self.layout, m, self.variadic) for m in mbs]
+            mbs = [tuple(resolve_layout(self.layout, m, self.variadic) for m in ms) for ms in mbs]
         t2 = time.perf_counter()
         layout_ms = (t2 - t1) / len(mbs) * 1e3 if self.layout == "planned" else 0.0
         return mbs, (t1 - t0) / len(mbs) * 1e3, layout_ms
 
+    def step(self, mb) -> None:
+        """One training step on a mini-batch (a tuple of shards); waits for its loss."""
+        self.trainer.step(mb if self.shards > 1 else mb[0])
+
+    def loss(self, mb):
+        """The mean loss of a mini-batch (a tuple of shards), dispatched."""
+        if self.shards > 1:
+            return sharded_loss(self.engines, self.params, mb, self.devices)
+        return batched_loss(self.engines[0], self.params[0], mb[0])
+
+    def sync_params(self) -> None:
+        """Takes the trainer's current parameters (per device)."""
+        if self.trainer is not None:  # the previous ones were donated to the updates
+            self.params = self.trainer.replicas if self.shards > 1 else [self.trainer.params]
+
     def run_one(self, k: int):
         if self.trainer is not None:
-            self.trainer.step(self.mbs[k])  # returns a host float: waits for the forward pass
+            self.step(self.mbs[k])  # returns a host float: waits for the forward pass
             return _block(self.trainer.params)  # and for the backward pass and the update
-        return _block(batched_loss(self.engine, self.params, self.mbs[k]))
+        return _block(self.loss(self.mbs[k]))
 
     def time_round(self, warmup: int, num_batches: int) -> None:
         """One timed round: re-plan the timed mini-batches, then run each once."""
@@ -194,71 +220,80 @@ class _Config:
         self.layout_ms.append(lay)
         # the engine's plan of the fresh mini-batches (built, not cached: the timed runs below use the
         # plans cached at warm-up, so the cache must keep them)
-        signature = state_signature(self.params)
+        signature = state_signature(self.params[0])
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.engine_plan"):
-            for m in mbs:
-                self.engine._build_plan(self.params, signature, m.graph, m.schedule, m.layout)
+            for ms in mbs:
+                for engine, device, m in zip(self.engines, self.devices, ms):
+                    with jax.default_device(device):
+                        engine._build_plan(self.params[0], signature, m.graph, m.schedule, m.layout)
         self.engine_plan_ms.append((time.perf_counter() - t0) / len(mbs) * 1e3)
-        before = self.engine.trace_count
+        before = self.trace_count
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.execute"):
             for k in range(warmup, warmup + num_batches):
                 self.run_one(k)
         self.execute_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
-        self.compiles_after_warmup += self.engine.trace_count - before
-        if self.trainer is not None:
-            self.params = self.trainer.params  # the previous ones were donated to the updates
+        self.compiles_after_warmup += self.trace_count - before
+        self.sync_params()
         self.time_overlapped(warmup, num_batches)
 
     def prepare(self, instances):
         """Everything the host does for one mini-batch: construction, schedule, layout, the engine's plan."""
-        mb = resolve_layout(self.layout, make_minibatch(self.build(instances), self.policy), self.variadic)
-        self.engine.plan(self.params, mb.graph, mb.schedule, mb.layout)
+        parts = split_instances(instances, self.shards) if self.shards > 1 else [instances]
+        mb = tuple(resolve_layout(self.layout, make_minibatch(self.build(p), self.policy), self.variadic)
+                   for p in parts)
+        for engine, device, p, m in zip(self.engines, self.devices, self.params, mb):
+            with jax.default_device(device):
+                engine.plan(p, m.graph, m.schedule, m.layout)
         return mb
 
     def time_overlapped(self, warmup: int, num_batches: int) -> None:
         """Rebuilt mini-batches, each planned while the previous one executes (the first one's planning included)."""
-        before = self.engine.trace_count
+        before = self.trace_count
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.overlapped"):
             pending = None
             for mb in plan_ahead(self.instance_sets[warmup : warmup + num_batches], self.prepare):
                 if self.trainer is not None:
-                    self.trainer.step(mb)  # waits for this step's forward pass; the backward runs on
+                    self.step(mb)  # waits for this step's forward pass; the backward runs on
                 else:
-                    out = batched_loss(self.engine, self.params, mb)
+                    out = self.loss(mb)
                     if pending is not None:
                         _block(pending)  # the previous mini-batch; this one runs on
                     pending = out
             _block(self.trainer.params if self.trainer is not None else pending)
         self.overlapped_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
-        self.compiles_after_warmup += self.engine.trace_count - before
-        if self.trainer is not None:
-            self.params = self.trainer.params
+        self.compiles_after_warmup += self.trace_count - before
+        self.sync_params()
 
 
-def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, params0, variadic, warmup,
-             say) -> _Config:
+def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, shards, params0, variadic,
+             warmup, say) -> _Config:
     """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
     policy = resolve_policy(policy_name, work)
     label = policy_name if isinstance(policy, str) else "fsm"
-    say(f"{engine_name} / {label} / {layout} / {mode}")
-    engine = shared[(engine_name, mode)]
+    say(f"{engine_name} / {label} / {layout} / {mode}" + (f" / {shards} shards" if shards > 1 else ""))
+    devices = shard_devices(shards)
+    engines = [shared[(engine_name, mode, k)] for k in range(shards)]
     params = jax.tree.map(jnp.copy, params0)
-    trainer = Trainer(engine, params, optax.adam(1e-3)) if mode == "train" else None
-    cfg = _Config(engine_name, label, policy, layout, mode, graphs, [], engine, params, trainer, variadic,
-                  instance_sets, work.batch_graph)
-    cfg.mbs = cfg.plan_all(graphs)[0]  # timed in the rounds, warm here
-    traced_before = engine.trace_count
+    trainer = None
+    if mode == "train":
+        trainer = (ShardedTrainer(engines, params, optax.adam(1e-3), devices) if shards > 1
+                   else Trainer(engines[0], params, optax.adam(1e-3)))
+    replicas = trainer.replicas if shards > 1 and trainer else [jax.device_put(params, d) for d in devices]
+    cfg = _Config(engine_name, label, policy, layout, mode, graphs[shards], [], engines, devices, replicas, trainer,
+                  variadic, instance_sets, work.batch_graph)
+    cfg.sync_params()
+    cfg.mbs = cfg.plan_all(cfg.graphs)[0]  # timed in the rounds, warm here
+    traced_before = cfg.trace_count
     t0 = time.perf_counter()
     with jax.profiler.TraceAnnotation("edbatch.warmup"):
-        for k in range(len(graphs)):  # every shape once: compiles happen here
+        for k in range(len(cfg.graphs)):  # every shape once: compiles happen here
             cfg.run_one(k)
     cfg.warmup_s = time.perf_counter() - t0
-    cfg.executables = engine.trace_count - traced_before
-    if trainer is not None:
-        cfg.params = trainer.params
+    cfg.executables = cfg.trace_count - traced_before
+    cfg.sync_params()
     return cfg
 
 
@@ -278,6 +313,7 @@ def run_benchmarks(
     op_calls: bool = False,
     rounds: int = 3,
     floor: bool = False,
+    shards: Sequence[int] = (1,),
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -306,9 +342,18 @@ def run_benchmarks(
       floor: also measure the compute floor of each mode
         (:func:`edbatch_jax.op_calls.plan_flops` per instance at
         :func:`edbatch_jax.op_calls.matmul_gflops`).
+      shards: data-parallel shard counts to measure: with ``n > 1`` every
+        mini-batch is split into ``n`` shards run on the first ``n`` devices
+        (:mod:`edbatch_jax.parallel`; on a CPU ask for the devices first with
+        :func:`edbatch_jax.parallel.use_cpu_devices`). Batches, lower bound
+        and gathers are then summed over the shards.
     """
     if rounds < 1 or num_batches < 1:
         raise ValueError(f"rounds and num_batches must be at least 1, got {rounds} and {num_batches}")
+    shards = sorted(set(int(n) for n in shards))
+    if not shards or shards[0] < 1:
+        raise ValueError(f"shard counts must be at least 1, got {shards}")
+    shard_devices(shards[-1])  # enough devices, or a clear error before anything runs
     say = progress or (lambda s: None)
     model = work.model
     params0 = model.init(jax.random.PRNGKey(seed))
@@ -329,44 +374,55 @@ def run_benchmarks(
     # all configurations' plans stay cached, since they take turns (each round adds the plans of its
     # overlapped run's fresh mini-batches, which are the least recently used ones by the next round)
     cached = len(policies) * len(layouts) * (need + 2 * num_batches) + 1
-    shared = {(e, mode): make_engine(e, model.ops, max_lanes, cached) for e in engines for mode in modes}
+    shared = {(e, mode, k): make_engine(e, model.ops, max_lanes, cached)
+              for e in engines for mode in modes for k in range(shards[-1])}
 
-    def construct(sets):
+    def construct(sets, n):
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.construct"):
-            out = [work.batch_graph(x) for x in sets]
+            out = [tuple(work.batch_graph(p) for p in (split_instances(x, n) if n > 1 else [x])) for x in sets]
         return out, (time.perf_counter() - t0) / len(sets) * 1e3
 
-    graphs = construct(instance_sets)[0]  # timed in the rounds
-    construct_samples = []
+    graphs = {n: construct(instance_sets, n)[0] for n in shards}  # timed in the rounds
+    construct_samples = {n: [] for n in shards}
 
     configs = []
-    for engine_name, policy_name, layout, mode in itertools.product(engines, policies, layouts, modes):
-        configs.append(_prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, params0, variadic,
-                                warmup, say))
+    for engine_name, policy_name, layout, mode, n in itertools.product(engines, policies, layouts, modes, shards):
+        configs.append(_prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, n, params0,
+                                variadic, warmup, say))
 
     # Timed rounds: every configuration runs its mini-batches (and re-plans them) once per round, in an order
     # that rotates between rounds, so that a slow spell of a shared machine falls on all configurations alike.
     for r in range(rounds):
         turn = configs[r % len(configs):] + configs[: r % len(configs)]
         say(f"round {r + 1} of {rounds}")
-        construct_samples.append(construct(instance_sets[warmup:])[1])
+        for n in shards:
+            construct_samples[n].append(construct(instance_sets[warmup:], n)[1])
         for cfg in turn:
             cfg.time_round(warmup, num_batches)
 
-    construct_ms = float(np.median(construct_samples))
     gflops = matmul_gflops() if floor else 0.0
     flops: dict[str, float] = {}  # mode -> FLOPs per instance: the real nodes do not depend on policy or layout
     for cfg in configs:
-        plans = [cfg.engine.plan(cfg.params, m.graph, m.schedule, m.layout) for m in cfg.mbs[warmup:]]
-        if op_calls and (cfg.label, cfg.mode) not in bounds:
+        construct_ms = float(np.median(construct_samples[cfg.shards]))
+        plans = []  # per shard, its plans of the timed mini-batches
+        for k, (engine, device) in enumerate(zip(cfg.engines, cfg.devices)):
+            with jax.default_device(device):
+                plans.append([engine.plan(cfg.params[k], ms[k].graph, ms[k].schedule, ms[k].layout)
+                              for ms in cfg.mbs[warmup:]])
+        if op_calls and cfg.shards == 1 and (cfg.label, cfg.mode) not in bounds:
             with jax.profiler.TraceAnnotation("edbatch.op_calls"):
                 bounds[(cfg.label, cfg.mode)] = batch_size / (
-                    op_calls_ms(cfg.engine, plans, cfg.params, cfg.mode == "train") / 1e3)
+                    op_calls_ms(cfg.engines[0], plans[0], cfg.params[0], cfg.mode == "train") / 1e3)
         if floor and cfg.mode not in flops:
             with jax.profiler.TraceAnnotation("edbatch.flops"):
-                flops[cfg.mode] = plan_flops(cfg.engine, plans, cfg.params, cfg.mode == "train") / batch_size
-        timed = cfg.mbs[warmup:]
+                total = 0.0
+                for k, (engine, device) in enumerate(zip(cfg.engines, cfg.devices)):
+                    with jax.default_device(device):
+                        total += plan_flops(engine, plans[k], cfg.params[k], cfg.mode == "train")
+                flops[cfg.mode] = total / batch_size
+        timed = [m for ms in cfg.mbs[warmup:] for m in ms]
+        per_mb = lambda values: float(np.sum(values)) / len(cfg.mbs[warmup:])
         schedule_ms, layout_ms, engine_plan_ms, execute_ms, overlapped_ms = (
             float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.engine_plan_ms, cfg.execute_ms,
                                           cfg.overlapped_ms))
@@ -378,20 +434,22 @@ def run_benchmarks(
             instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
             construct_ms=construct_ms, schedule_ms=schedule_ms, layout_ms=layout_ms, execute_ms=execute_ms,
             engine_plan_ms=engine_plan_ms,
-            batches_per_minibatch=float(np.mean([m.schedule.num_batches for m in timed])),
-            lower_bound=float(np.mean([eb.lower_bound(m.graph) for m in timed])),
-            gathers_per_minibatch=float(np.mean([p.num_gathers for p in plans])),
-            gathered_bytes_per_minibatch=float(np.mean([p.gathered_bytes for p in plans])),
+            batches_per_minibatch=per_mb([m.schedule.num_batches for m in timed]),
+            lower_bound=per_mb([eb.lower_bound(m.graph) for m in timed]),
+            gathers_per_minibatch=per_mb([p.num_gathers for ps in plans for p in ps]),
+            gathered_bytes_per_minibatch=per_mb([p.gathered_bytes for ps in plans for p in ps]),
             executables=cfg.executables, warmup_s=cfg.warmup_s, compiles_after_warmup=cfg.compiles_after_warmup,
             peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
             rounds=rounds, execute_ms_rounds=[round(x, 3) for x in cfg.execute_ms],
             overlapped_ms=overlapped_ms, instances_per_s_overlapped=batch_size / (overlapped_ms / 1e3),
             flops_per_instance=flops.get(cfg.mode, 0.0), matmul_gflops=gflops,
             floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
+            shards=cfg.shards,
         ))
 
     if unbatched_instances > 0:
-        results.extend(_unbatched(work, graphs[0], params0, modes, unbatched_instances, construct_ms, batch_size, backend))
+        results.extend(_unbatched(work, graphs[shards[0]][0][0], params0, modes, unbatched_instances,
+                                  float(np.median(construct_samples[shards[0]])), batch_size, backend))
     return results
 
 
@@ -425,9 +483,14 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
     return out
 
 
+def _engine_label(r: BenchResult) -> str:
+    """The engine, with ``xN`` when a mini-batch ran as ``N`` data-parallel shards."""
+    return r.engine + (f" x{r.shards}" if r.shards > 1 else "")
+
+
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
-    head = (f"{'engine':<11}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
+    head = (f"{'engine':<14}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
             f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
@@ -438,7 +501,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.engine:<11}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
+            f"{_engine_label(r):<14}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
             f"{r.instances_per_s_overlapped:>9.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.spread_pct:>4.0f}"
@@ -459,7 +522,7 @@ def plot_results(results: Sequence[BenchResult], path: str, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.engine}/{r.policy}/{r.layout}/{r.mode}" for r in results]
+    labels = [f"{_engine_label(r)}/{r.policy}/{r.layout}/{r.mode}" for r in results]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(results)), 4))
     colors = ["tab:blue" if r.mode == "infer" else "tab:orange" for r in results]
     ax.bar(range(len(results)), [r.instances_per_s for r in results], color=colors)

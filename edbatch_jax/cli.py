@@ -205,6 +205,11 @@ def bench(args: argparse.Namespace) -> int:
     from edbatch_jax.workloads import WORKLOADS, load_workload
 
     split = lambda s: [x for x in s.split(",") if x]
+    shards = [int(x) for x in split(str(args.shards))]
+    if max(shards, default=1) > 1:
+        from edbatch_jax.parallel import use_cpu_devices
+
+        use_cpu_devices(max(shards))  # before JAX starts: on a CPU, one host device per shard
     machine = (f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), {platform.system()}, "
                f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind})")
     results, sections, peer_rows = [], [], []
@@ -232,7 +237,7 @@ def bench(args: argparse.Namespace) -> int:
                 work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
                 args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
                 engines=split(args.engine), max_lanes=args.max_lanes, op_calls=args.op_calls, rounds=args.rounds,
-                floor=args.floor,
+                floor=args.floor, shards=shards,
             )
         except ValueError as e:  # one impossible configuration does not lose the others
             print(f"  skipped: {e}", flush=True)
@@ -464,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--floor", action="store_true",
                     help="also measure the compute floor: FLOPs per instance at this machine's matmul rate "
                          "(columns MFLOP, floor, %%flr)")
+    bp.add_argument("--shards", default="1",
+                    help="comma-separated data-parallel shard counts: each mini-batch split over that many devices "
+                         "(on a CPU, that many host devices share its cores)")
     bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
     bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
     bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")

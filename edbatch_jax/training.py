@@ -28,7 +28,7 @@ from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
 
-__all__ = ["ENGINES", "MiniBatch", "make_engine", "make_minibatch", "resolve_layout", "variadic_ops", "plan_ahead", "root_loss_nodes", "node_labels", "batched_loss", "unbatched_loss", "Trainer", "root_accuracy"]
+__all__ = ["ENGINES", "MiniBatch", "make_engine", "make_minibatch", "resolve_layout", "variadic_ops", "plan_ahead", "root_loss_nodes", "node_labels", "batched_loss", "loss_and_grads", "unbatched_loss", "Trainer", "root_accuracy"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -152,6 +152,37 @@ def _loss_grad(bufs: tuple, which: int, idx, mask, count):
     return loss, tuple(ct if b == which else None for b in range(len(bufs)))
 
 
+def loss_and_grads(engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None) -> tuple[jax.Array, PyTree]:
+    """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
+
+    The engine's forward program, one jitted call for the loss and its
+    cotangent, then the engine's backward program
+    (:meth:`~edbatch_jax.Engine.value_and_grad`): the same values as
+    ``jax.value_and_grad`` over :func:`batched_loss`, without tracing the
+    schedule's autodiff in Python each step. Dispatched asynchronously
+    (nothing waits for the device); not jittable.
+
+    Args:
+      engine: the engine that runs ``batch``.
+      params: the parameter pytree (concrete arrays).
+      batch: the mini-batch.
+      count: the divisor of the summed loss (default: ``batch``'s instances;
+        a shard of a larger mini-batch passes the mini-batch's instances, so
+        that the shards' losses and gradients add up to the whole one's).
+
+    Returns:
+      ``(loss, grads)``: an f32 scalar and a pytree like ``params``.
+    """
+    plan = engine.plan(params, batch.graph, batch.schedule, batch.layout)
+    nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
+    which = int(plan.node_buffer[nodes[0]])
+    k = bucket(nodes.size)
+    idx = np.zeros(k, np.int32)
+    idx[: nodes.size] = plan.node_slot[nodes]
+    args = (idx, np.arange(k) < nodes.size, np.float32(batch.graph.num_instances if count is None else count))
+    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+
+
 def unbatched_loss(ops, params: PyTree, batch: MiniBatch) -> jax.Array:
     """Same as :func:`batched_loss`, node by node."""
     out = run_unbatched(ops, params, batch.graph, outputs=batch.loss_nodes)
@@ -186,23 +217,8 @@ class Trainer:
         self._update = jax.jit(update, donate_argnums=(1, 2))
 
     def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
-        """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
-
-        The engine's forward program, one jitted call for the loss and its
-        cotangent, then the engine's backward program
-        (:meth:`~edbatch_jax.Engine.value_and_grad`): the same values as
-        ``jax.value_and_grad`` over :func:`batched_loss`, without tracing the
-        schedule's autodiff in Python each step.
-        """
-        plan = self.engine.plan(params, batch.graph, batch.schedule, batch.layout)
-        nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
-        which = int(plan.node_buffer[nodes[0]])
-        k = bucket(nodes.size)
-        idx = np.zeros(k, np.int32)
-        idx[: nodes.size] = plan.node_slot[nodes]
-        args = (idx, np.arange(k) < nodes.size, np.float32(batch.graph.num_instances))
-        return self.engine.value_and_grad(
-            plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+        """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params`` (:func:`loss_and_grads`)."""
+        return loss_and_grads(self.engine, params, batch)
 
     def prepare(self, batch: MiniBatch) -> MiniBatch:
         """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""

@@ -2,7 +2,7 @@
 
 Reusable hypothesis strategies and graph helpers live in ``tests/strategies.py``;
 this file makes that module importable (``import strategies``) from any test
-file, whatever pytest's import mode.
+file, whatever pytest's import mode, and gives JAX two CPU devices.
 """
 
 import sys
@@ -13,7 +13,12 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Two host devices for the data-parallel tests (tests/test_parallel.py); set before JAX starts its CPU
+# backend. Every other test runs on the first device, as it would alone.
+jax.config.update("jax_num_cpu_devices", 2)
 
 
 @pytest.fixture(scope="session")

@@ -61,3 +61,28 @@ def test_bench_rejects_zero_rounds():
     work = load_workload("binary_tree", None, hidden=8)
     with pytest.raises(ValueError, match="rounds"):
         run_benchmarks(work, ["agenda"], ["dynet"], ["infer"], 4, num_batches=1, rounds=0)
+
+
+def test_bench_measures_data_parallel_shards():
+    """``shards=(1, 2)``: the same configurations on one device and split over two, side by side."""
+    import pytest
+
+    from edbatch_jax.bench import format_table, run_benchmarks
+    from edbatch_jax.workloads import load_workload
+
+    work = load_workload("binary_tree", hidden=8, num_train=16)
+    res = run_benchmarks(work, ["typewise"], ["dynet"], ["infer", "train"], batch_size=4, num_batches=1, warmup=1,
+                         engines=["fused"], max_lanes=4, rounds=1, floor=True, shards=(1, 2))
+    by = {(r.mode, r.shards): r for r in res}
+    assert sorted(by) == [("infer", 1), ("infer", 2), ("train", 1), ("train", 2)]
+    for mode in ("infer", "train"):
+        one, two = by[(mode, 1)], by[(mode, 2)]
+        assert one.compiles_after_warmup == 0 and two.compiles_after_warmup == 0
+        # perfect binary trees: type-wise batching reaches each shard's lower bound; batches add up over shards
+        assert one.batches_per_minibatch == one.lower_bound
+        assert two.batches_per_minibatch == two.lower_bound >= one.lower_bound
+        assert abs(two.flops_per_instance - one.flops_per_instance) <= 1e-6 * one.flops_per_instance
+        assert two.instances_per_s > 0 and two.instances_per_s_overlapped > 0
+    assert "fused x2" in format_table(res)
+    with pytest.raises(ValueError, match="jax_num_cpu_devices"):
+        run_benchmarks(work, ["typewise"], ["dynet"], ["infer"], batch_size=4, shards=(64,))
