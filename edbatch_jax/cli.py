@@ -316,11 +316,15 @@ def train_command(args: argparse.Namespace) -> int:
     from edbatch_jax.train import TrainConfig, train
     from edbatch_jax.workloads import load_workload
 
+    if args.shards > 1:
+        from edbatch_jax.parallel import use_cpu_devices
+
+        use_cpu_devices(args.shards)  # before JAX starts: on a CPU, one host device per shard
     work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, policy=args.policy, layout=args.layout,
         engine=args.engine, eval_batches=args.eval_batches, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        log_path=args.log, seed=args.seed,
+        log_path=args.log, seed=args.seed, shards=args.shards,
     )
     size = args.batch_size or work.batch_size
     print(f"edbatch train: {args.model} on {work.source} ({len(work.train)} train / {len(work.held_out)} held-out "
@@ -508,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     tp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     tp.add_argument("--log", default=None, help="append metrics as JSON lines to this file")
+    tp.add_argument("--shards", type=int, default=1,
+                    help="split every mini-batch over this many devices (data parallel; on a CPU, host devices)")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
     tp.set_defaults(func=train_command)

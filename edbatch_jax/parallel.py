@@ -146,7 +146,7 @@ class ShardedTrainer:
       devices: the devices, default :func:`shard_devices` ``(len(engines))``.
 
     Attributes:
-      params: the current parameters, on ``devices[0]``.
+      params: the current parameters, on ``devices[0]`` (settable, e.g. from a checkpoint).
       replicas: the current parameters on every device (``replicas[0] is params``).
     """
 
@@ -168,8 +168,17 @@ class ShardedTrainer:
 
         self._update = jax.jit(update, donate_argnums=(1, 2))
 
+    @property
+    def params(self) -> PyTree:
+        """The current parameters, on ``devices[0]``; assigning them also copies them to every device."""
+        return self._params
+
+    @params.setter
+    def params(self, params: PyTree) -> None:
+        self._set_params(jax.device_put(params, self.devices[0]))
+
     def _set_params(self, params: PyTree) -> None:
-        self.params = params
+        self._params = params
         self.replicas = [params] + [jax.device_put(params, d) for d in self.devices[1:]]
 
     def prepare(self, shards: Sequence[MiniBatch]) -> tuple[MiniBatch, ...]:

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
+from edbatch_jax.parallel import ShardedTrainer, make_shards, shard_devices
 from edbatch_jax.training import MiniBatch, Trainer, make_engine, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.workloads import Workload
 
@@ -47,6 +48,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     log_path: str | None = None
     seed: int = 0
+    shards: int = 1  # > 1: every training mini-batch split over that many devices (edbatch_jax.parallel)
 
 
 @dataclasses.dataclass
@@ -116,17 +118,28 @@ def train(
 
     size = config.batch_size or work.batch_size
     policy = resolve_policy(config.policy, work)
-    train_graphs = work.minibatches("train", size, seed=config.seed)
-    if not train_graphs:
+    train_sets = work.minibatch_instances("train", size, seed=config.seed)
+    if not train_sets:
         raise ValueError(f"no training mini-batch of {size} instances in {work.source}")
-    train_batches = _prepare(work, train_graphs, policy, config.layout)
+    if config.shards > 1:  # tuples of shards, one per device
+        variadic = variadic_ops(work.model.ops)
+        train_batches = [make_shards(x, config.shards, work.batch_graph, policy, config.layout, variadic)
+                         for x in train_sets]
+    else:
+        train_batches = _prepare(work, [work.batch_graph(x) for x in train_sets], policy, config.layout)
     held = _prepare(work, work.minibatches("held_out", size, config.eval_batches, seed=config.seed + 1),
                     policy, config.layout)
     schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, max(1, min(config.warmup_steps, config.steps // 2)),
                                                   max(config.steps, 2))
     # every mini-batch's execution plan stays cached: epochs after the first do no host planning at all
     engine = make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches) + len(held))
-    trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(config.seed)), optax.adam(schedule))
+    params = work.model.init(jax.random.PRNGKey(config.seed))
+    if config.shards > 1:  # the first device's engine also evaluates
+        engines = [engine] + [make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches))
+                              for _ in range(config.shards - 1)]
+        trainer = ShardedTrainer(engines, params, optax.adam(schedule), shard_devices(config.shards))
+    else:
+        trainer = Trainer(engine, params, optax.adam(schedule))
     step, resumed_from = 0, None
     manager = _checkpointer(config.checkpoint_dir) if config.checkpoint_dir else None
     if resume and manager is not None and manager.latest_step() is not None:
@@ -160,7 +173,9 @@ def train(
             order = np.random.default_rng([config.seed, epoch]).permutation(per_epoch)
             t0 = time.perf_counter()
             loss = trainer.step(train_batches[order[k]])
-            rate = train_batches[order[k]].graph.num_instances / (time.perf_counter() - t0)
+            shards = train_batches[order[k]]
+            count = sum(b.graph.num_instances for b in shards) if config.shards > 1 else shards.graph.num_instances
+            rate = count / (time.perf_counter() - t0)
             step += 1
             losses.append(loss)
             if log:

@@ -97,15 +97,20 @@ class Workload:
         """The model's op type names."""
         return tuple(self.model.op_types)
 
-    def minibatches(self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0) -> list[Graph]:
-        """Batched graphs of shuffled ``split`` (``"train"`` or ``"held_out"``) instances."""
+    def minibatch_instances(self, split: str, batch_size: int | None = None, count: int | None = None,
+                            seed: int = 0) -> list[list]:
+        """The instances of every mini-batch of shuffled ``split`` (``"train"`` or ``"held_out"``)."""
         items = {"train": self.train, "held_out": self.held_out}[split]
         size = batch_size or self.batch_size
         order = np.random.default_rng(seed).permutation(len(items))
         chunks = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
         if count is not None:
             chunks = chunks[:count]
-        return [self.batch_graph([items[j] for j in c]) for c in chunks]
+        return [[items[j] for j in c] for c in chunks]
+
+    def minibatches(self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0) -> list[Graph]:
+        """Batched graphs of shuffled ``split`` (``"train"`` or ``"held_out"``) instances."""
+        return [self.batch_graph(x) for x in self.minibatch_instances(split, batch_size, count, seed)]
 
 
 def fsm_settings(name: str) -> dict:

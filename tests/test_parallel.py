@@ -141,3 +141,17 @@ def test_sharded_trainer_rejects_mismatched_shards(setup):
         ShardedTrainer(trainer.engines, params, optax.sgd(0.1), devices[:1])
     with pytest.raises(ValueError, match="at least one engine"):
         ShardedTrainer([], params, optax.sgd(0.1))
+
+
+def test_assigned_parameters_reach_every_device(setup):
+    """``trainer.params = p`` (e.g. restored from a checkpoint) is copied to the first device and replicated."""
+    model, params, trees, build, _ = setup
+    devices = shard_devices(2)
+    trainer = ShardedTrainer([eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params),
+                             optax.sgd(0.1), devices)
+    restored = jax.tree.map(lambda x: np.asarray(x) + 1.0, params)  # host arrays, as a checkpoint gives
+    trainer.params = restored
+    for replica, device in zip(trainer.replicas, devices):
+        assert jax.tree.leaves(replica)[0].devices() == {device}
+        _assert_trees_close(replica, restored, rtol=0, atol=0)
+    assert trainer.replicas[0] is trainer.params

@@ -121,3 +121,16 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
     assert results[0][0] == results[1][0]
     for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+
+def test_sharded_training_follows_the_unsharded_run():
+    """``shards=2``: every step equals the unsharded step, up to float summation order."""
+    work = load_workload("binary_tree", hidden=4, num_train=32, num_held_out=8)  # trees of one shape: few compiles
+    cfg = dict(steps=3, batch_size=4, eval_batches=1, lr=1e-2)
+    plain = train(work, TrainConfig(**cfg))
+    sharded = train(work, TrainConfig(shards=2, **cfg))
+    np.testing.assert_allclose(sharded.losses, plain.losses, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(sharded.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(sharded.evals[-1]["loss"], plain.evals[-1]["loss"], rtol=1e-3)
