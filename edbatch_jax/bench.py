@@ -49,7 +49,7 @@ import optax
 import edbatch_jax as eb
 from edbatch_jax.engine.executor import state_signature
 from edbatch_jax.op_calls import matmul_gflops, op_calls_ms, plan_flops
-from edbatch_jax.parallel import ShardedTrainer, shard_devices, sharded_loss, split_instances
+from edbatch_jax.parallel import ShardedTrainer, make_shards, shard_devices, sharded_loss, split_instances
 from edbatch_jax.training import (Trainer, batched_loss, make_engine, make_minibatch, plan_ahead, resolve_layout,
                                   variadic_ops)
 from edbatch_jax.workloads import Workload, default_policy_path
@@ -98,6 +98,11 @@ class BenchResult:
     matmul_gflops: float = 0.0
     floor_instances_per_s: float = 0.0
     shards: int = 1
+
+    @property
+    def engine_label(self) -> str:
+        """The engine, with ``xN`` when a mini-batch ran as ``N`` data-parallel shards."""
+        return self.engine + (f" x{self.shards}" if self.shards > 1 else "")
 
     @property
     def op_calls_fraction(self) -> float:
@@ -240,9 +245,7 @@ class _Config:
 
     def prepare(self, instances):
         """Everything the host does for one mini-batch: construction, schedule, layout, the engine's plan."""
-        parts = split_instances(instances, self.shards) if self.shards > 1 else [instances]
-        mb = tuple(resolve_layout(self.layout, make_minibatch(self.build(p), self.policy), self.variadic)
-                   for p in parts)
+        mb = make_shards(instances, self.shards, self.build, self.policy, self.layout, self.variadic)
         for engine, device, p, m in zip(self.engines, self.devices, self.params, mb):
             with jax.default_device(device):
                 engine.plan(p, m.graph, m.schedule, m.layout)
@@ -281,7 +284,7 @@ def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layo
     if mode == "train":
         trainer = (ShardedTrainer(engines, params, optax.adam(1e-3), devices) if shards > 1
                    else Trainer(engines[0], params, optax.adam(1e-3)))
-    replicas = trainer.replicas if shards > 1 and trainer else [jax.device_put(params, d) for d in devices]
+    replicas = None if trainer else [jax.device_put(params, d) for d in devices]  # a trainer's: sync_params
     cfg = _Config(engine_name, label, policy, layout, mode, graphs[shards], [], engines, devices, replicas, trainer,
                   variadic, instance_sets, work.batch_graph)
     cfg.sync_params()
@@ -380,7 +383,7 @@ def run_benchmarks(
     def construct(sets, n):
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.construct"):
-            out = [tuple(work.batch_graph(p) for p in (split_instances(x, n) if n > 1 else [x])) for x in sets]
+            out = [tuple(work.batch_graph(p) for p in split_instances(x, n)) for x in sets]
         return out, (time.perf_counter() - t0) / len(sets) * 1e3
 
     graphs = {n: construct(instance_sets, n)[0] for n in shards}  # timed in the rounds
@@ -483,11 +486,6 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
     return out
 
 
-def _engine_label(r: BenchResult) -> str:
-    """The engine, with ``xN`` when a mini-batch ran as ``N`` data-parallel shards."""
-    return r.engine + (f" x{r.shards}" if r.shards > 1 else "")
-
-
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
     head = (f"{'engine':<14}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
@@ -501,7 +499,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{_engine_label(r):<14}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
+            f"{r.engine_label:<14}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
             f"{r.instances_per_s_overlapped:>9.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.spread_pct:>4.0f}"
@@ -522,7 +520,7 @@ def plot_results(results: Sequence[BenchResult], path: str, title: str = "") -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{_engine_label(r)}/{r.policy}/{r.layout}/{r.mode}" for r in results]
+    labels = [f"{r.engine_label}/{r.policy}/{r.layout}/{r.mode}" for r in results]
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(results)), 4))
     colors = ["tab:blue" if r.mode == "infer" else "tab:orange" for r in results]
     ax.bar(range(len(results)), [r.instances_per_s for r in results], color=colors)

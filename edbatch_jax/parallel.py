@@ -11,9 +11,10 @@ and its gradient (up to float summation order).
 On a CPU, JAX shows one device unless told otherwise:
 ``jax.config.update("jax_num_cpu_devices", n)`` before the first JAX
 computation (:func:`use_cpu_devices`). Each host device then runs its shard's
-programs concurrently with the others' (asynchronous dispatch), which keeps
-both cores of a small machine busy where one program of many narrow batches
-would not.
+programs concurrently with the others' (asynchronous dispatch). The host
+devices share the machine's cores, which XLA already uses within one
+program, so sharding pays where there are cores or devices to spare (on two
+cores it measured 0.83-1.16x, see docs/benchmarks_engines.md).
 
 Host-side orchestration; none of it is jittable (the engines' programs are
 compiled once per device and reused).
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 
 from edbatch_jax.engine.executor import Engine
-from edbatch_jax.training import MiniBatch, loss_and_grads, make_minibatch, resolve_layout
+from edbatch_jax.training import MiniBatch, batched_loss, loss_and_grads, make_minibatch, resolve_layout
 
 PyTree = Any
 
@@ -105,6 +106,11 @@ def _check(shards, engines) -> int:
     return sum(int(b.graph.num_instances) for b in shards)
 
 
+@jax.jit
+def _sum_trees(trees):
+    return jax.tree.map(lambda *x: sum(x), *trees)
+
+
 def sharded_loss(engines: Sequence[Engine], params: Sequence[PyTree], shards: Sequence[MiniBatch],
                  devices: Sequence[Any]) -> jax.Array:
     """Mean per-instance loss of a sharded mini-batch (f32 scalar, on ``devices[0]``).
@@ -114,18 +120,11 @@ def sharded_loss(engines: Sequence[Engine], params: Sequence[PyTree], shards: Se
     dispatched before any is waited for.
     """
     total = _check(shards, engines)
-    sums = []
+    losses = []
     for engine, p, batch, device in zip(engines, params, shards, devices):
         with jax.default_device(device):
-            out = engine.run(p, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout,
-                             reduce="sum")
-        sums.append(out["loss"])
-    return sum(jax.device_put(s, devices[0]) for s in sums) / total
-
-
-@jax.jit
-def _sum_trees(trees):
-    return jax.tree.map(lambda *x: sum(x), *trees)
+            losses.append(batched_loss(engine, p, batch, count=total))
+    return _sum_trees(jax.device_put(losses, devices[0]))
 
 
 class ShardedTrainer:

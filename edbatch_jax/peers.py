@@ -103,8 +103,7 @@ def comparison_table(ours: Sequence, dynet_runs: Sequence[Sequence[dict]]) -> st
             lines.append(f"| {system} ({when} ours) | " + " | ".join(cells) + " | |")
     groups: dict[tuple, dict] = {}
     for r in ours:
-        engine = r.engine + (f" x{r.shards}" if getattr(r, "shards", 1) > 1 else "")
-        groups.setdefault((engine, r.policy, r.layout), {})[r.mode] = r
+        groups.setdefault((r.engine_label, r.policy, r.layout), {})[r.mode] = r
     for (engine, policy, layout), by_mode in groups.items():
         cells, ratios = [], []
         for m in modes:

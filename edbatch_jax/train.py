@@ -116,6 +116,8 @@ def train(
     """
     from edbatch_jax.bench import resolve_policy
 
+    if config.shards < 1:
+        raise ValueError(f"shards must be at least 1, got {config.shards}")
     size = config.batch_size or work.batch_size
     policy = resolve_policy(config.policy, work)
     train_sets = work.minibatch_instances("train", size, seed=config.seed)

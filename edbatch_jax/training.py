@@ -139,10 +139,14 @@ def plan_ahead(items: Iterable[Any], prepare: Callable[[Any], Any]) -> Iterator[
         yield ready
 
 
-def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch) -> jax.Array:
-    """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar)."""
+def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None) -> jax.Array:
+    """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar).
+
+    ``count``: the divisor of the summed loss (default: ``batch``'s instances;
+    see :func:`loss_and_grads`).
+    """
     out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout, reduce="sum")
-    return out["loss"] / batch.graph.num_instances
+    return out["loss"] / (batch.graph.num_instances if count is None else count)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -134,3 +134,5 @@ def test_sharded_training_follows_the_unsharded_run():
     for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(sharded.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(sharded.evals[-1]["loss"], plain.evals[-1]["loss"], rtol=1e-3)
+    with pytest.raises(ValueError, match="shards must be at least 1, got 0"):
+        train(work, TrainConfig(shards=0, **cfg))
