@@ -466,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--markdown", default=None, help="write the results page (machine, command, tables) here")
     bp.add_argument("--batch-size", default=None, help="comma-separated instances per mini-batch (default: the model's)")
     bp.add_argument("--hidden", default="128", help="comma-separated hidden = embedding sizes")
-    bp.add_argument("--engine", default="fused", help="comma-separated engines: fused, fused_fine, stepwise")
+    bp.add_argument("--engine", default="fused", help="comma-separated engines: fused, fused_fine, fused_recompute, fused_fine_recompute, stepwise")
     bp.add_argument("--max-lanes", type=int, default=512, help="widest chunk of the fused engine (a power of two)")
     bp.add_argument("--op-calls", action="store_true",
                     help="also measure the op-call bound: the schedule's batched op calls alone (columns opcall, %%opc)")
@@ -504,9 +504,11 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (warm-up, then cosine decay)")
     tp.add_argument("--policy", default="typewise", help="batching policy (fsm = the shipped policy)")
     tp.add_argument("--layout", default="dynet", choices=["dynet", "planned", "gather"])
-    tp.add_argument("--engine", default="stepwise", choices=["stepwise", "fused", "fused_fine"],
+    tp.add_argument("--engine", default="stepwise",
+                    choices=["stepwise", "fused", "fused_fine", "fused_recompute", "fused_fine_recompute"],
                     help="stepwise: one call per batch (compiles in seconds); fused: one program per schedule "
-                         "(faster steps, longer first compile)")
+                         "(faster steps, longer first compile); _recompute: the backward program recomputes "
+                         "matrix products instead of reading them stored (less memory)")
     tp.add_argument("--eval-batches", type=int, default=4, help="held-out mini-batches evaluated after every epoch")
     tp.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint directory")
     tp.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")

@@ -55,17 +55,22 @@ class MiniBatch:
     layout: Any = None
 
 
-ENGINES = ("fused", "fused_fine", "stepwise")
-"""``fused``: :class:`edbatch_jax.FusedEngine`, one XLA program per schedule;
+ENGINES = ("fused", "fused_fine", "fused_recompute", "fused_fine_recompute", "stepwise")
+"""``fused``: :class:`edbatch_jax.FusedEngine`, one XLA program per schedule
+(training stores the outputs of matrix products for the backward program);
 ``fused_fine``: the same with the finer lane ladder (``fine_lanes=True``);
-``stepwise``: :class:`edbatch_jax.Engine`, one jitted call per batch."""
+``..._recompute``: the same storing nothing (``save_residuals=None``: the
+backward program recomputes each chunk); ``stepwise``:
+:class:`edbatch_jax.Engine`, one jitted call per batch."""
 
 
 def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16) -> Engine:
     """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk;
     ``plan_cache_size``: execution plans kept (one per mini-batch in use)."""
-    if name in ("fused", "fused_fine"):
-        return FusedEngine(ops, max_lanes=max_lanes, plan_cache_size=plan_cache_size, fine_lanes=name == "fused_fine")
+    if name in ENGINES and name.startswith("fused"):
+        kwargs = {"save_residuals": None} if name.endswith("_recompute") else {}
+        return FusedEngine(ops, max_lanes=max_lanes, plan_cache_size=plan_cache_size,
+                           fine_lanes=name.startswith("fused_fine"), **kwargs)
     if name == "stepwise":
         return Engine(ops, plan_cache_size=plan_cache_size)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")

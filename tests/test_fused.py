@@ -19,8 +19,9 @@ def test_treelstm_values_and_grads_match_unbatched_with_chunks(fine_lanes, lane_
     engine, plan = _check_treelstm(synthetic_sst(4, seed=3), "agenda",
                                    lambda ops: eb.FusedEngine(ops, max_lanes=4, fine_lanes=fine_lanes), hidden=8)
     assert max(s.width for s in plan.steps) > 4
-    # one forward and one backward program: every lane bucket of every op type registered up front
-    assert engine.trace_count == 2
+    # every lane bucket of every op type registered up front: one forward program (values), one forward program
+    # that also stores residuals and one backward program (gradients)
+    assert engine.trace_count == 3
     assert sorted(k[4] for k in engine.branch_keys) == sorted(lane_buckets * 3)  # leaf, internal, loss
 
 
@@ -36,20 +37,77 @@ def test_fine_lane_ladder_is_the_smallest_rung_that_fits():
     assert np.all(got <= np.array([eb.bucket(k) for k in n]))  # never wider than the power-of-two bucket
 
 
-@pytest.mark.parametrize("seed, max_lanes, fine_lanes", [(0, 2, False), (1, 512, False), (2, 8, True)])
-def test_mixed_structures_and_variadic_ops_match_unbatched(seed, max_lanes, fine_lanes):  # 512: branches wider than the buffers
+@pytest.mark.parametrize("seed, max_lanes, fine_lanes, policy", [
+    (0, 2, False, "dots"), (1, 512, False, "dots"), (2, 8, True, "dots"), (3, 4, False, "everything"), (4, 4, True, None)])
+def test_mixed_structures_and_variadic_ops_match_unbatched(seed, max_lanes, fine_lanes, policy):  # 512: branches wider than the buffers
     graph = _random_dag(np.random.default_rng(seed))
     ops = _dag_ops()
     params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
     sched = eb.schedule(graph, "agenda")
     heads = graph.nodes_of_type("head")
-    engine = eb.FusedEngine(ops, max_lanes=max_lanes, fine_lanes=fine_lanes)
+    engine = eb.FusedEngine(ops, max_lanes=max_lanes, fine_lanes=fine_lanes, save_residuals=_POLICIES[policy])
     f1 = lambda p: jnp.sum(jnp.sin(engine.run(p, graph, sched, outputs=heads)))
     f0 = lambda p: jnp.sum(jnp.sin(eb.run_unbatched(ops, p, graph, outputs=heads)))
     v1, g1 = jax.value_and_grad(f1)(params)
     v0, g0 = jax.value_and_grad(f0)(params)
     np.testing.assert_allclose(v1, v0, **TOL)
     _assert_trees_close(g1, g0, **TOL)
+
+
+_POLICIES = {"dots": jax.checkpoint_policies.dots_saveable, "everything": jax.checkpoint_policies.everything_saveable,
+             None: None}
+
+
+def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_them():
+    trees = synthetic_sst(6, seed=2)
+    vocab = Vocabulary.build(trees)
+    hidden = 8
+    model = TreeLSTM(vocab_size=len(vocab), hidden=hidden, embed=hidden)
+    params = model.init(jax.random.PRNGKey(3))
+    batch = make_minibatch(model.batch_graph(trees, vocab), "agenda")
+    saving = eb.FusedEngine(model.ops, max_lanes=4)
+    recomputing = eb.FusedEngine(model.ops, max_lanes=4, save_residuals=None)
+    plan = saving.plan(params, batch.graph, batch.schedule)
+    bufs, saved = saving._forward_saving(plan, params)
+    # one row per lane of each op type's matrix products: leaf W x, internal W [h_l; h_r], U_l h_l, U_r h_r, loss W_o h
+    stored = {name: sorted(sd.shape for _, _, sd in layout) for name, layout in saving._saved_layouts.items()}
+    assert stored == {"leaf": [(3 * hidden,)], "internal": [(hidden,), (hidden,), (3 * hidden,)], "loss": [(5,)]}
+    for name, arrays in zip(dict.fromkeys(k[0] for k in saving.branch_keys), saved):
+        rows = saving._lengths[("rows", name)]
+        assert [a.shape[0] for a in arrays] == [rows] * len(arrays)
+    ct = tuple(jax.tree.map(jnp.ones_like, b) for b in bufs)
+    with_saved = saving._backward(plan, params, bufs, ct, saved=saved)
+    # the same gradients as recomputing every product, in this engine and in one that never stores
+    _assert_trees_close(with_saved, saving._backward(plan, params, bufs, ct, saved=None), **TOL)
+    _assert_trees_close(with_saved, recomputing.value_and_grad(
+        recomputing.plan(params, batch.graph, batch.schedule), params, lambda b: (jnp.float32(0), ct))[1], **TOL)
+    # and the stored values are what the backward program uses: scaled ones change the gradients
+    scaled = saving._backward(plan, params, bufs, ct, saved=jax.tree.map(lambda a: a * 2, saved))
+    assert not np.allclose(scaled["internal"]["iou"]["kernel"], with_saved["internal"]["iou"]["kernel"])
+    assert recomputing._forward_saving(recomputing.plan(params, batch.graph, batch.schedule), params)[1] is None
+    # a training step hands its residual tables to the next one; rows the next forward pass does not write keep
+    # old values, which must not reach the gradients: poisoned with NaN, the step still matches
+    ones = lambda b: (jnp.float32(0), tuple(jax.tree.map(jnp.ones_like, x) for x in b))
+    saving.value_and_grad(plan, params, ones)
+    saving._spare_saved = {k: jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), v) for k, v in saving._spare_saved.items()}
+    poisoned = jax.tree.leaves(saving._spare_saved)
+    _assert_trees_close(saving.value_and_grad(plan, params, ones)[1], with_saved, **TOL)
+    assert poisoned and all(a.is_deleted() for a in poisoned)  # they were the tables filled (donated)
+
+
+def test_gradients_under_an_outer_jit_store_residuals_as_traced_values():
+    trees = synthetic_sst(3, seed=4)
+    vocab = Vocabulary.build(trees)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
+    params = model.init(jax.random.PRNGKey(2))
+    graph = model.batch_graph(trees, vocab)
+    sched = eb.schedule(graph, "agenda")
+    nodes = graph.nodes_of_type("loss")
+    engine = eb.FusedEngine(model.ops, max_lanes=4)
+    loss = lambda p: jnp.sum(engine.run(p, graph, sched, outputs=nodes)["loss"])
+    reference = lambda p: jnp.sum(eb.run_unbatched(model.ops, p, graph, outputs=nodes)["loss"])
+    _assert_trees_close(jax.jit(jax.grad(loss))(params), jax.grad(reference)(params), **TOL)
+    assert engine._saved_layouts["internal"]  # the traced forward stored its products
 
 
 def test_planned_layout_gives_the_same_values():

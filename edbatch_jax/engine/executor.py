@@ -499,11 +499,18 @@ class Engine:
             )
         return tuple(bufs)
 
-    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False):
+    def _forward_saving(self, plan: ExecutionPlan, params) -> tuple[tuple, Any]:
+        """The buffers and what the backward pass may reuse (here nothing: it recomputes each batch)."""
+        return self._forward(plan, params), None
+
+    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False,
+                  saved: Any = None):
         """Gradient w.r.t. ``params`` of a plan's run, given one cotangent per buffer (``None``: zero).
 
-        ``owned``: the cotangent arrays are the caller's to give up (they are donated instead of copied).
+        ``owned``: the cotangent arrays (and ``saved``) are the caller's to give up (donated or reused, not copied).
+        ``saved``: the second output of :meth:`_forward_saving` (unused here).
         """
+        del saved
         ct_bufs = [
             _zeros(sig, cap) if c is None else (c if owned else jax.tree.map(jnp.copy, c))  # arrays we may donate
             for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
@@ -545,12 +552,12 @@ class Engine:
 
         def fwd(p):
             p = jax.tree.map(lambda x: x.value, p, is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
-            bufs = self._forward(plan, p)
-            return bufs, (p, bufs)
+            bufs, saved = self._forward_saving(plan, p)
+            return bufs, (p, bufs, saved)
 
         def bwd(res, ct):
-            p, bufs = res
-            return (self._backward(plan, p, bufs, tuple(_instantiate(c) for c in ct)),)
+            p, bufs, saved = res
+            return (self._backward(plan, p, bufs, tuple(_instantiate(c) for c in ct), saved=saved),)
 
         buffers.defvjp(fwd, bwd, symbolic_zeros=True)
         return buffers(params)
@@ -576,11 +583,11 @@ class Engine:
         Returns:
           ``(loss, grads)``, ``grads`` with the structure of ``params``.
         """
-        bufs = self._forward(plan, params)
+        bufs, saved = self._forward_saving(plan, params)
         loss, ct = loss_grad(bufs)
         if len(ct) != len(bufs):
             raise ValueError(f"loss_grad returned {len(ct)} cotangents for {len(bufs)} buffers")
-        return loss, self._backward(plan, params, bufs, tuple(ct), owned=True)
+        return loss, self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved)
 
     def run(
         self,

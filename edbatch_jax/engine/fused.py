@@ -33,9 +33,13 @@ lane bucket of a new op type is registered at once. ``trace_count`` counts the
 programs compiled (forward and backward).
 
 Gradients: the same ``jax.custom_vjp`` as the stepwise engine, with the
-reverse sweep as one program too (a reverse loop whose branches recompute
-their chunk, pull its output cotangent back through ``jax.vjp``, accumulate
-parameter gradients and scatter-add operand cotangents).
+reverse sweep as one program too (a reverse loop whose branches pull their
+chunk's output cotangent back through ``jax.vjp``, accumulate parameter
+gradients and scatter-add operand cotangents). For training, the forward
+program also stores, per op type and lane, the intermediate values a
+``jax.checkpoint`` policy names (``save_residuals``; by default the outputs of
+matrix products), so that the backward program does not recompute them; what
+is not stored is recomputed there.
 
 XLA's CPU copy insertion is asked to use region analysis
 (``xla_cpu_copy_insertion_use_region_analysis``) so that branches update the
@@ -45,10 +49,12 @@ loop-carried buffers in place instead of copying them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,6 +67,7 @@ from edbatch_jax.engine.executor import (
     _mask_rows,
     _struct,
     _take_rows,
+    _zeros,
 )
 from edbatch_jax.engine.ops import Op
 
@@ -85,6 +92,10 @@ class FusedTables:
       flat_idx: int32 ``[M]`` operand rows and segment ids (``M`` bucketed).
       payloads: op type name -> payload pytree, leaves ``[P, ...]``.
       branches: the engine's branch keys this plan uses (for inspection).
+      lane_rows: fixed-arity op type name -> ``(count, rows)``: int32 scalar
+        lanes used, int32 ``[P, 2 + arity]`` per lane (in payload row order)
+        valid (0/1), output row, operand rows; the backward program's
+        parameter-gradient pass reads them.
     """
 
     desc: jax.Array
@@ -92,6 +103,7 @@ class FusedTables:
     flat_idx: jax.Array
     payloads: dict
     branches: tuple
+    lane_rows: dict = dataclasses.field(default_factory=dict)
 
 
 def _ramp(counts: np.ndarray) -> np.ndarray:
@@ -105,15 +117,24 @@ class FusedEngine(Engine):
     """An :class:`Engine` that runs each schedule as one XLA program.
 
     Same interface and results as the stepwise engine (``plan``, ``execute``,
-    ``run``; values and gradients equal to unbatched execution). Not
-    jittable from outside in a useful way: the program is already compiled
-    once per branch set and reused across mini-batches.
+    ``run``; values and gradients equal to unbatched execution). Works under
+    an outer ``jax.jit`` (its programs are then inlined into the caller's,
+    which compiles once per schedule), but gains nothing from it: the
+    programs are already compiled once per branch set and reused across
+    mini-batches.
 
     Args:
       ops: op type name -> :class:`Op` or per-node function.
       max_lanes: widest chunk (a power of two); wider batches run as several
         chunks.
       min_capacity: smallest buffer capacity.
+      save_residuals: a ``jax.checkpoint`` policy (``jax.checkpoint_policies``)
+        naming the intermediate values of each batched op call that the
+        training forward program stores for the backward program (one row per
+        lane, per op type); the rest is recomputed in the backward program.
+        ``None`` stores nothing: the backward program recomputes each chunk's
+        forward, as the stepwise engine does. Values and gradients are the
+        same either way.
       fine_lanes: pad chunks to the ladder 1, 2, 3, 4, 6, 8, 12, ... (powers
         of two and 1.5x powers of two) instead of powers of two: about half the
         padding, almost twice the branches. Measured 1.13-1.19x faster on
@@ -123,12 +144,16 @@ class FusedEngine(Engine):
     """
 
     def __init__(self, ops: Mapping[str, Op | Any], *, max_lanes: int = 512, min_capacity: int = 64,
-                 plan_cache_size: int = 16, fine_lanes: bool = False):
+                 plan_cache_size: int = 16, fine_lanes: bool = False,
+                 save_residuals: Any = jax.checkpoint_policies.dots_saveable):
         super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size)
         if max_lanes < 1 or max_lanes & (max_lanes - 1):
             raise ValueError(f"max_lanes must be a power of two, got {max_lanes}")
         self.max_lanes = int(max_lanes)
         self.fine_lanes = bool(fine_lanes)
+        self.save_residuals = save_residuals
+        self._saved_layouts: dict[str, tuple] = {}  # op -> ((residual index, lane axis, one lane's struct), ...)
+        self._spare_saved: dict = {}  # residual tables handed back after a backward pass, by shapes
         self._branches: dict[tuple, int] = {}  # branch key -> index in the program's switch
         self._families: set[tuple] = set()
         self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
@@ -207,27 +232,38 @@ class FusedEngine(Engine):
         ve = np.flatnonzero(e_var)
         flat_idx[start[chunk[ve]] + local[ve]] = rows.edge_lane[ve]
 
-        # --- payload rows per op type, chunk after chunk (padding lanes repeat the batch's first lane)
-        payloads = {}
+        # --- rows of every chunk within its op type, chunk after chunk: its payload rows (padding lanes repeat
+        # the batch's first lane) and the rows of the residuals it stores for the backward program
+        # and, for fixed arity, every lane's validity, output row and operand rows
+        payloads, lane_rows = {}, {}
         for t in np.unique(chunk_type).tolist():
-            tree = graph.payloads[t]
-            if tree is None:
-                continue
             name = graph.op_types[t]
             sel = np.flatnonzero(chunk_type == t)
             at = np.cumsum(lanes[sel]) - lanes[sel]
             desc[sel, _PAY] = at
+            used = int(lanes[sel].sum())
+            type_rows = self._length(("rows", name), used)
             ramp = _ramp(lanes[sel])
+            if not rows.variadic[t]:
+                chunk, arity = np.repeat(sel, lanes[sel]), int(rows.arity[t])
+                table = np.zeros((type_rows, 2 + arity), np.int32)
+                table[:used, 0] = ramp < valid[chunk]
+                table[:used, 1] = desc[chunk, _OUT] + ramp
+                for j in range(arity):
+                    table[:used, 2 + j] = flat_idx[start[chunk] + j * lanes[chunk] + ramp]
+                lane_rows[name] = (np.int32(used), table)
+            tree = graph.payloads[t]
+            if tree is None:
+                continue
             lane = np.where(ramp < np.repeat(valid[sel], lanes[sel]), np.repeat(c0[sel], lanes[sel]) + ramp, 0)
             nodes = rows.lane_nodes[np.repeat(rows.batch_ptr[chunk_batch[sel]], lanes[sel]) + lane]
-            prow = np.zeros(self._length(("payload", name), int(lanes[sel].sum())), np.int64)
+            prow = np.zeros(type_rows, np.int64)
             prow[: nodes.shape[0]] = graph.payload_row[nodes]
             payloads[name] = jax.tree.map(lambda x: np.asarray(x)[prow], tree)
             self._payload_structs[name] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
-        tables = FusedTables(
-            *jax.device_put((desc, np.int32(num_chunks), flat_idx, payloads)),
-            branches=tuple(np.unique(branch).tolist()),
-        )
+        desc, num_chunks, flat_idx, payloads, lane_rows = jax.device_put(
+            (desc, np.int32(num_chunks), flat_idx, payloads, lane_rows))
+        tables = FusedTables(desc, num_chunks, flat_idx, payloads, tuple(np.unique(branch).tolist()), lane_rows)
         return dataclasses.replace(plan, tables=tables)
 
     def _chunk_arrays(self, rows) -> tuple[np.ndarray, ...]:
@@ -253,7 +289,7 @@ class FusedEngine(Engine):
         """``payloads`` plus zero tables for registered op types this plan does not run."""
         out = {}
         for name, structs in self._payload_structs.items():
-            p_len = self._lengths[("payload", name)]
+            p_len = self._lengths[("rows", name)]
             if name not in payloads:
                 out[name] = jax.tree.map(lambda sd: jnp.zeros((p_len,) + sd.shape, sd.dtype), structs)
             else:
@@ -261,6 +297,20 @@ class FusedEngine(Engine):
                     lambda a: a if a.shape[0] == p_len else jnp.concatenate([a, jnp.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]),
                     payloads[name],
                 )
+        return out
+
+    def _full_lane_rows(self, lane_rows: dict) -> dict:
+        """``lane_rows`` padded to the engine's current lengths, with empty tables for the registered
+        fixed-arity op types this plan does not run."""
+        out = {}
+        for name in dict.fromkeys(k[0] for k in self.branch_keys):
+            op, size = self.ops[name], self._lengths[("rows", name)]
+            if op.variadic:
+                continue
+            count, table = lane_rows.get(name, (jnp.int32(0), jnp.zeros((0, 2 + op.arity), jnp.int32)))
+            if table.shape[0] < size:
+                table = jnp.concatenate([table, jnp.zeros((size - table.shape[0], table.shape[1]), table.dtype)])
+            out[name] = (count, table)
         return out
 
     def _pad_tables(self, tables: FusedTables):
@@ -273,12 +323,15 @@ class FusedEngine(Engine):
         return desc, tables.num_chunks, flat_idx, self._full_payloads(tables.payloads)
 
     # ------------------------------------------------------------------ programs
-    def _program(self, plan: ExecutionPlan):
+    def _program(self, plan: ExecutionPlan, kind: str):
+        """The jitted ``"forward"``, ``"forward_saving"`` or ``"backward"`` program of the current branch set."""
         keys = self.branch_keys
-        pkey = (keys, plan.signatures, plan.capacities)
+        pkey = (kind, keys, plan.signatures, plan.capacities)
         prog = self._programs.get(pkey)
         if prog is None:
-            prog = self._programs[pkey] = (self._make_forward(keys, plan), self._make_backward(keys, plan))
+            make = self._make_backward if kind == "backward" else functools.partial(
+                self._make_forward, store=kind == "forward_saving")
+            prog = self._programs[pkey] = make(keys, plan)
         return prog
 
     def _branch_inputs(self, key, d, bufs, flat_idx, payloads):
@@ -295,17 +348,79 @@ class FusedEngine(Engine):
         ]
         return mask, payload, segments, gathered
 
-    def _make_forward(self, keys: tuple, plan: ExecutionPlan):
+    def _pullback(self, op: Op, params, payload, gathered, segments, mask):
+        """``(outputs, pullback)`` of one chunk's batched op call, by ``jax.vjp``; under ``save_residuals`` the
+        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs."""
+        fn = lambda p, g: _combine(op, p, payload, g, segments, mask)
+        if self.save_residuals is not None:
+            fn = jax.checkpoint(fn, policy=self.save_residuals)
+        return jax.vjp(fn, params, gathered)
+
+    def _saved_layout(self, key: tuple, params, signatures: tuple) -> tuple:
+        """``((residual index, lane axis, one lane's ShapeDtypeStruct), ...)``: the residuals of op ``key[0]``'s
+        pullback that the training forward program stores, one row per lane (cached per op type).
+
+        Found by tracing the pullback at two lane counts (and, for variable arity, two edge counts): a residual
+        is stored if it is computed (not an input passed through: parameters, payloads and operands are at hand
+        in the backward program) and exactly one of its axes follows the lane count, none the edge count.
+        Whatever is not stored is recomputed by the backward program, so the layout decides speed, not values.
+        """
+        name, _, in_bufs, has_payload, _, erows = key
+        if name in self._saved_layouts:
+            return self._saved_layouts[name]
+        op, variadic = self.ops[name], erows is not None
+        sub = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), op.select_params(params))
+
+        def trace(lanes: int, rows: int) -> list:
+            payload = None
+            if has_payload:
+                payload = jax.tree.map(lambda sd: jax.ShapeDtypeStruct((lanes,) + sd.shape, sd.dtype),
+                                       self._payload_structs[name])
+            args = (sub, payload, [_struct(signatures[b], (rows,)) for b in in_bufs],
+                    jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
+                    jax.ShapeDtypeStruct((lanes,), jnp.bool_))
+            closed = jax.make_jaxpr(lambda *a: jax.tree.leaves(self._pullback(op, *a)[1]))(*args)
+            inputs = set(closed.jaxpr.invars)
+            return [(isinstance(v, jax.extend.core.Var) and v in inputs, v.aval) for v in closed.jaxpr.outvars]
+
+        base = trace(2, 4 if variadic else 2)
+        wider = trace(3, 4 if variadic else 3)
+        more_rows = trace(2, 6) if variadic else base
+        layout = []
+        if len(base) == len(wider) == len(more_rows):
+            for i, ((passed, a), (_, b), (_, c)) in enumerate(zip(base, wider, more_rows)):
+                if passed or a.ndim != b.ndim or a.dtype != b.dtype or a.shape != c.shape:
+                    continue
+                axes = [k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
+                if len(axes) == 1 and (a.shape[axes[0]], b.shape[axes[0]]) == (2, 3):
+                    k = axes[0]
+                    layout.append((i, k, jax.ShapeDtypeStruct(a.shape[:k] + a.shape[k + 1:], a.dtype)))
+        self._saved_layouts[name] = tuple(layout)
+        return self._saved_layouts[name]
+
+    def _make_forward(self, keys: tuple, plan: ExecutionPlan, store: bool):
+        """The forward program; with ``store`` it also fills and returns ``saved``, the residual tables of every
+        op type (:meth:`_saved_layout`; donated: their contents are overwritten where read, never read first)."""
         signatures, capacities = plan.signatures, plan.capacities
+        names = tuple(dict.fromkeys(k[0] for k in keys))
 
         def branch(key):
-            op = self.ops[key[0]]
+            op, slot = self.ops[key[0]], names.index(key[0])
             if key[4] > capacities[key[1]]:  # wider than its output buffer: no chunk can select it
-                return lambda params, d, bufs, flat_idx, payloads: bufs
+                return lambda params, d, carry, flat_idx, payloads: carry
 
-            def run(params, d, bufs, flat_idx, payloads):
+            def run(params, d, carry, flat_idx, payloads):
+                bufs, saved = carry
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
-                y = _combine(op, op.select_params(params), payload, gathered, segments, mask)
+                sub = op.select_params(params)
+                if store:
+                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask)
+                    leaves, kept = jax.tree.leaves(pullback), list(saved[slot])
+                    for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, mask.shape[0]):
+                        kept[s] = jax.lax.dynamic_update_slice_in_dim(kept[s], jnp.moveaxis(leaves[i], k, 0), d[_PAY], 0)
+                    saved = saved[:slot] + (tuple(kept),) + saved[slot + 1:]
+                else:
+                    y = _combine(op, sub, payload, gathered, segments, mask)
 
                 def write(b, v):
                     old = jax.lax.dynamic_slice_in_dim(b, d[_OUT], v.shape[0], 0)
@@ -314,50 +429,50 @@ class FusedEngine(Engine):
 
                 bufs = list(bufs)
                 bufs[key[1]] = jax.tree.map(write, bufs[key[1]], y)
-                return tuple(bufs)
+                return tuple(bufs), saved
 
             return run
 
         branches = [branch(k) for k in keys]
 
-        def forward(params, desc, num_chunks, flat_idx, payloads):
+        def forward(params, desc, num_chunks, flat_idx, payloads, saved):
             self.trace_count += 1
-            bufs = tuple(
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (cap,)))
-                for sig, cap in zip(signatures, capacities)
-            )
+            bufs = tuple(_zeros(sig, cap) for sig, cap in zip(signatures, capacities))
 
-            def body(i, bufs):
+            def body(i, carry):
                 d = desc[i]
-                return jax.lax.switch(d[_BRANCH], branches, params, d, bufs, flat_idx, payloads)
+                return jax.lax.switch(d[_BRANCH], branches, params, d, carry, flat_idx, payloads)
 
-            return jax.lax.fori_loop(0, num_chunks, body, bufs)
+            return jax.lax.fori_loop(0, num_chunks, body, (bufs, saved))
 
-        return jax.jit(forward, compiler_options=_COMPILER_OPTIONS)
+        return _jit(forward, donate_argnums=5)
 
     def _make_backward(self, keys: tuple, plan: ExecutionPlan):
         grad_keys = tuple(dict.fromkeys(self.ops[k[0]].params_key for k in keys))
         owner = {self.ops[k[0]].params_key: self.ops[k[0]] for k in keys}
+        names = tuple(dict.fromkeys(k[0] for k in keys))
+        first_key = {k[0]: k for k in reversed(keys)}
 
-        def branch(key):
+        def branch(key, deferred: frozenset, loop_keys: tuple):
             op = self.ops[key[0]]
-            slot = grad_keys.index(op.params_key)
+            res_slot, defer = names.index(key[0]), key[0] in deferred
             if key[4] > plan.capacities[key[1]]:  # wider than its output buffer: no chunk can select it
-                return lambda params, d, carry, bufs, flat_idx, payloads: carry
+                return lambda params, d, carry, bufs, saved, flat_idx, payloads: carry
 
-            def run(params, d, carry, bufs, flat_idx, payloads):
+            def run(params, d, carry, bufs, saved, flat_idx, payloads):
                 ct_bufs, accs = carry
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 lanes = mask.shape[0]
                 out_b, in_bufs = key[1], key[2]
                 ct_out = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, d[_OUT], lanes, 0), ct_bufs[out_b])
                 ct_out = _mask_rows(ct_out, mask)
-                _, pullback = jax.vjp(
-                    lambda p, g: _combine(op, p, payload, g, segments, mask), op.select_params(params), gathered
-                )
+                pullback = self._stored_pullback(key, params, payload, gathered, segments, mask,
+                                                 saved[res_slot], d[_PAY], plan.signatures)
                 g_params, g_operands = pullback(ct_out)
-                accs = list(accs)
-                accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
+                if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
+                    accs = list(accs)
+                    slot = loop_keys.index(op.params_key)
+                    accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
                 ct_bufs = list(ct_bufs)
                 rows = lanes if key[5] is None else key[5]
                 for j, (b, g) in enumerate(zip(in_bufs, g_operands)):
@@ -367,32 +482,126 @@ class FusedEngine(Engine):
 
             return run
 
-        branches = [branch(k) for k in keys]
-
-        def backward(params, bufs, ct_bufs, desc, num_chunks, flat_idx, payloads):
+        def backward(params, bufs, ct_bufs, saved, desc, num_chunks, flat_idx, payloads, lane_rows):
             self.trace_count += 1
             ct_bufs = tuple(  # a buffer no loss reads: its zero cotangents are made here, not passed in
-                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (cap,))) if c is None else c
-                for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
+                _zeros(sig, cap) if c is None else c for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
             )
-            accs = tuple(jax.tree.map(jnp.zeros_like, owner[k].select_params(params)) for k in grad_keys)
+            saved = saved if saved is not None else tuple(() for _ in names)
+            # op types whose parameter gradients wait for the end of the loop: fixed arity, with stored residuals
+            deferred = frozenset(n for n, res in zip(names, saved)
+                                 if res and n in lane_rows and jax.tree.leaves(self.ops[n].select_params(params)))
+            loop_keys = tuple(k for k in grad_keys if any(self.ops[n].params_key == k for n in names if n not in deferred))
+            accs = tuple(jax.tree.map(jnp.zeros_like, owner[k].select_params(params)) for k in loop_keys)
+            branches = [branch(k, deferred, loop_keys) for k in keys]
 
             def body(j, carry):
                 d = desc[num_chunks - 1 - j]
-                fns = [lambda d, c, f=f: f(params, d, c, bufs, flat_idx, payloads) for f in branches]
+                fns = [lambda d, c, f=f: f(params, d, c, bufs, saved, flat_idx, payloads) for f in branches]
                 return jax.lax.switch(d[_BRANCH], fns, d, carry)
 
-            _, accs = jax.lax.fori_loop(0, num_chunks, body, (tuple(ct_bufs), accs))
-            return _assemble_grads(params, dict(zip(grad_keys, accs)))  # in the program: no eager adds
+            ct_bufs, accs = jax.lax.fori_loop(0, num_chunks, body, (tuple(ct_bufs), accs))
+            grads = dict(zip(loop_keys, accs))
+            for n in names:
+                if n in deferred:
+                    g = self._param_grads(first_key[n], params, bufs, ct_bufs, saved[names.index(n)], lane_rows[n],
+                                          payloads, plan.signatures)
+                    key = self.ops[n].params_key
+                    grads[key] = g if key not in grads else jax.tree.map(jnp.add, grads[key], g)
+            return _assemble_grads(params, grads)  # in the program: no eager adds
 
-        return jax.jit(backward, compiler_options=_COMPILER_OPTIONS)
+        return _jit(backward)
+
+    def _stored_pullback(self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures,
+                         masked: bool = False):
+        """The pullback of a chunk's batched op call, its stored residuals (rows ``at``, ``at + 1``, ... of
+        ``saved``) put in place of their recomputation, which XLA then drops. ``masked``: rows of lanes outside
+        ``mask`` read as zeros (rows this step's forward pass did not write hold an earlier step's values)."""
+        op = self.ops[key[0]]
+        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask)
+        if not saved:
+            return pullback
+        leaves, treedef = jax.tree.flatten(pullback)
+        lanes = mask.shape[0]
+        for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, lanes):
+            rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
+            if masked:
+                rows = _mask_rows(rows, mask)
+            leaves[i] = jnp.moveaxis(rows, 0, k)
+        return jax.tree.unflatten(treedef, leaves)
+
+    def _param_grads(self, key, params, bufs, ct_bufs, saved: tuple, lane_rows: tuple, payloads, signatures):
+        """Gradient of op ``key[0]``'s parameters over every lane it ran, after the reverse loop: blocks of
+        ``max_lanes`` lanes, each one pullback with the stored residuals in place, so that the weight-gradient
+        matrix products contract over hundreds of lanes instead of one chunk's few."""
+        name, out_b, in_bufs, has_payload, _, _ = key
+        count, table = lane_rows
+        block = self.max_lanes
+
+        def body(b, acc):
+            at = b * block
+            rows = jax.lax.dynamic_slice_in_dim(table, at, block, 0)
+            mask = rows[:, 0] > 0
+            payload = None
+            if has_payload:
+                payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, at, block, 0), payloads[name])
+            gathered = [_take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
+            ct_out = _mask_rows(_take_rows(ct_bufs[out_b], rows[:, 1]), mask)
+            pullback = self._stored_pullback(key, params, payload, gathered, None, mask, saved, at, signatures, masked=True)
+            g_params, _ = pullback(ct_out)
+            return jax.tree.map(jnp.add, acc, g_params)
+
+        zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
+        return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)
 
     # ------------------------------------------------------------------ execution
     def _forward(self, plan: ExecutionPlan, params) -> tuple:
-        forward = self._program(plan)[0]
-        return forward(params, *self._pad_tables(plan.tables))
+        forward = self._program(plan, "forward")
+        names = dict.fromkeys(k[0] for k in self.branch_keys)
+        return forward(params, *self._pad_tables(plan.tables), tuple(() for _ in names))[0]
 
-    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False):
-        del owned  # the program copies the cotangents it updates (an XLA copy); none is donated
-        backward = self._program(plan)[1]
-        return backward(params, tuple(bufs), tuple(ct_bufs), *self._pad_tables(plan.tables))
+    def _forward_saving(self, plan: ExecutionPlan, params) -> tuple[tuple, Any]:
+        if self.save_residuals is None:
+            return self._forward(plan, params), None
+        first_key = {k[0]: k for k in reversed(self.branch_keys)}
+        structs = tuple(  # residual tables at the engine's current row counts, per op type in the programs' order
+            tuple(jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
+                  for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures))
+            for n in dict.fromkeys(k[0] for k in self.branch_keys)
+        )
+        saved = self._spare_saved.pop(structs, None)  # the last step's tables, handed back by _backward
+        if saved is None:
+            saved = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
+        forward = self._program(plan, "forward_saving")
+        return forward(params, *self._pad_tables(plan.tables), saved)
+
+    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False,
+                  saved: Any = None):
+        backward = self._program(plan, "backward")
+        grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._pad_tables(plan.tables),
+                         self._full_lane_rows(plan.tables.lane_rows))
+        if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
+            structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
+            self._spare_saved = {structs: saved}  # (it waits for this program's reads of them)
+        return grads
+
+
+def _jit(fn, **kwargs):
+    """``jax.jit(fn)``: with this module's compiler options as a program of its own; inside another trace (an
+    outer ``jax.jit`` or ``grad``), where compiler options are not allowed, without them."""
+    top, nested = jax.jit(fn, compiler_options=_COMPILER_OPTIONS, **kwargs), jax.jit(fn, **kwargs)
+
+    def call(*args):
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args))
+        return (nested if traced else top)(*args)
+
+    call.lower = top.lower  # as a jitted function has it (to inspect the compiled program)
+    return call
+
+
+def _stored(layout: tuple, leaves: list, lanes: int) -> list:
+    """``(slot, residual index, lane axis)`` of the entries of ``layout`` that fit a chunk's residuals."""
+    return [
+        (s, i, k) for s, (i, k, sd) in enumerate(layout)
+        if i < len(leaves) and leaves[i].dtype == sd.dtype and leaves[i].shape == sd.shape[:k] + (lanes,) + sd.shape[k:]
+    ]
