@@ -34,12 +34,15 @@ programs compiled (forward and backward).
 
 Gradients: the same ``jax.custom_vjp`` as the stepwise engine, with the
 reverse sweep as one program too (a reverse loop whose branches pull their
-chunk's output cotangent back through ``jax.vjp``, accumulate parameter
-gradients and scatter-add operand cotangents). For training, the forward
-program also stores, per op type and lane, the intermediate values a
-``jax.checkpoint`` policy names (``save_residuals``; by default the outputs of
-matrix products), so that the backward program does not recompute them; what
-is not stored is recomputed there.
+chunk's output cotangent back through ``jax.vjp`` and scatter-add operand
+cotangents). For training, the forward program also stores, per op type and
+lane, the intermediate values a ``jax.checkpoint`` policy names
+(``save_residuals``; by default the outputs of matrix products), so that the
+backward program does not recompute them; what is not stored is recomputed
+there. The parameter gradients of a fixed-arity op type with stored residuals
+are computed after the loop, in one pass over all its lanes (blocks of
+``max_lanes``), so that the weight-gradient matrix products contract over many
+lanes; variable-arity op types accumulate them chunk by chunk.
 
 XLA's CPU copy insertion is asked to use region analysis
 (``xla_cpu_copy_insertion_use_region_analysis``) so that branches update the
@@ -233,8 +236,8 @@ class FusedEngine(Engine):
         flat_idx[start[chunk[ve]] + local[ve]] = rows.edge_lane[ve]
 
         # --- rows of every chunk within its op type, chunk after chunk: its payload rows (padding lanes repeat
-        # the batch's first lane) and the rows of the residuals it stores for the backward program
-        # and, for fixed arity, every lane's validity, output row and operand rows
+        # the batch's first lane), the rows of the residuals it stores for the backward program and, for fixed
+        # arity, every lane's validity, output row and operand rows (the backward program's parameter pass)
         payloads, lane_rows = {}, {}
         for t in np.unique(chunk_type).tolist():
             name = graph.op_types[t]
