@@ -24,7 +24,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/edbatch demo $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -n 2 --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=12 $(ARGS)
 
 notebooks: $(VENV)/.installed
 	EDBATCH_NOTEBOOK_QUICK=0 JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(PY) -c 'import sys, nbclient, nbformat; \

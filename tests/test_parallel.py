@@ -38,7 +38,7 @@ def setup():
 @pytest.fixture(scope="module")
 def fused_engines(setup):
     """One fused engine per device, shared by the tests below (each compiles its programs once)."""
-    return [eb.FusedEngine(setup[0].ops, max_lanes=8) for _ in shard_devices(2)]
+    return [eb.FusedEngine(setup[0].ops, max_lanes=4) for _ in shard_devices(2)]
 
 
 def test_the_test_session_has_two_cpu_devices():

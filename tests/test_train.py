@@ -112,7 +112,7 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
     build = lambda g: resolve_layout("planned", make_minibatch(g, "agenda"), variadic)
     results = []
     for ahead in (False, True):
-        engine = make_engine("fused", work.model.ops)
+        engine = make_engine("fused", work.model.ops, max_lanes=16)  # few lane buckets: faster compilation
         trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2))
         batches = plan_ahead(graphs, lambda g: trainer.prepare(build(g))) if ahead else map(build, graphs)
         losses = [trainer.step(b) for b in batches]
