@@ -466,7 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--markdown", default=None, help="write the results page (machine, command, tables) here")
     bp.add_argument("--batch-size", default=None, help="comma-separated instances per mini-batch (default: the model's)")
     bp.add_argument("--hidden", default="128", help="comma-separated hidden = embedding sizes")
-    bp.add_argument("--engine", default="fused", help="comma-separated engines: fused, fused_fine, fused_recompute, fused_fine_recompute, stepwise")
+    bp.add_argument("--engine", default="fused",
+                    help="comma-separated engines: fused, fused_fine, fused_recompute, fused_fine_recompute, stepwise")
     bp.add_argument("--max-lanes", type=int, default=512, help="widest chunk of the fused engine (a power of two)")
     bp.add_argument("--op-calls", action="store_true",
                     help="also measure the op-call bound: the schedule's batched op calls alone (columns opcall, %%opc)")
