@@ -10,7 +10,7 @@ import edbatch_jax as eb
 from edbatch_jax.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.nn.treelstm import TreeLSTM
 from edbatch_jax.training import Trainer, make_minibatch
-from test_engine import TOL, _assert_trees_close, _check_treelstm, _dag_ops, _random_dag
+from test_engine import TOL, _assert_trees_close, _check_treelstm, _dag_ops, _random_dag, _tree_setup
 
 
 @pytest.mark.parametrize("fine_lanes, lane_buckets", [(False, (1, 2, 4)), (True, (1, 2, 3, 4))])
@@ -59,12 +59,9 @@ _POLICIES = {"dots": jax.checkpoint_policies.dots_saveable, "everything": jax.ch
 
 
 def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_them():
-    trees = synthetic_sst(6, seed=2)
-    vocab = Vocabulary.build(trees)
     hidden = 8
-    model = TreeLSTM(vocab_size=len(vocab), hidden=hidden, embed=hidden)
-    params = model.init(jax.random.PRNGKey(3))
-    batch = make_minibatch(model.batch_graph(trees, vocab), "agenda")
+    model, params, graph = _tree_setup(synthetic_sst(6, seed=2), hidden=hidden, seed=3)
+    batch = make_minibatch(graph, "agenda")
     saving = eb.FusedEngine(model.ops, max_lanes=4)
     recomputing = eb.FusedEngine(model.ops, max_lanes=4, save_residuals=None)
     plan = saving.plan(params, batch.graph, batch.schedule)
@@ -96,11 +93,7 @@ def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_
 
 
 def test_gradients_under_an_outer_jit_store_residuals_as_traced_values():
-    trees = synthetic_sst(3, seed=4)
-    vocab = Vocabulary.build(trees)
-    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
-    params = model.init(jax.random.PRNGKey(2))
-    graph = model.batch_graph(trees, vocab)
+    model, params, graph = _tree_setup(synthetic_sst(3, seed=4), hidden=4, seed=2)
     sched = eb.schedule(graph, "agenda")
     nodes = graph.nodes_of_type("loss")
     engine = eb.FusedEngine(model.ops, max_lanes=2)  # few branches: the whole program compiles inlined
@@ -111,11 +104,7 @@ def test_gradients_under_an_outer_jit_store_residuals_as_traced_values():
 
 
 def test_planned_layout_gives_the_same_values():
-    trees = synthetic_sst(3, seed=5)
-    vocab = Vocabulary.build(trees)
-    model = TreeLSTM(vocab_size=len(vocab), hidden=4, embed=4)
-    params = model.init(jax.random.PRNGKey(1))
-    graph = model.batch_graph(trees, vocab)
+    model, params, graph = _tree_setup(synthetic_sst(3, seed=5), hidden=4, seed=1)
     sched = eb.schedule(graph, "typewise")
     engine = eb.FusedEngine(model.ops, max_lanes=8)
     nodes = graph.nodes_of_type("loss")

@@ -296,10 +296,7 @@ class FusedEngine(Engine):
             if name not in payloads:
                 out[name] = jax.tree.map(lambda sd: jnp.zeros((p_len,) + sd.shape, sd.dtype), structs)
             else:
-                out[name] = jax.tree.map(
-                    lambda a: a if a.shape[0] == p_len else jnp.concatenate([a, jnp.zeros((p_len - a.shape[0],) + a.shape[1:], a.dtype)]),
-                    payloads[name],
-                )
+                out[name] = jax.tree.map(lambda a: _pad_rows(a, p_len), payloads[name])
         return out
 
     def _full_lane_rows(self, lane_rows: dict) -> dict:
@@ -311,18 +308,13 @@ class FusedEngine(Engine):
             if op.variadic:
                 continue
             count, table = lane_rows.get(name, (jnp.int32(0), jnp.zeros((0, 2 + op.arity), jnp.int32)))
-            if table.shape[0] < size:
-                table = jnp.concatenate([table, jnp.zeros((size - table.shape[0], table.shape[1]), table.dtype)])
-            out[name] = (count, table)
+            out[name] = (count, _pad_rows(table, size))
         return out
 
     def _pad_tables(self, tables: FusedTables):
         """Tables padded to the engine's current lengths (they only grow)."""
-        desc, flat_idx = tables.desc, tables.flat_idx
-        if desc.shape[0] < self._lengths["desc"]:
-            desc = jnp.concatenate([desc, jnp.zeros((self._lengths["desc"] - desc.shape[0], desc.shape[1]), desc.dtype)])
-        if flat_idx.shape[0] < self._lengths["flat"]:
-            flat_idx = jnp.concatenate([flat_idx, jnp.zeros(self._lengths["flat"] - flat_idx.shape[0], flat_idx.dtype)])
+        desc = _pad_rows(tables.desc, self._lengths["desc"])
+        flat_idx = _pad_rows(tables.flat_idx, self._lengths["flat"])
         return desc, tables.num_chunks, flat_idx, self._full_payloads(tables.payloads)
 
     # ------------------------------------------------------------------ programs
@@ -587,6 +579,13 @@ class FusedEngine(Engine):
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
             self._spare_saved = {structs: saved}  # (it waits for this program's reads of them)
         return grads
+
+
+def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+    """``a`` with zero rows appended up to ``rows`` (unchanged if it has as many)."""
+    if a.shape[0] >= rows:
+        return a
+    return jnp.concatenate([a, jnp.zeros((rows - a.shape[0],) + a.shape[1:], a.dtype)])
 
 
 def _jit(fn, **kwargs):
