@@ -117,6 +117,11 @@ def test_max_lanes_must_be_a_power_of_two():
         eb.FusedEngine({"x": lambda p, s: s}, max_lanes=6)
 
 
+def test_save_residuals_must_be_a_checkpoint_policy():
+    with pytest.raises(TypeError, match="save_residuals must be a jax.checkpoint policy.*'dots'"):
+        eb.FusedEngine({"x": lambda p, s: s}, save_residuals="dots")
+
+
 @pytest.mark.parametrize("fine_lanes", [False, True])
 def test_one_program_serves_mini_batches_of_every_shape(fine_lanes):
     """After the largest mini-batches ran once, 30 others of varying shape compile nothing."""

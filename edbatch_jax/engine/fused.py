@@ -154,6 +154,9 @@ class FusedEngine(Engine):
             raise ValueError(f"max_lanes must be a power of two, got {max_lanes}")
         self.max_lanes = int(max_lanes)
         self.fine_lanes = bool(fine_lanes)
+        if save_residuals is not None and not callable(save_residuals):
+            raise TypeError(f"save_residuals must be a jax.checkpoint policy (e.g. jax.checkpoint_policies.dots_saveable)"
+                            f" or None, got {save_residuals!r}")
         self.save_residuals = save_residuals
         self._saved_layouts: dict[str, tuple] = {}  # op -> ((residual index, lane axis, one lane's struct), ...)
         self._spare_saved: dict = {}  # residual tables handed back after a backward pass, by shapes
