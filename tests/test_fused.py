@@ -142,3 +142,24 @@ def test_one_program_serves_mini_batches_of_every_shape(fine_lanes):
     for b in np.random.default_rng(1).permutation(len(batches) - 6) + 6:
         trainer.step(batches[b])
     assert engine.trace_count == before
+
+
+def test_plans_that_lack_a_registered_op_type_match_unbatched():
+    """Trees with internal nodes register every op type; one-word trees (leaves and losses only) then run through the
+    same programs, their packed tables holding no lanes for the internal op type."""
+    from edbatch_jax.data.sst import parse_tree
+    from edbatch_jax.training import loss_and_grads, unbatched_loss
+
+    trees = synthetic_sst(2, seed=5)
+    model, params, graph = _tree_setup(trees, hidden=8)
+    engine = eb.FusedEngine(model.ops, max_lanes=4)
+    full = make_minibatch(graph, "agenda")
+    words = make_minibatch(model.batch_graph([parse_tree(f"({k} w{k})") for k in range(3)], Vocabulary.build(trees)),
+                           "agenda")
+    assert "internal" not in {words.graph.op_types[t] for t in np.unique(words.graph.node_type)}
+    loss_and_grads(engine, params, full)
+    loss, grads = loss_and_grads(engine, params, words)
+    want, want_grads = jax.value_and_grad(lambda p: unbatched_loss(model.ops, p, words))(params)
+    np.testing.assert_allclose(loss, want, **TOL)
+    _assert_trees_close(grads, want_grads, **TOL)
+    assert engine.trace_count == 2  # forward (storing residuals) and backward: shared by both

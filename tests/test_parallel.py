@@ -100,7 +100,7 @@ def test_shards_run_on_their_own_devices(setup, fused_engines):
     for engine, replica, shard, device in zip(fused_engines, trainer.replicas, shards, devices):
         assert jax.tree.leaves(replica)[0].devices() == {device}
         plan = engine.plan(replica, shard.graph, shard.schedule, shard.layout)  # cached by prepare
-        assert plan.tables.desc.devices() == {device}
+        assert plan.tables.ints.devices() == {device}
         with jax.default_device(device):
             bufs = engine._forward(plan, replica)
         assert jax.tree.leaves(bufs)[0].devices() == {device}

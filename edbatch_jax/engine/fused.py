@@ -15,6 +15,10 @@ reuse one executable:
   expanded to rows), and the segment ids of variable-arity chunks;
 * ``payloads``: per op type, the payload rows of every chunk, concatenated.
 
+The int32 tables of a plan go to the device packed into one array (with the
+payloads, two transfers per plan instead of one per table), at the engine's
+current table lengths; the programs unpack it with static slices.
+
 The tables are built from the plan's whole-schedule rows
 (:class:`~edbatch_jax.engine.rows.ScheduleRows`) with array operations; no
 per-batch object is made unless ``plan.steps`` is asked for.
@@ -86,27 +90,37 @@ _COMPILER_OPTIONS = {"xla_cpu_copy_insertion_use_region_analysis": True}
 
 @dataclasses.dataclass(frozen=True)
 class FusedTables:
-    """Device arrays of one fused plan.
+    """The tables of one fused plan (host NumPy arrays) and their device copy.
 
     Attributes:
       desc: int32 ``[S, D]`` descriptor rows (``S`` bucketed, rows past
         ``num_chunks`` unused).
-      num_chunks: int32 scalar, the chunks to run.
+      num_chunks: the chunks to run.
       flat_idx: int32 ``[M]`` operand rows and segment ids (``M`` bucketed).
       payloads: op type name -> payload pytree, leaves ``[P, ...]``.
       branches: the engine's branch keys this plan uses (for inspection).
-      lane_rows: fixed-arity op type name -> ``(count, rows)``: int32 scalar
-        lanes used, int32 ``[P, 2 + arity]`` per lane (in payload row order)
-        valid (0/1), output row, operand rows; the backward program's
-        parameter-gradient pass reads them.
+      lane_rows: fixed-arity op type name -> ``(count, rows)``: lanes used,
+        int32 ``[P, 2 + arity]`` per lane (in payload row order) valid (0/1),
+        output row, operand rows; the backward program's parameter-gradient
+        pass reads them.
+      packed: table layout -> ``(ints, payloads)`` on the device: every int32
+        table in one array (see ``FusedEngine._table_layout``) and the
+        payloads, padded to the engine's lengths when they were put there
+        (the current layout only; made again if the engine's tables grew).
     """
 
-    desc: jax.Array
-    num_chunks: jax.Array
-    flat_idx: jax.Array
+    desc: np.ndarray
+    num_chunks: int
+    flat_idx: np.ndarray
     payloads: dict
     branches: tuple
     lane_rows: dict = dataclasses.field(default_factory=dict)
+    packed: dict = dataclasses.field(default_factory=dict, compare=False)
+
+    @property
+    def ints(self) -> jax.Array:
+        """The packed int32 tables on the device (int32 ``[I]``)."""
+        return next(iter(self.packed.values()))[0]
 
 
 def _ramp(counts: np.ndarray) -> np.ndarray:
@@ -165,6 +179,7 @@ class FusedEngine(Engine):
         self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
         self._programs: dict[tuple, tuple] = {}
         self._payload_structs: dict[str, PyTree] = {}  # op -> ShapeDtypeStruct per payload leaf (no row axis)
+        self._layout: tuple = ()  # the packed tables' layout at the current lengths (_table_layout)
         self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
 
     @property
@@ -267,9 +282,9 @@ class FusedEngine(Engine):
             prow[: nodes.shape[0]] = graph.payload_row[nodes]
             payloads[name] = jax.tree.map(lambda x: np.asarray(x)[prow], tree)
             self._payload_structs[name] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
-        desc, num_chunks, flat_idx, payloads, lane_rows = jax.device_put(
-            (desc, np.int32(num_chunks), flat_idx, payloads, lane_rows))
         tables = FusedTables(desc, num_chunks, flat_idx, payloads, tuple(np.unique(branch).tolist()), lane_rows)
+        self._layout = self._table_layout()
+        self._device_tables(tables)  # on the (default) device now: a plan is made ahead of its execution
         return dataclasses.replace(plan, tables=tables)
 
     def _chunk_arrays(self, rows) -> tuple[np.ndarray, ...]:
@@ -291,45 +306,60 @@ class FusedEngine(Engine):
         erows = np.where(var_c, bucket_array(np.diff(rows.edge_ptr)[chunk_batch]), 0)
         return var_c, np.cumsum(per) - per, chunk_batch, c0, valid, lanes, erows
 
-    def _full_payloads(self, payloads: dict) -> dict:
-        """``payloads`` plus zero tables for registered op types this plan does not run."""
-        out = {}
-        for name, structs in self._payload_structs.items():
-            p_len = self._lengths[("rows", name)]
-            if name not in payloads:
-                out[name] = jax.tree.map(lambda sd: jnp.zeros((p_len,) + sd.shape, sd.dtype), structs)
-            else:
-                out[name] = jax.tree.map(lambda a: _pad_rows(a, p_len), payloads[name])
-        return out
+    def _table_layout(self) -> tuple:
+        """``((entry, shape), ...)``: the int32 tables at the engine's current lengths, in packing order
+        (descriptor rows, chunk count, flat index, then per registered fixed-arity op type its lane count and
+        lane rows), then ``(("payload", name), rows)`` per registered op type with payloads."""
+        names = dict.fromkeys(k[0] for k in self.branch_keys)
+        entries = [("desc", (self._lengths["desc"], _IDX + self._max_operands)), ("num_chunks", ()),
+                   ("flat", (self._lengths["flat"],))]
+        for name in names:
+            if not self.ops[name].variadic:
+                entries += [(("count", name), ()), (("lanes", name), (self._lengths[("rows", name)],
+                                                                      2 + self.ops[name].arity))]
+        return tuple(entries) + tuple((("payload", n), self._lengths[("rows", n)]) for n in self._payload_structs)
 
-    def _full_lane_rows(self, lane_rows: dict) -> dict:
-        """``lane_rows`` padded to the engine's current lengths, with empty tables for the registered
-        fixed-arity op types this plan does not run."""
-        out = {}
-        for name in dict.fromkeys(k[0] for k in self.branch_keys):
-            op, size = self.ops[name], self._lengths[("rows", name)]
-            if op.variadic:
-                continue
-            count, table = lane_rows.get(name, (jnp.int32(0), jnp.zeros((0, 2 + op.arity), jnp.int32)))
-            out[name] = (count, _pad_rows(table, size))
-        return out
-
-    def _pad_tables(self, tables: FusedTables):
-        """Tables padded to the engine's current lengths (they only grow)."""
-        desc = _pad_rows(tables.desc, self._lengths["desc"])
-        flat_idx = _pad_rows(tables.flat_idx, self._lengths["flat"])
-        return desc, tables.num_chunks, flat_idx, self._full_payloads(tables.payloads)
+    def _device_tables(self, tables: FusedTables) -> tuple[jax.Array, dict]:
+        """``(ints, payloads)`` of ``tables`` at the engine's current lengths, on the plan's device: the int32
+        tables packed into one array (int32 ``[I]``), the payloads of every registered op type (zeros for those
+        the plan does not run). Packed once per layout; not jittable."""
+        layout = self._layout
+        hit = tables.packed.get(layout)
+        if hit is None:
+            where = tables.ints.sharding if tables.packed else None  # a re-pack stays on the plan's device
+            host = {"desc": tables.desc, "num_chunks": tables.num_chunks, "flat": tables.flat_idx}
+            for name, (count, rows) in tables.lane_rows.items():
+                host[("count", name)], host[("lanes", name)] = count, rows
+            parts = []
+            for entry, shape in layout:
+                if _is_payload(entry):
+                    continue
+                a = host.get(entry)
+                if a is None:  # an op type this plan does not run: no lanes
+                    a = np.zeros((0,) + shape[1:] if shape else ())
+                a = np.asarray(a, np.int32)
+                parts.append(_pad_host(a, shape[0]).reshape(-1) if shape else a.reshape(1))
+            payloads = {}
+            for name, structs in self._payload_structs.items():
+                rows = self._lengths[("rows", name)]
+                payloads[name] = (jax.tree.map(lambda a: _pad_host(a, rows), tables.payloads[name])
+                                  if name in tables.payloads else
+                                  jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype), structs))
+            hit = jax.device_put((np.concatenate(parts), payloads), where)
+            tables.packed.clear()
+            tables.packed[layout] = hit
+        return hit
 
     # ------------------------------------------------------------------ programs
     def _program(self, plan: ExecutionPlan, kind: str):
         """The jitted ``"forward"``, ``"forward_saving"`` or ``"backward"`` program of the current branch set."""
         keys = self.branch_keys
-        pkey = (kind, keys, plan.signatures, plan.capacities)
+        pkey = (kind, keys, plan.signatures, plan.capacities, self._layout)
         prog = self._programs.get(pkey)
         if prog is None:
             make = self._make_backward if kind == "backward" else functools.partial(
                 self._make_forward, store=kind == "forward_saving")
-            prog = self._programs[pkey] = make(keys, plan)
+            prog = self._programs[pkey] = make(keys, plan, self._layout)
         return prog
 
     def _branch_inputs(self, key, d, bufs, flat_idx, payloads):
@@ -396,7 +426,7 @@ class FusedEngine(Engine):
         self._saved_layouts[name] = tuple(layout)
         return self._saved_layouts[name]
 
-    def _make_forward(self, keys: tuple, plan: ExecutionPlan, store: bool):
+    def _make_forward(self, keys: tuple, plan: ExecutionPlan, layout: tuple, store: bool):
         """The forward program; with ``store`` it also fills and returns ``saved``, the residual tables of every
         op type (:meth:`_saved_layout`; donated: their contents are overwritten where read, never read first)."""
         signatures, capacities = plan.signatures, plan.capacities
@@ -433,8 +463,10 @@ class FusedEngine(Engine):
 
         branches = [branch(k) for k in keys]
 
-        def forward(params, desc, num_chunks, flat_idx, payloads, saved):
+        def forward(params, ints, payloads, saved):
             self.trace_count += 1
+            t = _unpack(ints, layout)
+            desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
             bufs = tuple(_zeros(sig, cap) for sig, cap in zip(signatures, capacities))
 
             def body(i, carry):
@@ -443,9 +475,9 @@ class FusedEngine(Engine):
 
             return jax.lax.fori_loop(0, num_chunks, body, (bufs, saved))
 
-        return _jit(forward, donate_argnums=5)
+        return _jit(forward, donate_argnums=3)
 
-    def _make_backward(self, keys: tuple, plan: ExecutionPlan):
+    def _make_backward(self, keys: tuple, plan: ExecutionPlan, layout: tuple):
         grad_keys = tuple(dict.fromkeys(self.ops[k[0]].params_key for k in keys))
         owner = {self.ops[k[0]].params_key: self.ops[k[0]] for k in keys}
         names = tuple(dict.fromkeys(k[0] for k in keys))
@@ -480,8 +512,12 @@ class FusedEngine(Engine):
 
             return run
 
-        def backward(params, bufs, ct_bufs, saved, desc, num_chunks, flat_idx, payloads, lane_rows):
+        def backward(params, bufs, ct_bufs, saved, ints, payloads):
             self.trace_count += 1
+            t = _unpack(ints, layout)
+            desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
+            lane_rows = {e[1]: (t[("count", e[1])], t[e])
+                         for e, _ in layout if isinstance(e, tuple) and e[0] == "lanes"}
             ct_bufs = tuple(  # a buffer no loss reads: its zero cotangents are made here, not passed in
                 _zeros(sig, cap) if c is None else c for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
             )
@@ -556,7 +592,7 @@ class FusedEngine(Engine):
     def _forward(self, plan: ExecutionPlan, params) -> tuple:
         forward = self._program(plan, "forward")
         names = dict.fromkeys(k[0] for k in self.branch_keys)
-        return forward(params, *self._pad_tables(plan.tables), tuple(() for _ in names))[0]
+        return forward(params, *self._device_tables(plan.tables), tuple(() for _ in names))[0]
 
     def _forward_saving(self, plan: ExecutionPlan, params) -> tuple[tuple, Any]:
         if self.save_residuals is None:
@@ -571,24 +607,41 @@ class FusedEngine(Engine):
         if saved is None:
             saved = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
         forward = self._program(plan, "forward_saving")
-        return forward(params, *self._pad_tables(plan.tables), saved)
+        return forward(params, *self._device_tables(plan.tables), saved)
 
     def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False,
                   saved: Any = None):
         backward = self._program(plan, "backward")
-        grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._pad_tables(plan.tables),
-                         self._full_lane_rows(plan.tables.lane_rows))
+        grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._device_tables(plan.tables))
         if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
             self._spare_saved = {structs: saved}  # (it waits for this program's reads of them)
         return grads
 
 
-def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
-    """``a`` with zero rows appended up to ``rows`` (unchanged if it has as many)."""
-    if a.shape[0] >= rows:
-        return a
-    return jnp.concatenate([a, jnp.zeros((rows - a.shape[0],) + a.shape[1:], a.dtype)])
+def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` (host, at least 1-D) with zero rows appended up to ``rows``."""
+    a = np.asarray(a)
+    if a.shape[0] < rows:
+        a = np.concatenate([a, np.zeros((rows - a.shape[0],) + a.shape[1:], a.dtype)])
+    return a
+
+
+def _is_payload(entry) -> bool:
+    return isinstance(entry, tuple) and entry[0] == "payload"
+
+
+def _unpack(ints: jax.Array, layout: tuple) -> dict:
+    """The int32 tables packed by ``FusedEngine._device_tables``: entry -> array of its layout shape (static
+    slices of ``ints``; jittable)."""
+    out, at = {}, 0
+    for entry, shape in layout:
+        if _is_payload(entry):
+            continue
+        size = int(np.prod(shape, dtype=np.int64))
+        out[entry] = ints[at : at + size].reshape(shape)
+        at += size
+    return out
 
 
 def _jit(fn, **kwargs):
