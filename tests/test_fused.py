@@ -163,3 +163,35 @@ def test_plans_that_lack_a_registered_op_type_match_unbatched():
     np.testing.assert_allclose(loss, want, **TOL)
     _assert_trees_close(grads, want_grads, **TOL)
     assert engine.trace_count == 2  # forward (storing residuals) and backward: shared by both
+
+
+def test_a_plan_made_before_the_tables_grew_runs_without_compiling_again():
+    """A larger mini-batch grows the engine's table lengths; a plan made before is packed again, as the same kind of
+    program input as before (device, commitment): running it compiles nothing, neither a trace nor in XLA."""
+    from edbatch_jax.training import batched_loss
+
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(kwargs)
+
+    trees = synthetic_sst(12, seed=7)
+    model, params, _ = _tree_setup(trees, hidden=4)
+    vocab = Vocabulary.build(trees)
+    small = make_minibatch(model.batch_graph(trees[:1], vocab), "agenda")
+    large = make_minibatch(model.batch_graph(trees, vocab), "agenda")
+    engine = eb.FusedEngine(model.ops, max_lanes=4, min_capacity=4096)  # one buffer size for both mini-batches
+    jax.block_until_ready(batched_loss(engine, params, small))
+    packed = engine.plan(params, small.graph, small.schedule).tables.packed
+    first_layout = next(iter(packed))
+    jax.block_until_ready(batched_loss(engine, params, large))
+    assert engine._layout != first_layout  # the large mini-batch grew the tables: the small plan's packing is stale
+    before = engine.trace_count
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        jax.block_until_ready(batched_loss(engine, params, small))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert list(packed) == [engine._layout]  # packed again
+    assert engine.trace_count == before and compiles == []

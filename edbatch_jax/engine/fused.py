@@ -326,7 +326,7 @@ class FusedEngine(Engine):
         layout = self._layout
         hit = tables.packed.get(layout)
         if hit is None:
-            where = tables.ints.sharding if tables.packed else None  # a re-pack stays on the plan's device
+            before = next(iter(tables.packed.values()), (None,))[0]
             host = {"desc": tables.desc, "num_chunks": tables.num_chunks, "flat": tables.flat_idx}
             for name, (count, rows) in tables.lane_rows.items():
                 host[("count", name)], host[("lanes", name)] = count, rows
@@ -345,7 +345,7 @@ class FusedEngine(Engine):
                 payloads[name] = (jax.tree.map(lambda a: _pad_host(a, rows), tables.payloads[name])
                                   if name in tables.payloads else
                                   jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype), structs))
-            hit = jax.device_put((np.concatenate(parts), payloads), where)
+            hit = _put_like((np.concatenate(parts), payloads), before)
             tables.packed.clear()
             tables.packed[layout] = hit
         return hit
@@ -625,6 +625,18 @@ def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
     if a.shape[0] < rows:
         a = np.concatenate([a, np.zeros((rows - a.shape[0],) + a.shape[1:], a.dtype)])
     return a
+
+
+def _put_like(host, like: jax.Array | None):
+    """``jax.device_put(host)`` where ``like`` is (on the default device if ``None``), committed to it only if
+    ``like`` is: a re-packed plan's tables are then the same kind of program input as before (a committed input in
+    place of an uncommitted one would make XLA compile the program again)."""
+    if like is None:
+        return jax.device_put(host)
+    if like.committed:
+        return jax.device_put(host, like.sharding)
+    with jax.default_device(next(iter(like.devices()))):
+        return jax.device_put(host)
 
 
 def _is_payload(entry) -> bool:
