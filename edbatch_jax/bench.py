@@ -17,8 +17,9 @@ of batching policy, memory layout and mode (inference or training):
 * operand gathers and bytes gathered per mini-batch (the engine's count);
 * step executables compiled for the configuration (one engine per mode is
   shared across configurations, so this counts what the configuration adds)
-  and the warm-up (compile) time, and executables compiled after warm-up
-  (expected: none);
+  and the warm-up (compile) time, and XLA compilations during the timed
+  rounds (expected: none; counted with a ``jax.monitoring`` listener, so a
+  program compiled again without a new trace counts too);
 * the process's peak resident memory;
 * with ``op_calls=True``, the op-call bound of the schedule: the throughput
   if execution were only its batched op calls, each a jitted call timed alone
@@ -150,6 +151,23 @@ def _block(x):
     return jax.block_until_ready(x)
 
 
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles = {"count": 0, "listening": False}
+
+
+def _count_compile(event: str, duration: float, **kwargs) -> None:
+    if event == _BACKEND_COMPILE_EVENT:
+        _compiles["count"] += 1
+
+
+def _xla_compiles() -> int:
+    """XLA compilations in this process since the harness first asked (a ``jax.monitoring`` listener)."""
+    if not _compiles["listening"]:
+        jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        _compiles["listening"] = True
+    return _compiles["count"]
+
+
 @dataclasses.dataclass
 class _Config:
     """One (engine, policy, layout, mode) under measurement: its mini-batches, engine and samples."""
@@ -233,13 +251,13 @@ class _Config:
                     with jax.default_device(device):
                         engine._build_plan(self.params[0], signature, m.graph, m.schedule, m.layout)
         self.engine_plan_ms.append((time.perf_counter() - t0) / len(mbs) * 1e3)
-        before = self.trace_count
+        before = _xla_compiles()
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.execute"):
             for k in range(warmup, warmup + num_batches):
                 self.run_one(k)
         self.execute_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
-        self.compiles_after_warmup += self.trace_count - before
+        self.compiles_after_warmup += _xla_compiles() - before
         self.sync_params()
         self.time_overlapped(warmup, num_batches)
 
@@ -253,7 +271,7 @@ class _Config:
 
     def time_overlapped(self, warmup: int, num_batches: int) -> None:
         """Rebuilt mini-batches, each planned while the previous one executes (the first one's planning included)."""
-        before = self.trace_count
+        before = _xla_compiles()
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.overlapped"):
             pending = None
@@ -267,7 +285,7 @@ class _Config:
                     pending = out
             _block(self.trainer.params if self.trainer is not None else pending)
         self.overlapped_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
-        self.compiles_after_warmup += self.trace_count - before
+        self.compiles_after_warmup += _xla_compiles() - before
         self.sync_params()
 
 

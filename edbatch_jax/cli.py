@@ -261,7 +261,7 @@ def bench(args: argparse.Namespace) -> int:
               "executes; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
               "eplan: the engine's state rows and index tables); ±%: half the range of the "
               "rounds' exec times over their median; exes: compiled executables; "
-              "warm s: warm-up incl. compilation; new: executables compiled after warm-up; KB gath: bytes gathered")
+              "warm s: warm-up incl. compilation; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered")
     if args.floor:
         legend += ("; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
                    "backward); floor: inst/s if every FLOP ran at the matmul rate measured in this run; "

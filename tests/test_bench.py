@@ -86,3 +86,21 @@ def test_bench_measures_data_parallel_shards():
     assert "fused x2" in format_table(res)
     with pytest.raises(ValueError, match="jax_num_cpu_devices"):
         run_benchmarks(work, ["typewise"], ["dynet"], ["infer"], batch_size=4, shards=(64,))
+
+
+def test_the_harness_counts_xla_compilations_not_only_traces():
+    """``compiles_after_warmup`` counts XLA's compilations: a program compiled again for inputs of another kind
+    (here committed to a device instead of not), with no new trace, counts too."""
+    import jax
+    import numpy as np
+
+    from edbatch_jax.bench import _xla_compiles
+
+    fn = jax.jit(lambda x: x * 3 + 1)
+    before = _xla_compiles()
+    fn(jax.device_put(np.arange(5.0)))
+    assert _xla_compiles() == before + 1
+    fn(jax.device_put(np.ones(5)))  # the same kind of input: cached
+    assert _xla_compiles() == before + 1
+    fn(jax.device_put(np.arange(5.0), jax.devices()[0]))  # committed: XLA compiles again, nothing is traced again
+    assert _xla_compiles() == before + 2

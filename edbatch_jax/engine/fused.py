@@ -603,7 +603,8 @@ class FusedEngine(Engine):
                   for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures))
             for n in dict.fromkeys(k[0] for k in self.branch_keys)
         )
-        saved = self._spare_saved.pop(structs, None)  # the last step's tables, handed back by _backward
+        # the last step's tables, handed back by _backward for parameters of the same placement
+        saved = self._spare_saved.pop((structs, _placement(params)), None)
         if saved is None:
             saved = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
         forward = self._program(plan, "forward_saving")
@@ -615,7 +616,7 @@ class FusedEngine(Engine):
         grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._device_tables(plan.tables))
         if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
-            self._spare_saved = {structs: saved}  # (it waits for this program's reads of them)
+            self._spare_saved = {(structs, _placement(params)): saved}  # (it waits for this program's reads)
         return grads
 
 
@@ -625,6 +626,16 @@ def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
     if a.shape[0] < rows:
         a = np.concatenate([a, np.zeros((rows - a.shape[0],) + a.shape[1:], a.dtype)])
     return a
+
+
+def _placement(tree) -> tuple | None:
+    """``(committed, devices)`` of the first array of ``tree`` (``None`` for a tracer or no array): arrays a
+    program made from parameters placed otherwise (another device, or committed where these are not) are another
+    kind of input, for which XLA would compile the program again."""
+    leaf = next(iter(jax.tree.leaves(tree)), None)
+    if not isinstance(leaf, jax.Array) or isinstance(leaf, jax.core.Tracer):
+        return None
+    return leaf.committed, tuple(leaf.devices())
 
 
 def _put_like(host, like: jax.Array | None):
