@@ -179,7 +179,7 @@ class FusedEngine(Engine):
         self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
         self._programs: dict[tuple, tuple] = {}
         self._payload_structs: dict[str, PyTree] = {}  # op -> ShapeDtypeStruct per payload leaf (no row axis)
-        self._layout: tuple = ()  # the packed tables' layout at the current lengths (_table_layout)
+        self._layout: tuple = ((), ())  # the packed tables' layout at the current lengths (_table_layout)
         self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
 
     @property
@@ -306,10 +306,10 @@ class FusedEngine(Engine):
         erows = np.where(var_c, bucket_array(np.diff(rows.edge_ptr)[chunk_batch]), 0)
         return var_c, np.cumsum(per) - per, chunk_batch, c0, valid, lanes, erows
 
-    def _table_layout(self) -> tuple:
-        """``((entry, shape), ...)``: the int32 tables at the engine's current lengths, in packing order
-        (descriptor rows, chunk count, flat index, then per registered fixed-arity op type its lane count and
-        lane rows), then ``(("payload", name), rows)`` per registered op type with payloads."""
+    def _table_layout(self) -> tuple[tuple, tuple]:
+        """``(((entry, shape), ...), ((name, rows), ...))``: the int32 tables at the engine's current lengths, in
+        packing order (descriptor rows, chunk count, flat index, then per registered fixed-arity op type its lane
+        count and lane rows), and the payload rows of every registered op type with payloads."""
         names = dict.fromkeys(k[0] for k in self.branch_keys)
         entries = [("desc", (self._lengths["desc"], _IDX + self._max_operands)), ("num_chunks", ()),
                    ("flat", (self._lengths["flat"],))]
@@ -317,7 +317,7 @@ class FusedEngine(Engine):
             if not self.ops[name].variadic:
                 entries += [(("count", name), ()), (("lanes", name), (self._lengths[("rows", name)],
                                                                       2 + self.ops[name].arity))]
-        return tuple(entries) + tuple((("payload", n), self._lengths[("rows", n)]) for n in self._payload_structs)
+        return tuple(entries), tuple((n, self._lengths[("rows", n)]) for n in self._payload_structs)
 
     def _device_tables(self, tables: FusedTables) -> tuple[jax.Array, dict]:
         """``(ints, payloads)`` of ``tables`` at the engine's current lengths, on the plan's device: the int32
@@ -331,20 +331,18 @@ class FusedEngine(Engine):
             for name, (count, rows) in tables.lane_rows.items():
                 host[("count", name)], host[("lanes", name)] = count, rows
             parts = []
-            for entry, shape in layout:
-                if _is_payload(entry):
-                    continue
+            for entry, shape in layout[0]:
                 a = host.get(entry)
                 if a is None:  # an op type this plan does not run: no lanes
                     a = np.zeros((0,) + shape[1:] if shape else ())
                 a = np.asarray(a, np.int32)
                 parts.append(_pad_host(a, shape[0]).reshape(-1) if shape else a.reshape(1))
             payloads = {}
-            for name, structs in self._payload_structs.items():
-                rows = self._lengths[("rows", name)]
+            for name, rows in layout[1]:
                 payloads[name] = (jax.tree.map(lambda a: _pad_host(a, rows), tables.payloads[name])
                                   if name in tables.payloads else
-                                  jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype), structs))
+                                  jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype),
+                                               self._payload_structs[name]))
             hit = _put_like((np.concatenate(parts), payloads), before)
             tables.packed.clear()
             tables.packed[layout] = hit
@@ -359,7 +357,7 @@ class FusedEngine(Engine):
         if prog is None:
             make = self._make_backward if kind == "backward" else functools.partial(
                 self._make_forward, store=kind == "forward_saving")
-            prog = self._programs[pkey] = make(keys, plan, self._layout)
+            prog = self._programs[pkey] = make(keys, plan, self._layout[0])
         return prog
 
     def _branch_inputs(self, key, d, bufs, flat_idx, payloads):
@@ -650,17 +648,11 @@ def _put_like(host, like: jax.Array | None):
         return jax.device_put(host)
 
 
-def _is_payload(entry) -> bool:
-    return isinstance(entry, tuple) and entry[0] == "payload"
-
-
 def _unpack(ints: jax.Array, layout: tuple) -> dict:
     """The int32 tables packed by ``FusedEngine._device_tables``: entry -> array of its layout shape (static
     slices of ``ints``; jittable)."""
     out, at = {}, 0
     for entry, shape in layout:
-        if _is_payload(entry):
-            continue
         size = int(np.prod(shape, dtype=np.int64))
         out[entry] = ints[at : at + size].reshape(shape)
         at += size
