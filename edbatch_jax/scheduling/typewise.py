@@ -14,7 +14,7 @@ import numpy as np
 
 from edbatch_jax.analysis import topological_order
 from edbatch_jax.graph import Graph, _csr_by_source
-from edbatch_jax.scheduling.frontier import Frontier
+from edbatch_jax.scheduling.frontier import Frontier, release_wide
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
 
 __all__ = ["nearest_same_type_edges", "maximal_same_type_edges", "TypewiseFrontier", "TypewisePolicy"]
@@ -119,19 +119,24 @@ class TypewiseFrontier(Frontier):
         src, dst = (maximal_same_type_edges if edges == "maximal" else nearest_same_type_edges)(graph)
         near_ptr, near_dst = _csr_by_source(src, dst, graph.num_nodes)
         near_indeg = np.bincount(dst, minlength=graph.num_nodes)
-        self._near_ptr, self._near_dst, self._near_indeg = near_ptr.tolist(), near_dst.tolist(), near_indeg.tolist()
+        self._near_ptr_np, self._near_dst_np, self._near_indeg_np = near_ptr, near_dst, near_indeg.astype(np.int32)
+        self._near_ptr, self._near_dst = near_ptr.tolist(), near_dst.tolist()
+        self._near_indeg = memoryview(self._near_indeg_np)
         top = near_indeg == 0
         self.typewise_counts = np.bincount(graph.node_type[top], minlength=graph.num_types).astype(np.int64)
 
-    def _take(self, t: int, limit: int | None) -> list[int]:
+    def _take(self, t: int, limit: int | None) -> list[int] | np.ndarray:
         nodes = super()._take(t, limit)
         ptr, dst, indeg = self._near_ptr, self._near_dst, self._near_indeg
-        gained = 0
-        for v in nodes:
-            for w in dst[ptr[v] : ptr[v + 1]]:
-                left = indeg[w] - 1
-                indeg[w] = left
-                gained += left == 0  # its last maximal same-type ancestor ran: w joins TF_t
+        if isinstance(nodes, list):
+            gained = 0
+            for v in nodes:
+                for w in dst[ptr[v] : ptr[v + 1]]:
+                    left = indeg[w] - 1
+                    indeg[w] = left
+                    gained += left == 0  # its last maximal same-type ancestor ran: w joins TF_t
+        else:
+            gained = release_wide(nodes, self._near_ptr_np, self._near_dst_np, self._near_indeg_np).shape[0]
         self.typewise_counts[t] += gained - len(nodes)
         return nodes
 
