@@ -270,6 +270,16 @@ def test_vocabulary():
     assert Vocabulary.build(reversed(trees)).id_to_token == vocab.id_to_token
 
 
+def test_encode_all_is_encode_tree_after_tree():
+    trees = synthetic_sst(20, seed=3)
+    vocab = Vocabulary.build(trees[:5], max_size=12)  # most tokens of the other trees unknown
+    ids = vocab.encode_all(trees)
+    assert ids.dtype == np.int32
+    np.testing.assert_array_equal(ids, np.concatenate([vocab.encode(t) for t in trees]))
+    assert (ids == 0).any() and (ids == -1).any() and (ids > 0).any()
+    assert vocab.encode_all([]).shape == (0,)
+
+
 # ---------------------------------------------------------------------------
 # tree_stats
 # ---------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import os
 import re
 from typing import Iterable, Sequence
@@ -437,6 +438,19 @@ class Vocabulary:
         return np.fromiter(
             (-1 if tok is None else get(tok, 0) for tok in tree.tokens),
             dtype=np.int32, count=tree.num_nodes)
+
+    def encode_all(self, trees: Sequence[Tree]) -> np.ndarray:
+        """``np.concatenate([self.encode(t) for t in trees])``, in one pass over all their tokens.
+
+        Returns:
+          int32 ``[sum of num_nodes]``: the token ids of every tree's nodes, tree
+          after tree (0 for an unknown token, -1 for each binary node).
+        """
+        tokens = list(itertools.chain.from_iterable(t.tokens for t in trees))
+        ids = np.fromiter(map(self._stoi.get, tokens, itertools.repeat(0)), dtype=np.int32, count=len(tokens))
+        if trees:
+            ids[np.concatenate([t.left for t in trees]) >= 0] = -1
+        return ids
 
     def __repr__(self) -> str:
         return f"Vocabulary(size={len(self)})"

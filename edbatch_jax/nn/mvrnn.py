@@ -49,8 +49,7 @@ from flax import nnx
 from edbatch_jax.data.sst import Tree, Vocabulary
 from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder
-from edbatch_jax.nn.treegru import binary_tree_batch_graph
-from edbatch_jax.nn.treelstm import NNXLossCell, classify
+from edbatch_jax.nn.treelstm import NNXLossCell, binary_tree_batch_graph, classify
 
 __all__ = ["MVLeafCell", "MVInternalCell", "MVLossCell", "NNXMVLeafCell", "NNXMVInternalCell", "MVRNN"]
 

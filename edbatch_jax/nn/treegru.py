@@ -51,10 +51,10 @@ from flax import nnx
 
 from edbatch_jax.data.sst import Tree, Vocabulary
 from edbatch_jax.engine.ops import NNXCells, Op, linen_op
-from edbatch_jax.graph import Graph, GraphBuilder, GraphError, _payload_rows
-from edbatch_jax.nn.treelstm import LossCell, NNXLossCell
+from edbatch_jax.graph import Graph, GraphBuilder
+from edbatch_jax.nn.treelstm import LossCell, NNXLossCell, binary_tree_batch_graph
 
-__all__ = ["GRULeafCell", "GRUInternalCell", "NNXGRULeafCell", "NNXGRUInternalCell", "TreeGRU", "binary_tree_batch_graph"]
+__all__ = ["GRULeafCell", "GRUInternalCell", "NNXGRULeafCell", "NNXGRUInternalCell", "TreeGRU"]
 
 
 class GRULeafCell(nn.Module):
@@ -123,70 +123,6 @@ class NNXGRUInternalCell(nnx.Module):
     def __call__(self, payload, left, right):
         del payload
         return internal_gru(self.reset, self.cand, self.update, left, right)
-
-
-def binary_tree_batch_graph(
-    trees: Sequence[Tree],
-    vocab: Vocabulary,
-    vocab_size: int,
-    op_types: tuple[str, ...],
-    internal_type: np.ndarray | None = None,
-) -> Graph:
-    """The batched graph of several SST trees for a leaf / internal / loss model, built vectorised.
-
-    Tree node ``k`` of the ``i``-th tree becomes cell node ``2 (o_i + k)`` and
-    loss node ``2 (o_i + k) + 1``, with ``o_i`` the nodes of the trees before
-    it; one instance per tree. Leaf payloads are int32 word ids modulo
-    ``vocab_size``, loss payloads the int32 labels; internal nodes carry none.
-
-    Args:
-      trees: the trees (post-order, root last).
-      vocab: maps tokens to ids.
-      vocab_size: leaf word ids are taken modulo it.
-      op_types: the model's op types: ``op_types[0]`` is the leaf type and
-        ``op_types[-1]`` the loss type; the ones between are internal types.
-      internal_type: int ``[total nodes]``, the op type id of every tree node
-        (read only at binary nodes); ``None`` means every binary node has type
-        id 1.
-
-    Returns:
-      The :class:`Graph`, with ``op_types`` as given (types without nodes
-      included, their payload ``None``).
-
-    Raises:
-      GraphError: ``trees`` is empty.
-    """
-    if not trees:
-        raise GraphError("batch_graph got an empty batch: no trees")
-    sizes = np.array([t.num_nodes for t in trees])
-    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
-    left = np.concatenate([t.left for t in trees])
-    right = np.concatenate([t.right for t in trees])
-    labels = np.concatenate([t.labels for t in trees]).astype(np.int32)
-    words = np.concatenate([vocab.encode(t) for t in trees])
-    g = np.arange(sizes.sum())
-    binary = left >= 0
-    loss_type = len(op_types) - 1
-    node_type = np.empty(2 * g.size, np.int32)
-    node_type[0::2] = np.where(binary, 1 if internal_type is None else internal_type, 0)
-    node_type[1::2] = loss_type
-    args = np.full((2 * g.size, 2), -1, np.int64)
-    args[0::2] = np.where(binary[:, None], 2 * (offsets[:, None] + np.stack([left, right], 1)), -1)
-    args[1::2, 0] = 2 * g
-    arity = (args >= 0).sum(1)
-    leaf_words = (words[~binary] % vocab_size).astype(np.int32)
-    payloads = [None] * len(op_types)
-    payloads[0], payloads[loss_type] = leaf_words, labels
-    return Graph(
-        node_type=node_type,
-        arg_ptr=np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
-        arg_idx=args[args >= 0].astype(np.int32),
-        instance=np.repeat(np.arange(len(trees), dtype=np.int32), 2 * sizes),
-        payload_row=_payload_rows(node_type, len(op_types)),
-        payloads=tuple(payloads),
-        op_types=tuple(op_types),
-        num_instances=len(trees),
-    )
 
 
 @dataclasses.dataclass(frozen=True)
