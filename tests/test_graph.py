@@ -381,6 +381,15 @@ def test_run_unbatched_arity_mismatch_names_node_and_op():
     # the arity read from a signature is checked the same way
     with pytest.raises(eb.OpError, match=r"node 3 \(op 'internal'\) has 3 argument"):
         eb.run_unbatched({"leaf": _leaf, "internal": _internal}, {}, g)
+    # a variable-arity op needs at least one argument
+    b = eb.GraphBuilder()
+    b.add("leaf", payload=np.int32(0))
+    b.add("internal")
+    ops = {"leaf": _leaf, "internal": eb.Op(lambda p, x, s: s, aggregate="sum")}
+    with pytest.raises(eb.OpError, match=r"node 1 \(op 'internal'\) has 0 argument\(s\) but the op takes at least 1"):
+        eb.run_unbatched(ops, {}, b.build())
+    with pytest.raises(eb.OpError, match=r"node 1 \(op 'internal'\) has 0 argument"):
+        eb.Engine(ops).run({}, b.build(), eb.schedule(b.build(), "agenda"))
 
 
 def test_variadic_function_without_aggregate_is_rejected():

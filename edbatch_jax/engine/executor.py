@@ -197,6 +197,7 @@ def _add_rows(tree: PyTree, idx, values: PyTree) -> PyTree:
     return jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), tree, values)
 
 
+@functools.lru_cache(maxsize=256)
 def _sig_bytes(sig: tuple) -> int:
     """Bytes of one row of a state structure."""
     return int(sum(np.prod(shape, dtype=np.int64) * np.dtype(dtype).itemsize for shape, dtype in sig[1]))

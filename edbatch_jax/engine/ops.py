@@ -103,25 +103,25 @@ def as_ops(ops: Mapping[str, Op | Callable]) -> dict[str, Op]:
 
 
 def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
-    """Raises :class:`OpError` if a node's op type is unknown or its arity does not fit."""
+    """Raises :class:`OpError` if a node's op type is unknown or its arity does not fit (vectorised over nodes)."""
     import numpy as np
 
-    arity = graph.arity
-    for t, name in enumerate(graph.op_types):
-        nodes = np.flatnonzero(graph.node_type == t)
-        if nodes.size == 0:
-            continue
+    used = np.bincount(graph.node_type, minlength=graph.num_types) > 0
+    for t in np.flatnonzero(used).tolist():
+        name = graph.op_types[t]
         if name not in ops:
-            raise OpError(
-                f"op type {name!r} (used by node {nodes[0]}) has no implementation; "
-                f"ops given: {sorted(ops)}"
-            )
-        op = ops[name]
-        a = arity[nodes]
-        bad = nodes[a < 1] if op.variadic else nodes[a != op.arity]
-        if bad.size:
-            want = "at least 1 operand" if op.variadic else f"{op.arity} operand(s)"
-            raise OpError(f"node {bad[0]} (op {name!r}) has {arity[bad[0]]} argument(s) but the op takes {want}")
+            node = int(np.flatnonzero(graph.node_type == t)[0])
+            raise OpError(f"op type {name!r} (used by node {node}) has no implementation; ops given: {sorted(ops)}")
+    known = [ops.get(name) for name in graph.op_types]
+    variadic = np.array([op is not None and op.variadic for op in known])
+    want = np.array([op.arity if op is not None and not op.variadic else -1 for op in known], np.int64)
+    arity = graph.arity
+    bad = np.flatnonzero(np.where(variadic[graph.node_type], arity < 1, arity != want[graph.node_type]))
+    if bad.size:
+        v = int(bad[0])
+        op, name = known[graph.node_type[v]], graph.op_types[graph.node_type[v]]
+        need = "at least 1 operand" if op.variadic else f"{op.arity} operand(s)"
+        raise OpError(f"node {v} (op {name!r}) has {arity[v]} argument(s) but the op takes {need}")
 
 
 def linen_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
