@@ -57,6 +57,11 @@ from edbatch_jax.workloads import Workload, default_policy_path
 
 __all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
 
+OPTIMIZERS = {"adam": lambda: optax.adam(1e-3), "sgd": lambda: optax.sgd(0.01)}
+"""The training configurations' optimizer by name: ``adam`` (learning rate 1e-3) or ``sgd`` (plain SGD at 0.01,
+as DyNet's Tree-LSTM benchmark trains: ``SimpleSGDTrainer``, whose sparse row updates of lookup parameters are
+dense SGD's values, untouched rows having zero gradient)."""
+
 LAYOUTS = ("dynet", "planned", "gather")
 """``dynet``: rows in schedule order, slices only where operands happen to be
 consecutive; ``planned``: :func:`edbatch_jax.plan_layout`; ``gather``: every
@@ -99,6 +104,7 @@ class BenchResult:
     matmul_gflops: float = 0.0
     floor_instances_per_s: float = 0.0
     shards: int = 1
+    optimizer: str = "adam"
 
     @property
     def engine_label(self) -> str:
@@ -290,7 +296,7 @@ class _Config:
 
 
 def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, shards, params0, variadic,
-             warmup, say) -> _Config:
+             warmup, say, optimizer) -> _Config:
     """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
     policy = resolve_policy(policy_name, work)
     label = policy_name if isinstance(policy, str) else "fsm"
@@ -300,8 +306,8 @@ def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layo
     params = jax.tree.map(jnp.copy, params0)
     trainer = None
     if mode == "train":
-        trainer = (ShardedTrainer(engines, params, optax.adam(1e-3), devices) if shards > 1
-                   else Trainer(engines[0], params, optax.adam(1e-3)))
+        opt = OPTIMIZERS[optimizer]()
+        trainer = ShardedTrainer(engines, params, opt, devices) if shards > 1 else Trainer(engines[0], params, opt)
     replicas = None if trainer else [jax.device_put(params, d) for d in devices]  # a trainer's: sync_params
     cfg = _Config(engine_name, label, policy, layout, mode, graphs[shards], [], engines, devices, replicas, trainer,
                   variadic, instance_sets, work.batch_graph)
@@ -335,6 +341,7 @@ def run_benchmarks(
     rounds: int = 3,
     floor: bool = False,
     shards: Sequence[int] = (1,),
+    optimizer: str = "adam",
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -368,12 +375,16 @@ def run_benchmarks(
         (:mod:`edbatch_jax.parallel`; on a CPU ask for the devices first with
         :func:`edbatch_jax.parallel.use_cpu_devices`). Batches, lower bound
         and gathers are then summed over the shards.
+      optimizer: the training configurations' optimizer, a key of
+        :data:`OPTIMIZERS`.
     """
     if rounds < 1 or num_batches < 1:
         raise ValueError(f"rounds and num_batches must be at least 1, got {rounds} and {num_batches}")
     shards = sorted(set(int(n) for n in shards))
     if not shards or shards[0] < 1:
         raise ValueError(f"shard counts must be at least 1, got {shards}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
     shard_devices(shards[-1])  # enough devices, or a clear error before anything runs
     say = progress or (lambda s: None)
     model = work.model
@@ -410,7 +421,7 @@ def run_benchmarks(
     configs = []
     for engine_name, policy_name, layout, mode, n in itertools.product(engines, policies, layouts, modes, shards):
         configs.append(_prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, n, params0,
-                                variadic, warmup, say))
+                                variadic, warmup, say, optimizer))
 
     # Timed rounds: every configuration runs its mini-batches (and re-plans them) once per round, in an order
     # that rotates between rounds, so that a slow spell of a shared machine falls on all configurations alike.
@@ -465,7 +476,7 @@ def run_benchmarks(
             overlapped_ms=overlapped_ms, instances_per_s_overlapped=batch_size / (overlapped_ms / 1e3),
             flops_per_instance=flops.get(cfg.mode, 0.0), matmul_gflops=gflops,
             floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
-            shards=cfg.shards,
+            shards=cfg.shards, optimizer=optimizer if cfg.mode == "train" else "",
         ))
 
     if unbatched_instances > 0:

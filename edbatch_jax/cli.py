@@ -237,7 +237,7 @@ def bench(args: argparse.Namespace) -> int:
                 work, split(args.policy), split(args.layout), split(args.mode), size, args.batches, args.warmup,
                 args.seed, args.unbatched, progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
                 engines=split(args.engine), max_lanes=args.max_lanes, op_calls=args.op_calls, rounds=args.rounds,
-                floor=args.floor, shards=shards,
+                floor=args.floor, shards=shards, optimizer=args.optimizer,
             )
         except ValueError as e:  # one impossible configuration does not lose the others
             print(f"  skipped: {e}", flush=True)
@@ -261,7 +261,8 @@ def bench(args: argparse.Namespace) -> int:
               "executes; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
               "eplan: the engine's state rows and index tables); ±%: half the range of the "
               "rounds' exec times over their median; exes: compiled executables; "
-              "warm s: warm-up incl. compilation; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered")
+              "warm s: warm-up incl. compilation; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"
+              f"; training steps: optax {'sgd (0.01)' if args.optimizer == 'sgd' else 'adam (1e-3)'}")
     if args.floor:
         legend += ("; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
                    "backward); floor: inst/s if every FLOP ran at the matmul rate measured in this run; "
@@ -477,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--shards", default="1",
                     help="comma-separated data-parallel shard counts: each mini-batch split over that many devices "
                          "(on a CPU, that many host devices share its cores)")
+    bp.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                    help="the training configurations' optimizer: adam (1e-3) or sgd (0.01, as DyNet's Tree-LSTM "
+                         "benchmark trains)")
     bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
     bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
     bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")

@@ -118,4 +118,7 @@ def comparison_table(ours: Sequence, dynet_runs: Sequence[Sequence[dict]]) -> st
             ratios.append(f"{full / best[m]:.2f}x" if best[m] else "-")
         lines.append(f"| edbatch_jax {engine} / {policy} / {layout} | " + " | ".join(cells) + " | "
                      + " / ".join(ratios) + " |")
+    optimizers = sorted({r.optimizer for r in ours if r.mode == "train"})
+    if optimizers:
+        lines += ["", f"Training steps: DyNet's `SimpleSGDTrainer`; ours optax {', '.join(optimizers)}."]
     return "\n".join(lines)

@@ -61,6 +61,8 @@ def test_bench_rejects_zero_rounds():
     work = load_workload("binary_tree", None, hidden=8)
     with pytest.raises(ValueError, match="rounds"):
         run_benchmarks(work, ["agenda"], ["dynet"], ["infer"], 4, num_batches=1, rounds=0)
+    with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
+        run_benchmarks(work, ["agenda"], ["dynet"], ["train"], 4, num_batches=1, optimizer="lion")
 
 
 def test_bench_measures_data_parallel_shards():

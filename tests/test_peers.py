@@ -6,8 +6,10 @@ import json
 import sys
 import textwrap
 
+import optax
 import pytest
 
+from edbatch_jax import bench
 from edbatch_jax.cli import main
 from edbatch_jax.peers import PeerError, run_dynet
 
@@ -65,13 +67,16 @@ def test_run_dynet_failures_name_the_cause(fake, tmp_path, monkeypatch):
         run_dynet(sys.executable, str(script), str(trees), 64, 128)
 
 
-def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_path, capsys):
+def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_path, capsys, monkeypatch):
     script, trees = fake
     out, page = tmp_path / "bench.json", tmp_path / "bench.md"
+    made = []  # the training configuration's optimizer comes from --optimizer
+    monkeypatch.setitem(bench.OPTIMIZERS, "sgd", lambda: made.append("sgd") or optax.sgd(0.01))
     assert main(["bench", "--model", "treelstm", "--data", str(trees), "--batch-size", "4", "--hidden", "8",
                  "--batches", "1", "--warmup", "1", "--rounds", "1", "--policy", "agenda", "--layout", "dynet",
-                 "--mode", "infer,train", "--dynet", sys.executable, "--dynet-script", str(script),
+                 "--mode", "infer,train", "--optimizer", "sgd", "--dynet", sys.executable, "--dynet-script", str(script),
                  "--json", str(out), "--markdown", str(page), "--quiet"]) == 0
+    assert made == ["sgd"]
     rows = json.loads(out.read_text())
     peers = [r for r in rows if r["engine"] == "dynet"]
     assert {(r["run"], r["policy"], r["mode"]) for r in peers} == {
@@ -82,6 +87,8 @@ def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_pat
     # the ratio divides our overlapped throughput by DyNet's best strategy (depth here: 2000 trees/s in training)
     assert f"{ours['instances_per_s_overlapped'] / 2000.0:.2f}x" in text
     assert str(tmp_path) not in text and "--dynet DYNET_PYTHON --dynet-script DYNET_SCRIPT" in text
+    assert "ours optax sgd" in text and "training steps: optax sgd (0.01)" in text
+    assert {r["mode"]: r["optimizer"] for r in rows if r["engine"] == "fused"} == {"infer": "", "train": "sgd"}
 
 
 def test_bench_dynet_needs_the_tree_lstm_on_sst_trees(fake):
