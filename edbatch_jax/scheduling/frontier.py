@@ -97,6 +97,7 @@ class Frontier:
         return np.sort(np.concatenate([np.asarray(self._pending[t], np.int32)] + self._pending_wide[t]))
 
     def _add_ready_array(self, nodes: np.ndarray) -> None:
+        """Adds nodes that became ready, given as an int array, to their types' ready sets (kept as arrays)."""
         if nodes.shape[0]:
             types = self.graph.node_type[nodes]
             per_type = np.bincount(types, minlength=len(self._count_list))
