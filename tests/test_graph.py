@@ -593,3 +593,19 @@ def test_later_fixes_negative_output_bad_payload_rows_empty_instances():
     bad = eb.Schedule(np.array([0, 0], np.int32), np.array([0, 2], np.int32), np.array([0, 1], np.int32), g.op_types)
     with pytest.raises(eb.ScheduleError, match="batch_ptr must have 3 entries"):
         eb.validate_schedule(g, bad)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 20), st.integers(0, 200), st.integers(0, 10**6))
+def test_payload_rows_rank_nodes_within_their_type(num_types, n, seed):
+    from edbatch_jax.graph import _payload_rows
+
+    node_type = np.random.default_rng(seed).integers(0, num_types, n).astype(np.int32)
+    seen = [0] * num_types
+    want = []
+    for t in node_type.tolist():
+        want.append(seen[t])
+        seen[t] += 1
+    rows = _payload_rows(node_type, num_types)
+    assert rows.dtype == np.int32
+    np.testing.assert_array_equal(rows, np.asarray(want, np.int32).reshape(-1))

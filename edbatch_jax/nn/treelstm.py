@@ -165,7 +165,7 @@ def binary_tree_batch_graph(
     """
     if not trees:
         raise GraphError("batch_graph got an empty batch: no trees")
-    sizes = np.array([t.num_nodes for t in trees])
+    sizes = np.fromiter(map(len, (t.tokens for t in trees)), np.int64, count=len(trees))  # nodes per tree
     offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
     left = np.concatenate([t.left for t in trees])
     right = np.concatenate([t.right for t in trees])
@@ -180,7 +180,9 @@ def binary_tree_batch_graph(
     args = np.full((2 * g.size, 2), -1, np.int64)
     args[0::2] = np.where(binary[:, None], 2 * (offsets[:, None] + np.stack([left, right], 1)), -1)
     args[1::2, 0] = 2 * g
-    arity = (args >= 0).sum(1)
+    arity = np.empty(2 * g.size, np.int64)
+    arity[0::2] = 2 * binary  # a binary node reads its two children, a preterminal nothing
+    arity[1::2] = 1  # a loss reads its node
     leaf_words = (words[~binary] % vocab_size).astype(np.int32)
     payloads = [None] * len(op_types)
     payloads[0], payloads[loss_type] = leaf_words, labels
