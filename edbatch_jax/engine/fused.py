@@ -175,17 +175,21 @@ class FusedEngine(Engine):
         self._saved_layouts: dict[str, tuple] = {}  # op -> ((residual index, lane axis, one lane's struct), ...)
         self._spare_saved: dict = {}  # residual tables handed back after a backward pass, by shapes
         self._branches: dict[tuple, int] = {}  # branch key -> index in the program's switch
+        self._branch_keys: tuple = ()  # the keys in switch order (branch_keys)
         self._families: set[tuple] = set()
         self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
         self._programs: dict[tuple, tuple] = {}
         self._payload_structs: dict[str, PyTree] = {}  # op -> ShapeDtypeStruct per payload leaf (no row axis)
         self._layout: tuple = ((), ())  # the packed tables' layout at the current lengths (_table_layout)
         self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
+        self._widest = self.max_lanes  # the widest slice any branch takes of a table: lanes, or edge rows
 
     @property
     def branch_keys(self) -> tuple:
         """``(op, out buffer, operand buffers, has payload, lanes, edge rows)`` of every branch, in switch order."""
-        return tuple(sorted(self._branches, key=self._branches.get))
+        if len(self._branch_keys) != len(self._branches):  # branches registered since: sort again
+            self._branch_keys = tuple(sorted(self._branches, key=self._branches.get))
+        return self._branch_keys
 
     # ------------------------------------------------------------------ planning
     def _register(self, family: tuple, lanes: int, erows: int | None) -> int:
@@ -195,12 +199,13 @@ class FusedEngine(Engine):
             for lane in (fine_ladder(self.max_lanes) if self.fine_lanes else
                          [1 << k for k in range(self.max_lanes.bit_length())]):
                 self._branches.setdefault(family + (lane, None), len(self._branches))
+        if erows is not None:
+            self._widest = max(self._widest, erows)
         return self._branches.setdefault(family + (lanes, erows), len(self._branches))
 
     def _length(self, name: Any, n: int) -> int:
         """Bucketed table length, at least the widest slice any branch takes of it."""
-        widest = max([self.max_lanes] + [k[5] for k in self._branches if k[5] is not None])
-        size = max(self._lengths.get(name, 0), bucket(max(n, widest)))
+        size = max(self._lengths.get(name, 0), bucket(max(n, self._widest)))
         self._lengths[name] = size
         return size
 
