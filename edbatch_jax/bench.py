@@ -57,9 +57,9 @@ from edbatch_jax.workloads import Workload, default_policy_path
 
 __all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
 
-OPTIMIZERS = {"adam": lambda: optax.adam(1e-3), "sgd": lambda: optax.sgd(0.01)}
-"""The training configurations' optimizer by name: ``adam`` (learning rate 1e-3) or ``sgd`` (plain SGD at 0.01,
-as DyNet's Tree-LSTM benchmark trains: ``SimpleSGDTrainer``, whose sparse row updates of lookup parameters are
+OPTIMIZERS = {"adam": (optax.adam, 1e-3), "sgd": (optax.sgd, 0.01)}
+"""The training configurations' optimizer by name: ``(optax constructor, learning rate)``. ``sgd`` is plain SGD,
+as DyNet's Tree-LSTM benchmark trains (``SimpleSGDTrainer``, whose sparse row updates of lookup parameters are
 dense SGD's values, untouched rows having zero gradient)."""
 
 LAYOUTS = ("dynet", "planned", "gather")
@@ -306,7 +306,8 @@ def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layo
     params = jax.tree.map(jnp.copy, params0)
     trainer = None
     if mode == "train":
-        opt = OPTIMIZERS[optimizer]()
+        make, learning_rate = OPTIMIZERS[optimizer]
+        opt = make(learning_rate)
         trainer = ShardedTrainer(engines, params, opt, devices) if shards > 1 else Trainer(engines[0], params, opt)
     replicas = None if trainer else [jax.device_put(params, d) for d in devices]  # a trainer's: sync_params
     cfg = _Config(engine_name, label, policy, layout, mode, graphs[shards], [], engines, devices, replicas, trainer,

@@ -262,7 +262,7 @@ def bench(args: argparse.Namespace) -> int:
               "eplan: the engine's state rows and index tables); ±%: half the range of the "
               "rounds' exec times over their median; exes: compiled executables; "
               "warm s: warm-up incl. compilation; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"
-              f"; training steps: optax {'sgd (0.01)' if args.optimizer == 'sgd' else 'adam (1e-3)'}")
+              f"; training steps: optax {args.optimizer} ({harness.OPTIMIZERS[args.optimizer][1]:g})")
     if args.floor:
         legend += ("; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
                    "backward); floor: inst/s if every FLOP ran at the matmul rate measured in this run; "
@@ -439,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=demo)
 
+    from edbatch_jax.bench import OPTIMIZERS
     from edbatch_jax.workloads import WORKLOADS
 
     models = ", ".join(sorted(WORKLOADS))
@@ -478,9 +479,10 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--shards", default="1",
                     help="comma-separated data-parallel shard counts: each mini-batch split over that many devices "
                          "(on a CPU, that many host devices share its cores)")
-    bp.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
-                    help="the training configurations' optimizer: adam (1e-3) or sgd (0.01, as DyNet's Tree-LSTM "
-                         "benchmark trains)")
+    bp.add_argument("--optimizer", default="adam", choices=sorted(OPTIMIZERS),
+                    help="the training configurations' optax optimizer (learning rates: "
+                         + ", ".join(f"{k} {lr:g}" for k, (_, lr) in sorted(OPTIMIZERS.items()))
+                         + "); sgd as DyNet's Tree-LSTM benchmark trains")
     bp.add_argument("--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)")
     bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
     bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")

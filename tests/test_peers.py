@@ -71,7 +71,7 @@ def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_pat
     script, trees = fake
     out, page = tmp_path / "bench.json", tmp_path / "bench.md"
     made = []  # the training configuration's optimizer comes from --optimizer
-    monkeypatch.setitem(bench.OPTIMIZERS, "sgd", lambda: made.append("sgd") or optax.sgd(0.01))
+    monkeypatch.setitem(bench.OPTIMIZERS, "sgd", (lambda lr: made.append("sgd") or optax.sgd(lr), 0.01))
     assert main(["bench", "--model", "treelstm", "--data", str(trees), "--batch-size", "4", "--hidden", "8",
                  "--batches", "1", "--warmup", "1", "--rounds", "1", "--policy", "agenda", "--layout", "dynet",
                  "--mode", "infer,train", "--optimizer", "sgd", "--dynet", sys.executable, "--dynet-script", str(script),

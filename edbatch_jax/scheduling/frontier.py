@@ -111,7 +111,7 @@ class Frontier:
         if counts[t] == 0:
             raise ValueError(f"no ready node of type {self.graph.op_types[t]!r}")
         if self._pending_wide[t]:
-            nodes = np.sort(np.concatenate([np.asarray(self._pending[t], np.int32)] + self._pending_wide[t]))
+            nodes = self.ready(t)
             self._pending_wide[t] = []
             if limit is not None and limit < nodes.shape[0]:
                 nodes, self._pending[t] = nodes[:limit], nodes[limit:].tolist()
