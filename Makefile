@@ -5,13 +5,16 @@
 # make notebooks re-executes notebooks/*.ipynb in place (full sizes), storing their outputs.
 # make bench-device DATA=dir OUT=dir runs the Tree-LSTM and lattice benchmarks on a machine whose python3
 #   already has JAX for its accelerator (no virtual environment, nothing fetched); DATA holds trees/ and
-#   lattice/ (synthetic data without it); the page and JSON go to OUT.
+#   lattice/ (synthetic data without it); each model runs in its own process and writes
+#   OUT/bench_device_MODEL.{json,md}.
+# make test-device runs the batched-against-unbatched checks (values and gradients) and the
+#   no-recompilation check on such a machine, with float32 matrix products at full precision.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test notebooks install clean bench-device
+.PHONY: demo test notebooks install clean bench-device test-device
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,9 +41,20 @@ OUT ?= .
 DEVICE_BENCH := --policy agenda,fsm --layout dynet,planned --mode infer,train --engine fused,stepwise \
 	--batches 4 --rounds 3 --floor
 
+DEVICE_MODELS ?= treelstm lattice_lstm
+
 bench-device:
 	mkdir -p $(OUT)
 	python3 -c 'import jax; print("devices:", jax.devices())'
-	PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.cli bench --model treelstm,lattice_lstm \
-		$(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) $(ARGS) \
-		--json $(OUT)/bench_device.json --markdown $(OUT)/bench_device.md
+	for model in $(DEVICE_MODELS); do \
+		PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.cli bench --model $$model \
+			$(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) $(ARGS) \
+			--json $(OUT)/bench_device_$$model.json --markdown $(OUT)/bench_device_$$model.md || exit 1; \
+	done
+
+DEVICE_TESTS := tests/test_engine.py tests/test_fused.py tests/test_lattice_model.py
+DEVICE_TEST_SELECT := match_unbatched or equal_unbatched or no_compilation_after_warm_up or one_program_serves
+
+test-device:
+	JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$(CURDIR) \
+		python3 -m pytest -q -p no:cacheprovider -n 8 --durations=8 $(DEVICE_TESTS) -k '$(DEVICE_TEST_SELECT)' $(ARGS)
