@@ -40,6 +40,7 @@ import dataclasses
 import itertools
 import resource
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -299,7 +300,7 @@ def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layo
              warmup, say, optimizer) -> _Config:
     """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
     policy = resolve_policy(policy_name, work)
-    label = policy_name if isinstance(policy, str) else "fsm"
+    label = policy_name if isinstance(policy, str) else "fsm" if policy_name == "fsm" else f"fsm:{Path(policy_name).stem}"
     say(f"{engine_name} / {label} / {layout} / {mode}" + (f" / {shards} shards" if shards > 1 else ""))
     devices = shard_devices(shards)
     engines = [shared[(engine_name, mode, k)] for k in range(shards)]
@@ -518,8 +519,9 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
 
 def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
-    width = max([14] + [len(r.engine_label) + 1 for r in results])  # the engine column fits its longest label
-    head = (f"{'engine':<{width}}{'policy':<9}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
+    width = max([14] + [len(r.engine_label) + 1 for r in results])  # the engine and policy columns fit their labels
+    pw = max([9] + [len(r.policy) + 1 for r in results])
+    head = (f"{'engine':<{width}}{'policy':<{pw}}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
             f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
@@ -530,7 +532,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     lines = [head, "-" * len(head)]
     for r in results:
         lines.append(
-            f"{r.engine_label:<{width}}{r.policy:<9}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
+            f"{r.engine_label:<{width}}{r.policy:<{pw}}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
             f"{r.instances_per_s_overlapped:>9.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.spread_pct:>4.0f}"

@@ -65,6 +65,27 @@ def test_bench_rejects_zero_rounds():
         run_benchmarks(work, ["agenda"], ["dynet"], ["train"], 4, num_batches=1, optimizer="lion")
 
 
+def test_bench_labels_a_policy_file_by_its_name(tmp_path, capsys):
+    """``--policy fsm,PATH``: the shipped policy and a policy file side by side, told apart in the table and JSON."""
+    import shutil
+
+    from edbatch_jax.workloads import default_policy_path
+
+    mine = tmp_path / "my_policy.json"
+    shutil.copy(default_policy_path("binary_tree"), mine)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", "binary_tree", "--batch-size", "4", "--hidden", "8", "--batches", "1",
+                 "--warmup", "1", "--policy", f"fsm,{mine}", "--layout", "dynet", "--mode", "infer",
+                 "--engine", "fused", "--rounds", "1", "--json", str(out), "--quiet"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["policy"] for r in rows] == ["fsm", "fsm:my_policy"]
+    assert rows[0]["batches_per_minibatch"] == rows[1]["batches_per_minibatch"]  # the same table, the same batches
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("engine"))
+    row = next(line for line in lines if "fsm:my_policy" in line)
+    assert row.split()[1] == "fsm:my_policy" and row.index("dynet") == header.index("layout")  # the column fits
+
+
 def test_bench_measures_data_parallel_shards():
     """``shards=(1, 2)``: the same configurations on one device and split over two, side by side."""
     import pytest
