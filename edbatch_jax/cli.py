@@ -16,6 +16,7 @@ import itertools
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -195,6 +196,15 @@ _PLACEHOLDERS = {"--data": "DATA", "--data-root": "DATA", "--json": "OUT.json", 
 """Paths shown as placeholders in the command line a results page quotes."""
 
 
+def _shown_value(flag: str, value: str) -> str:
+    """A flag's value as a results page quotes it: a placeholder for a path, a policy file by its name alone."""
+    if flag in _PLACEHOLDERS:
+        return _PLACEHOLDERS[flag]
+    if flag == "--policy":
+        return ",".join(Path(p).name if p.endswith(".json") else p for p in value.split(","))
+    return value
+
+
 def bench(args: argparse.Namespace) -> int:
     import json
     import platform
@@ -284,10 +294,11 @@ def bench(args: argparse.Namespace) -> int:
             if skip or a.startswith("--markdown"):
                 skip = a == "--markdown" and not skip
                 continue
-            if "=" in a and a.split("=", 1)[0] in _PLACEHOLDERS:
-                a = f"{a.split('=', 1)[0]}={_PLACEHOLDERS[a.split('=', 1)[0]]}"
-            elif shown and shown[-1] in _PLACEHOLDERS:
-                a = _PLACEHOLDERS[shown[-1]]
+            if a.startswith("--") and "=" in a:
+                flag, value = a.split("=", 1)
+                a = f"{flag}={_shown_value(flag, value)}"
+            elif shown and shown[-1].startswith("--") and not a.startswith("--"):
+                a = _shown_value(shown[-1], a)
             shown.append(a)
         command = "edbatch bench " + " ".join(shown)
         write_text_atomic(args.markdown, "\n".join([

@@ -73,10 +73,12 @@ def test_bench_labels_a_policy_file_by_its_name(tmp_path, capsys):
 
     mine = tmp_path / "my_policy.json"
     shutil.copy(default_policy_path("binary_tree"), mine)
-    out = tmp_path / "bench.json"
+    out, page = tmp_path / "bench.json", tmp_path / "bench.md"
     assert main(["bench", "--model", "binary_tree", "--batch-size", "4", "--hidden", "8", "--batches", "1",
                  "--warmup", "1", "--policy", f"fsm,{mine}", "--layout", "dynet", "--mode", "infer",
-                 "--engine", "fused", "--rounds", "1", "--json", str(out), "--quiet"]) == 0
+                 "--engine", "fused", "--rounds", "1", f"--json={out}", "--markdown", str(page), "--quiet"]) == 0
+    text = page.read_text()  # the page quotes the command with the policy file by its name, no machine path
+    assert str(tmp_path) not in text and "--policy fsm,my_policy.json" in text and "--json=OUT.json" in text
     rows = json.loads(out.read_text())
     assert [r["policy"] for r in rows] == ["fsm", "fsm:my_policy"]
     assert rows[0]["batches_per_minibatch"] == rows[1]["batches_per_minibatch"]  # the same table, the same batches
