@@ -54,6 +54,42 @@ def test_mixed_structures_and_variadic_ops_match_unbatched(seed, max_lanes, fine
     _assert_trees_close(g1, g0, **TOL)
 
 
+def test_int32_payloads_travel_in_the_packed_tables_and_others_beside_them():
+    """Payloads whose leaves are all int32 (here a dict: a vector and a scalar) are packed with the int32 tables,
+    a float payload goes beside them; values and gradients match unbatched execution either way."""
+    ops = {
+        "embed": lambda p, payload: {"v": jnp.sum(p["table"][payload["ids"]], 0) * payload["k"]},
+        "scale": lambda p, payload, x: {"v": jnp.tanh(x["v"] * payload + p["b"])},
+        "head": lambda p, payload, x, y: jnp.sum(x["v"] * y["v"]),
+    }
+    rng = np.random.default_rng(0)
+    graphs = []
+    for _ in range(5):
+        b = eb.GraphBuilder()
+        leaves = [b.add("embed", payload={"ids": rng.integers(0, 6, 2).astype(np.int32),
+                                          "k": np.int32(rng.integers(1, 4))}) for _ in range(int(rng.integers(2, 5)))]
+        scaled = [b.add("scale", v, payload=np.float32(rng.normal())) for v in leaves]
+        b.add("head", leaves[0], scaled[-1])
+        graphs.append(b.build())
+    graph = eb.batch_graphs(graphs)
+    params = {"table": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), "b": jnp.float32(0.3)}
+    heads = graph.nodes_of_type("head")
+    engine = eb.FusedEngine(ops, max_lanes=4)
+    sched = eb.schedule(graph, "agenda")
+    f1 = lambda p: jnp.sum(engine.run(p, graph, sched, outputs=heads))
+    f0 = lambda p: jnp.sum(eb.run_unbatched(ops, p, graph, outputs=heads))
+    v1, g1 = jax.value_and_grad(f1)(params)
+    v0, g0 = jax.value_and_grad(f0)(params)
+    np.testing.assert_allclose(v1, v0, **TOL)
+    _assert_trees_close(g1, g0, **TOL)
+    packed, separate = engine._layout
+    assert [e for e, _ in packed if isinstance(e, tuple) and e[0] == "payload"] == [("payload", "embed", 0),
+                                                                                   ("payload", "embed", 1)]
+    assert [name for name, _ in separate] == ["scale"]
+    ints, others = engine.plan(params, graph, sched).tables.packed[engine._layout]
+    assert list(others) == ["scale"] and ints.dtype == jnp.int32
+
+
 _POLICIES = {"dots": jax.checkpoint_policies.dots_saveable, "everything": jax.checkpoint_policies.everything_saveable,
              None: None}
 

@@ -15,9 +15,10 @@ reuse one executable:
   expanded to rows), and the segment ids of variable-arity chunks;
 * ``payloads``: per op type, the payload rows of every chunk, concatenated.
 
-The int32 tables of a plan go to the device packed into one array (with the
-payloads, two transfers per plan instead of one per table), at the engine's
-current table lengths; the programs unpack it with static slices.
+The int32 tables of a plan, int32 payloads (word ids, labels) among them, go to
+the device packed into one array (other payloads beside it, one transfer per
+plan instead of one per table), at the engine's current table lengths; the
+programs unpack it with static slices.
 
 The tables are built from the plan's whole-schedule rows
 (:class:`~edbatch_jax.engine.rows.ScheduleRows`) with array operations; no
@@ -314,7 +315,8 @@ class FusedEngine(Engine):
     def _table_layout(self) -> tuple[tuple, tuple]:
         """``(((entry, shape), ...), ((name, rows), ...))``: the int32 tables at the engine's current lengths, in
         packing order (descriptor rows, chunk count, flat index, then per registered fixed-arity op type its lane
-        count and lane rows), and the payload rows of every registered op type with payloads."""
+        count and lane rows, then the leaves of every payload whose leaves are all int32: entry
+        ``("payload", name, leaf index)``), and the payload rows of every other registered op type with payloads."""
         names = dict.fromkeys(k[0] for k in self.branch_keys)
         entries = [("desc", (self._lengths["desc"], _IDX + self._max_operands)), ("num_chunks", ()),
                    ("flat", (self._lengths["flat"],))]
@@ -322,12 +324,29 @@ class FusedEngine(Engine):
             if not self.ops[name].variadic:
                 entries += [(("count", name), ()), (("lanes", name), (self._lengths[("rows", name)],
                                                                       2 + self.ops[name].arity))]
-        return tuple(entries), tuple((n, self._lengths[("rows", n)]) for n in self._payload_structs)
+        separate = []
+        for name, struct in self._payload_structs.items():
+            rows, leaves = self._lengths[("rows", name)], jax.tree.leaves(struct)
+            if all(sd.dtype == np.int32 for sd in leaves):
+                entries += [(("payload", name, i), (rows,) + sd.shape) for i, sd in enumerate(leaves)]
+            else:
+                separate.append((name, rows))
+        return tuple(entries), tuple(separate)
+
+    def _packed_payloads(self, tables: dict, payloads: dict) -> dict:
+        """``payloads`` with the payloads packed among the int32 tables (``tables``, as ``_unpack`` gives them)
+        rebuilt as their pytrees (jittable)."""
+        leaves: dict[str, list] = {}
+        for entry in tables:
+            if isinstance(entry, tuple) and entry[0] == "payload":
+                leaves.setdefault(entry[1], []).append(tables[entry])
+        return {**payloads, **{name: jax.tree.unflatten(jax.tree.structure(self._payload_structs[name]), ls)
+                               for name, ls in leaves.items()}}
 
     def _device_tables(self, tables: FusedTables) -> tuple[jax.Array, dict]:
         """``(ints, payloads)`` of ``tables`` at the engine's current lengths, on the plan's device: the int32
-        tables packed into one array (int32 ``[I]``), the payloads of every registered op type (zeros for those
-        the plan does not run). Packed once per layout; not jittable."""
+        tables and int32 payloads packed into one array (int32 ``[I]``), the other payloads of every registered op
+        type (zeros for those the plan does not run). Packed once per layout; not jittable."""
         layout = self._layout
         hit = tables.packed.get(layout)
         if hit is None:
@@ -335,6 +354,8 @@ class FusedEngine(Engine):
             host = {"desc": tables.desc, "num_chunks": tables.num_chunks, "flat": tables.flat_idx}
             for name, (count, rows) in tables.lane_rows.items():
                 host[("count", name)], host[("lanes", name)] = count, rows
+            for name, tree in tables.payloads.items():
+                host.update({("payload", name, i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))})
             parts = []
             for entry, shape in layout[0]:
                 a = host.get(entry)
@@ -470,6 +491,7 @@ class FusedEngine(Engine):
             self.trace_count += 1
             t = _unpack(ints, layout)
             desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
+            payloads = self._packed_payloads(t, payloads)
             bufs = tuple(_zeros(sig, cap) for sig, cap in zip(signatures, capacities))
 
             def body(i, carry):
@@ -519,6 +541,7 @@ class FusedEngine(Engine):
             self.trace_count += 1
             t = _unpack(ints, layout)
             desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
+            payloads = self._packed_payloads(t, payloads)
             lane_rows = {e[1]: (t[("count", e[1])], t[e])
                          for e, _ in layout if isinstance(e, tuple) and e[0] == "lanes"}
             ct_bufs = tuple(  # a buffer no loss reads: its zero cotangents are made here, not passed in
