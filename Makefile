@@ -6,15 +6,18 @@
 # make bench-device DATA=dir OUT=dir runs the Tree-LSTM and lattice benchmarks on a machine whose python3
 #   already has JAX for its accelerator (no virtual environment, nothing fetched); DATA holds trees/ and
 #   lattice/ (synthetic data without it); each model runs in its own process and writes
-#   OUT/bench_device_MODEL.{json,md}.
+#   OUT/bench_device_MODEL.{json,md} (BENCH_ARGS: more flags for edbatch bench).
 # make test-device runs the batched-against-unbatched checks (values and gradients) and the
-#   no-recompilation check on such a machine, with float32 matrix products at full precision.
+#   no-recompilation check on such a machine, with float32 matrix products at full precision
+#   (TEST_ARGS: more flags for pytest).
+# make device-check DATA=dir OUT=dir does both there as one prepared run: the machine and package versions,
+#   each model's benchmark, then the tests, each step under its own time limit, all logged to OUT/log.
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test notebooks install clean bench-device test-device
+.PHONY: demo test notebooks install clean bench-device test-device device-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,13 +51,27 @@ bench-device:
 	python3 -c 'import jax; print("devices:", jax.devices())'
 	for model in $(DEVICE_MODELS); do \
 		PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.cli bench --model $$model \
-			$(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) $(ARGS) \
+			$(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) $(BENCH_ARGS) \
 			--json $(OUT)/bench_device_$$model.json --markdown $(OUT)/bench_device_$$model.md || exit 1; \
 	done
 
 DEVICE_TESTS := tests/test_engine.py tests/test_fused.py tests/test_lattice_model.py
-DEVICE_TEST_SELECT := match_unbatched or equal_unbatched or no_compilation_after_warm_up or one_program_serves
+DEVICE_TEST_SELECT := match_unbatched or equal_unbatched or no_compilation_after_warm_up or one_program_serves or packed_tables
 
 test-device:
 	JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$(CURDIR) \
-		python3 -m pytest -q -p no:cacheprovider -n 8 --durations=8 $(DEVICE_TESTS) -k '$(DEVICE_TEST_SELECT)' $(ARGS)
+		python3 -m pytest -q -p no:cacheprovider -n 8 --durations=8 $(DEVICE_TESTS) -k '$(DEVICE_TEST_SELECT)' $(TEST_ARGS)
+
+DEVICE_BENCH_S ?= 200
+DEVICE_TEST_S ?= 140
+
+device-check:
+	mkdir -p $(OUT)
+	{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true; \
+	  nproc; python3 -c 'import jax, jaxlib, flax, optax, numpy; print("jax", jax.__version__, "jaxlib", \
+	  jaxlib.__version__, "flax", flax.__version__, "optax", optax.__version__, "numpy", numpy.__version__, jax.devices())'; \
+	} 2>&1 | tee $(OUT)/log
+	for model in $(DEVICE_MODELS); do \
+		timeout $(DEVICE_BENCH_S) $(MAKE) --no-print-directory bench-device DEVICE_MODELS=$$model 2>&1 | tee -a $(OUT)/log; \
+	done
+	timeout $(DEVICE_TEST_S) $(MAKE) --no-print-directory test-device 2>&1 | tee -a $(OUT)/log
