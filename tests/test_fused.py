@@ -90,6 +90,32 @@ def test_int32_payloads_travel_in_the_packed_tables_and_others_beside_them():
     assert list(others) == ["scale"] and ints.dtype == jnp.int32
 
 
+def test_a_payload_structure_change_is_named_and_leaves_the_engine_as_it_was():
+    """The engine's programs and packed tables are made for one payload structure per op type: a graph whose
+    payloads of that type have other leaf shapes or dtypes is refused, naming the op type, before anything is
+    registered; the first graph then runs again without a new trace."""
+    ops = {"leaf": lambda p, payload: {"v": p["w"] * jnp.sum(payload)},
+           "head": lambda p, payload, x: jnp.sum(x["v"])}
+    params = {"w": jnp.ones(3)}
+
+    def graph(payload):
+        b = eb.GraphBuilder()
+        b.add("head", b.add("leaf", payload=payload))
+        return b.build()
+
+    first = graph(np.int32(2))
+    engine = eb.FusedEngine(ops, max_lanes=4)
+    run = lambda g: engine.run(params, g, eb.schedule(g, "agenda"), outputs=g.nodes_of_type("head"))
+    np.testing.assert_allclose(run(first), [6.0])
+    keys, traces = engine.branch_keys, engine.trace_count
+    for other in (np.array([1, 2], np.int32), np.float32(2.0)):
+        with pytest.raises(eb.OpError, match="op 'leaf': this graph's payloads are"):
+            run(graph(other))
+    assert engine.branch_keys == keys
+    np.testing.assert_allclose(run(first), [6.0])
+    assert engine.trace_count == traces
+
+
 _POLICIES = {"dots": jax.checkpoint_policies.dots_saveable, "everything": jax.checkpoint_policies.everything_saveable,
              None: None}
 

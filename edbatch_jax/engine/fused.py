@@ -77,7 +77,7 @@ from edbatch_jax.engine.executor import (
     _take_rows,
     _zeros,
 )
-from edbatch_jax.engine.ops import Op
+from edbatch_jax.engine.ops import Op, OpError
 
 PyTree = Any
 
@@ -211,6 +211,12 @@ class FusedEngine(Engine):
         return size
 
     def _build_plan(self, params, params_sig, graph, schedule, layout=None) -> ExecutionPlan:
+        for name, tree in zip(graph.op_types, graph.payloads):  # checked before anything is registered
+            known = self._payload_structs.get(name)
+            if tree is not None and known is not None and not _same_structs(known, _row_struct(tree)):
+                raise OpError(f"op {name!r}: this graph's payloads are {_row_struct(tree)}, but this engine's "
+                              f"programs were made for {known}; one op type keeps one payload structure (leaf "
+                              "shapes and dtypes)")
         plan = self._plan_rows(params, params_sig, graph, schedule, layout, device=False)
         rows = plan.rows
         var_c, chunk_ptr, chunk_batch, c0, valid, lanes, erows = self._chunk_arrays(rows)
@@ -287,7 +293,7 @@ class FusedEngine(Engine):
             prow = np.zeros(type_rows, np.int64)
             prow[: nodes.shape[0]] = graph.payload_row[nodes]
             payloads[name] = jax.tree.map(lambda x: np.asarray(x)[prow], tree)
-            self._payload_structs[name] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
+            self._payload_structs.setdefault(name, _row_struct(tree))
         tables = FusedTables(desc, num_chunks, flat_idx, payloads, tuple(np.unique(branch).tolist()), lane_rows)
         self._layout = self._table_layout()
         self._device_tables(tables)  # on the (default) device now: a plan is made ahead of its execution
@@ -644,6 +650,18 @@ class FusedEngine(Engine):
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
             self._spare_saved = {(structs, _placement(params)): saved}  # (it waits for this program's reads)
         return grads
+
+
+def _row_struct(tree):
+    """One row of a stacked payload pytree as ``jax.ShapeDtypeStruct`` leaves."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), tree)
+
+
+def _same_structs(a, b) -> bool:
+    """Whether two pytrees of ``jax.ShapeDtypeStruct`` have one structure, shapes and dtypes."""
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    return ta == tb and all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(la, lb))
 
 
 def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
