@@ -213,10 +213,12 @@ class FusedEngine(Engine):
     def _build_plan(self, params, params_sig, graph, schedule, layout=None) -> ExecutionPlan:
         for name, tree in zip(graph.op_types, graph.payloads):  # checked before anything is registered
             known = self._payload_structs.get(name)
-            if tree is not None and known is not None and not _same_structs(known, _row_struct(tree)):
-                raise OpError(f"op {name!r}: this graph's payloads are {_row_struct(tree)}, but this engine's "
-                              f"programs were made for {known}; one op type keeps one payload structure (leaf "
-                              "shapes and dtypes)")
+            if tree is None or known is None:
+                continue
+            struct = _row_struct(tree)
+            if not _same_structs(known, struct):
+                raise OpError(f"op {name!r}: this graph's payloads are {struct}, but this engine's programs were "
+                              f"made for {known}; one op type keeps one payload structure (leaf shapes and dtypes)")
         plan = self._plan_rows(params, params_sig, graph, schedule, layout, device=False)
         rows = plan.rows
         var_c, chunk_ptr, chunk_batch, c0, valid, lanes, erows = self._chunk_arrays(rows)
@@ -293,7 +295,8 @@ class FusedEngine(Engine):
             prow = np.zeros(type_rows, np.int64)
             prow[: nodes.shape[0]] = graph.payload_row[nodes]
             payloads[name] = jax.tree.map(lambda x: np.asarray(x)[prow], tree)
-            self._payload_structs.setdefault(name, _row_struct(tree))
+            if name not in self._payload_structs:  # (a known structure was checked above)
+                self._payload_structs[name] = _row_struct(tree)
         tables = FusedTables(desc, num_chunks, flat_idx, payloads, tuple(np.unique(branch).tolist()), lane_rows)
         self._layout = self._table_layout()
         self._device_tables(tables)  # on the (default) device now: a plan is made ahead of its execution
