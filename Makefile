@@ -11,7 +11,8 @@
 #   no-recompilation check on such a machine, with float32 matrix products at full precision
 #   (TEST_ARGS: more flags for pytest).
 # make device-check DATA=dir OUT=dir does both there as one prepared run: the machine and package versions,
-#   each model's benchmark, then the tests, each step under its own time limit, all logged to OUT/log.
+#   each model's benchmark, a Tree-LSTM variant with XLA's command buffers for loops, then the tests, each
+#   step under its own time limit, all logged to OUT/log.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -54,7 +55,7 @@ bench-device:
 	python3 -c 'import jax; print("devices:", jax.devices())'
 	$(foreach model,$(DEVICE_MODELS),PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.cli bench \
 		--model $(model) $(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) --engine $(or $(DEVICE_ENGINES_$(model)),fused) \
-		$(BENCH_ARGS) --json $(OUT)/bench_device_$(model).json --markdown $(OUT)/bench_device_$(model).md &&) true
+		$(BENCH_ARGS) --json $(OUT)/bench_device_$(model)$(DEVICE_TAG).json --markdown $(OUT)/bench_device_$(model)$(DEVICE_TAG).md &&) true
 
 test-device:
 	JAX_DEFAULT_MATMUL_PRECISION=highest XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONPATH=$(CURDIR) \
@@ -62,6 +63,10 @@ test-device:
 
 DEVICE_BENCH_S ?= 240
 DEVICE_TEST_S ?= 140
+# A variant of the Tree-LSTM run with XLA's GPU command buffers extended to loops and conditionals, so that
+# the fused program's loop need not return to the host every iteration (written as bench_device_treelstm_cmdbuf.*).
+DEVICE_VARIANT_XLA_FLAGS ?= --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL
+DEVICE_VARIANT_S ?= 90
 
 device-check:
 	mkdir -p $(OUT)
@@ -72,4 +77,7 @@ device-check:
 	for model in $(DEVICE_MODELS); do \
 		timeout $(DEVICE_BENCH_S) $(MAKE) --no-print-directory bench-device DEVICE_MODELS=$$model 2>&1 | tee -a $(OUT)/log; \
 	done
+	XLA_FLAGS="$(DEVICE_VARIANT_XLA_FLAGS)" timeout $(DEVICE_VARIANT_S) $(MAKE) --no-print-directory bench-device \
+		DEVICE_MODELS=treelstm DEVICE_ENGINES_treelstm=fused DEVICE_TAG=_cmdbuf BENCH_ARGS="--policy fsm --layout dynet" \
+		2>&1 | tee -a $(OUT)/log
 	timeout $(DEVICE_TEST_S) $(MAKE) --no-print-directory test-device 2>&1 | tee -a $(OUT)/log
