@@ -10,6 +10,7 @@ The public surface::
   same = eb.run_unbatched(ops, params, graph, outputs=node_ids)
   policy = eb.learn_fsm(train_graphs); policy.save("policy.json")   # the learned FSM
   eb.schedule(graph, eb.FSMPolicy.load("policy.json", op_types=graph.op_types))
+  eb.enable_compile_cache()   # compiled programs kept on disk for the next process
 """
 
 from edbatch_jax.analysis import (
@@ -34,6 +35,7 @@ from edbatch_jax.engine import (
     run_unbatched,
 )
 from edbatch_jax import fsm, workloads
+from edbatch_jax.compile_cache import enable_compile_cache
 from edbatch_jax.fsm import FSMDecision, FSMPolicy, PolicyFileError, learn_fsm
 from edbatch_jax.layout import LayoutPlan, PQTree, PQTreeError, plan_layout
 from edbatch_jax.graph import (
@@ -87,6 +89,7 @@ __all__ = [
     "TypewiseFrontier",
     "TypewisePolicy",
     "batch_graphs",
+    "enable_compile_cache",
     "bucket",
     "children",
     "fsm",

@@ -25,7 +25,7 @@ SECTIONS = (
     ("Learned FSM policy", eb, ("learn_fsm", "FSMPolicy", "FSMDecision", "PolicyFileError")),
     ("Memory layout", eb, ("plan_layout", "LayoutPlan", "PQTree", "PQTreeError")),
     ("Execution", eb, ("run", "run_unbatched", "Engine", "FusedEngine", "ExecutionPlan", "Op", "OpError",
-                       "linen_op", "nnx_op", "NNXCells", "bucket")),
+                       "linen_op", "nnx_op", "NNXCells", "bucket", "enable_compile_cache")),
     ("Training (`edbatch_jax.training`, `edbatch_jax.train`)", None,
      (training.MiniBatch, training.make_minibatch, training.make_engine, training.batched_loss, training.Trainer,
       training.plan_ahead,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edbatch_jax.compile_cache import enable_compile_cache, resolve_compile_cache
 from edbatch_jax.io import write_text_atomic
 
 
@@ -200,6 +201,8 @@ def _shown_value(flag: str, value: str) -> str:
     """A flag's value as a results page quotes it: a placeholder for a path, a policy file by its name alone."""
     if flag in _PLACEHOLDERS:
         return _PLACEHOLDERS[flag]
+    if flag == "--compile-cache":
+        return value if value.lower() in ("auto", "off") else "DIR"
     if flag == "--policy":
         return ",".join(Path(p).name if p.endswith(".json") else p for p in value.split(","))
     return value
@@ -215,6 +218,7 @@ def bench(args: argparse.Namespace) -> int:
     from edbatch_jax.workloads import WORKLOADS, load_workload
 
     split = lambda s: [x for x in s.split(",") if x]
+    compile_cache = resolve_compile_cache(getattr(args, "compile_cache", None))
     shards = [int(x) for x in split(str(args.shards))]
     if max(shards, default=1) > 1:
         from edbatch_jax.parallel import use_cpu_devices
@@ -266,12 +270,13 @@ def bench(args: argparse.Namespace) -> int:
             sections.append(f"### DyNet side by side: batch {size}, hidden {peer_hidden}\n\n{peers}\n")
             peer_rows += [dict(r, model=name, engine="dynet", policy=r["system"], hidden=peer_hidden, run=k)
                           for k, run in zip(("before", "after"), dynet_runs) for r in run]
+    cached = " (programs found in the persistent compile cache loaded, not compiled)" if compile_cache else ""
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
               "the engine's plan every step; overlap: the same, each mini-batch planned while the previous one "
               "executes; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
               "eplan: the engine's state rows and index tables); ±%: half the range of the "
-              "rounds' exec times over their median; exes: compiled executables; "
-              "warm s: warm-up incl. compilation; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"
+              f"rounds' exec times over their median; exes: compiled executables; warm s: warm-up incl. compilation"
+              f"{cached}; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"
               f"; training steps: optax {args.optimizer} ({harness.OPTIMIZERS[args.optimizer][1]:g})")
     if args.floor:
         legend += ("; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
@@ -431,6 +436,13 @@ def _plot_curve(provenance: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _add_compile_cache(p: argparse.ArgumentParser, default: str) -> None:
+    """The ``--compile-cache`` option (see :mod:`edbatch_jax.compile_cache`)."""
+    p.add_argument("--compile-cache", default=default, metavar="DIR|auto|off",
+                   help="keep compiled programs in this directory for later runs (auto: $EDBATCH_COMPILE_CACHE, "
+                        f"else the user's cache folder; off: none; default: {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edbatch", description="Automatic batching of dynamic neural networks in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -448,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train-policy", default="agenda", help="policy used during training")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compile_cache(d, "auto")
     d.set_defaults(func=demo)
 
     from edbatch_jax.bench import OPTIMIZERS
@@ -470,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--plot", default=None, help="write the learning curve as a PNG here")
     lp.add_argument("--seed", type=int, default=0)
     lp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compile_cache(lp, "auto")
     lp.set_defaults(func=learn)
 
     bp = sub.add_parser("bench", help="measure policies, layouts and modes side by side in one run")
@@ -511,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--plot", default=None, help="write a PNG bar chart here")
     bp.add_argument("--seed", type=int, default=0)
     bp.add_argument("--quiet", action="store_true")
+    _add_compile_cache(bp, "off")
     bp.set_defaults(func=bench)
 
     tp = sub.add_parser("train", help="train a bundled model with optax, evaluation and orbax checkpoints")
@@ -536,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="split every mini-batch over this many devices (data parallel; on a CPU, host devices)")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compile_cache(tp, "auto")
     tp.set_defaults(func=train_command)
 
     zp = sub.add_parser("table", help="write the workload table (nodes, LB, batches per policy) as Markdown")
@@ -551,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
+    cache = resolve_compile_cache(getattr(args, "compile_cache", None))
+    if cache is not None:
+        enable_compile_cache(cache)
     return args.func(args)
 
 

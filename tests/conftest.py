@@ -13,8 +13,14 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 
+import os  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# The `edbatch` commands keep compiled programs in the user's cache folder by default; the tests that call
+# them do not (tests/test_compile_cache.py switches a cache on where it tests one).
+os.environ["EDBATCH_COMPILE_CACHE"] = "off"
 
 # Two host devices for the data-parallel tests (tests/test_parallel.py); set before JAX starts its CPU
 # backend. Every other test runs on the first device, as it would alone.
