@@ -8,7 +8,9 @@ of batching policy, memory layout and mode (inference or training):
   rebuilt every step (construction + scheduling + layout + engine plan +
   execution, one after the other), and rebuilt every step with the planning
   of the next mini-batch overlapped with the execution of the current one
-  (:func:`edbatch_jax.training.plan_ahead`, as a training loop would run);
+  (:func:`edbatch_jax.training.plan_ahead`, as a training loop would run),
+  and the same again with construction, scheduling and layout on a worker
+  thread (``plan_ahead``'s ``background``);
 * the time split: graph construction, scheduling, layout planning, the
   engine's plan (state rows and index tables; for the fused engine its
   descriptor tables too), execution (each the median over timed rounds in
@@ -101,6 +103,8 @@ class BenchResult:
     execute_ms_rounds: list = dataclasses.field(default_factory=list)
     overlapped_ms: float = 0.0
     instances_per_s_overlapped: float = 0.0
+    threaded_ms: float = 0.0
+    instances_per_s_threaded: float = 0.0
     flops_per_instance: float = 0.0
     matmul_gflops: float = 0.0
     floor_instances_per_s: float = 0.0
@@ -139,6 +143,11 @@ class BenchResult:
     def planning_fraction_overlapped(self) -> float:
         """The time planning adds to a step when it overlaps execution: (overlapped - execution) / overlapped."""
         return (self.overlapped_ms - self.execute_ms) / self.overlapped_ms if self.overlapped_ms else 0.0
+
+    @property
+    def planning_fraction_threaded(self) -> float:
+        """The same with construction, scheduling and layout on a worker thread: (threaded - execution) / threaded."""
+        return (self.threaded_ms - self.execute_ms) / self.threaded_ms if self.threaded_ms else 0.0
 
 
 def resolve_policy(name: str, work: Workload):
@@ -201,6 +210,7 @@ class _Config:
     engine_plan_ms: list = dataclasses.field(default_factory=list)
     execute_ms: list = dataclasses.field(default_factory=list)
     overlapped_ms: list = dataclasses.field(default_factory=list)
+    threaded_ms: list = dataclasses.field(default_factory=list)
 
     @property
     def shards(self) -> int:
@@ -267,22 +277,34 @@ class _Config:
         self.compiles_after_warmup += _xla_compiles() - before
         self.sync_params()
         self.time_overlapped(warmup, num_batches)
+        self.time_overlapped(warmup, num_batches, threaded=True)
 
-    def prepare(self, instances):
-        """Everything the host does for one mini-batch: construction, schedule, layout, the engine's plan."""
-        mb = make_shards(instances, self.shards, self.build, self.policy, self.layout, self.variadic)
+    def build_shards(self, instances):
+        """The host's work on one mini-batch that touches no engine: construction, schedule, layout."""
+        return make_shards(instances, self.shards, self.build, self.policy, self.layout, self.variadic)
+
+    def plan_engines(self, mb):
+        """The engines' plans of a mini-batch (a tuple of shards); returns it."""
         for engine, device, p, m in zip(self.engines, self.devices, self.params, mb):
             with jax.default_device(device):
                 engine.plan(p, m.graph, m.schedule, m.layout)
         return mb
 
-    def time_overlapped(self, warmup: int, num_batches: int) -> None:
-        """Rebuilt mini-batches, each planned while the previous one executes (the first one's planning included)."""
+    def prepare(self, instances):
+        """Everything the host does for one mini-batch: construction, schedule, layout, the engine's plan."""
+        return self.plan_engines(self.build_shards(instances))
+
+    def time_overlapped(self, warmup: int, num_batches: int, threaded: bool = False) -> None:
+        """Rebuilt mini-batches, each planned while the previous one executes (the first one's planning included);
+        ``threaded``: construction, schedule and layout on a worker thread (``plan_ahead``'s ``background``)."""
         before = _xla_compiles()
         t0 = time.perf_counter()
-        with jax.profiler.TraceAnnotation("edbatch.overlapped"):
+        sets = self.instance_sets[warmup : warmup + num_batches]
+        batches = (plan_ahead(sets, self.plan_engines, background=self.build_shards) if threaded
+                   else plan_ahead(sets, self.prepare))
+        with jax.profiler.TraceAnnotation("edbatch.overlapped_threaded" if threaded else "edbatch.overlapped"):
             pending = None
-            for mb in plan_ahead(self.instance_sets[warmup : warmup + num_batches], self.prepare):
+            for mb in batches:
                 if self.trainer is not None:
                     self.step(mb)  # waits for this step's forward pass; the backward runs on
                 else:
@@ -291,7 +313,7 @@ class _Config:
                         _block(pending)  # the previous mini-batch; this one runs on
                     pending = out
             _block(self.trainer.params if self.trainer is not None else pending)
-        self.overlapped_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
+        (self.threaded_ms if threaded else self.overlapped_ms).append((time.perf_counter() - t0) / num_batches * 1e3)
         self.compiles_after_warmup += _xla_compiles() - before
         self.sync_params()
 
@@ -405,9 +427,9 @@ def run_benchmarks(
     results = []
     bounds: dict[tuple, float] = {}  # (policy, mode) -> instances/s: layouts and engines do not change it
     # shared per (engine, mode): a configuration compiles only what is new
-    # all configurations' plans stay cached, since they take turns (each round adds the plans of its
-    # overlapped run's fresh mini-batches, which are the least recently used ones by the next round)
-    cached = len(policies) * len(layouts) * (need + 2 * num_batches) + 1
+    # all configurations' plans stay cached, since they take turns (each round adds the plans of its two
+    # overlapped runs' fresh mini-batches, which are the least recently used ones by the next round)
+    cached = len(policies) * len(layouts) * (need + 3 * num_batches) + 1
     shared = {(e, mode, k): make_engine(e, model.ops, max_lanes, cached)
               for e in engines for mode in modes for k in range(shards[-1])}
 
@@ -457,9 +479,9 @@ def run_benchmarks(
                 flops[cfg.mode] = total / batch_size
         timed = [m for ms in cfg.mbs[warmup:] for m in ms]
         per_mb = lambda values: float(np.sum(values)) / len(cfg.mbs[warmup:])
-        schedule_ms, layout_ms, engine_plan_ms, execute_ms, overlapped_ms = (
+        schedule_ms, layout_ms, engine_plan_ms, execute_ms, overlapped_ms, threaded_ms = (
             float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.engine_plan_ms, cfg.execute_ms,
-                                          cfg.overlapped_ms))
+                                          cfg.overlapped_ms, cfg.threaded_ms))
         rebuilt_ms = construct_ms + schedule_ms + layout_ms + engine_plan_ms + execute_ms
         results.append(BenchResult(
             model=work.name, policy=cfg.label, layout=cfg.layout, mode=cfg.mode, engine=cfg.engine_name,
@@ -476,6 +498,7 @@ def run_benchmarks(
             peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
             rounds=rounds, execute_ms_rounds=[round(x, 3) for x in cfg.execute_ms],
             overlapped_ms=overlapped_ms, instances_per_s_overlapped=batch_size / (overlapped_ms / 1e3),
+            threaded_ms=threaded_ms, instances_per_s_threaded=batch_size / (threaded_ms / 1e3),
             flops_per_instance=flops.get(cfg.mode, 0.0), matmul_gflops=gflops,
             floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
             shards=cfg.shards, optimizer=optimizer if cfg.mode == "train" else "",
@@ -521,7 +544,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
     width = max([14] + [len(r.engine_label) + 1 for r in results])  # the engine and policy columns fit their labels
     pw = max([9] + [len(r.policy) + 1 for r in results])
-    head = (f"{'engine':<{width}}{'policy':<{pw}}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'build':>7}{'sched':>7}{'layout':>7}"
+    head = (f"{'engine':<{width}}{'policy':<{pw}}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'thread':>8}{'build':>7}{'sched':>7}{'layout':>7}"
             f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
@@ -533,7 +556,7 @@ def format_table(results: Sequence[BenchResult]) -> str:
     for r in results:
         lines.append(
             f"{r.engine_label:<{width}}{r.policy:<{pw}}{r.layout:<8}{r.mode:<6}{r.instances_per_s:>9.0f}{r.instances_per_s_rebuilt:>9.0f}"
-            f"{r.instances_per_s_overlapped:>9.0f}"
+            f"{r.instances_per_s_overlapped:>9.0f}{r.instances_per_s_threaded:>8.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.spread_pct:>4.0f}"
             f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
@@ -572,6 +595,7 @@ def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
         d = dataclasses.asdict(r)
         d["planning_fraction"] = r.planning_fraction
         d["planning_fraction_overlapped"] = r.planning_fraction_overlapped
+        d["planning_fraction_threaded"] = r.planning_fraction_threaded
         d["op_calls_fraction"] = r.op_calls_fraction
         d["floor_fraction"] = r.floor_fraction
         d["spread_pct"] = r.spread_pct

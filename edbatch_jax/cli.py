@@ -273,7 +273,7 @@ def bench(args: argparse.Namespace) -> int:
     cached = " (programs found in the persistent compile cache loaded, not compiled)" if compile_cache else ""
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
               "the engine's plan every step; overlap: the same, each mini-batch planned while the previous one "
-              "executes; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
+              "executes; thread: the same, construction, scheduling and layout on a worker thread; build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
               "eplan: the engine's state rows and index tables); ±%: half the range of the "
               f"rounds' exec times over their median; exes: compiled executables; warm s: warm-up incl. compilation"
               f"{cached}; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"

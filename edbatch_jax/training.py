@@ -7,6 +7,7 @@ sum of its loss-node losses divided by the number of instances.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -116,7 +117,8 @@ def resolve_layout(name: str, batch: MiniBatch, variadic=None) -> MiniBatch:
     return dataclasses.replace(batch, layout="gather" if name == "gather" else None)
 
 
-def plan_ahead(items: Iterable[Any], prepare: Callable[[Any], Any]) -> Iterator[Any]:
+def plan_ahead(items: Iterable[Any], prepare: Callable[[Any], Any],
+               background: Callable[[Any], Any] | None = None) -> Iterator[Any]:
     """Yields ``prepare(item)`` for every item, preparing each item after the previous one was handed out.
 
     The preparation of item ``k + 1`` runs when the consumer asks for it,
@@ -130,18 +132,41 @@ def plan_ahead(items: Iterable[Any], prepare: Callable[[Any], Any]) -> Iterator[
         for batch in plan_ahead(loader, prepare):
             trainer.step(batch)  # waits for the forward pass only
 
+    With ``background``, the part of the preparation that touches no engine
+    (graph construction, scheduling, layout) runs on a worker thread, one
+    item ahead: ``background(item k + 1)`` starts when item ``k`` is handed
+    out, so it also overlaps the calls that hold the calling thread until
+    the device is done (the wait for a loss; on a GPU, the fused engine's
+    loop), and ``prepare`` gets its result on the calling thread::
+
+        build = lambda xs: make_minibatch(build_graph(xs), policy)
+        for batch in plan_ahead(loader, trainer.prepare, background=build):
+            trainer.step(batch)
+
+    ``background`` must not use an engine (engines are not thread-safe) or
+    anything else the consumer uses meanwhile; the items are drawn from
+    ``items`` on the calling thread.
+
     The consumer should keep the device queue short (``Trainer.step``
     synchronises on each loss; in inference, wait for the previous result
     after dispatching the next). Host-side; not jittable. Exceptions from
-    ``prepare`` propagate when the item is asked for.
+    ``prepare`` or ``background`` propagate when the item is asked for.
     """
     it = iter(items)
-    for first in it:
-        ready = prepare(first)
-        for item in it:
+    if background is None:
+        for first in it:
+            ready = prepare(first)
+            for item in it:
+                yield ready
+                ready = prepare(item)
             yield ready
-            ready = prepare(item)
-        yield ready
+        return
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="edbatch-plan-ahead") as pool:
+        pending = next((pool.submit(background, item) for item in it), None)
+        while pending is not None:
+            value = pending.result()
+            pending = next((pool.submit(background, item) for item in it), None)  # the next one starts now
+            yield prepare(value)
 
 
 def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None) -> jax.Array:

@@ -30,6 +30,8 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         assert r["batches_per_minibatch"] >= r["lower_bound"] > 0
         assert r["instances_per_s"] > r["instances_per_s_rebuilt"] > 0
         assert r["instances_per_s_overlapped"] > 0 and r["overlapped_ms"] > 0  # rebuilt, planned ahead
+        assert r["instances_per_s_threaded"] > 0 and r["threaded_ms"] > 0  # ... with a worker thread
+        assert r["planning_fraction_threaded"] == (r["threaded_ms"] - r["execute_ms"]) / r["threaded_ms"]
         assert r["engine_plan_ms"] > 0  # the engine's plan of re-planned mini-batches is timed, not served from a cache
         rebuilt_ms = sum(r[k] for k in ("construct_ms", "schedule_ms", "layout_ms", "engine_plan_ms", "execute_ms"))
         assert abs(r["batch_size"] / (rebuilt_ms / 1e3) - r["instances_per_s_rebuilt"]) < 1e-6 * r["instances_per_s_rebuilt"]

@@ -101,6 +101,50 @@ def test_plan_ahead_prepares_each_item_after_the_previous_one_is_handed_out():
         next(it)
 
 
+def test_plan_ahead_in_the_background_runs_the_next_item_on_a_worker_while_the_consumer_works():
+    import threading
+
+    from edbatch_jax.training import plan_ahead
+
+    caller = threading.get_ident()
+    started = {k: threading.Event() for k in range(4)}
+    events = []
+
+    def background(x):
+        assert threading.get_ident() != caller  # on the worker
+        started[x].set()
+        return x * 10
+
+    def prepare(v):
+        assert threading.get_ident() == caller  # the engine's part stays on the calling thread
+        events.append(("prepare", v))
+        return v + 1
+
+    for y in plan_ahead(range(4), prepare, background=background):
+        k = (y - 1) // 10
+        if k + 1 < 4:  # item k + 1's background work started while the consumer holds item k (waits, no sleep)
+            assert started[k + 1].wait(timeout=60)
+        events.append(("use", y))
+    assert events == [e for k in range(4) for e in (("prepare", 10 * k), ("use", 10 * k + 1))]
+    assert list(plan_ahead([], prepare, background=background)) == []
+
+    def failing(x):
+        if x == 2:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    it = plan_ahead(range(5), lambda v: v, background=failing)
+    assert [next(it), next(it)] == [0, 1]
+    with pytest.raises(ValueError, match="bad item 2"):
+        next(it)
+
+    drawn = []
+    it = plan_ahead((drawn.append(k) or k for k in range(100)), lambda v: v, background=lambda x: x)
+    assert next(it) == 0
+    it.close()  # stopping early waits for the item in flight and draws no more
+    assert drawn == [0, 1]
+
+
 def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
     import optax
 
@@ -111,16 +155,19 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
     variadic = variadic_ops(work.model.ops)
     build = lambda g: resolve_layout("planned", make_minibatch(g, "agenda"), variadic)
     results = []
-    for ahead in (False, True):
+    for ahead in ("no", "yes", "background"):
         engine = make_engine("fused", work.model.ops, max_lanes=16)  # few lane buckets: faster compilation
         trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2))
-        batches = plan_ahead(graphs, lambda g: trainer.prepare(build(g))) if ahead else map(build, graphs)
+        batches = {"no": lambda: map(build, graphs),
+                   "yes": lambda: plan_ahead(graphs, lambda g: trainer.prepare(build(g))),
+                   "background": lambda: plan_ahead(graphs, trainer.prepare, background=build)}[ahead]()
         losses = [trainer.step(b) for b in batches]
         assert engine.plans_built == len(graphs)  # prepare's plan is the one the step runs
         results.append((losses, trainer.params))
-    assert results[0][0] == results[1][0]
-    for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(results[1][1])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for other in results[1:]:
+        assert other[0] == results[0][0]
+        for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(other[1])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 
