@@ -570,7 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
     cache = resolve_compile_cache(getattr(args, "compile_cache", None))
     if cache is not None:
-        enable_compile_cache(cache)
+        try:
+            enable_compile_cache(cache)
+        except OSError as e:
+            raise SystemExit(f"edbatch {args.command}: --compile-cache: {e}") from e
     return args.func(args)
 
 

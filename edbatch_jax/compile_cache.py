@@ -87,7 +87,10 @@ def enable_compile_cache(path: str | os.PathLike | None = None, *, min_compile_s
         if path is None:
             raise ValueError(f"no compile cache directory given and ${ENV_VAR} is 'off'")
     path = Path(path).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"compile cache directory {str(path)!r} cannot be made: {e.strerror or e}") from e
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -82,6 +82,18 @@ def test_enabling_without_a_directory_when_switched_off_is_refused(monkeypatch):
         eb.enable_compile_cache()
 
 
+def test_a_cache_path_that_is_a_file_is_refused_by_name(tmp_path):
+    import edbatch_jax as eb
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match="compile cache directory .*a_file.* cannot be made"):
+        eb.enable_compile_cache(blocker)
+    with pytest.raises(SystemExit, match="edbatch train: --compile-cache: compile cache directory .*a_file"):
+        cli.main(["train", "--compile-cache", str(blocker / "xla")])
+    assert blocker.read_text() == ""  # nothing written
+
+
 @pytest.mark.parametrize("command, default", [("train", "auto"), ("demo", "auto"), ("learn", "auto"), ("bench", "off")])
 def test_the_commands_switch_the_cache_on_as_told(monkeypatch, tmp_path, command, default):
     assert cli.build_parser().parse_args([command]).compile_cache == default
