@@ -342,7 +342,7 @@ def train_command(args: argparse.Namespace) -> int:
     config = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, policy=args.policy, layout=args.layout,
         engine=args.engine, eval_batches=args.eval_batches, checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-        log_path=args.log, seed=args.seed, shards=args.shards,
+        log_path=args.log, seed=args.seed, shards=args.shards, precompile=args.precompile,
     )
     size = args.batch_size or work.batch_size
     print(f"edbatch train: {args.model} on {work.source} ({len(work.train)} train / {len(work.held_out)} held-out "
@@ -361,6 +361,8 @@ def train_command(args: argparse.Namespace) -> int:
     bar.close()
     if result.resumed_from is not None:
         print(f"resumed from the checkpoint of step {result.resumed_from}")
+    if result.precompiled:
+        print(f"precompiled {result.precompiled} programs before step 1 in {result.precompile_s:.1f}s")
     if result.losses:
         k = max(1, min(10, len(result.losses) // 4))
         print(f"training loss: first {k} steps {np.mean(result.losses[:k]):.4f}, last {k} steps {np.mean(result.losses[-k:]):.4f}")
@@ -551,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--shards", type=int, default=1,
                     help="split every mini-batch over this many devices (data parallel; on a CPU, host devices)")
     tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--no-precompile", dest="precompile", action="store_false",
+                    help="compile during the first steps instead of ahead of them, at the sizes of the mini-batches "
+                         "seen so far (by default: every program the run needs, at its final sizes, before step 1)")
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_compile_cache(tp, "auto")
     tp.set_defaults(func=train_command)

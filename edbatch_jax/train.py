@@ -49,6 +49,7 @@ class TrainConfig:
     log_path: str | None = None
     seed: int = 0
     shards: int = 1  # > 1: every training mini-batch split over that many devices (edbatch_jax.parallel)
+    precompile: bool = True  # compile the run's programs before the first step (Trainer.precompile; one device)
 
 
 @dataclasses.dataclass
@@ -60,6 +61,8 @@ class TrainResult:
     losses: list[float]
     evals: list[dict]
     resumed_from: int | None
+    precompiled: int = 0  # programs compiled ahead of the first step
+    precompile_s: float = 0.0
 
 
 def evaluate_nodes(engine: eb.Engine, params, batches: list[MiniBatch]) -> dict:
@@ -165,14 +168,19 @@ def train(
         manager.save(at, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
 
+    per_epoch = len(train_batches)
+    precompiled, precompile_s = 0, 0.0
+    if config.precompile and config.shards == 1 and step < config.steps:
+        t0 = time.perf_counter()
+        precompiled = _precompile(trainer, train_batches, held, step, config)
+        precompile_s = time.perf_counter() - t0
     log = open(config.log_path, "a") if config.log_path else None
     losses: list[float] = []
     evals: list[dict] = []
-    per_epoch = len(train_batches)
     try:
         while step < config.steps:
             epoch, k = divmod(step, per_epoch)
-            order = np.random.default_rng([config.seed, epoch]).permutation(per_epoch)
+            order = _epoch_order(config.seed, epoch, per_epoch)
             t0 = time.perf_counter()
             loss = trainer.step(train_batches[order[k]])
             shards = train_batches[order[k]]
@@ -200,4 +208,23 @@ def train(
             log.close()
         if manager is not None:
             manager.close()
-    return TrainResult(trainer.params, step, losses, evals, resumed_from)
+    return TrainResult(trainer.params, step, losses, evals, resumed_from, precompiled, precompile_s)
+
+
+def _epoch_order(seed: int, epoch: int, per_epoch: int) -> np.ndarray:
+    """The mini-batch order of an epoch: a pure function of ``(seed, epoch)``."""
+    return np.random.default_rng([seed, epoch]).permutation(per_epoch)
+
+
+def _precompile(trainer: Trainer, train_batches: list[MiniBatch], held: list[MiniBatch], step: int,
+                config: TrainConfig) -> int:
+    """Plans the mini-batches that steps ``step`` to ``config.steps`` and the evaluations will run, then compiles
+    their programs (:meth:`Trainer.precompile`, the evaluations' forward programs); returns the programs compiled."""
+    engine, per_epoch = trainer.engine, len(train_batches)
+    used: set[int] = set()
+    for epoch in range(step // per_epoch, (config.steps - 1) // per_epoch + 1):
+        first, last = max(step - epoch * per_epoch, 0), min(config.steps - epoch * per_epoch, per_epoch)
+        used.update(_epoch_order(config.seed, epoch, per_epoch)[first:last].tolist())
+    held_plans = [engine.plan(trainer.params, b.graph, b.schedule, b.layout) for b in held]  # sizes first
+    compiled = trainer.precompile([train_batches[i] for i in sorted(used)])
+    return compiled + sum(engine.precompile(trainer.params, p) for p in held_plans)

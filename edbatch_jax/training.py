@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from edbatch_jax.engine.buckets import bucket
-from edbatch_jax.engine.executor import Engine, _sum_rows, output_nodes
+from edbatch_jax.engine.executor import Engine, _compile_once, _struct, _sum_rows, output_nodes
 from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.graph import Graph
@@ -249,6 +249,7 @@ class Trainer:
             return optax.apply_updates(params, updates), opt_state
 
         self._update = jax.jit(update, donate_argnums=(1, 2))
+        self._compiled: set = set()  # programs compiled ahead of time (precompile)
 
     def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
         """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params`` (:func:`loss_and_grads`)."""
@@ -258,6 +259,37 @@ class Trainer:
         """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""
         self.engine.plan(self.params, batch.graph, batch.schedule, batch.layout)
         return batch
+
+    def precompile(self, batches: Sequence[MiniBatch]) -> int:
+        """Compiles a training step's programs for every one of ``batches`` before the first step.
+
+        Plans all of them first (the plans stay cached if the engine's plan
+        cache holds them all), so that the engine's buffer capacities and
+        table lengths reach their final sizes, then compiles, ahead of time
+        and without running anything, the engine's forward and backward
+        programs (:meth:`~edbatch_jax.Engine.precompile`), the loss and
+        cotangent program of each loss-node count bucket and the optimizer
+        update. Steps on these mini-batches then compile nothing, where
+        without it the first steps compile, and a later step compiles again
+        when its mini-batch is the first to grow a capacity. Host-side; not
+        jittable.
+
+        Returns:
+          The number of programs compiled.
+        """
+        if not batches:
+            raise ValueError("precompile: no mini-batches given")
+        plans = [self.engine.plan(self.params, b.graph, b.schedule, b.layout) for b in batches]
+        compiled = 0
+        for batch, plan in zip(batches, plans):
+            nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
+            which = int(plan.node_buffer[nodes[0]])
+            compiled += self.engine.precompile(self.params, plan, [b == which for b in range(len(plan.signatures))])
+            bufs = tuple(_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
+            k = bucket(nodes.size)
+            compiled += _compile_once(self._compiled, _loss_grad, bufs, which, np.zeros(k, np.int32), np.zeros(k, bool),
+                                      np.float32(1), tag=which)
+        return compiled + _compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
 
     def step(self, batch: MiniBatch) -> float:
         """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""

@@ -235,6 +235,27 @@ def _mask_rows(tree: PyTree, mask) -> PyTree:
     )
 
 
+def _compile_once(done: set, fn, *args, tag: Any = None) -> int:
+    """Compiles jitted ``fn`` for ``args`` (arrays or ``jax.ShapeDtypeStruct`` leaves) without running it, unless
+    ``done`` holds that (function, argument types, placement, ``tag``: the values of static arguments) already;
+    returns the number compiled (0 or 1). The compiled program is the one a later call with such arguments runs
+    (jit keeps it)."""
+    leaves, treedef = jax.tree.flatten(args)
+    key = (id(fn), tag, treedef, tuple((np.shape(x), jnp.result_type(x), _placement_of(x)) for x in leaves))
+    if key in done:
+        return 0
+    fn.lower(*args).compile()
+    done.add(key)
+    return 1
+
+
+def _placement_of(x) -> tuple | None:
+    """``(committed, devices)`` of an array (``None`` for anything else): part of a program's identity."""
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        return x.committed, tuple(x.devices())
+    return None
+
+
 def _zeros(sig: tuple, capacity: int) -> PyTree:
     """A zero buffer of state structure ``sig`` with ``capacity`` rows."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (capacity,)))
@@ -302,6 +323,7 @@ class Engine:
         self._signature_cache: dict[tuple, tuple] = {}
         self._fwd: dict[tuple, Any] = {}
         self._bwd: dict[tuple, Any] = {}
+        self._compiled: set = set()  # programs compiled ahead of time (precompile)
         self._plans: collections.OrderedDict = collections.OrderedDict()
         self._plan_cache_size = plan_cache_size
 
@@ -534,6 +556,51 @@ class Engine:
             for b, c in zip(ct_touch, touched):
                 ct_bufs[b] = c
         return _assemble_grads(params, grads)
+
+    def precompile(self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None) -> int:
+        """Compiles, ahead of time and without running them, the programs that running ``plan`` needs.
+
+        Plan every mini-batch first (:meth:`plan`: buffer capacities and the
+        fused engine's table lengths only grow), then precompile each plan:
+        the programs are then compiled once, at their final shapes, before
+        the first step, instead of during the first steps and again whenever
+        a larger mini-batch grows a capacity. Programs already compiled are
+        not compiled again. The zero fills of the state buffers and
+        gradient accumulators (small programs of their own) are run once
+        too. Host-side; not jittable.
+
+        Args:
+          params: the parameter pytree the plan will run with (concrete
+            arrays; only their shapes, dtypes and placement matter).
+          plan: a plan of this engine (:meth:`plan`).
+          cotangents: ``None`` for inference (the forward programs);
+            otherwise one bool per state buffer of ``plan``, ``True`` where
+            the loss gives that buffer a cotangent, for training through
+            :meth:`value_and_grad` (the forward programs that keep what the
+            backward pass reuses, and the backward programs).
+
+        Returns:
+          The number of programs compiled by this call.
+        """
+        bufs = [_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities)]
+        if cotangents is not None and len(cotangents) != len(bufs):
+            raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(bufs)} state buffers")
+        for b in bufs:  # the fills a run makes (eager: one small program per shape)
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), b)
+        compiled = 0
+        for step in plan.steps:
+            sub = self.ops[step.op].select_params(params)
+            fn, read = self._forward_step(step)
+            compiled += _compile_once(self._compiled, fn, sub, bufs[step.out_buffer], tuple(bufs[b] for b in read),
+                                      *step.index_args)
+            if cotangents is not None:
+                fn, fwd_read, ct_touch = self._backward_step(step)
+                compiled += _compile_once(self._compiled, fn, sub, sub, tuple(bufs[b] for b in ct_touch),
+                                          tuple(bufs[b] for b in fwd_read), *step.index_args)
+        if cotangents is not None:  # the accumulators' fills and their assembly into one gradient pytree
+            ops = [self.ops[name] for name in dict.fromkeys(step.op for step in plan.steps)]
+            _assemble_grads(params, {op.params_key: jax.tree.map(jnp.zeros_like, op.select_params(params)) for op in ops})
+        return compiled
 
     def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
         """All state buffers after running ``plan``; differentiable w.r.t. ``params``.

@@ -72,6 +72,7 @@ from edbatch_jax.engine.executor import (
     ExecutionPlan,
     _assemble_grads,
     _combine,
+    _compile_once,
     _mask_rows,
     _struct,
     _take_rows,
@@ -622,6 +623,39 @@ class FusedEngine(Engine):
 
         zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
         return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)
+
+    def precompile(self, params, plan: ExecutionPlan, cotangents=None) -> int:
+        """:meth:`Engine.precompile`: the forward program (inference), or the forward program that stores
+        residuals and the backward program (training), at the engine's current table lengths; the plan's tables
+        are packed and put on the device now, and the zeroed residual tables of the first step allocated."""
+        if cotangents is not None and len(cotangents) != len(plan.signatures):
+            raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(plan.signatures)} "
+                             "state buffers")
+        ints, payloads = self._device_tables(plan.tables)
+        names = dict.fromkeys(k[0] for k in self.branch_keys)
+        if cotangents is None or self.save_residuals is None:
+            forward = self._program(plan, "forward")
+            compiled = _compile_once(self._compiled, forward, params, ints, payloads, tuple(() for _ in names))
+            saved = None
+        else:
+            first_key = {k[0]: k for k in reversed(self.branch_keys)}
+            structs = tuple(
+                tuple(jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
+                      for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures))
+                for n in names
+            )
+            spare = (structs, _placement(params))
+            if spare not in self._spare_saved:  # what the first forward pass would allocate
+                self._spare_saved[spare] = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
+            forward = self._program(plan, "forward_saving")
+            compiled = _compile_once(self._compiled, forward, params, ints, payloads, structs)
+            saved = structs
+        if cotangents is None:
+            return compiled
+        bufs = tuple(_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
+        ct_bufs = tuple(b if c else None for b, c in zip(bufs, cotangents))
+        backward = self._program(plan, "backward")
+        return compiled + _compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
 
     # ------------------------------------------------------------------ execution
     def _forward(self, plan: ExecutionPlan, params) -> tuple:
