@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from edbatch_jax.engine.buckets import bucket
-from edbatch_jax.engine.executor import Engine, _compile_once, _struct, _sum_rows, output_nodes
+from edbatch_jax.engine.executor import Engine, _buffer_structs, _compile_once, _sum_rows, output_nodes
 from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.graph import Graph
@@ -208,13 +208,19 @@ def loss_and_grads(engine: Engine, params: PyTree, batch: MiniBatch, count: int 
       ``(loss, grads)``: an f32 scalar and a pytree like ``params``.
     """
     plan = engine.plan(params, batch.graph, batch.schedule, batch.layout)
+    which, args = _loss_args(plan, batch, count)
+    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+
+
+def _loss_args(plan, batch: MiniBatch, count: int | None) -> tuple[int, tuple]:
+    """``(which, (idx, mask, count))`` of :func:`_loss_grad` for ``batch`` under ``plan``: the buffer of the loss
+    nodes, their rows (int32, bucketed), which of those are real, and the divisor of the summed loss."""
     nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
-    which = int(plan.node_buffer[nodes[0]])
     k = bucket(nodes.size)
     idx = np.zeros(k, np.int32)
     idx[: nodes.size] = plan.node_slot[nodes]
-    args = (idx, np.arange(k) < nodes.size, np.float32(batch.graph.num_instances if count is None else count))
-    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+    count = np.float32(batch.graph.num_instances if count is None else count)
+    return int(plan.node_buffer[nodes[0]]), (idx, np.arange(k) < nodes.size, count)
 
 
 def unbatched_loss(ops, params: PyTree, batch: MiniBatch) -> jax.Array:
@@ -282,13 +288,9 @@ class Trainer:
         plans = [self.engine.plan(self.params, b.graph, b.schedule, b.layout) for b in batches]
         compiled = 0
         for batch, plan in zip(batches, plans):
-            nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
-            which = int(plan.node_buffer[nodes[0]])
+            which, args = _loss_args(plan, batch, None)
             compiled += self.engine.precompile(self.params, plan, [b == which for b in range(len(plan.signatures))])
-            bufs = tuple(_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
-            k = bucket(nodes.size)
-            compiled += _compile_once(self._compiled, _loss_grad, bufs, which, np.zeros(k, np.int32), np.zeros(k, bool),
-                                      np.float32(1), tag=which)
+            compiled += _compile_once(self._compiled, _loss_grad, _buffer_structs(plan), which, *args, tag=which)
         return compiled + _compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
 
     def step(self, batch: MiniBatch) -> float:

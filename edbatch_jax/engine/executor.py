@@ -241,7 +241,7 @@ def _compile_once(done: set, fn, *args, tag: Any = None) -> int:
     returns the number compiled (0 or 1). The compiled program is the one a later call with such arguments runs
     (jit keeps it)."""
     leaves, treedef = jax.tree.flatten(args)
-    key = (id(fn), tag, treedef, tuple((np.shape(x), jnp.result_type(x), _placement_of(x)) for x in leaves))
+    key = (id(fn), tag, treedef, tuple((np.shape(x), jnp.result_type(x), _placement(x)) for x in leaves))
     if key in done:
         return 0
     fn.lower(*args).compile()
@@ -249,16 +249,24 @@ def _compile_once(done: set, fn, *args, tag: Any = None) -> int:
     return 1
 
 
-def _placement_of(x) -> tuple | None:
-    """``(committed, devices)`` of an array (``None`` for anything else): part of a program's identity."""
-    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
-        return x.committed, tuple(x.devices())
-    return None
+def _placement(tree) -> tuple | None:
+    """``(committed, devices)`` of the first array of ``tree`` (``None`` for a tracer, a ``ShapeDtypeStruct`` or no
+    array): arrays placed otherwise (another device, or committed where these are not) are another kind of program
+    input, for which XLA would compile the program again."""
+    leaf = next(iter(jax.tree.leaves(tree)), None)
+    if not isinstance(leaf, jax.Array) or isinstance(leaf, jax.core.Tracer):
+        return None
+    return leaf.committed, tuple(leaf.devices())
 
 
 def _zeros(sig: tuple, capacity: int) -> PyTree:
     """A zero buffer of state structure ``sig`` with ``capacity`` rows."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _struct(sig, (capacity,)))
+
+
+def _buffer_structs(plan) -> tuple:
+    """The state buffers of an :class:`ExecutionPlan` as pytrees of ``jax.ShapeDtypeStruct`` (capacity rows)."""
+    return tuple(_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
 
 
 def _instantiate(ct: PyTree) -> PyTree | None:
@@ -582,11 +590,11 @@ class Engine:
         Returns:
           The number of programs compiled by this call.
         """
-        bufs = [_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities)]
+        bufs = _buffer_structs(plan)
         if cotangents is not None and len(cotangents) != len(bufs):
             raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(bufs)} state buffers")
-        for b in bufs:  # the fills a run makes (eager: one small program per shape)
-            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), b)
+        for sig, cap in zip(plan.signatures, plan.capacities):  # the fills a run makes (eager: a program per shape)
+            _zeros(sig, cap)
         compiled = 0
         for step in plan.steps:
             sub = self.ops[step.op].select_params(params)

@@ -71,9 +71,11 @@ from edbatch_jax.engine.executor import (
     Engine,
     ExecutionPlan,
     _assemble_grads,
+    _buffer_structs,
     _combine,
     _compile_once,
     _mask_rows,
+    _placement,
     _struct,
     _take_rows,
     _zeros,
@@ -632,18 +634,13 @@ class FusedEngine(Engine):
             raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(plan.signatures)} "
                              "state buffers")
         ints, payloads = self._device_tables(plan.tables)
-        names = dict.fromkeys(k[0] for k in self.branch_keys)
         if cotangents is None or self.save_residuals is None:
             forward = self._program(plan, "forward")
+            names = dict.fromkeys(k[0] for k in self.branch_keys)
             compiled = _compile_once(self._compiled, forward, params, ints, payloads, tuple(() for _ in names))
             saved = None
         else:
-            first_key = {k[0]: k for k in reversed(self.branch_keys)}
-            structs = tuple(
-                tuple(jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
-                      for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures))
-                for n in names
-            )
+            structs = self._saved_structs(params, plan)
             spare = (structs, _placement(params))
             if spare not in self._spare_saved:  # what the first forward pass would allocate
                 self._spare_saved[spare] = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
@@ -652,7 +649,7 @@ class FusedEngine(Engine):
             saved = structs
         if cotangents is None:
             return compiled
-        bufs = tuple(_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
+        bufs = _buffer_structs(plan)
         ct_bufs = tuple(b if c else None for b, c in zip(bufs, cotangents))
         backward = self._program(plan, "backward")
         return compiled + _compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
@@ -663,15 +660,20 @@ class FusedEngine(Engine):
         names = dict.fromkeys(k[0] for k in self.branch_keys)
         return forward(params, *self._device_tables(plan.tables), tuple(() for _ in names))[0]
 
-    def _forward_saving(self, plan: ExecutionPlan, params) -> tuple[tuple, Any]:
-        if self.save_residuals is None:
-            return self._forward(plan, params), None
+    def _saved_structs(self, params, plan: ExecutionPlan) -> tuple:
+        """The residual tables at the engine's current row counts, per op type in the programs' order
+        (``jax.ShapeDtypeStruct`` leaves)."""
         first_key = {k[0]: k for k in reversed(self.branch_keys)}
-        structs = tuple(  # residual tables at the engine's current row counts, per op type in the programs' order
+        return tuple(
             tuple(jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
                   for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures))
             for n in dict.fromkeys(k[0] for k in self.branch_keys)
         )
+
+    def _forward_saving(self, plan: ExecutionPlan, params) -> tuple[tuple, Any]:
+        if self.save_residuals is None:
+            return self._forward(plan, params), None
+        structs = self._saved_structs(params, plan)
         # the last step's tables, handed back by _backward for parameters of the same placement
         saved = self._spare_saved.pop((structs, _placement(params)), None)
         if saved is None:
@@ -707,16 +709,6 @@ def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
     if a.shape[0] < rows:
         a = np.concatenate([a, np.zeros((rows - a.shape[0],) + a.shape[1:], a.dtype)])
     return a
-
-
-def _placement(tree) -> tuple | None:
-    """``(committed, devices)`` of the first array of ``tree`` (``None`` for a tracer or no array): arrays a
-    program made from parameters placed otherwise (another device, or committed where these are not) are another
-    kind of input, for which XLA would compile the program again."""
-    leaf = next(iter(jax.tree.leaves(tree)), None)
-    if not isinstance(leaf, jax.Array) or isinstance(leaf, jax.core.Tracer):
-        return None
-    return leaf.committed, tuple(leaf.devices())
 
 
 def _put_like(host, like: jax.Array | None):
