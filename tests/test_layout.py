@@ -135,12 +135,15 @@ def test_layout_errors_name_the_problem():
     other = eb.plan_layout(chain_graph([2]), eb.schedule(chain_graph([2]), "agenda"))
     with pytest.raises(ValueError, match="positions for a graph of"):
         engine.plan(CHAIN_PARAMS, graph, sched, other)
-    broken = eb.LayoutPlan(np.random.default_rng(0).permutation(graph.num_nodes).astype(np.int32), 0, 0, 0, 0, 0, 0.0)
+    broken = eb.LayoutPlan(np.random.default_rng(0).permutation(graph.num_nodes).astype(np.int32), 0, 0, 0, 0.0)
     with pytest.raises(ValueError, match="consecutive rows"):
         engine.plan(CHAIN_PARAMS, graph, sched, broken)
     with pytest.raises(ValueError, match="layout must be"):
         engine.plan(CHAIN_PARAMS, graph, sched, "sideways")
     assert plan.num_operands > 0 and "gathers" in repr(plan)
+    with pytest.raises(ValueError, match="not made by plan_layout"):
+        broken.num_gathers
+    assert "gathers=0" in repr(broken)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -219,6 +222,139 @@ def test_planner_agrees_with_its_definitions(graph, policy):
     finally:
         planner._WIDE = wide
     np.testing.assert_array_equal(on_arrays, on_lists)
+
+
+def _align_by_loop(position, sched, lists, accepted, one_producer, lane_rank):
+    """Step 3 of the planner, batch by batch in schedule order, every batch on its turn: the definition."""
+    pos, pinned = position.tolist(), [False] * position.size
+    lists = [(int(b), lists.lane[s:e].tolist(), lists.arg[s:e].tolist()) for b, s, e in zip(lists.batch, lists.ptr[:-1], lists.ptr[1:])]
+    for b, (_, nodes) in enumerate(sched.batches):
+        own = [i for i, item in enumerate(lists) if item[0] == b and accepted[i]]
+        if not any(item[0] == b for item in lists):
+            continue
+        nodes, anchor, most = nodes.tolist(), -1, 0.0
+        for i in own:
+            args = lists[i][2]
+            share = sum(pinned[a] for a in args) / len(args)
+            rows = [pos[a] for a in args]
+            if share > most and max(rows) - min(rows) == len(rows) - 1:
+                anchor, most = i, share
+        key = None
+        if anchor >= 0:
+            key = [len(pos)] * len(nodes)
+            for lane, a in zip(lists[anchor][1], lists[anchor][2]):
+                key[lane], pinned[a] = min(key[lane], pos[a]), True
+        elif not any(pinned[v] for v in nodes):
+            key = [int(lane_rank[v]) for v in nodes]
+        if key is not None:
+            rows = [pos[v] for v in nodes]
+            for (_, _, v), row in zip(sorted(zip(key, rows, nodes)), sorted(rows)):
+                pos[v] = row
+        lane_pos = [pos[v] - min(pos[u] for u in nodes) for v in nodes]
+        changed = anchor >= 0
+        for i in own:
+            _, lanes, args = lists[i]
+            if not one_producer[i] or any(pinned[a] for a in args):
+                continue
+            by_lane = sorted(range(len(args)), key=lambda k: lane_pos[lanes[k]])
+            for k, row in zip(by_lane, sorted(pos[a] for a in args)):
+                pos[args[k]], pinned[args[k]] = row, True
+            changed = True
+        if changed:
+            for v in nodes:
+                pinned[v] = True
+    return pos
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(strategies.batched_graphs(max_graphs=5), st.sampled_from(["agenda", "depth", "typewise"]), st.sampled_from([0, 10**9]))
+def test_alignment_agrees_with_its_definition(graph, policy, wide):
+    """Batches reading no accepted operand ordered at once, the rest one by one (on arrays or lists):
+    the order of the batch-by-batch loop."""
+    from edbatch_jax.layout import planner
+
+    sched = eb.schedule(graph, policy)
+    seen = []
+    align, old_wide = planner._align, planner._WIDE
+
+    def spy(*args):
+        seen.append(([np.copy(a) if isinstance(a, np.ndarray) else a for a in args], align(*args)))
+        return seen[-1][1]
+
+    try:
+        planner._align, planner._WIDE = spy, wide
+        eb.plan_layout(graph, sched)
+    finally:
+        planner._align, planner._WIDE = align, old_wide
+    (args, got), = seen
+    position, _, lists, accepted, one_producer, lane_rank = args
+    assert got.tolist() == _align_by_loop(position, sched, lists, accepted, one_producer, lane_rank)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_twin_classes_agree_with_their_definition(data):
+    """Classes of nodes of one batch in the same sets, numbered by first appearance; nodes in many sets
+    take the path that cannot pack a signature into one integer."""
+    from edbatch_jax.layout.planner import _twin_classes
+
+    n = data.draw(st.integers(1, 30))
+    batch_of = np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    num_sets = data.draw(st.sampled_from([3, 200]))
+    pairs = data.draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, num_sets - 1)), max_size=120, unique=True))
+    if num_sets == 200:  # one node in 12 sets of 200: 4 * 201**12 overflows an int64
+        pairs = list(dict.fromkeys(pairs + [(0, s) for s in range(0, 200, 17)]))
+    pairs.sort(key=lambda pair: pair[1])  # memberships set by set, as the planner lists them
+    node = np.array([p[0] for p in pairs], np.int64)
+    set_id = np.array([p[1] for p in pairs], np.int64)
+    members = np.array(data.draw(st.permutations(range(n))))[: data.draw(st.integers(0, n))]
+    cls, count = _twin_classes(batch_of, node, set_id, members)
+    signature = {v: (int(batch_of[v]), frozenset(s for u, s in pairs if u == v)) for v in range(n)}
+    number = {}
+    for v in members.tolist():
+        number.setdefault(signature[v], len(number))
+    assert count == len(number)
+    assert cls.tolist() == [number[signature[v]] if v in set(members.tolist()) else -1 for v in range(n)]
+
+
+def test_twin_classes_with_signatures_too_long_to_pack():
+    from edbatch_jax.layout.planner import _twin_classes
+
+    many = list(range(0, 200, 17))  # 12 sets of 200: a signature does not fit an int64
+    pairs = sorted([(0, s) for s in many] + [(1, s) for s in many] + [(2, s) for s in many + [199]] + [(3, 5)], key=lambda p: p[1])
+    node, set_id = (np.array(column, np.int64) for column in zip(*pairs))
+    cls, count = _twin_classes(np.array([0, 0, 0, 0, 1]), node, set_id, np.array([4, 2, 1, 0, 3]))
+    assert (cls.tolist(), count) == ([2, 2, 1, 3, 0], 4)
+
+
+@pytest.mark.parametrize("bound", [2, 1 << 16, (1 << 16) + 1, 1 << 40])
+def test_stable_sorts_of_bounded_keys(bound):
+    """16-bit keys go through NumPy's radix sort; every bound gives the stable order and the sorted keys."""
+    from edbatch_jax.layout.planner import _argsort, _sort
+
+    key = np.random.default_rng(bound).integers(0, bound, 5000)
+    np.testing.assert_array_equal(_argsort(key, bound), np.argsort(key, kind="stable"))
+    np.testing.assert_array_equal(_sort(key, bound), np.sort(key))
+    assert _sort(key, bound).dtype == np.int64
+
+
+def test_lanes_by_instance_when_keys_do_not_pack():
+    """The lane order of batches that read no accepted operand, with instance ranks too large to pack."""
+    from edbatch_jax.layout.planner import _order_lanes
+
+    graph = chain_graph([3, 1, 2])
+    sched = eb.schedule(graph, "agenda")
+    rng = np.random.default_rng(0)
+    for ranks in (rng.permutation(graph.num_nodes), rng.permutation(graph.num_nodes) * (2**60 // graph.num_nodes)):
+        chosen = np.arange(sched.num_batches) % 2 == 0
+        pos = np.empty(graph.num_nodes, np.int64)  # every batch's rows consecutive, in a random order
+        pos[np.concatenate([rng.permutation(nodes) for _, nodes in sched.batches][::-1])] = np.arange(graph.num_nodes)
+        got = pos.copy()
+        _order_lanes(got, sched, ranks, chosen)
+        for b, (_, nodes) in enumerate(sched.batches):
+            rows = np.sort(pos[nodes])
+            want = pos[nodes] if not chosen[b] else rows[np.argsort(np.lexsort((pos[nodes], ranks[nodes])))]
+            np.testing.assert_array_equal(got[nodes], want)
 
 
 # treegru, mvrnn, bilstm_tagger, chain_lstm, grid_2d and lattice_gru run with the planned layout in

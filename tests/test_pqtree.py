@@ -211,6 +211,33 @@ def test_generator_subsets_and_universe():
   assert admitted(tree) == {p for p in itertools.permutations(range(4)) if is_consecutive(p, (0, 1))}
 
 
+@SETTINGS
+@hypothesis.given(st.data())
+def test_from_blocks_is_the_tree_of_the_reductions(data):
+  n = data.draw(st.integers(0, 9))
+  universe = data.draw(st.permutations(list(range(n))))
+  label = data.draw(st.lists(st.integers(-1, 3), min_size=n, max_size=n))  # -1: in no block
+  blocks = [[item for item, k in zip(universe, label) if k == block] for block in range(4)]
+  blocks = [data.draw(st.permutations(block)) + block[:1] for block in blocks]  # shuffled, a repeat
+  built = PQTree.from_blocks(universe, blocks)
+  reduced = PQTree(universe)
+  for block in blocks:
+    assert reduced.reduce(block)
+  built._check()
+  assert repr(built) == repr(reduced)
+  subset = data.draw(st.lists(st.sampled_from(universe), max_size=n)) if n else []
+  assert built.reduce(subset) == reduced.reduce(subset) and repr(built) == repr(reduced)
+
+
+def test_from_blocks_refuses_overlapping_and_unknown_items():
+  with pytest.raises(PQTreeError, match="item 2 lies in two blocks"):
+    PQTree.from_blocks(range(5), [[0, 1, 2], [2, 3]])
+  with pytest.raises(PQTreeError, match="item 7 is not in the universe"):
+    PQTree.from_blocks(range(5), [[0, 7]])
+  with pytest.raises(PQTreeError, match="'b'"):
+    PQTree.from_blocks(["a", "b", "b"], [])
+
+
 def test_repr_and_q_nodes():
   tree = PQTree(range(4))
   assert repr(tree) == "PQTree((0 1 2 3))"

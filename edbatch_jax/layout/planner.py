@@ -9,8 +9,10 @@ gathered row by row. :func:`plan_layout` chooses one global order of the nodes
 possible are slices:
 
 1. **Adjacency.** Every batch's nodes are consecutive (always satisfiable:
-   batches are disjoint). Batches whose nodes no operand reads (loss nodes,
-   say) stay out of the PQ-tree and follow its order, batch by batch.
+   batches are disjoint, and the tree is built with them,
+   :meth:`~edbatch_jax.layout.PQTree.from_blocks`). Batches whose nodes no
+   operand reads (loss nodes, say) stay out of the PQ-tree and follow its
+   order, batch by batch.
 2. **Consecutive operands.** Every operand set is offered to a
    :class:`~edbatch_jax.layout.PQTree` (largest first); a set that cannot be
    made consecutive together with those accepted so far is dropped (that
@@ -36,6 +38,7 @@ the exact count for its buffers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Collection, NamedTuple
 
@@ -56,25 +59,55 @@ class LayoutPlan:
       position: int32 ``[N]``, the rank of every node in the order.
       num_operands: operand lists per mini-batch (one per batch and operand
         position; one per batch for variable-arity ops).
-      num_gathers: operand lists that are not slices under this order.
-      gathered_rows: rows those gathers read (real lanes only).
       accepted, dropped: operand sets the PQ-tree accepted / refused.
       seconds: planning time (host).
+      num_gathers: operand lists that are not slices under this order
+        (counted on first access, outside ``seconds``).
+      gathered_rows: rows those gathers read (real lanes only).
     """
 
     position: np.ndarray
     num_operands: int
-    num_gathers: int
-    gathered_rows: int
     accepted: int
     dropped: int
     seconds: float
+    _operands: tuple | None = dataclasses.field(default=None, repr=False)  # (schedule, operand lists)
+
+    @functools.cached_property
+    def _gathers(self) -> tuple[int, int]:
+        if self._operands is None:
+            raise ValueError(
+                "this LayoutPlan was not made by plan_layout, so it cannot count its gathers; the engine's "
+                "plan for it does (Engine.plan(...).num_gathers)"
+            )
+        return _count_gathers(self.position, *self._operands)
+
+    @property
+    def num_gathers(self) -> int:
+        """Operand lists that are not slices under this order (conservative; counted once, on first access)."""
+        return self._gathers[0]
+
+    @property
+    def gathered_rows(self) -> int:
+        """Rows the gathered operand lists read (real lanes only)."""
+        return self._gathers[1]
 
     def __repr__(self) -> str:
-        return (
-            f"LayoutPlan(nodes={self.position.shape[0]}, gathers={self.num_gathers}/{self.num_operands}, "
-            f"rows gathered={self.gathered_rows}, {self.seconds * 1e3:.1f} ms)"
-        )
+        gathers = f"{self.num_gathers}/" if self._operands is not None else ""
+        rows = f"rows gathered={self.gathered_rows}, " if self._operands is not None else ""
+        return f"LayoutPlan(nodes={self.position.shape[0]}, gathers={gathers}{self.num_operands}, {rows}{self.seconds * 1e3:.1f} ms)"
+
+
+def _argsort(key: np.ndarray, bound: int) -> np.ndarray:
+    """Stable argsort of integer keys in ``[0, bound)``; keys that fit 16 bits take NumPy's radix sort."""
+    return np.argsort(key.astype(np.uint16) if bound <= 1 << 16 else key, kind="stable")
+
+
+def _sort(key: np.ndarray, bound: int) -> np.ndarray:
+    """The integer keys in ``[0, bound)``, sorted, as int64 (16-bit keys by radix sort)."""
+    if bound <= 1 << 16:
+        return np.sort(key.astype(np.uint16), kind="stable").astype(np.int64)
+    return np.sort(key, kind="stable")
 
 
 class _OperandLists(NamedTuple):
@@ -91,8 +124,9 @@ def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[s
     arity = graph.arity
     if variadic is None:  # types with more than one distinct (type, arity) pair
         span = int(arity.max(initial=0)) + 1
-        pairs = np.unique(graph.node_type.astype(np.int64) * span + arity)
-        var = np.bincount(pairs // span, minlength=graph.num_types) > 1
+        seen = np.zeros(graph.num_types * span, bool)
+        seen[graph.node_type.astype(np.int64) * span + arity] = True
+        var = seen.reshape(graph.num_types, span).sum(axis=1) > 1
     else:
         var = np.array([t in variadic for t in graph.op_types], dtype=bool)
     nodes = schedule.node_order
@@ -102,7 +136,10 @@ def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[s
     counts = arity[nodes]
     position = np.arange(arg.size) - np.repeat(np.cumsum(counts) - counts, counts)
     position[var[graph.node_type[nodes[slot]]]] = 0  # one flat list per variable-arity batch
-    order = np.lexsort((position, batch))  # stable: lanes stay in order inside a list
+    # entries come batch by batch (node_order is), so one stable sort by (batch, position) keeps lanes in
+    # order inside a list
+    span = int(position.max(initial=0)) + 1
+    order = _argsort(batch * span + position, schedule.num_batches * span)
     batch, position, lane, arg = batch[order], position[order], lane[order], arg[order]
     new_list = np.ones(arg.size, bool)
     new_list[1:] = (batch[1:] != batch[:-1]) | (position[1:] != position[:-1])
@@ -138,7 +175,8 @@ def _twin_classes(batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, me
 
     Args:
       batch_of: int ``[N]``, the batch of every node.
-      node, set_id: int ``[M]``, set memberships (``node`` lies in set ``set_id``).
+      node, set_id: int ``[M]``, set memberships (``node`` lies in set ``set_id``),
+        ``set_id`` non-decreasing.
       members: the nodes to classify.
 
     Returns:
@@ -147,17 +185,29 @@ def _twin_classes(batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, me
       of classes.
     """
     n = batch_of.shape[0]
-    order = np.lexsort((set_id, node))
+    num_sets = int(set_id.max(initial=-1)) + 2  # set ids shifted by one: 0 pads a row
+    order = _argsort(node, n)  # stable: every node's sets stay ascending
     node, set_id = node[order], set_id[order]
     count = np.bincount(node, minlength=n)
+    width = int(count.max(initial=0))
     slot = np.arange(node.size) - (np.cumsum(count) - count)[node]
-    signature = np.full((n, int(count.max(initial=0)) + 1), -1, np.int64)
+    signature = np.zeros((n, width + 1), np.int64)  # [batch, sets + 1 ascending, 0...]
     signature[:, 0] = batch_of
-    signature[node, slot + 1] = set_id
+    signature[node, slot + 1] = set_id + 1
     rows = signature[members]
-    order = np.lexsort(rows.T[::-1])  # rows sorted, equal rows in ``members`` order
-    new_row = np.ones(order.size, bool)
-    new_row[1:] = np.any(rows[order[1:]] != rows[order[:-1]], axis=1)
+    new_row = np.ones(members.size, bool)
+    bound = (int(batch_of.max(initial=0)) + 1) * num_sets**width
+    if bound < 2**63:  # a row packs into one int64 key
+        key = rows[:, 0]
+        for column in range(1, width + 1):
+            key = key * num_sets + rows[:, column]
+        order = _argsort(key, bound)  # rows sorted, equal rows in ``members`` order
+        key = key[order]
+        new_row[1:] = key[1:] != key[:-1]
+    else:
+        order = np.lexsort(rows.T[::-1])
+        rows = rows[order]
+        new_row[1:] = np.any(rows[1:] != rows[:-1], axis=1)
     group = np.cumsum(new_row) - 1  # sorted-row group of each entry of ``order``
     first = order[new_row]  # first member of every group
     renumber = np.empty(first.size, np.int64)
@@ -170,7 +220,9 @@ def _twin_classes(batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, me
 def _distinct_per_set(item: np.ndarray, set_id: np.ndarray, num_sets: int) -> list[list[int]]:
     """The distinct items (non-negative ints) of every set (``item[k]`` lies in set ``set_id[k]``), as lists."""
     span = int(item.max(initial=0)) + 1
-    key = np.unique(set_id.astype(np.int64) * span + item)
+    key = _sort(set_id.astype(np.int64) * span + item, num_sets * span)
+    if key.size:
+        key = key[np.append(True, key[1:] != key[:-1])]
     bounds = np.searchsorted(key // span, np.arange(num_sets + 1)).tolist()
     items = (key % span).tolist()
     return [items[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
@@ -197,10 +249,9 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     entry_list = np.repeat(np.arange(num_lists), list_sizes)
 
     # per list: does it read a node twice (then it is never a slice), does it read one producer batch
-    order = np.lexsort((lists.arg, entry_list))
-    repeat = (lists.arg[order][1:] == lists.arg[order][:-1]) & (entry_list[order][1:] == entry_list[order][:-1])
+    key = _sort(entry_list * max(n, 1) + lists.arg, num_lists * max(n, 1))
     distinct = np.ones(num_lists, bool)
-    distinct[entry_list[order][1:][repeat]] = False
+    distinct[key[1:][key[1:] == key[:-1]] // max(n, 1)] = False
     producer = batch_of[lists.arg]
     one_producer = np.zeros(num_lists, bool)
     if num_lists:
@@ -209,46 +260,49 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     # universe order: by batch, then instances largest first, then id
     sizes = np.bincount(graph.instance, minlength=graph.num_instances)
     inst_rank = np.empty(graph.num_instances, np.int64)
-    inst_rank[np.lexsort((np.arange(graph.num_instances), -sizes))] = np.arange(graph.num_instances)
-    initial = np.lexsort((np.arange(n), inst_rank[graph.instance], batch_of))
+    inst_rank[np.argsort(-sizes, kind="stable")] = np.arange(graph.num_instances)
+    lane_rank = inst_rank[graph.instance]
+    initial = _argsort(batch_of.astype(np.int64) * max(graph.num_instances, 1) + lane_rank, schedule.num_batches * max(graph.num_instances, 1))
     # batches none of whose nodes is ever read (loss nodes, say) only need to be consecutive: they stay
     # out of the PQ-tree and follow its order, batch by batch
     is_operand = np.zeros(n, bool)
     is_operand[lists.arg] = True
     read_batch = np.bincount(batch_of, weights=is_operand, minlength=schedule.num_batches) > 0
     in_tree = read_batch[batch_of[initial]]
+    members = initial[in_tree]
 
     # sets offered to the PQ-tree, largest first: lists of two or more distinct nodes (a shorter one is
-    # always a slice); the tree runs over classes of twin nodes
-    offer = distinct & (list_sizes >= 2)
-    offered = [i for i in np.argsort(-list_sizes, kind="stable").tolist() if offer[i]]
+    # always a slice; one over every node in the tree is always consecutive); the tree runs over classes
+    # of twin nodes
     accepted = (list_sizes < 2) & distinct
-    members = initial[in_tree]
+    accepted |= distinct & (list_sizes == members.size)
+    offer = distinct & ~accepted
+    offered = [i for i in np.argsort(-list_sizes, kind="stable").tolist() if offer[i]]
     in_offered = offer[entry_list]
-    cls, num_classes = _twin_classes(batch_of, lists.arg[in_offered], entry_list[in_offered], members)
-    tree = PQTree(range(num_classes))
-    batch_classes = _distinct_per_set(cls[members], batch_of[members], schedule.num_batches)
-    for b in np.flatnonzero(read_batch).tolist():
-        tree.reduce(batch_classes[b])
-    list_classes = _distinct_per_set(cls[lists.arg], entry_list, num_lists)
+    node_in_set, set_of_node = lists.arg[in_offered], entry_list[in_offered]
+    cls, num_classes = _twin_classes(batch_of, node_in_set, set_of_node, members)
+    # every batch is consecutive: members come batch by batch, so each batch's classes are a range
+    class_batch = np.empty(num_classes, np.int64)
+    class_batch[cls[members]] = batch_of[members]
+    bounds = np.searchsorted(class_batch, np.arange(schedule.num_batches + 1)).tolist()
+    tree = PQTree.from_blocks(range(num_classes), [range(bounds[b], bounds[b + 1]) for b in range(schedule.num_batches)])
+    list_classes = _distinct_per_set(cls[node_in_set], set_of_node, num_lists)
     for i in offered:
         accepted[i] = tree.reduce(list_classes[i])
     class_rank = np.empty(num_classes, np.int64)
     class_rank[np.asarray(tree.frontier(), dtype=np.int64)] = np.arange(num_classes)
-    members = members[np.argsort(class_rank[cls[members]], kind="stable")]
+    members = members[_argsort(class_rank[cls[members]], num_classes)]
     position = np.empty(n, np.int64)
     position[np.concatenate([members, initial[~in_tree]])] = np.arange(n)
 
-    position = _align(position, schedule, lists, accepted, one_producer, inst_rank[graph.instance])
-    gathers, rows = _count_gathers(position, schedule, lists)
+    position = _align(position, schedule, lists, accepted, one_producer, lane_rank)
     return LayoutPlan(
         position=position.astype(np.int32),
         num_operands=num_lists,
-        num_gathers=gathers,
-        gathered_rows=rows,
         accepted=int(accepted.sum()),
         dropped=int((~accepted).sum()),
         seconds=time.perf_counter() - t0,
+        _operands=(schedule, lists),
     )
 
 
@@ -258,23 +312,32 @@ _WIDE = 100  # mean entries read per batch above which alignment works on arrays
 def _align(position, schedule, lists, accepted, one_producer, lane_rank) -> np.ndarray:
     """Step 3: lane orders and operand orders, batch by batch in schedule order.
 
-    For every batch: its lanes follow its anchor (the accepted, consecutive
-    operand whose rows are most pinned already), else, if none of its nodes
-    is pinned, instances largest first (``lane_rank``); then every accepted
-    operand read from one producer batch and not pinned yet is permuted to
-    follow the lanes. Rows only move inside a batch or inside an accepted
-    operand set.
+    For every batch that reads something: its lanes follow its anchor (the
+    accepted, consecutive operand whose rows are most pinned already), else
+    instances largest first (``lane_rank``); then every accepted operand read
+    from one producer batch and not pinned yet is permuted to follow the
+    lanes. Rows only move inside a batch or inside an accepted operand set. A
+    batch's own nodes are never pinned before its turn (only the batches that
+    read them pin them, and those come later).
 
-    Two implementations of the same steps: on plain lists when batches are
-    narrow (lattices, sequences: a NumPy call costs more than a step), on
-    arrays when they are wide (trees, random DAGs). They give the same order.
+    A batch that reads no accepted operand has no anchor and permutes
+    nothing, so all such batches are ordered at once first. The others go
+    one by one, with one of two implementations of the same steps: on plain
+    lists when batches are narrow (lattices, sequences: a NumPy call costs
+    more than a step), on arrays when they are wide (trees, random DAGs).
+    They give the same order.
     """
+    pos = position.copy()
+    reads = np.bincount(lists.batch, minlength=schedule.num_batches) > 0
+    reads_accepted = np.bincount(lists.batch, weights=accepted, minlength=schedule.num_batches) > 0
+    _order_lanes(pos, schedule, lane_rank, reads & ~reads_accepted)
     wide = lists.arg.size > _WIDE * max(schedule.num_batches, 1)
-    return (_align_arrays if wide else _align_lists)(position, schedule, lists, accepted, one_producer, lane_rank)
+    batches = np.flatnonzero(reads_accepted).tolist()
+    return (_align_arrays if wide else _align_lists)(pos, schedule, lists, accepted, one_producer, lane_rank, batches)
 
 
-def _align_lists(position, schedule, lists, accepted, one_producer, lane_rank) -> np.ndarray:
-    """:func:`_align` on plain lists."""
+def _align_lists(position, schedule, lists, accepted, one_producer, lane_rank, batches) -> np.ndarray:
+    """The batch-by-batch part of :func:`_align`, on plain lists, for ``batches`` (in order)."""
     pos = position.tolist()
     pinned = [False] * len(pos)
     lane_rank = lane_rank.tolist()
@@ -284,38 +347,32 @@ def _align_lists(position, schedule, lists, accepted, one_producer, lane_rank) -
     lane_of, arg_of = lists.lane.tolist(), lists.arg.tolist()
     accepted, one_producer = accepted.tolist(), one_producer.tolist()
     first_list = np.searchsorted(lists.batch, np.arange(schedule.num_batches + 1)).tolist()
-    for b in range(schedule.num_batches):
-        own = range(first_list[b], first_list[b + 1])
-        if not own:
-            continue  # reads nothing: its lanes keep the PQ-tree's order
+    for b in batches:
+        own = [i for i in range(first_list[b], first_list[b + 1]) if accepted[i]]
         nodes = node_order[batch_ptr[b] : batch_ptr[b + 1]]
         anchor, most = -1, 0.0
         for i in own:
-            if not accepted[i]:
-                continue
             args = arg_of[ptr[i] : ptr[i + 1]]
             share = sum(map(pinned.__getitem__, args)) / len(args)
             if share > most:
                 rows = [pos[a] for a in args]
                 if max(rows) - min(rows) == len(rows) - 1:
                     anchor, most = i, share
-        lane_key = None
         if anchor >= 0:
             lane_key = [len(pos)] * len(nodes)
             for lane, a in zip(lane_of[ptr[anchor] : ptr[anchor + 1]], arg_of[ptr[anchor] : ptr[anchor + 1]]):
                 lane_key[lane] = min(lane_key[lane], pos[a])
                 pinned[a] = True
-        elif not any(map(pinned.__getitem__, nodes)):
+        else:
             lane_key = [lane_rank[v] for v in nodes]
         rows = [pos[v] for v in nodes]
-        if lane_key is not None:
-            for (_, _, v), row in zip(sorted(zip(lane_key, rows, nodes)), sorted(rows)):
-                pos[v] = row
+        for (_, _, v), row in zip(sorted(zip(lane_key, rows, nodes)), sorted(rows)):
+            pos[v] = row
         base = min(rows)
         lane_pos = [pos[v] - base for v in nodes]  # a batch's rows are consecutive
         changed = anchor >= 0
         for i in own:
-            if not accepted[i] or not one_producer[i]:
+            if not one_producer[i]:
                 continue
             args = arg_of[ptr[i] : ptr[i + 1]]
             if any(map(pinned.__getitem__, args)):
@@ -331,48 +388,73 @@ def _align_lists(position, schedule, lists, accepted, one_producer, lane_rank) -
     return np.asarray(pos, dtype=np.int64)
 
 
-def _align_arrays(position, schedule, lists, accepted, one_producer, lane_rank) -> np.ndarray:
-    """:func:`_align` on arrays."""
-    pos = position.copy()
+def _align_arrays(position, schedule, lists, accepted, one_producer, lane_rank, batches) -> np.ndarray:
+    """The batch-by-batch part of :func:`_align`, on arrays, for ``batches`` (in order); in place."""
+    pos = position
     pinned = np.zeros(pos.size, bool)
-    ptr, arg, lane = lists.ptr, lists.arg, lists.lane
-    size = np.diff(ptr)
+    ptr = lists.ptr.tolist()
+    arg_of = [lists.arg[s:e] for s, e in zip(ptr[:-1], ptr[1:])]  # views, one per list
+    lane_of = [lists.lane[s:e] for s, e in zip(ptr[:-1], ptr[1:])]
     first_list = np.searchsorted(lists.batch, np.arange(schedule.num_batches + 1)).tolist()
-    for b in range(schedule.num_batches):
-        l0, l1 = first_list[b], first_list[b + 1]
-        if l0 == l1:
-            continue
-        nodes = schedule.node_order[schedule.batch_ptr[b] : schedule.batch_ptr[b + 1]]
-        e0 = ptr[l0]
-        args, offsets = arg[e0 : ptr[l1]], ptr[l0:l1] - e0
-        rows = pos[args]
-        share = np.add.reduceat(pinned[args], offsets) / size[l0:l1]
-        span = np.maximum.reduceat(rows, offsets) - np.minimum.reduceat(rows, offsets)
-        anchors = accepted[l0:l1] & (share > 0) & (span == size[l0:l1] - 1)
-        lane_key = None
-        if anchors.any():
-            i = l0 + int(np.argmax(np.where(anchors, share, -1.0)))  # the first of the most pinned
+    batch_ptr = schedule.batch_ptr.tolist()
+    accepted, permutable = accepted.tolist(), (accepted & one_producer).tolist()
+    for b in batches:
+        own = [i for i in range(first_list[b], first_list[b + 1]) if accepted[i]]
+        nodes = schedule.node_order[batch_ptr[b] : batch_ptr[b + 1]]
+        anchor, most = -1, 0.0  # the first of the most pinned accepted operands whose rows are a run
+        for i in own:
+            share = np.count_nonzero(pinned[arg_of[i]]) / arg_of[i].size
+            if share > most:
+                rows = pos[arg_of[i]]
+                if rows.max() - rows.min() == rows.size - 1:
+                    anchor, most = i, share
+        if anchor >= 0:
             lane_key = np.full(nodes.size, pos.size, np.int64)
-            np.minimum.at(lane_key, lane[ptr[i] : ptr[i + 1]], pos[arg[ptr[i] : ptr[i + 1]]])
-            pinned[arg[ptr[i] : ptr[i + 1]]] = True
-        elif not pinned[nodes].any():
+            np.minimum.at(lane_key, lane_of[anchor], pos[arg_of[anchor]])
+            pinned[arg_of[anchor]] = True
+        else:
             lane_key = lane_rank[nodes]
         node_rows = pos[nodes]
-        if lane_key is not None:
-            node_rows[np.lexsort((node_rows, lane_key))] = np.sort(node_rows)
-            pos[nodes] = node_rows
-        lane_pos = node_rows - node_rows.min()  # a batch's rows are consecutive
-        changed = lane_key is not None and bool(anchors.any())
-        for i in (l0 + np.flatnonzero(accepted[l0:l1] & one_producer[l0:l1])).tolist():
-            a = arg[ptr[i] : ptr[i + 1]]
-            if pinned[a].any():
+        base = int(node_rows.min())
+        # the batch's rows (consecutive) in lane_key order, ties by row
+        node_rows[_argsort(lane_key * nodes.size + (node_rows - base), (pos.size + 1) * nodes.size)] = np.arange(
+            base, base + nodes.size
+        )
+        pos[nodes] = node_rows
+        changed = anchor >= 0
+        for i in own:
+            a = arg_of[i]
+            if not permutable[i] or pinned[a].any():
                 continue
-            pos[a[np.argsort(lane_pos[lane[ptr[i] : ptr[i + 1]]], kind="stable")]] = np.sort(pos[a])
+            pos[a[np.argsort(node_rows[lane_of[i]], kind="stable")]] = np.sort(pos[a])
             pinned[a] = True
             changed = True
         if changed:
             pinned[nodes] = True
     return pos
+
+
+def _order_lanes(pos: np.ndarray, schedule: Schedule, lane_rank: np.ndarray, batches: np.ndarray) -> None:
+    """Re-orders, in place, the rows of every batch in the mask ``batches`` by ``lane_rank``, ties by row.
+
+    A batch's rows are consecutive; they stay the same rows.
+    """
+    in_batches = np.repeat(batches, schedule.widths)
+    if not in_batches.any():
+        return
+    nodes = schedule.node_order[in_batches]
+    widths = schedule.widths[batches]
+    starts = np.cumsum(widths) - widths
+    batch = np.repeat(np.arange(widths.size), widths)
+    rows = pos[nodes]
+    first = np.minimum.reduceat(rows, starts)
+    offset = rows - first[batch]
+    ranks, span = lane_rank[nodes], int(widths.max())
+    if widths.size * (int(ranks.max()) + 1) * span < 2**63:
+        order = _argsort((batch * (int(ranks.max()) + 1) + ranks) * span + offset, widths.size * (int(ranks.max()) + 1) * span)
+    else:
+        order = np.lexsort((offset, ranks, batch))
+    pos[nodes[order]] = first[batch] + np.arange(nodes.size) - starts[batch]
 
 
 def _count_gathers(position: np.ndarray, schedule: Schedule, lists: _OperandLists) -> tuple[int, int]:
@@ -381,14 +463,15 @@ def _count_gathers(position: np.ndarray, schedule: Schedule, lists: _OperandList
     num_lists = lists.batch.size
     if not num_lists:
         return 0, 0
-    entry_list = np.repeat(np.arange(num_lists), np.diff(lists.ptr))
+    sizes = np.diff(lists.ptr)
+    entry_list = np.repeat(np.arange(num_lists), sizes)
     batch = lists.batch[entry_list]
     reader = schedule.node_order[schedule.batch_ptr[batch] + lists.lane]
     # a batch's rows are consecutive, so a lane's rank is its row minus the batch's first row
     first_row = np.minimum.reduceat(position[schedule.node_order], schedule.batch_ptr[:-1])
     lane_rank = position[reader] - first_row[batch]
-    order = np.lexsort((np.arange(entry_list.size), lane_rank, entry_list))
+    order = np.argsort(entry_list * (int(schedule.widths.max()) + 1) + lane_rank, kind="stable")
     rows, entry_list = position[lists.arg[order]], entry_list[order]
     broken = np.zeros(num_lists, bool)
     broken[entry_list[1:][(np.diff(rows) != 1) & (entry_list[1:] == entry_list[:-1])]] = True
-    return int(broken.sum()), int(np.diff(lists.ptr)[broken].sum())
+    return int(broken.sum()), int(sizes[broken].sum())

@@ -374,6 +374,50 @@ class PQTree:
     elif self._leaves:
       self._root = _group(list(self._leaves.values()))
 
+  @classmethod
+  def from_blocks(
+      cls, universe: Iterable[Hashable], blocks: Iterable[Iterable[Hashable]]
+  ) -> PQTree:
+    """A tree over ``universe`` in which each of the disjoint ``blocks`` is consecutive.
+
+    The same tree as ``PQTree(universe)`` followed by ``reduce(block)`` for
+    every block in turn, built in one pass over the items instead: the root
+    P-node holds the items of no block of two or more, in universe order,
+    then one P-node per such block, in block order.
+
+    Args:
+      universe: the items, distinct and hashable.
+      blocks: pairwise disjoint collections of items of the universe;
+        repeats inside a block are ignored.
+
+    Returns:
+      A new :class:`PQTree`.
+
+    Raises:
+      PQTreeError: if an item is repeated in the universe, is not in it, or
+        lies in two blocks.
+    """
+    tree = cls(universe)
+    leaves, root = tree._leaves, tree._root
+    placed: set[Hashable] = set()
+    for block in blocks:
+      items = dict.fromkeys(block)
+      for item in items:
+        if item not in leaves:
+          raise PQTreeError(f"item {item!r} is not in the universe")
+        if item in placed:
+          raise PQTreeError(f"item {item!r} lies in two blocks")
+      placed.update(items)
+      if not 2 <= len(items) < len(leaves):
+        continue  # always consecutive: the tree stays as it is (as reduce would leave it)
+      nodes = [leaves[item] for item in items]
+      for node in nodes:
+        del root.kids[node]
+      group = _group(nodes)
+      root.kids[group] = None
+      group.up = root.cell
+    return tree
+
   def __len__(self) -> int:
     return len(self._leaves)
 
