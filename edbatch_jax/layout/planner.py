@@ -16,9 +16,12 @@ possible are slices:
 2. **Consecutive operands.** Every operand set is offered to a
    :class:`~edbatch_jax.layout.PQTree` (largest first); a set that cannot be
    made consecutive together with those accepted so far is dropped (that
-   operand will be gathered). The tree's leaves are classes of twins (nodes
-   of one batch that lie in exactly the same sets), which accepts exactly
-   what a tree over the nodes would, on a universe 10-15x smaller.
+   operand will be gathered); a set that cuts three batches or more (holds
+   some but not all of their nodes) is dropped without a reduction, since
+   batches are consecutive. The tree's leaves are classes of twins (nodes
+   of one batch that lie in exactly the same offered sets), which accepts
+   exactly what a tree over the nodes would, on a universe 20-60x smaller
+   (lattices, trees).
 3. **Alignment.** In schedule order, every batch picks its lane order: if an
    accepted operand's states are already ordered (pinned), lanes follow that
    order; then every accepted operand whose states come from one producer
@@ -170,8 +173,7 @@ def _twin_classes(batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, me
     Twins are interchangeable under consecutiveness constraints (an order
     meeting some constraints can put twins side by side and still meet
     them), so the PQ-tree runs over classes: it accepts exactly the sets it
-    would accept over nodes, on a universe 10-15x smaller for trees and
-    lattices.
+    would accept over nodes, on a much smaller universe.
 
     Args:
       batch_of: int ``[N]``, the batch of every node.
@@ -215,6 +217,18 @@ def _twin_classes(batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, me
     cls = np.full(n, -1, np.int64)
     cls[members[order]] = renumber[group]
     return cls, int(first.size)
+
+
+def _batches_cut(set_id: np.ndarray, batch: np.ndarray, num_sets: int, widths: np.ndarray) -> np.ndarray:
+    """int ``[num_sets]``: per set of distinct nodes (entry ``k`` in set ``set_id[k]``, a node of batch
+    ``batch[k]``), the batches it holds some but not all nodes of (``widths``: nodes per batch)."""
+    num_batches = widths.size
+    key = _sort(set_id.astype(np.int64) * num_batches + batch, num_sets * num_batches)
+    if not key.size:
+        return np.zeros(num_sets, np.int64)
+    starts = np.flatnonzero(np.append(True, key[1:] != key[:-1]))
+    pair, count = key[starts], np.diff(np.append(starts, key.size))
+    return np.bincount(pair[count < widths[pair % num_batches]] // num_batches, minlength=num_sets)
 
 
 def _distinct_per_set(item: np.ndarray, set_id: np.ndarray, num_sets: int) -> list[list[int]]:
@@ -272,11 +286,15 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     members = initial[in_tree]
 
     # sets offered to the PQ-tree, largest first: lists of two or more distinct nodes (a shorter one is
-    # always a slice; one over every node in the tree is always consecutive); the tree runs over classes
-    # of twin nodes
+    # always a slice; one over every node in the tree is always consecutive). Batches are consecutive, so
+    # a consecutive set cuts at most two of them (at its ends; it holds the others whole or not at all):
+    # one that cuts three or more is refused without a reduction. The tree runs over classes of twin
+    # nodes with respect to the sets it is offered.
     accepted = (list_sizes < 2) & distinct
     accepted |= distinct & (list_sizes == members.size)
     offer = distinct & ~accepted
+    in_offered = offer[entry_list]
+    offer[_batches_cut(entry_list[in_offered], batch_of[lists.arg[in_offered]], num_lists, schedule.widths) > 2] = False
     offered = [i for i in np.argsort(-list_sizes, kind="stable").tolist() if offer[i]]
     in_offered = offer[entry_list]
     node_in_set, set_of_node = lists.arg[in_offered], entry_list[in_offered]
