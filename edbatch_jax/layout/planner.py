@@ -96,9 +96,10 @@ class LayoutPlan:
         return self._gathers[1]
 
     def __repr__(self) -> str:
-        gathers = f"{self.num_gathers}/" if self._operands is not None else ""
-        rows = f"rows gathered={self.gathered_rows}, " if self._operands is not None else ""
-        return f"LayoutPlan(nodes={self.position.shape[0]}, gathers={gathers}{self.num_operands}, {rows}{self.seconds * 1e3:.1f} ms)"
+        counted = self._operands is not None
+        gathers = f"gathers={self.num_gathers}/{self.num_operands}, " if counted else f"operands={self.num_operands}, "
+        rows = f"rows gathered={self.gathered_rows}, " if counted else ""
+        return f"LayoutPlan(nodes={self.position.shape[0]}, {gathers}{rows}{self.seconds * 1e3:.1f} ms)"
 
 
 def _argsort(key: np.ndarray, bound: int) -> np.ndarray:
@@ -276,7 +277,8 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     inst_rank = np.empty(graph.num_instances, np.int64)
     inst_rank[np.argsort(-sizes, kind="stable")] = np.arange(graph.num_instances)
     lane_rank = inst_rank[graph.instance]
-    initial = _argsort(batch_of.astype(np.int64) * max(graph.num_instances, 1) + lane_rank, schedule.num_batches * max(graph.num_instances, 1))
+    num_ranks = max(graph.num_instances, 1)
+    initial = _argsort(batch_of.astype(np.int64) * num_ranks + lane_rank, schedule.num_batches * num_ranks)
     # batches none of whose nodes is ever read (loss nodes, say) only need to be consecutive: they stay
     # out of the PQ-tree and follow its order, batch by batch
     is_operand = np.zeros(n, bool)
@@ -303,7 +305,7 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     class_batch = np.empty(num_classes, np.int64)
     class_batch[cls[members]] = batch_of[members]
     bounds = np.searchsorted(class_batch, np.arange(schedule.num_batches + 1)).tolist()
-    tree = PQTree.from_blocks(range(num_classes), [range(bounds[b], bounds[b + 1]) for b in range(schedule.num_batches)])
+    tree = PQTree.from_blocks(range(num_classes), [range(s, e) for s, e in zip(bounds[:-1], bounds[1:])])
     list_classes = _distinct_per_set(cls[node_in_set], set_of_node, num_lists)
     for i in offered:
         accepted[i] = tree.reduce(list_classes[i])
@@ -468,8 +470,9 @@ def _order_lanes(pos: np.ndarray, schedule: Schedule, lane_rank: np.ndarray, bat
     first = np.minimum.reduceat(rows, starts)
     offset = rows - first[batch]
     ranks, span = lane_rank[nodes], int(widths.max())
-    if widths.size * (int(ranks.max()) + 1) * span < 2**63:
-        order = _argsort((batch * (int(ranks.max()) + 1) + ranks) * span + offset, widths.size * (int(ranks.max()) + 1) * span)
+    num_ranks = int(ranks.max()) + 1
+    if widths.size * num_ranks * span < 2**63:
+        order = _argsort((batch * num_ranks + ranks) * span + offset, widths.size * num_ranks * span)
     else:
         order = np.lexsort((offset, ranks, batch))
     pos[nodes[order]] = first[batch] + np.arange(nodes.size) - starts[batch]
