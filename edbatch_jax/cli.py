@@ -218,7 +218,6 @@ def bench(args: argparse.Namespace) -> int:
     from edbatch_jax.workloads import WORKLOADS, load_workload
 
     split = lambda s: [x for x in s.split(",") if x]
-    compile_cache = resolve_compile_cache(getattr(args, "compile_cache", None))
     shards = [int(x) for x in split(str(args.shards))]
     if max(shards, default=1) > 1:
         from edbatch_jax.parallel import use_cpu_devices
@@ -270,7 +269,7 @@ def bench(args: argparse.Namespace) -> int:
             sections.append(f"### DyNet side by side: batch {size}, hidden {peer_hidden}\n\n{peers}\n")
             peer_rows += [dict(r, model=name, engine="dynet", policy=r["system"], hidden=peer_hidden, run=k)
                           for k, run in zip(("before", "after"), dynet_runs) for r in run]
-    cached = " (programs found in the persistent compile cache loaded, not compiled)" if compile_cache else ""
+    cached = " (programs found in the persistent compile cache loaded, not compiled)" if getattr(args, "compile_cache_dir", None) else ""
     legend = ("inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
               "the engine's plan every step; overlap: the same, each mini-batch planned while the previous one "
               "executes; thread: the same, construction, scheduling and layout on a worker thread; "
@@ -573,10 +572,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
-    cache = resolve_compile_cache(getattr(args, "compile_cache", None))
-    if cache is not None:
+    args.compile_cache_dir = resolve_compile_cache(getattr(args, "compile_cache", None))  # the commands read it
+    if args.compile_cache_dir is not None:
         try:
-            enable_compile_cache(cache)
+            enable_compile_cache(args.compile_cache_dir)
         except OSError as e:
             raise SystemExit(f"edbatch {args.command}: --compile-cache: {e}") from e
     return args.func(args)

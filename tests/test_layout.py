@@ -333,12 +333,17 @@ def test_twin_classes_with_signatures_too_long_to_pack():
 @pytest.mark.parametrize("bound", [2, 1 << 16, (1 << 16) + 1, 1 << 40])
 def test_stable_sorts_of_bounded_keys(bound):
     """16-bit keys go through NumPy's radix sort; every bound gives the stable order and the sorted keys."""
-    from edbatch_jax.layout.planner import _argsort, _sort
+    from edbatch_jax.layout.planner import _argsort, _counted, _sort
 
     key = np.random.default_rng(bound).integers(0, bound, 5000)
     np.testing.assert_array_equal(_argsort(key, bound), np.argsort(key, kind="stable"))
     np.testing.assert_array_equal(_sort(key, bound), np.sort(key))
     assert _sort(key, bound).dtype == np.int64
+    for keys in (key, key[:0]):
+        values, counts = _counted(keys, bound)
+        want_values, want_counts = np.unique(keys, return_counts=True)
+        np.testing.assert_array_equal(values, want_values)
+        np.testing.assert_array_equal(counts, want_counts)
 
 
 def test_lanes_by_instance_when_keys_do_not_pack():

@@ -269,6 +269,12 @@ def _buffer_structs(plan) -> tuple:
     return tuple(_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
 
 
+def _check_cotangents(plan, cotangents: Sequence[bool] | None) -> None:
+    """Refuses a cotangent mask (one bool per state buffer, for precompilation) of the wrong length."""
+    if cotangents is not None and len(cotangents) != len(plan.signatures):
+        raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(plan.signatures)} state buffers")
+
+
 def _instantiate(ct: PyTree) -> PyTree | None:
     """A custom-VJP cotangent with symbolic zeros: ``None`` if all of it is zero, else arrays."""
     is_zero = lambda x: isinstance(x, SymbolicZero)
@@ -590,9 +596,8 @@ class Engine:
         Returns:
           The number of programs compiled by this call.
         """
+        _check_cotangents(plan, cotangents)
         bufs = _buffer_structs(plan)
-        if cotangents is not None and len(cotangents) != len(bufs):
-            raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(bufs)} state buffers")
         for sig, cap in zip(plan.signatures, plan.capacities):  # the fills a run makes (eager: a program per shape)
             _zeros(sig, cap)
         compiled = 0

@@ -72,6 +72,7 @@ from edbatch_jax.engine.executor import (
     ExecutionPlan,
     _assemble_grads,
     _buffer_structs,
+    _check_cotangents,
     _combine,
     _compile_once,
     _mask_rows,
@@ -630,14 +631,11 @@ class FusedEngine(Engine):
         """:meth:`Engine.precompile`: the forward program (inference), or the forward program that stores
         residuals and the backward program (training), at the engine's current table lengths; the plan's tables
         are packed and put on the device now, and the zeroed residual tables of the first step allocated."""
-        if cotangents is not None and len(cotangents) != len(plan.signatures):
-            raise ValueError(f"cotangents has {len(cotangents)} entries for a plan of {len(plan.signatures)} "
-                             "state buffers")
+        _check_cotangents(plan, cotangents)
         ints, payloads = self._device_tables(plan.tables)
         if cotangents is None or self.save_residuals is None:
             forward = self._program(plan, "forward")
-            names = dict.fromkeys(k[0] for k in self.branch_keys)
-            compiled = _compile_once(self._compiled, forward, params, ints, payloads, tuple(() for _ in names))
+            compiled = _compile_once(self._compiled, forward, params, ints, payloads, self._no_saved())
             saved = None
         else:
             structs = self._saved_structs(params, plan)
@@ -655,10 +653,13 @@ class FusedEngine(Engine):
         return compiled + _compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
 
     # ------------------------------------------------------------------ execution
+    def _no_saved(self) -> tuple:
+        """The forward program's residual tables when it keeps none: one empty tuple per op type."""
+        return tuple(() for _ in dict.fromkeys(k[0] for k in self.branch_keys))
+
     def _forward(self, plan: ExecutionPlan, params) -> tuple:
         forward = self._program(plan, "forward")
-        names = dict.fromkeys(k[0] for k in self.branch_keys)
-        return forward(params, *self._device_tables(plan.tables), tuple(() for _ in names))[0]
+        return forward(params, *self._device_tables(plan.tables), self._no_saved())[0]
 
     def _saved_structs(self, params, plan: ExecutionPlan) -> tuple:
         """The residual tables at the engine's current row counts, per op type in the programs' order

@@ -114,6 +114,13 @@ def _sort(key: np.ndarray, bound: int) -> np.ndarray:
     return np.sort(key, kind="stable")
 
 
+def _counted(key: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct integer keys in ``[0, bound)``, ascending (int64), and how often each occurs."""
+    key = _sort(key, bound)
+    starts = np.flatnonzero(np.append(True, key[1:] != key[:-1])) if key.size else np.zeros(0, np.int64)
+    return key[starts], np.diff(np.append(starts, key.size))
+
+
 class _OperandLists(NamedTuple):
     """Every batch's operand lists, flat: list ``i`` has entries ``ptr[i]:ptr[i+1]``."""
 
@@ -224,20 +231,14 @@ def _batches_cut(set_id: np.ndarray, batch: np.ndarray, num_sets: int, widths: n
     """int ``[num_sets]``: per set of distinct nodes (entry ``k`` in set ``set_id[k]``, a node of batch
     ``batch[k]``), the batches it holds some but not all nodes of (``widths``: nodes per batch)."""
     num_batches = widths.size
-    key = _sort(set_id.astype(np.int64) * num_batches + batch, num_sets * num_batches)
-    if not key.size:
-        return np.zeros(num_sets, np.int64)
-    starts = np.flatnonzero(np.append(True, key[1:] != key[:-1]))
-    pair, count = key[starts], np.diff(np.append(starts, key.size))
+    pair, count = _counted(set_id.astype(np.int64) * num_batches + batch, num_sets * num_batches)
     return np.bincount(pair[count < widths[pair % num_batches]] // num_batches, minlength=num_sets)
 
 
 def _distinct_per_set(item: np.ndarray, set_id: np.ndarray, num_sets: int) -> list[list[int]]:
     """The distinct items (non-negative ints) of every set (``item[k]`` lies in set ``set_id[k]``), as lists."""
     span = int(item.max(initial=0)) + 1
-    key = _sort(set_id.astype(np.int64) * span + item, num_sets * span)
-    if key.size:
-        key = key[np.append(True, key[1:] != key[:-1])]
+    key, _ = _counted(set_id.astype(np.int64) * span + item, num_sets * span)
     bounds = np.searchsorted(key // span, np.arange(num_sets + 1)).tolist()
     items = (key % span).tolist()
     return [items[s:e] for s, e in zip(bounds[:-1], bounds[1:])]
@@ -264,9 +265,9 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     entry_list = np.repeat(np.arange(num_lists), list_sizes)
 
     # per list: does it read a node twice (then it is never a slice), does it read one producer batch
-    key = _sort(entry_list * max(n, 1) + lists.arg, num_lists * max(n, 1))
+    entry, times = _counted(entry_list * max(n, 1) + lists.arg, num_lists * max(n, 1))
     distinct = np.ones(num_lists, bool)
-    distinct[key[1:][key[1:] == key[:-1]] // max(n, 1)] = False
+    distinct[entry[times > 1] // max(n, 1)] = False
     producer = batch_of[lists.arg]
     one_producer = np.zeros(num_lists, bool)
     if num_lists:
