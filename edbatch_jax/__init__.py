@@ -13,6 +13,7 @@ The public surface::
   eb.enable_compile_cache()   # compiled programs kept on disk for the next process
 """
 
+from edbatch_jax import fsm, workloads
 from edbatch_jax.analysis import (
     children,
     lower_bound,
@@ -21,6 +22,7 @@ from edbatch_jax.analysis import (
     type_depths,
     typewise_depth,
 )
+from edbatch_jax.compile_cache import enable_compile_cache
 from edbatch_jax.engine import (
     Engine,
     ExecutionPlan,
@@ -34,10 +36,7 @@ from edbatch_jax.engine import (
     run,
     run_unbatched,
 )
-from edbatch_jax import fsm, workloads
-from edbatch_jax.compile_cache import enable_compile_cache
 from edbatch_jax.fsm import FSMDecision, FSMPolicy, PolicyFileError, learn_fsm
-from edbatch_jax.layout import LayoutPlan, PQTree, PQTreeError, plan_layout
 from edbatch_jax.graph import (
     Graph,
     GraphBuilder,
@@ -46,6 +45,7 @@ from edbatch_jax.graph import (
     unbatch_graph,
     validate_graph,
 )
+from edbatch_jax.layout import LayoutPlan, PQTree, PQTreeError, plan_layout
 from edbatch_jax.scheduling import (
     AgendaPolicy,
     DepthPolicy,

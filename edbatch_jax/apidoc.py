@@ -19,31 +19,102 @@ __all__ = ["render"]
 SECTIONS = (
     ("Graphs", eb, ("GraphBuilder", "Graph", "batch_graphs", "unbatch_graph", "validate_graph", "GraphError")),
     ("Analysis", eb, ("lower_bound", "node_depth", "topological_order", "type_depths", "typewise_depth", "children")),
-    ("Scheduling", eb, ("schedule", "Schedule", "validate_schedule", "ScheduleError", "Policy", "FrontierPolicy",
-                        "DepthPolicy", "AgendaPolicy", "TypewisePolicy", "Frontier", "TypewiseFrontier",
-                        "register_policy")),
+    (
+        "Scheduling",
+        eb,
+        (
+            "schedule",
+            "Schedule",
+            "validate_schedule",
+            "ScheduleError",
+            "Policy",
+            "FrontierPolicy",
+            "DepthPolicy",
+            "AgendaPolicy",
+            "TypewisePolicy",
+            "Frontier",
+            "TypewiseFrontier",
+            "register_policy",
+        ),
+    ),
     ("Learned FSM policy", eb, ("learn_fsm", "FSMPolicy", "FSMDecision", "PolicyFileError")),
     ("Memory layout", eb, ("plan_layout", "LayoutPlan", "PQTree", "PQTreeError")),
-    ("Execution", eb, ("run", "run_unbatched", "Engine", "FusedEngine", "ExecutionPlan", "Op", "OpError",
-                       "linen_op", "nnx_op", "NNXCells", "bucket", "enable_compile_cache")),
-    ("Training (`edbatch_jax.training`, `edbatch_jax.train`)", None,
-     (training.MiniBatch, training.make_minibatch, training.make_engine, training.batched_loss, training.Trainer,
-      training.plan_ahead,
-      training.root_loss_nodes, training.variadic_ops,
-      training.loss_and_grads, train.TrainConfig, train.train)),
-    ("Data parallelism (`edbatch_jax.parallel`)", None,
-     (parallel.ShardedTrainer, parallel.make_shards, parallel.sharded_loss, parallel.split_instances,
-      parallel.shard_devices, parallel.use_cpu_devices)),
-    ("Workloads and benchmarks (`edbatch_jax.workloads`, `edbatch_jax.bench`, `edbatch_jax.op_calls`, `edbatch_jax.peers`)", None,
-     (workloads.load_workload, workloads.Workload, workloads.default_policy_path, bench.run_benchmarks,
-      bench.BenchResult, op_calls.op_calls_ms, op_calls.plan_flops, op_calls.matmul_gflops, peers.run_dynet, peers.comparison_table, peers.PeerError)),
+    (
+        "Execution",
+        eb,
+        (
+            "run",
+            "run_unbatched",
+            "Engine",
+            "FusedEngine",
+            "ExecutionPlan",
+            "Op",
+            "OpError",
+            "linen_op",
+            "nnx_op",
+            "NNXCells",
+            "bucket",
+            "enable_compile_cache",
+        ),
+    ),
+    (
+        "Training (`edbatch_jax.training`, `edbatch_jax.train`)",
+        None,
+        (
+            training.MiniBatch,
+            training.make_minibatch,
+            training.make_engine,
+            training.batched_loss,
+            training.Trainer,
+            training.plan_ahead,
+            training.root_loss_nodes,
+            training.variadic_ops,
+            training.loss_and_grads,
+            train.TrainConfig,
+            train.train,
+        ),
+    ),
+    (
+        "Data parallelism (`edbatch_jax.parallel`)",
+        None,
+        (
+            parallel.ShardedTrainer,
+            parallel.make_shards,
+            parallel.sharded_loss,
+            parallel.split_instances,
+            parallel.shard_devices,
+            parallel.use_cpu_devices,
+        ),
+    ),
+    (
+        "Workloads and benchmarks (`edbatch_jax.workloads`, `edbatch_jax.bench`, "
+        "`edbatch_jax.op_calls`, `edbatch_jax.peers`)",
+        None,
+        (
+            workloads.load_workload,
+            workloads.Workload,
+            workloads.default_policy_path,
+            bench.run_benchmarks,
+            bench.BenchResult,
+            op_calls.op_calls_ms,
+            op_calls.plan_flops,
+            op_calls.matmul_gflops,
+            peers.run_dynet,
+            peers.comparison_table,
+            peers.PeerError,
+        ),
+    ),
 )
 
 
 def _signature(obj) -> str:
     try:
         sig = inspect.signature(obj)
-        if inspect.isclass(obj) and obj.__init__ is not object.__init__ and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values()):
+        if (
+            inspect.isclass(obj)
+            and obj.__init__ is not object.__init__
+            and all(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values())
+        ):
             init = inspect.signature(obj.__init__)  # a metaclass hides the constructor's signature (flax.nnx)
             sig = init.replace(parameters=list(init.parameters.values())[1:], return_annotation=inspect.Signature.empty)
     except (TypeError, ValueError):
@@ -64,7 +135,8 @@ def _entry(name: str, obj) -> list[str]:
     lines += [_summary(obj) or "(no docstring)", ""]
     if kind == "class":
         methods = [
-            (m, f) for m, f in vars(obj).items()
+            (m, f)
+            for m, f in vars(obj).items()
             if not m.startswith("_") and (inspect.isfunction(f) or isinstance(f, (classmethod, staticmethod, property)))
         ]
         for m, f in methods:

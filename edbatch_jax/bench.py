@@ -42,8 +42,9 @@ import dataclasses
 import itertools
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,8 +55,15 @@ import edbatch_jax as eb
 from edbatch_jax.engine.executor import state_signature
 from edbatch_jax.op_calls import matmul_gflops, op_calls_ms, plan_flops
 from edbatch_jax.parallel import ShardedTrainer, make_shards, shard_devices, sharded_loss, split_instances
-from edbatch_jax.training import (Trainer, batched_loss, make_engine, make_minibatch, plan_ahead, resolve_layout,
-                                  variadic_ops)
+from edbatch_jax.training import (
+    Trainer,
+    batched_loss,
+    make_engine,
+    make_minibatch,
+    plan_ahead,
+    resolve_layout,
+    variadic_ops,
+)
 from edbatch_jax.workloads import Workload, default_policy_path
 
 __all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
@@ -300,8 +308,11 @@ class _Config:
         before = _xla_compiles()
         t0 = time.perf_counter()
         sets = self.instance_sets[warmup : warmup + num_batches]
-        batches = (plan_ahead(sets, self.plan_engines, background=self.build_shards) if threaded
-                   else plan_ahead(sets, self.prepare))
+        batches = (
+            plan_ahead(sets, self.plan_engines, background=self.build_shards)
+            if threaded
+            else plan_ahead(sets, self.prepare)
+        )
         with jax.profiler.TraceAnnotation("edbatch.overlapped_threaded" if threaded else "edbatch.overlapped"):
             pending = None
             for mb in batches:
@@ -318,11 +329,27 @@ class _Config:
         self.sync_params()
 
 
-def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, shards, params0, variadic,
-             warmup, say, optimizer) -> _Config:
+def _prepare(
+    work,
+    shared,
+    graphs,
+    instance_sets,
+    engine_name,
+    policy_name,
+    layout,
+    mode,
+    shards,
+    params0,
+    variadic,
+    warmup,
+    say,
+    optimizer,
+) -> _Config:
     """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
     policy = resolve_policy(policy_name, work)
-    label = policy_name if isinstance(policy, str) else "fsm" if policy_name == "fsm" else f"fsm:{Path(policy_name).stem}"
+    label = (
+        policy_name if isinstance(policy, str) else "fsm" if policy_name == "fsm" else f"fsm:{Path(policy_name).stem}"
+    )
     say(f"{engine_name} / {label} / {layout} / {mode}" + (f" / {shards} shards" if shards > 1 else ""))
     devices = shard_devices(shards)
     engines = [shared[(engine_name, mode, k)] for k in range(shards)]
@@ -333,8 +360,22 @@ def _prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layo
         opt = make(learning_rate)
         trainer = ShardedTrainer(engines, params, opt, devices) if shards > 1 else Trainer(engines[0], params, opt)
     replicas = None if trainer else [jax.device_put(params, d) for d in devices]  # a trainer's: sync_params
-    cfg = _Config(engine_name, label, policy, layout, mode, graphs[shards], [], engines, devices, replicas, trainer,
-                  variadic, instance_sets, work.batch_graph)
+    cfg = _Config(
+        engine_name,
+        label,
+        policy,
+        layout,
+        mode,
+        graphs[shards],
+        [],
+        engines,
+        devices,
+        replicas,
+        trainer,
+        variadic,
+        instance_sets,
+        work.batch_graph,
+    )
     cfg.sync_params()
     cfg.mbs = cfg.plan_all(cfg.graphs)[0]  # timed in the rounds, warm here
     traced_before = cfg.trace_count
@@ -430,8 +471,12 @@ def run_benchmarks(
     # all configurations' plans stay cached, since they take turns (each round adds the plans of its two
     # overlapped runs' fresh mini-batches, which are the least recently used ones by the next round)
     cached = len(policies) * len(layouts) * (need + 3 * num_batches) + 1
-    shared = {(e, mode, k): make_engine(e, model.ops, max_lanes, cached)
-              for e in engines for mode in modes for k in range(shards[-1])}
+    shared = {
+        (e, mode, k): make_engine(e, model.ops, max_lanes, cached)
+        for e in engines
+        for mode in modes
+        for k in range(shards[-1])
+    }
 
     def construct(sets, n):
         t0 = time.perf_counter()
@@ -444,13 +489,29 @@ def run_benchmarks(
 
     configs = []
     for engine_name, policy_name, layout, mode, n in itertools.product(engines, policies, layouts, modes, shards):
-        configs.append(_prepare(work, shared, graphs, instance_sets, engine_name, policy_name, layout, mode, n, params0,
-                                variadic, warmup, say, optimizer))
+        configs.append(
+            _prepare(
+                work,
+                shared,
+                graphs,
+                instance_sets,
+                engine_name,
+                policy_name,
+                layout,
+                mode,
+                n,
+                params0,
+                variadic,
+                warmup,
+                say,
+                optimizer,
+            )
+        )
 
     # Timed rounds: every configuration runs its mini-batches (and re-plans them) once per round, in an order
     # that rotates between rounds, so that a slow spell of a shared machine falls on all configurations alike.
     for r in range(rounds):
-        turn = configs[r % len(configs):] + configs[: r % len(configs)]
+        turn = configs[r % len(configs) :] + configs[: r % len(configs)]
         say(f"round {r + 1} of {rounds}")
         for n in shards:
             construct_samples[n].append(construct(instance_sets[warmup:], n)[1])
@@ -464,12 +525,14 @@ def run_benchmarks(
         plans = []  # per shard, its plans of the timed mini-batches
         for k, (engine, device) in enumerate(zip(cfg.engines, cfg.devices)):
             with jax.default_device(device):
-                plans.append([engine.plan(cfg.params[k], ms[k].graph, ms[k].schedule, ms[k].layout)
-                              for ms in cfg.mbs[warmup:]])
+                plans.append(
+                    [engine.plan(cfg.params[k], ms[k].graph, ms[k].schedule, ms[k].layout) for ms in cfg.mbs[warmup:]]
+                )
         if op_calls and cfg.shards == 1 and (cfg.label, cfg.mode) not in bounds:
             with jax.profiler.TraceAnnotation("edbatch.op_calls"):
                 bounds[(cfg.label, cfg.mode)] = batch_size / (
-                    op_calls_ms(cfg.engines[0], plans[0], cfg.params[0], cfg.mode == "train") / 1e3)
+                    op_calls_ms(cfg.engines[0], plans[0], cfg.params[0], cfg.mode == "train") / 1e3
+                )
         if floor and cfg.mode not in flops:
             with jax.profiler.TraceAnnotation("edbatch.flops"):
                 total = 0.0
@@ -480,33 +543,70 @@ def run_benchmarks(
         timed = [m for ms in cfg.mbs[warmup:] for m in ms]
         per_mb = lambda values: float(np.sum(values)) / len(cfg.mbs[warmup:])
         schedule_ms, layout_ms, engine_plan_ms, execute_ms, overlapped_ms, threaded_ms = (
-            float(np.median(v)) for v in (cfg.schedule_ms, cfg.layout_ms, cfg.engine_plan_ms, cfg.execute_ms,
-                                          cfg.overlapped_ms, cfg.threaded_ms))
+            float(np.median(v))
+            for v in (
+                cfg.schedule_ms,
+                cfg.layout_ms,
+                cfg.engine_plan_ms,
+                cfg.execute_ms,
+                cfg.overlapped_ms,
+                cfg.threaded_ms,
+            )
+        )
         rebuilt_ms = construct_ms + schedule_ms + layout_ms + engine_plan_ms + execute_ms
-        results.append(BenchResult(
-            model=work.name, policy=cfg.label, layout=cfg.layout, mode=cfg.mode, engine=cfg.engine_name,
-            batch_size=batch_size, hidden=int(getattr(model, "hidden", 0)), backend=backend,
-            instances_per_s=batch_size / (execute_ms / 1e3),
-            instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
-            construct_ms=construct_ms, schedule_ms=schedule_ms, layout_ms=layout_ms, execute_ms=execute_ms,
-            engine_plan_ms=engine_plan_ms,
-            batches_per_minibatch=per_mb([m.schedule.num_batches for m in timed]),
-            lower_bound=per_mb([eb.lower_bound(m.graph) for m in timed]),
-            gathers_per_minibatch=per_mb([p.num_gathers for ps in plans for p in ps]),
-            gathered_bytes_per_minibatch=per_mb([p.gathered_bytes for ps in plans for p in ps]),
-            executables=cfg.executables, warmup_s=cfg.warmup_s, compiles_after_warmup=cfg.compiles_after_warmup,
-            peak_rss_mb=_peak_rss_mb(), op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
-            rounds=rounds, execute_ms_rounds=[round(x, 3) for x in cfg.execute_ms],
-            overlapped_ms=overlapped_ms, instances_per_s_overlapped=batch_size / (overlapped_ms / 1e3),
-            threaded_ms=threaded_ms, instances_per_s_threaded=batch_size / (threaded_ms / 1e3),
-            flops_per_instance=flops.get(cfg.mode, 0.0), matmul_gflops=gflops,
-            floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
-            shards=cfg.shards, optimizer=optimizer if cfg.mode == "train" else "",
-        ))
+        results.append(
+            BenchResult(
+                model=work.name,
+                policy=cfg.label,
+                layout=cfg.layout,
+                mode=cfg.mode,
+                engine=cfg.engine_name,
+                batch_size=batch_size,
+                hidden=int(getattr(model, "hidden", 0)),
+                backend=backend,
+                instances_per_s=batch_size / (execute_ms / 1e3),
+                instances_per_s_rebuilt=batch_size / (rebuilt_ms / 1e3),
+                construct_ms=construct_ms,
+                schedule_ms=schedule_ms,
+                layout_ms=layout_ms,
+                execute_ms=execute_ms,
+                engine_plan_ms=engine_plan_ms,
+                batches_per_minibatch=per_mb([m.schedule.num_batches for m in timed]),
+                lower_bound=per_mb([eb.lower_bound(m.graph) for m in timed]),
+                gathers_per_minibatch=per_mb([p.num_gathers for ps in plans for p in ps]),
+                gathered_bytes_per_minibatch=per_mb([p.gathered_bytes for ps in plans for p in ps]),
+                executables=cfg.executables,
+                warmup_s=cfg.warmup_s,
+                compiles_after_warmup=cfg.compiles_after_warmup,
+                peak_rss_mb=_peak_rss_mb(),
+                op_calls_instances_per_s=bounds.get((cfg.label, cfg.mode), 0.0),
+                rounds=rounds,
+                execute_ms_rounds=[round(x, 3) for x in cfg.execute_ms],
+                overlapped_ms=overlapped_ms,
+                instances_per_s_overlapped=batch_size / (overlapped_ms / 1e3),
+                threaded_ms=threaded_ms,
+                instances_per_s_threaded=batch_size / (threaded_ms / 1e3),
+                flops_per_instance=flops.get(cfg.mode, 0.0),
+                matmul_gflops=gflops,
+                floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
+                shards=cfg.shards,
+                optimizer=optimizer if cfg.mode == "train" else "",
+            )
+        )
 
     if unbatched_instances > 0:
-        results.extend(_unbatched(work, graphs[shards[0]][0][0], params0, modes, unbatched_instances,
-                                  float(np.median(construct_samples[shards[0]])), batch_size, backend))
+        results.extend(
+            _unbatched(
+                work,
+                graphs[shards[0]][0][0],
+                params0,
+                modes,
+                unbatched_instances,
+                float(np.median(construct_samples[shards[0]])),
+                batch_size,
+                backend,
+            )
+        )
     return results
 
 
@@ -527,16 +627,33 @@ def _unbatched(work, graph, params, modes, count, construct_ms, batch_size, back
         t0 = time.perf_counter()
         _block(fn())
         per_instance_ms = (time.perf_counter() - t0) / count * 1e3
-        out.append(BenchResult(
-            model=work.name, policy="none", layout="-", mode=mode, engine="-", batch_size=batch_size,
-            hidden=int(getattr(work.model, "hidden", 0)), backend=backend,
-            instances_per_s=1e3 / per_instance_ms, instances_per_s_rebuilt=1e3 / (per_instance_ms + construct_ms / batch_size),
-            construct_ms=construct_ms, schedule_ms=0.0, layout_ms=0.0, execute_ms=per_instance_ms * batch_size,
-            engine_plan_ms=0.0,
-            batches_per_minibatch=float(graph.num_nodes), lower_bound=float(eb.lower_bound(graph)),
-            gathers_per_minibatch=0.0, gathered_bytes_per_minibatch=0.0, executables=0, warmup_s=warm,
-            compiles_after_warmup=0, peak_rss_mb=_peak_rss_mb(),
-        ))
+        out.append(
+            BenchResult(
+                model=work.name,
+                policy="none",
+                layout="-",
+                mode=mode,
+                engine="-",
+                batch_size=batch_size,
+                hidden=int(getattr(work.model, "hidden", 0)),
+                backend=backend,
+                instances_per_s=1e3 / per_instance_ms,
+                instances_per_s_rebuilt=1e3 / (per_instance_ms + construct_ms / batch_size),
+                construct_ms=construct_ms,
+                schedule_ms=0.0,
+                layout_ms=0.0,
+                execute_ms=per_instance_ms * batch_size,
+                engine_plan_ms=0.0,
+                batches_per_minibatch=float(graph.num_nodes),
+                lower_bound=float(eb.lower_bound(graph)),
+                gathers_per_minibatch=0.0,
+                gathered_bytes_per_minibatch=0.0,
+                executables=0,
+                warmup_s=warm,
+                compiles_after_warmup=0,
+                peak_rss_mb=_peak_rss_mb(),
+            )
+        )
     return out
 
 
@@ -544,8 +661,11 @@ def format_table(results: Sequence[BenchResult]) -> str:
     """A fixed-width text table of results."""
     width = max([14] + [len(r.engine_label) + 1 for r in results])  # the engine and policy columns fit their labels
     pw = max([9] + [len(r.policy) + 1 for r in results])
-    head = (f"{'engine':<{width}}{'policy':<{pw}}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'thread':>8}{'build':>7}{'sched':>7}{'layout':>7}"
-            f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}{'exes':>6}{'warm s':>7}{'new':>4}")
+    head = (
+        f"{'engine':<{width}}{'policy':<{pw}}{'layout':<8}{'mode':<6}{'inst/s':>9}{'rebuilt':>9}{'overlap':>9}{'thread':>8}{'build':>7}{'sched':>7}{'layout':>7}"
+        f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}"
+        f"{'exes':>6}{'warm s':>7}{'new':>4}"
+    )
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
         head += f"{'opcall':>7}{'%opc':>6}"
@@ -559,12 +679,16 @@ def format_table(results: Sequence[BenchResult]) -> str:
             f"{r.instances_per_s_overlapped:>9.0f}{r.instances_per_s_threaded:>8.0f}"
             f"{r.construct_ms:>7.1f}{r.schedule_ms:>7.1f}{r.layout_ms:>7.1f}{r.engine_plan_ms:>7.1f}{r.execute_ms:>9.1f}"
             f"{r.spread_pct:>4.0f}"
-            f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
+            f"{r.batches_per_minibatch:>8.1f}{r.lower_bound:>6.1f}"
+            f"{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
             f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"
             + (f"{r.op_calls_instances_per_s:>7.0f}{100 * r.op_calls_fraction:>6.0f}" if with_bound else "")
-            + (f"{r.flops_per_instance / 1e6:>7.2f}{r.floor_instances_per_s:>7.0f}{100 * r.floor_fraction:>6.0f}"
-               if with_floor else "")
+            + (
+                f"{r.flops_per_instance / 1e6:>7.2f}{r.floor_instances_per_s:>7.0f}{100 * r.floor_fraction:>6.0f}"
+                if with_floor
+                else ""
+            )
         )
     return "\n".join(lines)
 

@@ -281,7 +281,11 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
             tree = g.payloads[g.op_types.index(t)]
             if not np.any(g.node_type == g.op_types.index(t)):
                 continue
-            s = None if tree is None else (jax.tree.structure(tree), tuple((x.shape[1:], x.dtype) for x in jax.tree.leaves(tree)))
+            s = (
+                None
+                if tree is None
+                else (jax.tree.structure(tree), tuple((x.shape[1:], x.dtype) for x in jax.tree.leaves(tree)))
+            )
             if owner is None:
                 spec, owner = s, k
             elif s != spec:

@@ -70,7 +70,9 @@ def _median_ms(fn, args, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
-def op_calls_ms(engine: Engine, plans: Sequence[ExecutionPlan], params, train: bool = False, repeats: int = 20) -> float:
+def op_calls_ms(
+    engine: Engine, plans: Sequence[ExecutionPlan], params, train: bool = False, repeats: int = 20
+) -> float:
     """Mean over ``plans`` of the summed time of their batched op calls alone (ms per mini-batch).
 
     Args:
@@ -99,8 +101,12 @@ def _mean_over_plans(engine, plans, params, train, per_call, weight) -> float:
     for plan in plans:
         total = 0.0
         for step in plan.steps:
-            key = (step.op, step.lanes, None if step.segments is None else int(step.segments.shape[0]),
-                   tuple(plan.signatures[b] for b in step.operand_buffers))
+            key = (
+                step.op,
+                step.lanes,
+                None if step.segments is None else int(step.segments.shape[0]),
+                tuple(plan.signatures[b] for b in step.operand_buffers),
+            )
             if key not in cost:
                 fn, args = _batched_call(engine, plan, step, params, train)
                 cost[key] = per_call(fn, args, step)
@@ -126,8 +132,14 @@ def plan_flops(engine: Engine, plans: Sequence[ExecutionPlan], params, train: bo
     workload on a machine: the throughput if every FLOP ran at the machine's
     matmul rate. Host-side; compiles.
     """
-    return _mean_over_plans(engine, plans, params, train, lambda fn, args, step: _flops(fn, args) / step.lanes,
-                            lambda step: int(np.count_nonzero(step.mask)))
+    return _mean_over_plans(
+        engine,
+        plans,
+        params,
+        train,
+        lambda fn, args, step: _flops(fn, args) / step.lanes,
+        lambda step: int(np.count_nonzero(step.mask)),
+    )
 
 
 def matmul_gflops(m: int = 256, k: int = 256, n: int = 384, repeats: int = 50) -> float:

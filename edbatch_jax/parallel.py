@@ -51,7 +51,8 @@ def use_cpu_devices(n: int) -> None:
         if len(jax.devices("cpu")) < n:
             raise RuntimeError(
                 f"{n} CPU devices asked for, but JAX's CPU backend already started with "
-                f"{len(jax.devices('cpu'))}; set jax_num_cpu_devices before the first JAX computation") from e
+                f"{len(jax.devices('cpu'))}; set jax_num_cpu_devices before the first JAX computation"
+            ) from e
 
 
 def shard_devices(n: int, backend: str | None = None) -> list:
@@ -64,7 +65,8 @@ def shard_devices(n: int, backend: str | None = None) -> list:
     if n < 1 or n > len(devices):
         raise ValueError(
             f"{n} shards asked for, but JAX has {len(devices)} {devices[0].platform} device(s); on a CPU call "
-            f"edbatch_jax.parallel.use_cpu_devices({n}) (jax_num_cpu_devices) before the first JAX computation")
+            f"edbatch_jax.parallel.use_cpu_devices({n}) (jax_num_cpu_devices) before the first JAX computation"
+        )
     return list(devices[:n])
 
 
@@ -81,8 +83,14 @@ def split_instances(instances: Sequence[Any], num_shards: int) -> list[list]:
     return [list(instances[bounds[k] : bounds[k + 1]]) for k in range(num_shards)]
 
 
-def make_shards(instances: Sequence[Any], num_shards: int, build: Callable[[Sequence[Any]], Any],
-                policy: Any = "agenda", layout: str = "dynet", variadic=None) -> tuple[MiniBatch, ...]:
+def make_shards(
+    instances: Sequence[Any],
+    num_shards: int,
+    build: Callable[[Sequence[Any]], Any],
+    policy: Any = "agenda",
+    layout: str = "dynet",
+    variadic=None,
+) -> tuple[MiniBatch, ...]:
     """One :class:`~edbatch_jax.training.MiniBatch` per shard of ``instances``.
 
     Args:
@@ -94,8 +102,10 @@ def make_shards(instances: Sequence[Any], num_shards: int, build: Callable[[Sequ
         (:func:`~edbatch_jax.training.resolve_layout`).
       variadic: names of variable-arity ops (for the planned layout).
     """
-    return tuple(resolve_layout(layout, make_minibatch(build(part), policy), variadic)
-                 for part in split_instances(instances, num_shards))
+    return tuple(
+        resolve_layout(layout, make_minibatch(build(part), policy), variadic)
+        for part in split_instances(instances, num_shards)
+    )
 
 
 def _check(shards, engines) -> int:
@@ -111,8 +121,9 @@ def _sum_trees(trees):
     return jax.tree.map(lambda *x: sum(x), *trees)
 
 
-def sharded_loss(engines: Sequence[Engine], params: Sequence[PyTree], shards: Sequence[MiniBatch],
-                 devices: Sequence[Any]) -> jax.Array:
+def sharded_loss(
+    engines: Sequence[Engine], params: Sequence[PyTree], shards: Sequence[MiniBatch], devices: Sequence[Any]
+) -> jax.Array:
     """Mean per-instance loss of a sharded mini-batch (f32 scalar, on ``devices[0]``).
 
     Shard ``k`` runs on ``devices[k]`` through ``engines[k]`` with
@@ -149,8 +160,13 @@ class ShardedTrainer:
       replicas: the current parameters on every device (``replicas[0] is params``).
     """
 
-    def __init__(self, engines: Sequence[Engine], params: PyTree, optimizer: optax.GradientTransformation,
-                 devices: Sequence[Any] | None = None):
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        params: PyTree,
+        optimizer: optax.GradientTransformation,
+        devices: Sequence[Any] | None = None,
+    ):
         self.engines = list(engines)
         if not self.engines:
             raise ValueError("ShardedTrainer needs at least one engine")
@@ -181,7 +197,9 @@ class ShardedTrainer:
         self.replicas = [params] + [jax.device_put(params, d) for d in self.devices[1:]]
 
     def prepare(self, shards: Sequence[MiniBatch]) -> tuple[MiniBatch, ...]:
-        """Builds (and caches) every shard's plan on its engine now, e.g. inside :func:`~edbatch_jax.training.plan_ahead`."""
+        """Builds (and caches) every shard's plan on its engine now.
+
+        E.g. inside :func:`~edbatch_jax.training.plan_ahead`."""
         _check(shards, self.engines)
         for engine, p, batch, device in zip(self.engines, self.replicas, shards, self.devices):
             with jax.default_device(device):
@@ -208,4 +226,3 @@ class ShardedTrainer:
         params, self.opt_state = self._update(grads, self.opt_state, self.params)
         self._set_params(params)
         return float(loss)
-

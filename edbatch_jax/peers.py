@@ -32,8 +32,18 @@ class PeerError(RuntimeError):
     """The peer benchmark could not be run or returned no result."""
 
 
-def run_dynet(python: str, script: str, data_file: str, batch_size: int, hidden: int, *, num_trees: int = 1024,
-              repeats: int = 3, modes: Sequence[int] = tuple(DYNET_MODES), timeout_s: float = 1800.0) -> list[dict]:
+def run_dynet(
+    python: str,
+    script: str,
+    data_file: str,
+    batch_size: int,
+    hidden: int,
+    *,
+    num_trees: int = 1024,
+    repeats: int = 3,
+    modes: Sequence[int] = tuple(DYNET_MODES),
+    timeout_s: float = 1800.0,
+) -> list[dict]:
     """Runs DyNet's Tree-LSTM benchmark once; one row per (mode, phase).
 
     Args:
@@ -57,9 +67,25 @@ def run_dynet(python: str, script: str, data_file: str, batch_size: int, hidden:
             raise PeerError(f"{what} not found: {path}")
     with tempfile.TemporaryDirectory(prefix="edbatch_dynet_") as tmp:
         out = os.path.join(tmp, "dynet.json")
-        cmd = [python, script, "--data", data_file, "--batch-sizes", str(batch_size), "--hidden", str(hidden),
-               "--num-trees", str(num_trees), "--repeats", str(repeats), "--no-count", "--json", out,
-               "--modes", *(str(m) for m in modes)]
+        cmd = [
+            python,
+            script,
+            "--data",
+            data_file,
+            "--batch-sizes",
+            str(batch_size),
+            "--hidden",
+            str(hidden),
+            "--num-trees",
+            str(num_trees),
+            "--repeats",
+            str(repeats),
+            "--no-count",
+            "--json",
+            out,
+            "--modes",
+            *(str(m) for m in modes),
+        ]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as e:
@@ -69,10 +95,17 @@ def run_dynet(python: str, script: str, data_file: str, batch_size: int, hidden:
             raise PeerError(f"DyNet benchmark failed (exit {proc.returncode}):\n{tail}")
         with open(out) as f:
             raw = json.load(f)
-    rows = [dict(system=f"dynet {DYNET_MODES.get(r['mode'], r['mode'])}", mode=r["phase"],
-                 instances_per_s=float(r["trees_per_s"]), batch_size=int(r["batch_size"]),
-                 dynet_version=raw.get("meta", {}).get("dynet_version"))
-            for r in raw.get("rows", []) if r.get("phase") in ("infer", "train")]
+    rows = [
+        dict(
+            system=f"dynet {DYNET_MODES.get(r['mode'], r['mode'])}",
+            mode=r["phase"],
+            instances_per_s=float(r["trees_per_s"]),
+            batch_size=int(r["batch_size"]),
+            dynet_version=raw.get("meta", {}).get("dynet_version"),
+        )
+        for r in raw.get("rows", [])
+        if r.get("phase") in ("infer", "train")
+    ]
     if not rows:
         raise PeerError(f"DyNet benchmark measured nothing:\n{tail}")
     return rows
@@ -88,8 +121,10 @@ def comparison_table(ours: Sequence, dynet_runs: Sequence[Sequence[dict]]) -> st
     mean over runs of DyNet's best strategy in the same mode.
     """
     modes = ("infer", "train")
-    lines = ["| system | " + " | ".join(f"{m} inst/s" for m in modes) + " | vs DyNet's best (" + " / ".join(modes) + ") |",
-             "|---|---|---|---|"]
+    lines = [
+        "| system | " + " | ".join(f"{m} inst/s" for m in modes) + " | vs DyNet's best (" + " / ".join(modes) + ") |",
+        "|---|---|---|---|",
+    ]
     best = {}
     for mode in modes:
         per_run = [max((r["instances_per_s"] for r in run if r["mode"] == mode), default=0.0) for run in dynet_runs]
@@ -97,8 +132,10 @@ def comparison_table(ours: Sequence, dynet_runs: Sequence[Sequence[dict]]) -> st
     systems = sorted({r["system"] for run in dynet_runs for r in run})
     for k, run in enumerate(dynet_runs):
         for system in systems:
-            cells = [next((f"{r['instances_per_s']:.0f}" for r in run if r["system"] == system and r["mode"] == m), "-")
-                     for m in modes]
+            cells = [
+                next((f"{r['instances_per_s']:.0f}" for r in run if r["system"] == system and r["mode"] == m), "-")
+                for m in modes
+            ]
             when = "before" if k == 0 else "after"
             lines.append(f"| {system} ({when} ours) | " + " | ".join(cells) + " | |")
     groups: dict[tuple, dict] = {}
@@ -113,11 +150,14 @@ def comparison_table(ours: Sequence, dynet_runs: Sequence[Sequence[dict]]) -> st
                 ratios.append("-")
                 continue
             full = r.instances_per_s_overlapped or r.instances_per_s_rebuilt
-            cells.append(f"{r.instances_per_s:.0f} cached, {r.instances_per_s_rebuilt:.0f} rebuilt, "
-                         f"{r.instances_per_s_overlapped:.0f} overlapped")
+            cells.append(
+                f"{r.instances_per_s:.0f} cached, {r.instances_per_s_rebuilt:.0f} rebuilt, "
+                f"{r.instances_per_s_overlapped:.0f} overlapped"
+            )
             ratios.append(f"{full / best[m]:.2f}x" if best[m] else "-")
-        lines.append(f"| edbatch_jax {engine} / {policy} / {layout} | " + " | ".join(cells) + " | "
-                     + " / ".join(ratios) + " |")
+        lines.append(
+            f"| edbatch_jax {engine} / {policy} / {layout} | " + " | ".join(cells) + " | " + " / ".join(ratios) + " |"
+        )
     optimizers = sorted({r.optimizer for r in ours if r.mode == "train"})
     if optimizers:
         lines += ["", f"Training steps: DyNet's `SimpleSGDTrainer`; ours optax {', '.join(optimizers)}."]

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -128,20 +128,25 @@ def train(
         raise ValueError(f"no training mini-batch of {size} instances in {work.source}")
     if config.shards > 1:  # tuples of shards, one per device
         variadic = variadic_ops(work.model.ops)
-        train_batches = [make_shards(x, config.shards, work.batch_graph, policy, config.layout, variadic)
-                         for x in train_sets]
+        train_batches = [
+            make_shards(x, config.shards, work.batch_graph, policy, config.layout, variadic) for x in train_sets
+        ]
     else:
         train_batches = _prepare(work, [work.batch_graph(x) for x in train_sets], policy, config.layout)
-    held = _prepare(work, work.minibatches("held_out", size, config.eval_batches, seed=config.seed + 1),
-                    policy, config.layout)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, max(1, min(config.warmup_steps, config.steps // 2)),
-                                                  max(config.steps, 2))
+    held = _prepare(
+        work, work.minibatches("held_out", size, config.eval_batches, seed=config.seed + 1), policy, config.layout
+    )
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.lr, max(1, min(config.warmup_steps, config.steps // 2)), max(config.steps, 2)
+    )
     # every mini-batch's execution plan stays cached: epochs after the first do no host planning at all
     engine = make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches) + len(held))
     params = work.model.init(jax.random.PRNGKey(config.seed))
     if config.shards > 1:  # the first device's engine also evaluates
-        engines = [engine] + [make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches))
-                              for _ in range(config.shards - 1)]
+        engines = [engine] + [
+            make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches))
+            for _ in range(config.shards - 1)
+        ]
         trainer = ShardedTrainer(engines, params, optax.adam(schedule), shard_devices(config.shards))
     else:
         trainer = Trainer(engine, params, optax.adam(schedule))
@@ -216,8 +221,9 @@ def _epoch_order(seed: int, epoch: int, per_epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(per_epoch)
 
 
-def _precompile(trainer: Trainer, train_batches: list[MiniBatch], held: list[MiniBatch], step: int,
-                config: TrainConfig) -> int:
+def _precompile(
+    trainer: Trainer, train_batches: list[MiniBatch], held: list[MiniBatch], step: int, config: TrainConfig
+) -> int:
     """Plans the mini-batches that steps ``step`` to ``config.steps`` and the evaluations will run, then compiles
     their programs (:meth:`Trainer.precompile`, the evaluations' forward programs); returns the programs compiled."""
     engine, per_epoch = trainer.engine, len(train_batches)

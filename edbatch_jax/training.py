@@ -29,7 +29,22 @@ from edbatch_jax.scheduling.schedule import Schedule
 
 PyTree = Any
 
-__all__ = ["ENGINES", "MiniBatch", "make_engine", "make_minibatch", "resolve_layout", "variadic_ops", "plan_ahead", "root_loss_nodes", "node_labels", "batched_loss", "loss_and_grads", "unbatched_loss", "Trainer", "root_accuracy"]
+__all__ = [
+    "ENGINES",
+    "MiniBatch",
+    "make_engine",
+    "make_minibatch",
+    "resolve_layout",
+    "variadic_ops",
+    "plan_ahead",
+    "root_loss_nodes",
+    "node_labels",
+    "batched_loss",
+    "loss_and_grads",
+    "unbatched_loss",
+    "Trainer",
+    "root_accuracy",
+]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,8 +85,13 @@ def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16)
     ``plan_cache_size``: execution plans kept (one per mini-batch in use)."""
     if name in ENGINES and name.startswith("fused"):
         kwargs = {"save_residuals": None} if name.endswith("_recompute") else {}
-        return FusedEngine(ops, max_lanes=max_lanes, plan_cache_size=plan_cache_size,
-                           fine_lanes=name.startswith("fused_fine"), **kwargs)
+        return FusedEngine(
+            ops,
+            max_lanes=max_lanes,
+            plan_cache_size=plan_cache_size,
+            fine_lanes=name.startswith("fused_fine"),
+            **kwargs,
+        )
     if name == "stepwise":
         return Engine(ops, plan_cache_size=plan_cache_size)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
@@ -117,8 +137,9 @@ def resolve_layout(name: str, batch: MiniBatch, variadic=None) -> MiniBatch:
     return dataclasses.replace(batch, layout="gather" if name == "gather" else None)
 
 
-def plan_ahead(items: Iterable[Any], prepare: Callable[[Any], Any],
-               background: Callable[[Any], Any] | None = None) -> Iterator[Any]:
+def plan_ahead(
+    items: Iterable[Any], prepare: Callable[[Any], Any], background: Callable[[Any], Any] | None = None
+) -> Iterator[Any]:
     """Yields ``prepare(item)`` for every item, preparing each item after the previous one was handed out.
 
     The preparation of item ``k + 1`` runs when the consumer asks for it,
@@ -186,7 +207,9 @@ def _loss_grad(bufs: tuple, which: int, idx, mask, count):
     return loss, tuple(ct if b == which else None for b in range(len(bufs)))
 
 
-def loss_and_grads(engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None) -> tuple[jax.Array, PyTree]:
+def loss_and_grads(
+    engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None
+) -> tuple[jax.Array, PyTree]:
     """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
 
     The engine's forward program, one jitted call for the loss and its

@@ -13,14 +13,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from edbatch_jax.graph import Graph
 
 __all__ = ["WORKLOADS", "Workload", "load_workload", "default_policy_path", "fsm_settings", "POLICY_DIR"]
+
 
 def _policy_dir() -> Path:
     source = Path(__file__).resolve().parents[1] / "policies"  # a checkout or an editable install
@@ -47,23 +49,39 @@ WORKLOADS: dict[str, _Spec] = {
     "treelstm": _Spec("binary Tree-LSTM, SST sentiment (leaf, internal, loss per node)", 64, "treelstm.json", "trees"),
     "treegru": _Spec("Tree-GRU, SST sentiment (gate pair per child, loss per node)", 64, "treelstm.json", "trees"),
     "mvrnn": _Spec("MV-RNN, SST sentiment (a vector and a matrix per word)", 64, "treelstm.json", "trees"),
-    "double_treelstm": _Spec("double-typed Tree-LSTM, SST (two internal cells, chosen per node)", 64,
-                             "double_treelstm.json", "trees"),
+    "double_treelstm": _Spec(
+        "double-typed Tree-LSTM, SST (two internal cells, chosen per node)", 64, "double_treelstm.json", "trees"
+    ),
     # lattices: the `sort` encoding, whose states need no type-wise frontier; `sort_complete` takes about 1 %
     # fewer batches but its frontier (maximal same-type ancestors) makes scheduling about 5x as long
-    "lattice_lstm": _Spec("Lattice-LSTM NER tagger (char/word arc cells, node sums, tag loss)", 32, "lattice.json", "lattice",
-                          {"bootstrap": False, "max_episodes": 1000}, learn_graphs=2),
-    "lattice_gru": _Spec("Lattice-GRU NER tagger (same graphs as lattice_lstm)", 32, "lattice.json", "lattice",
-                         {"bootstrap": False, "max_episodes": 1000}, learn_graphs=2),
-    "bilstm_tagger": _Spec("2-layer BiLSTM tagger, WikiNER (learned initial states, per-token loss)", 32,
-                           "bilstm_tagger.json", "tags"),
-    "chain_lstm": _Spec("chain LSTM language model over variable-length sentences (WikiNER words)", 32,
-                        "chain_lstm.json", "tags"),
+    "lattice_lstm": _Spec(
+        "Lattice-LSTM NER tagger (char/word arc cells, node sums, tag loss)",
+        32,
+        "lattice.json",
+        "lattice",
+        {"bootstrap": False, "max_episodes": 1000},
+        learn_graphs=2,
+    ),
+    "lattice_gru": _Spec(
+        "Lattice-GRU NER tagger (same graphs as lattice_lstm)",
+        32,
+        "lattice.json",
+        "lattice",
+        {"bootstrap": False, "max_episodes": 1000},
+        learn_graphs=2,
+    ),
+    "bilstm_tagger": _Spec(
+        "2-layer BiLSTM tagger, WikiNER (learned initial states, per-token loss)", 32, "bilstm_tagger.json", "tags"
+    ),
+    "chain_lstm": _Spec(
+        "chain LSTM language model over variable-length sentences (WikiNER words)", 32, "chain_lstm.json", "tags"
+    ),
     "grid_1d": _Spec("synthetic 1-D LSTM grid (length 10-50)", 32, "grid_1d.json", ""),
     "grid_2d": _Spec("synthetic 2-D LSTM grid (3-5 x 20-25)", 32, "grid_2d.json", ""),
     "grid_3d": _Spec("synthetic 3-D LSTM grid (2-4 x 2-4 x 10-15)", 32, "grid_3d.json", ""),
-    "random_dag": _Spec("synthetic random DAG (200 states, 4 arcs from the previous 30, two arc types 90/10)", 8,
-                        "random_dag.json", ""),
+    "random_dag": _Spec(
+        "synthetic random DAG (200 states, 4 arcs from the previous 30, two arc types 90/10)", 8, "random_dag.json", ""
+    ),
     "binary_tree": _Spec("synthetic perfect binary trees (depth 5-7), Tree-LSTM cells", 32, "binary_tree.json", ""),
 }
 """Bundled workload names -> description, reference batch size, policy file, data folder name."""
@@ -99,8 +117,9 @@ class Workload:
         """The model's op type names."""
         return tuple(self.model.op_types)
 
-    def minibatch_instances(self, split: str, batch_size: int | None = None, count: int | None = None,
-                            seed: int = 0) -> list[list]:
+    def minibatch_instances(
+        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+    ) -> list[list]:
         """The instances of every mini-batch of shuffled ``split`` (``"train"`` or ``"held_out"``)."""
         items = {"train": self.train, "held_out": self.held_out}[split]
         size = batch_size or self.batch_size
@@ -110,7 +129,9 @@ class Workload:
             chunks = chunks[:count]
         return [[items[j] for j in c] for c in chunks]
 
-    def minibatches(self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0) -> list[Graph]:
+    def minibatches(
+        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+    ) -> list[Graph]:
         """Batched graphs of shuffled ``split`` (``"train"`` or ``"held_out"``) instances."""
         return [self.batch_graph(x) for x in self.minibatch_instances(split, batch_size, count, seed)]
 
@@ -172,7 +193,11 @@ def load_workload(
         from edbatch_jax.nn.treelstm import TreeLSTM
 
         if data is None:
-            train, held, source = synthetic_sst(num_train, seed=seed), synthetic_sst(num_held_out, seed=seed + 1), "synthetic SST-like trees"
+            train, held, source = (
+                synthetic_sst(num_train, seed=seed),
+                synthetic_sst(num_held_out, seed=seed + 1),
+                "synthetic SST-like trees",
+            )
         else:
             files = _files(data, ("train", "dev", "test"))
             train = read_sst(files[0])
@@ -181,7 +206,9 @@ def load_workload(
         vocab = Vocabulary.build(train, max_size=5000)
         cls = {"treelstm": TreeLSTM, "treegru": TreeGRU, "mvrnn": MVRNN, "double_treelstm": DoubleTreeLSTM}[name]
         model = cls(vocab_size=len(vocab), hidden=hidden, embed=hidden)
-        return Workload(name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source, vocab)
+        return Workload(
+            name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source, vocab
+        )
     if name in ("bilstm_tagger", "chain_lstm"):
         return _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out)
     if name.startswith("grid_") or name in ("random_dag", "binary_tree"):
@@ -206,7 +233,10 @@ def _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out) -> 
     from edbatch_jax.data.tags import WordVocabulary, read_tagged, split_sentences, synthetic_tagged
 
     if data is None:
-        sentences, source = synthetic_tagged(num_train // 2 + num_held_out // 2, seed=seed), "synthetic WikiNER-like sentences"
+        sentences, source = (
+            synthetic_tagged(num_train // 2 + num_held_out // 2, seed=seed),
+            "synthetic WikiNER-like sentences",
+        )
     else:
         files = _files(data, ("dev",))
         sentences = [s for f in files for s in read_tagged(f)]

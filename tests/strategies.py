@@ -173,7 +173,10 @@ def node_records(graph: eb.Graph) -> list[tuple]:
         if tree is None:
             return None
         leaves, treedef = jax.tree.flatten(tree)
-        return (str(treedef), tuple((np.asarray(x).dtype.str, np.asarray(x).shape, np.asarray(x).tolist()) for x in leaves))
+        return (
+            str(treedef),
+            tuple((np.asarray(x).dtype.str, np.asarray(x).shape, np.asarray(x).tolist()) for x in leaves),
+        )
 
     return [
         (

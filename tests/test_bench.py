@@ -6,19 +6,75 @@ import json
 
 from edbatch_jax.cli import main
 
-REQUIRED = {"model", "policy", "mode", "engine", "batch_size", "hidden", "instances_per_s", "batches_per_minibatch",
-            "lower_bound", "compiles_after_warmup", "construct_ms", "schedule_ms", "layout_ms", "engine_plan_ms", "execute_ms",
-            "gathers_per_minibatch", "gathered_bytes_per_minibatch", "executables", "warmup_s", "peak_rss_mb"}
+REQUIRED = {
+    "model",
+    "policy",
+    "mode",
+    "engine",
+    "batch_size",
+    "hidden",
+    "instances_per_s",
+    "batches_per_minibatch",
+    "lower_bound",
+    "compiles_after_warmup",
+    "construct_ms",
+    "schedule_ms",
+    "layout_ms",
+    "engine_plan_ms",
+    "execute_ms",
+    "gathers_per_minibatch",
+    "gathered_bytes_per_minibatch",
+    "executables",
+    "warmup_s",
+    "peak_rss_mb",
+}
 
 
 def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     out = tmp_path / "bench.json"
     page = tmp_path / "bench.md"
     plot = tmp_path / "bench.png"
-    assert main(["bench", "--model", "binary_tree", "--batch-size", "4,8", "--hidden", "8", "--batches", "2",
-                 "--warmup", "1", "--policy", "typewise", "--layout", "dynet,planned", "--mode", "infer",
-                 "--engine", "stepwise,fused", "--max-lanes", "4", "--unbatched", "1", "--json", str(out), "--markdown", str(page),
-                 "--plot", str(plot), "--op-calls", "--floor", "--rounds", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "binary_tree",
+                "--batch-size",
+                "4,8",
+                "--hidden",
+                "8",
+                "--batches",
+                "2",
+                "--warmup",
+                "1",
+                "--policy",
+                "typewise",
+                "--layout",
+                "dynet,planned",
+                "--mode",
+                "infer",
+                "--engine",
+                "stepwise,fused",
+                "--max-lanes",
+                "4",
+                "--unbatched",
+                "1",
+                "--json",
+                str(out),
+                "--markdown",
+                str(page),
+                "--plot",
+                str(plot),
+                "--op-calls",
+                "--floor",
+                "--rounds",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     rows = json.loads(out.read_text())
     batched = [r for r in rows if r["policy"] != "none"]
     assert len(batched) == 2 * 2 * 2  # batch sizes x engines x layouts
@@ -34,17 +90,26 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
         assert r["planning_fraction_threaded"] == (r["threaded_ms"] - r["execute_ms"]) / r["threaded_ms"]
         assert r["engine_plan_ms"] > 0  # the engine's plan of re-planned mini-batches is timed, not served from a cache
         rebuilt_ms = sum(r[k] for k in ("construct_ms", "schedule_ms", "layout_ms", "engine_plan_ms", "execute_ms"))
-        assert abs(r["batch_size"] / (rebuilt_ms / 1e3) - r["instances_per_s_rebuilt"]) < 1e-6 * r["instances_per_s_rebuilt"]
+        assert (
+            abs(r["batch_size"] / (rebuilt_ms / 1e3) - r["instances_per_s_rebuilt"])
+            < 1e-6 * r["instances_per_s_rebuilt"]
+        )
         assert r["op_calls_instances_per_s"] > 0 and r["op_calls_fraction"] > 0  # the op calls alone, timed
         assert r["flops_per_instance"] > 0 and r["matmul_gflops"] > 0 and r["floor_fraction"] > 0  # compute floor
-        assert abs(r["floor_instances_per_s"] * r["flops_per_instance"] - r["matmul_gflops"] * 1e9) < 1e-3 * r["matmul_gflops"] * 1e9
+        assert (
+            abs(r["floor_instances_per_s"] * r["flops_per_instance"] - r["matmul_gflops"] * 1e9)
+            < 1e-3 * r["matmul_gflops"] * 1e9
+        )
     # a perfect binary tree: type-wise batching reaches the lower bound exactly
     assert all(r["batches_per_minibatch"] == r["lower_bound"] for r in batched if r["policy"] == "typewise")
     # the planned layout gathers no more than DyNet-style rows
     for r in batched:
         if r["layout"] == "planned":
-            twin = next(x for x in batched if x["layout"] == "dynet" and
-                        all(x[k] == r[k] for k in ("engine", "policy", "batch_size")))
+            twin = next(
+                x
+                for x in batched
+                if x["layout"] == "dynet" and all(x[k] == r[k] for k in ("engine", "policy", "batch_size"))
+            )
             assert r["gathered_bytes_per_minibatch"] <= twin["gathered_bytes_per_minibatch"]
     assert any(r["policy"] == "none" for r in rows)  # the unbatched baseline in the same run
     text = page.read_text()
@@ -76,9 +141,38 @@ def test_bench_labels_a_policy_file_by_its_name(tmp_path, capsys):
     mine = tmp_path / "my_policy.json"
     shutil.copy(default_policy_path("binary_tree"), mine)
     out, page = tmp_path / "bench.json", tmp_path / "bench.md"
-    assert main(["bench", "--model", "binary_tree", "--batch-size", "4", "--hidden", "8", "--batches", "1",
-                 "--warmup", "1", "--policy", f"fsm,{mine}", "--layout", "dynet", "--mode", "infer",
-                 "--engine", "fused", "--rounds", "1", f"--json={out}", "--markdown", str(page), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "binary_tree",
+                "--batch-size",
+                "4",
+                "--hidden",
+                "8",
+                "--batches",
+                "1",
+                "--warmup",
+                "1",
+                "--policy",
+                f"fsm,{mine}",
+                "--layout",
+                "dynet",
+                "--mode",
+                "infer",
+                "--engine",
+                "fused",
+                "--rounds",
+                "1",
+                f"--json={out}",
+                "--markdown",
+                str(page),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = page.read_text()  # the page quotes the command with the policy file by its name, no machine path
     assert str(tmp_path) not in text and "--policy fsm,my_policy.json" in text and "--json=OUT.json" in text
     rows = json.loads(out.read_text())
@@ -98,8 +192,20 @@ def test_bench_measures_data_parallel_shards():
     from edbatch_jax.workloads import load_workload
 
     work = load_workload("binary_tree", hidden=8, num_train=16)
-    res = run_benchmarks(work, ["typewise"], ["dynet"], ["infer", "train"], batch_size=4, num_batches=1, warmup=1,
-                         engines=["fused"], max_lanes=4, rounds=1, floor=True, shards=(1, 2))
+    res = run_benchmarks(
+        work,
+        ["typewise"],
+        ["dynet"],
+        ["infer", "train"],
+        batch_size=4,
+        num_batches=1,
+        warmup=1,
+        engines=["fused"],
+        max_lanes=4,
+        rounds=1,
+        floor=True,
+        shards=(1, 2),
+    )
     by = {(r.mode, r.shards): r for r in res}
     assert sorted(by) == [("infer", 1), ("infer", 2), ("train", 1), ("train", 2)]
     for mode in ("infer", "train"):

@@ -11,15 +11,17 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from edbatch_jax.data.lattice import NUM_TAGS
-from edbatch_jax.data.lattice import Lattice
-from edbatch_jax.data.lattice import char_tag
-from edbatch_jax.data.lattice import format_lattices
-from edbatch_jax.data.lattice import lattice_stats
-from edbatch_jax.data.lattice import parse_lattices
-from edbatch_jax.data.lattice import read_lattices
-from edbatch_jax.data.lattice import synthetic_lattices
-from edbatch_jax.data.lattice import write_lattices
+from edbatch_jax.data.lattice import (
+    NUM_TAGS,
+    Lattice,
+    char_tag,
+    format_lattices,
+    lattice_stats,
+    parse_lattices,
+    read_lattices,
+    synthetic_lattices,
+    write_lattices,
+)
 
 # The lattice data sits in a folder `shared` beside the checkout.
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "lattice"
@@ -40,8 +42,7 @@ REAL_TRAIN = {
     "longest_path": 210,
     "max_id": 10129,
     "span_hist": [0, 49471, 23045, 3011, 558, 122, 30, 5, 6],
-    "tag_counts": [1147, 494, 494, 42337, 515, 1325, 515, 1134, 364, 1134, 603,
-                   143, 143, 181, 7, 79, 2, 1],
+    "tag_counts": [1147, 494, 494, 42337, 515, 1325, 515, 1134, 364, 1134, 603, 143, 143, 181, 7, 79, 2, 1],
     "majority_tag": 3,
     "majority_fraction": 0.8364,
 }
@@ -85,10 +86,8 @@ def assert_valid(lattice: Lattice):
     assert np.all(lattice.arc_id >= 0)
     keys = lattice.arc_dst.astype(np.int64) * n + lattice.arc_src
     assert np.all(np.diff(keys) > 0)  # Sorted by (dst, src), no duplicates.
-    np.testing.assert_array_equal(lattice.is_char,
-                                  lattice.arc_src == lattice.arc_dst - 1)
-    np.testing.assert_array_equal(np.sort(lattice.arc_dst[lattice.is_char]),
-                                  np.arange(1, n))
+    np.testing.assert_array_equal(lattice.is_char, lattice.arc_src == lattice.arc_dst - 1)
+    np.testing.assert_array_equal(np.sort(lattice.arc_dst[lattice.is_char]), np.arange(1, n))
     assert lattice.num_word_arcs == a - (n - 1)
     assert lattice.longest_path == n - 1
 
@@ -169,8 +168,7 @@ def test_parse_errors_name_source_and_line(text, line, message):
 
 def test_parse_error_in_a_later_lattice():
     text = EXAMPLE.replace("2\n", "3\n", 1) + "2\n0 3\n0 \n1 1 5\n\n"
-    with pytest.raises(ValueError, match="lattice 2: node 1 has an arc from "
-                       "node 1") as info:
+    with pytest.raises(ValueError, match="lattice 2: node 1 has an arc from node 1") as info:
         parse_lattices(text)
     assert str(info.value).startswith(f"<string>:{EXAMPLE.count(chr(10)) + 4}: ")
 
@@ -183,12 +181,12 @@ def test_parse_error_in_a_later_lattice():
 def test_lattice_sorts_arcs_and_is_immutable_and_hashable():
     lat = example()[0]
     # Arcs in any order; the constructor sorts them by (dst, src).
-    same = Lattice(tags=lat.tags.tolist(), arc_src=[2, 1, 0, 1, 0],
-                   arc_dst=[3, 3, 2, 2, 1], arc_id=[13, 102, 101, 12, 11])
+    same = Lattice(
+        tags=lat.tags.tolist(), arc_src=[2, 1, 0, 1, 0], arc_dst=[3, 3, 2, 2, 1], arc_id=[13, 102, 101, 12, 11]
+    )
     assert same == lat and hash(same) == hash(lat)
     assert same != example()[1]
-    assert same != Lattice(tags=[0, 3, 3, 7], arc_src=[0, 1, 2],
-                           arc_dst=[1, 2, 3], arc_id=[11, 12, 13])
+    assert same != Lattice(tags=[0, 3, 3, 7], arc_src=[0, 1, 2], arc_dst=[1, 2, 3], arc_id=[11, 12, 13])
     with pytest.raises(ValueError):
         lat.arc_id[0] = 1
     with pytest.raises(ValueError):
@@ -198,28 +196,24 @@ def test_lattice_sorts_arcs_and_is_immutable_and_hashable():
     assert Lattice(tags=[5], arc_src=[], arc_dst=[], arc_id=[]).num_arcs == 0
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(tags=[], arc_src=[], arc_dst=[], arc_id=[]), "at least one node"),
-    (dict(tags=[[0, 3]], arc_src=[0], arc_dst=[1], arc_id=[1]), "1-D"),
-    (dict(tags=[0, 3], arc_src=[0, 0], arc_dst=[1], arc_id=[1]),
-     "inconsistent lengths"),
-    (dict(tags=[0, 18], arc_src=[0], arc_dst=[1], arc_id=[1]), "tags must be"),
-    (dict(tags=[0, -1], arc_src=[0], arc_dst=[1], arc_id=[1]), "tags must be"),
-    (dict(tags=[0, 3], arc_src=[0, 0], arc_dst=[1, 0], arc_id=[1, 2]),
-     "destinations"),
-    (dict(tags=[0, 3], arc_src=[0], arc_dst=[2], arc_id=[1]), "destinations"),
-    (dict(tags=[0, 3, 3], arc_src=[0, 2, 1], arc_dst=[1, 2, 2],
-          arc_id=[1, 2, 3]), "go forward"),
-    (dict(tags=[0, 3], arc_src=[-1, 0], arc_dst=[1, 1], arc_id=[1, 2]),
-     "go forward"),
-    (dict(tags=[0, 3], arc_src=[0], arc_dst=[1], arc_id=[-4]), "ids must be"),
-    (dict(tags=[0, 3, 3], arc_src=[0, 0, 1, 0], arc_dst=[1, 2, 2, 2],
-          arc_id=[1, 2, 3, 4]), "two arcs 0 -> 2"),
-    (dict(tags=[0, 3, 3], arc_src=[0, 0], arc_dst=[1, 2], arc_id=[1, 2]),
-     "node 2 has none"),
-    (dict(tags=[0, 3, 3], arc_src=[0], arc_dst=[1], arc_id=[1]),
-     "node 2 has none"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(tags=[], arc_src=[], arc_dst=[], arc_id=[]), "at least one node"),
+        (dict(tags=[[0, 3]], arc_src=[0], arc_dst=[1], arc_id=[1]), "1-D"),
+        (dict(tags=[0, 3], arc_src=[0, 0], arc_dst=[1], arc_id=[1]), "inconsistent lengths"),
+        (dict(tags=[0, 18], arc_src=[0], arc_dst=[1], arc_id=[1]), "tags must be"),
+        (dict(tags=[0, -1], arc_src=[0], arc_dst=[1], arc_id=[1]), "tags must be"),
+        (dict(tags=[0, 3], arc_src=[0, 0], arc_dst=[1, 0], arc_id=[1, 2]), "destinations"),
+        (dict(tags=[0, 3], arc_src=[0], arc_dst=[2], arc_id=[1]), "destinations"),
+        (dict(tags=[0, 3, 3], arc_src=[0, 2, 1], arc_dst=[1, 2, 2], arc_id=[1, 2, 3]), "go forward"),
+        (dict(tags=[0, 3], arc_src=[-1, 0], arc_dst=[1, 1], arc_id=[1, 2]), "go forward"),
+        (dict(tags=[0, 3], arc_src=[0], arc_dst=[1], arc_id=[-4]), "ids must be"),
+        (dict(tags=[0, 3, 3], arc_src=[0, 0, 1, 0], arc_dst=[1, 2, 2, 2], arc_id=[1, 2, 3, 4]), "two arcs 0 -> 2"),
+        (dict(tags=[0, 3, 3], arc_src=[0, 0], arc_dst=[1, 2], arc_id=[1, 2]), "node 2 has none"),
+        (dict(tags=[0, 3, 3], arc_src=[0], arc_dst=[1], arc_id=[1]), "node 2 has none"),
+    ],
+)
 def test_lattice_validation(fields, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Lattice(**fields)
@@ -240,8 +234,7 @@ def lattices(draw, max_nodes=12):
         for j in sorted(words | {i - 1}):
             src.append(j)
             dst.append(i)
-    ids = draw(st.lists(st.integers(0, 2**31 - 1), min_size=len(src),
-                        max_size=len(src)))
+    ids = draw(st.lists(st.integers(0, 2**31 - 1), min_size=len(src), max_size=len(src)))
     return Lattice(tags=tags, arc_src=src, arc_dst=dst, arc_id=ids)
 
 
@@ -329,8 +322,7 @@ def test_lattice_stats():
     stats = lattice_stats(example())
     assert stats["num_lattices"] == 2
     assert (stats["num_nodes"], stats["num_arcs"]) == (5, 5)
-    assert (stats["mean_nodes"], stats["min_nodes"], stats["max_nodes"]) == (
-        2.5, 1, 4)
+    assert (stats["mean_nodes"], stats["min_nodes"], stats["max_nodes"]) == (2.5, 1, 4)
     assert stats["mean_arcs"] == 2.5 and stats["mean_word_arcs"] == 1.0
     assert stats["word_arcs_per_node"] == pytest.approx(2 / 3)
     assert stats["max_span"] == 2 and stats["longest_path"] == 3
@@ -343,8 +335,7 @@ def test_lattice_stats():
     assert stats["majority_fraction"] == pytest.approx(0.4)
 
     single = lattice_stats(example()[1:])
-    assert (single["max_span"], single["max_id"], single["longest_path"]) == (
-        1, -1, 0)
+    assert (single["max_span"], single["max_id"], single["longest_path"]) == (1, -1, 0)
     with pytest.raises(ValueError, match="at least one"):
         lattice_stats([])
 
@@ -359,7 +350,7 @@ def require_data():
         pytest.skip(f"lattice data not found at {DATA_DIR}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def read_split(split):
     return read_lattices(DATA_DIR / f"{split}.txt")
 
@@ -450,8 +441,7 @@ def test_synthetic_lattices_are_valid(synthetic):
 def test_synthetic_stats_close_to_real(synthetic, reference_stats):
     stats = lattice_stats(synthetic)
     real = reference_stats
-    for key in ("mean_nodes", "mean_arcs", "mean_word_arcs",
-                "word_arcs_per_node"):
+    for key in ("mean_nodes", "mean_arcs", "mean_word_arcs", "word_arcs_per_node"):
         assert abs(stats[key] - real[key]) < 0.1 * real[key], key
     assert abs(stats["mean_nodes"] - real["mean_nodes"]) < 2.0
     assert 150 <= stats["max_nodes"] <= 211 and stats["min_nodes"] >= 3
@@ -469,8 +459,7 @@ def test_synthetic_stats_close_to_real(synthetic, reference_stats):
     assert abs(stats["majority_fraction"] - real["majority_fraction"]) < 0.01
     # Node counts: similar quantiles, a long tail.
     nodes = np.array([lat.num_nodes for lat in synthetic])
-    np.testing.assert_allclose(np.percentile(nodes, [25, 50, 75, 90]),
-                               [23, 39, 59, 83], rtol=0.1)
+    np.testing.assert_allclose(np.percentile(nodes, [25, 50, 75, 90]), [23, 39, 59, 83], rtol=0.1)
     assert np.mean(nodes > 120) > 0.005
 
 

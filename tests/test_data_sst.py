@@ -9,15 +9,17 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from edbatch_jax.data.sst import NUM_LABELS
-from edbatch_jax.data.sst import Tree
-from edbatch_jax.data.sst import UNK_TOKEN
-from edbatch_jax.data.sst import Vocabulary
-from edbatch_jax.data.sst import parse_tree
-from edbatch_jax.data.sst import read_sst
-from edbatch_jax.data.sst import synthetic_sst
-from edbatch_jax.data.sst import tree_stats
-from edbatch_jax.data.sst import word_polarity
+from edbatch_jax.data.sst import (
+    NUM_LABELS,
+    UNK_TOKEN,
+    Tree,
+    Vocabulary,
+    parse_tree,
+    read_sst,
+    synthetic_sst,
+    tree_stats,
+    word_polarity,
+)
 
 # The SST data sits in a folder `shared` beside the checkout.
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "trees"
@@ -94,8 +96,7 @@ def test_parse_whitespace_and_odd_tokens():
     tree = parse_tree(line)
     # Only ASCII whitespace separates tokens (SST has a non-breaking space).
     assert tree.words == ("-LRB-", "comedy\\/thriller", "8\xa01\\/2")
-    assert tree.to_ptb() == (
-        "(3 (2 -LRB-) (2 (2 comedy\\/thriller) (1 8\xa01\\/2)))")
+    assert tree.to_ptb() == ("(3 (2 -LRB-) (2 (2 comedy\\/thriller) (1 8\xa01\\/2)))")
 
 
 def test_parse_deep_tree_without_recursion():
@@ -146,15 +147,13 @@ def test_parse_errors_name_source_and_line(line, message):
 
 # Tokens: anything but ASCII whitespace and parentheses.
 token_strategy = st.text(
-    st.characters(exclude_characters=" \t\n\r\f\v()",
-                  exclude_categories=("Cs",)),
-    min_size=1, max_size=5)
+    st.characters(exclude_characters=" \t\n\r\f\v()", exclude_categories=("Cs",)), min_size=1, max_size=5
+)
 label_strategy = st.integers(0, NUM_LABELS - 1)
 # A tree is (label, token) or (label, left, right).
 tree_strategy = st.recursive(
-    st.tuples(label_strategy, token_strategy),
-    lambda sub: st.tuples(label_strategy, sub, sub),
-    max_leaves=40)
+    st.tuples(label_strategy, token_strategy), lambda sub: st.tuples(label_strategy, sub, sub), max_leaves=40
+)
 
 
 def to_ptb(node, sep):
@@ -201,24 +200,20 @@ def test_tree_is_immutable_hashable_and_validated():
         tree.labels[0] = 1
     with pytest.raises(AttributeError):
         tree.labels = np.zeros(9, np.int32)
-    same = Tree(labels=tree.labels.tolist(), left=tree.left, right=tree.right,
-                tokens=list(tree.tokens))
+    same = Tree(labels=tree.labels.tolist(), left=tree.left, right=tree.right, tokens=list(tree.tokens))
     assert same == tree and hash(same) == hash(tree)
     assert same != parse_tree("(3 (2 a) (2 b))")
     # Not post-order: the root first.
     with pytest.raises(ValueError, match="post-order"):
-        Tree(labels=[2, 2, 2], left=[1, -1, -1], right=[2, -1, -1],
-             tokens=(None, "a", "b"))
+        Tree(labels=[2, 2, 2], left=[1, -1, -1], right=[2, -1, -1], tokens=(None, "a", "b"))
     with pytest.raises(ValueError, match="labels"):
         Tree(labels=[7], left=[-1], right=[-1], tokens=("a",))
     with pytest.raises(ValueError, match="two children"):
-        Tree(labels=[2, 2, 2], left=[-1, -1, 0], right=[-1, -1, -1],
-             tokens=("a", "b", None))
+        Tree(labels=[2, 2, 2], left=[-1, -1, 0], right=[-1, -1, -1], tokens=("a", "b", None))
     with pytest.raises(ValueError, match="tokens"):
         Tree(labels=[2], left=[-1], right=[-1], tokens=(None,))
     with pytest.raises(ValueError, match="single tree"):
-        Tree(labels=[2] * 3, left=[-1, -1, 0], right=[-1, -1, 0],
-             tokens=("a", "b", None))
+        Tree(labels=[2] * 3, left=[-1, -1, 0], right=[-1, -1, 0], tokens=("a", "b", None))
 
 
 def test_read_sst(tmp_path):
@@ -250,9 +245,11 @@ def test_read_sst_missing_file(tmp_path):
 
 
 def test_vocabulary():
-    trees = [parse_tree("(2 (2 b) (2 (2 a) (2 c)))"),
-             parse_tree("(2 (2 c) (2 (2 b) (2 d)))"),
-             parse_tree("(2 (2 c) (2 e))")]
+    trees = [
+        parse_tree("(2 (2 b) (2 (2 a) (2 c)))"),
+        parse_tree("(2 (2 c) (2 (2 b) (2 d)))"),
+        parse_tree("(2 (2 c) (2 e))"),
+    ]
     vocab = Vocabulary.build(trees)
     # c: 3, b: 2, then a, d, e (1 each) alphabetically.
     assert vocab.id_to_token == (UNK_TOKEN, "c", "b", "a", "d", "e")
@@ -326,13 +323,11 @@ def test_real_train_stats(real_train):
         assert stats[key] == pytest.approx(REAL_TRAIN[key], abs=1e-3)
     for key in ("num_trees", "max_tokens", "max_height"):
         assert stats[key] == REAL_TRAIN[key]
-    np.testing.assert_array_equal(stats["root_label_hist"],
-                                  REAL_TRAIN["root_label_hist"])
+    np.testing.assert_array_equal(stats["root_label_hist"], REAL_TRAIN["root_label_hist"])
 
 
 def test_real_train_round_trip(real_train):
-    lines = [l for l in (DATA_DIR / "train.txt").read_text("utf-8").splitlines()
-             if l.strip()]
+    lines = [l for l in (DATA_DIR / "train.txt").read_text("utf-8").splitlines() if l.strip()]
     for line, tree in zip(lines[:500], real_train):
         assert tree.to_ptb() == line.strip()
 
@@ -370,8 +365,7 @@ def test_synthetic_stats_close_to_real(synthetic):
     assert abs(stats["mean_tokens"] - REAL_TRAIN["mean_tokens"]) < 0.5
     assert abs(stats["mean_nodes"] - REAL_TRAIN["mean_nodes"]) < 1.0
     assert 1 <= stats["max_tokens"] <= 56
-    assert (abs(stats["mean_height"] - REAL_TRAIN["mean_height"])
-            < 0.1 * REAL_TRAIN["mean_height"])
+    assert abs(stats["mean_height"] - REAL_TRAIN["mean_height"]) < 0.1 * REAL_TRAIN["mean_height"]
     assert 20 <= stats["max_height"] <= 40
     root = stats["root_label_hist"] / stats["num_trees"]
     real_root = np.array(REAL_TRAIN["root_label_hist"]) / REAL_TRAIN["num_trees"]

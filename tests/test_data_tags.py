@@ -182,8 +182,12 @@ def test_synthetic_is_deterministic_and_validates_arguments():
     ids = np.array([int(w[1:]) for s in noiseless for w in s.words])
     assert np.array_equal(word_tag(ids, vocab_size=300), np.concatenate([s.tags for s in noiseless]))
     assert synthetic_tagged(0) == []
-    for kwargs, msg in [({"num": -1}, "num"), ({"num": 1, "tag_noise": 2.0}, "tag_noise"),
-                        ({"num": 1, "max_length": 0}, "max_length"), ({"num": 1, "vocab_size": 0}, "vocab_size")]:
+    for kwargs, msg in [
+        ({"num": -1}, "num"),
+        ({"num": 1, "tag_noise": 2.0}, "tag_noise"),
+        ({"num": 1, "max_length": 0}, "max_length"),
+        ({"num": 1, "vocab_size": 0}, "vocab_size"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             synthetic_tagged(**kwargs)
     with pytest.raises(ValueError, match="word ids"):

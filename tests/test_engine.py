@@ -52,7 +52,9 @@ def _check_treelstm(trees, policy, make_engine=eb.Engine, hidden=32):
     # hidden states of every leaf and internal node, too
     nodes = np.flatnonzero(graph.node_type != graph.type_id("loss"))
     _assert_trees_close(
-        engine.run(params, graph, sched, outputs=nodes), eb.run_unbatched(model.ops, params, graph, outputs=nodes), **TOL
+        engine.run(params, graph, sched, outputs=nodes),
+        eb.run_unbatched(model.ops, params, graph, outputs=nodes),
+        **TOL,
     )
     return engine, engine.plan(params, graph, sched)
 
@@ -270,9 +272,15 @@ def test_no_compilation_after_warm_up_across_100_minibatches_of_varying_shape(ca
     assert any(r.getMessage().startswith("Finished XLA compilation") for r in caplog.records)
 
 
-@pytest.mark.parametrize("make_engine", [eb.Engine, lambda ops: eb.FusedEngine(ops, max_lanes=4),
-                                         lambda ops: eb.FusedEngine(ops, max_lanes=4, fine_lanes=True)],
-                         ids=["stepwise", "fused", "fused_fine"])
+@pytest.mark.parametrize(
+    "make_engine",
+    [
+        eb.Engine,
+        lambda ops: eb.FusedEngine(ops, max_lanes=4),
+        lambda ops: eb.FusedEngine(ops, max_lanes=4, fine_lanes=True),
+    ],
+    ids=["stepwise", "fused", "fused_fine"],
+)
 def test_trainer_loss_and_grads_match_unbatched_and_autodiff(make_engine):
     """The trainer's direct path (forward program, loss cotangent, backward program) against unbatched
     execution and against ``jax.value_and_grad`` through the engine's custom VJP."""

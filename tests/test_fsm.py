@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import strategies
 from hypothesis import HealthCheck, given, settings
 
 import edbatch_jax as eb
 from edbatch_jax.fsm import encoding as enc
 from edbatch_jax.fsm.env import _pad_env
 from edbatch_jax.fsm.qlearning import QLearningSettings, _n_step_update
-import strategies
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -329,8 +329,24 @@ def test_learn_command_saves_a_policy_and_prints_the_comparison(tmp_path, capsys
 
     out = tmp_path / "treelstm.json"
     plot = tmp_path / "curve.png"
-    argv = ["learn", "--model", "treelstm", "--batch-size", "16", "--graphs", "2", "--eval-batches", "2",
-            "--episodes", "60", "--out", str(out), "--plot", str(plot), "--quiet"]
+    argv = [
+        "learn",
+        "--model",
+        "treelstm",
+        "--batch-size",
+        "16",
+        "--graphs",
+        "2",
+        "--eval-batches",
+        "2",
+        "--episodes",
+        "60",
+        "--out",
+        str(out),
+        "--plot",
+        str(plot),
+        "--quiet",
+    ]
     assert main(argv) == 0
     text = capsys.readouterr().out
     for word in ("learned in", "held-out", "depth", "agenda", "typewise", "fsm", "hit rate"):
@@ -373,8 +389,9 @@ def test_policy_follows_op_types_numbered_in_another_order():
     sa, sb = eb.schedule(a, policy), eb.schedule(b, policy)
     eb.validate_schedule(b, sb)
     assert [a.op_types[t] for t in sa.batch_type] == [b.op_types[t] for t in sb.batch_type]
-    assert [sorted(sa.node_order[s:e].tolist()) for s, e in zip(sa.batch_ptr[:-1], sa.batch_ptr[1:])] == \
-        [sorted(sb.node_order[s:e].tolist()) for s, e in zip(sb.batch_ptr[:-1], sb.batch_ptr[1:])]
+    assert [sorted(sa.node_order[s:e].tolist()) for s, e in zip(sa.batch_ptr[:-1], sa.batch_ptr[1:])] == [
+        sorted(sb.node_order[s:e].tolist()) for s, e in zip(sb.batch_ptr[:-1], sb.batch_ptr[1:])
+    ]
     assert sb.num_batches == eb.lower_bound(b)
     # the decision trace speaks in op type names, so both numberings give the same walk through the FSM
     ta, tb = policy.trace(a), policy.trace(b)

@@ -5,19 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_engine import TOL, _assert_trees_close, _check_treelstm, _dag_ops, _random_dag, _tree_setup
 
 import edbatch_jax as eb
 from edbatch_jax.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.nn.treelstm import TreeLSTM
 from edbatch_jax.training import Trainer, make_minibatch
-from test_engine import TOL, _assert_trees_close, _check_treelstm, _dag_ops, _random_dag, _tree_setup
 
 
 @pytest.mark.parametrize("fine_lanes, lane_buckets", [(False, (1, 2, 4)), (True, (1, 2, 3, 4))])
 def test_treelstm_values_and_grads_match_unbatched_with_chunks(fine_lanes, lane_buckets):
     # max_lanes=4: leaf and loss batches run as several chunks
-    engine, plan = _check_treelstm(synthetic_sst(4, seed=3), "agenda",
-                                   lambda ops: eb.FusedEngine(ops, max_lanes=4, fine_lanes=fine_lanes), hidden=8)
+    engine, plan = _check_treelstm(
+        synthetic_sst(4, seed=3),
+        "agenda",
+        lambda ops: eb.FusedEngine(ops, max_lanes=4, fine_lanes=fine_lanes),
+        hidden=8,
+    )
     assert max(s.width for s in plan.steps) > 4
     # every lane bucket of every op type registered up front: one forward program (values), one forward program
     # that also stores residuals and one backward program (gradients)
@@ -37,9 +41,19 @@ def test_fine_lane_ladder_is_the_smallest_rung_that_fits():
     assert np.all(got <= np.array([eb.bucket(k) for k in n]))  # never wider than the power-of-two bucket
 
 
-@pytest.mark.parametrize("seed, max_lanes, fine_lanes, policy", [
-    (0, 2, False, "dots"), (1, 512, False, "dots"), (2, 8, True, "dots"), (3, 4, False, "everything"), (4, 4, True, None)])
-def test_mixed_structures_and_variadic_ops_match_unbatched(seed, max_lanes, fine_lanes, policy):  # 512: branches wider than the buffers
+@pytest.mark.parametrize(
+    "seed, max_lanes, fine_lanes, policy",
+    [
+        (0, 2, False, "dots"),
+        (1, 512, False, "dots"),
+        (2, 8, True, "dots"),
+        (3, 4, False, "everything"),
+        (4, 4, True, None),
+    ],
+)
+def test_mixed_structures_and_variadic_ops_match_unbatched(
+    seed, max_lanes, fine_lanes, policy
+):  # 512: branches wider than the buffers
     graph = _random_dag(np.random.default_rng(seed))
     ops = _dag_ops()
     params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
@@ -66,8 +80,10 @@ def test_int32_payloads_travel_in_the_packed_tables_and_others_beside_them():
     graphs = []
     for _ in range(5):
         b = eb.GraphBuilder()
-        leaves = [b.add("embed", payload={"ids": rng.integers(0, 6, 2).astype(np.int32),
-                                          "k": np.int32(rng.integers(1, 4))}) for _ in range(int(rng.integers(2, 5)))]
+        leaves = [
+            b.add("embed", payload={"ids": rng.integers(0, 6, 2).astype(np.int32), "k": np.int32(rng.integers(1, 4))})
+            for _ in range(int(rng.integers(2, 5)))
+        ]
         scaled = [b.add("scale", v, payload=np.float32(rng.normal())) for v in leaves]
         b.add("head", leaves[0], scaled[-1])
         graphs.append(b.build())
@@ -83,8 +99,10 @@ def test_int32_payloads_travel_in_the_packed_tables_and_others_beside_them():
     np.testing.assert_allclose(v1, v0, **TOL)
     _assert_trees_close(g1, g0, **TOL)
     packed, separate = engine._layout
-    assert [e for e, _ in packed if isinstance(e, tuple) and e[0] == "payload"] == [("payload", "embed", 0),
-                                                                                   ("payload", "embed", 1)]
+    assert [e for e, _ in packed if isinstance(e, tuple) and e[0] == "payload"] == [
+        ("payload", "embed", 0),
+        ("payload", "embed", 1),
+    ]
     assert [name for name, _ in separate] == ["scale"]
     ints, others = engine.plan(params, graph, sched).tables.packed[engine._layout]
     assert list(others) == ["scale"] and ints.dtype == jnp.int32
@@ -94,8 +112,7 @@ def test_a_payload_structure_change_is_named_and_leaves_the_engine_as_it_was():
     """The engine's programs and packed tables are made for one payload structure per op type: a graph whose
     payloads of that type have other leaf shapes or dtypes is refused, naming the op type, before anything is
     registered; the first graph then runs again without a new trace."""
-    ops = {"leaf": lambda p, payload: {"v": p["w"] * jnp.sum(payload)},
-           "head": lambda p, payload, x: jnp.sum(x["v"])}
+    ops = {"leaf": lambda p, payload: {"v": p["w"] * jnp.sum(payload)}, "head": lambda p, payload, x: jnp.sum(x["v"])}
     params = {"w": jnp.ones(3)}
 
     def graph(payload):
@@ -116,8 +133,11 @@ def test_a_payload_structure_change_is_named_and_leaves_the_engine_as_it_was():
     assert engine.trace_count == traces
 
 
-_POLICIES = {"dots": jax.checkpoint_policies.dots_saveable, "everything": jax.checkpoint_policies.everything_saveable,
-             None: None}
+_POLICIES = {
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+    None: None,
+}
 
 
 def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_them():
@@ -138,8 +158,13 @@ def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_
     with_saved = saving._backward(plan, params, bufs, ct, saved=saved)
     # the same gradients as recomputing every product, in this engine and in one that never stores
     _assert_trees_close(with_saved, saving._backward(plan, params, bufs, ct, saved=None), **TOL)
-    _assert_trees_close(with_saved, recomputing.value_and_grad(
-        recomputing.plan(params, batch.graph, batch.schedule), params, lambda b: (jnp.float32(0), ct))[1], **TOL)
+    _assert_trees_close(
+        with_saved,
+        recomputing.value_and_grad(
+            recomputing.plan(params, batch.graph, batch.schedule), params, lambda b: (jnp.float32(0), ct)
+        )[1],
+        **TOL,
+    )
     # and the stored values are what the backward program uses: scaled ones change the gradients
     scaled = saving._backward(plan, params, bufs, ct, saved=jax.tree.map(lambda a: a * 2, saved))
     assert not np.allclose(scaled["internal"]["iou"]["kernel"], with_saved["internal"]["iou"]["kernel"])
@@ -148,7 +173,9 @@ def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_
     # old values, which must not reach the gradients: poisoned with NaN, the step still matches
     ones = lambda b: (jnp.float32(0), tuple(jax.tree.map(jnp.ones_like, x) for x in b))
     saving.value_and_grad(plan, params, ones)
-    saving._spare_saved = {k: jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), v) for k, v in saving._spare_saved.items()}
+    saving._spare_saved = {
+        k: jax.tree.map(lambda a: jnp.full_like(a, jnp.nan), v) for k, v in saving._spare_saved.items()
+    }
     poisoned = jax.tree.leaves(saving._spare_saved)
     _assert_trees_close(saving.value_and_grad(plan, params, ones)[1], with_saved, **TOL)
     assert poisoned and all(a.is_deleted() for a in poisoned)  # they were the tables filled (donated)
@@ -216,8 +243,9 @@ def test_plans_that_lack_a_registered_op_type_match_unbatched():
     model, params, graph = _tree_setup(trees, hidden=8)
     engine = eb.FusedEngine(model.ops, max_lanes=4)
     full = make_minibatch(graph, "agenda")
-    words = make_minibatch(model.batch_graph([parse_tree(f"({k} w{k})") for k in range(3)], Vocabulary.build(trees)),
-                           "agenda")
+    words = make_minibatch(
+        model.batch_graph([parse_tree(f"({k} w{k})") for k in range(3)], Vocabulary.build(trees)), "agenda"
+    )
     assert "internal" not in {words.graph.op_types[t] for t in np.unique(words.graph.node_type)}
     loss_and_grads(engine, params, full)
     loss, grads = loss_and_grads(engine, params, words)

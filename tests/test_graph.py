@@ -18,8 +18,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import edbatch_jax as eb
 from strategies import (
     assert_graphs_equal,
     batched_graphs,
@@ -30,6 +28,8 @@ from strategies import (
     perfect_tree,
     trees,
 )
+
+import edbatch_jax as eb
 
 
 # =========================================================================== round trips

@@ -7,17 +7,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import strategies
 from hypothesis import HealthCheck, given, settings
+from test_engine import TOL, _assert_trees_close, _dag_ops, _random_dag
 
 import edbatch_jax as eb
-import strategies
-from test_engine import TOL, _assert_trees_close, _dag_ops, _random_dag
 
 LAYOUTS = ["planned", "dynet", "gather"]
 
 
 def _layout(name, graph, sched, variadic=None):
-    return {"planned": lambda: eb.plan_layout(graph, sched, variadic), "dynet": lambda: None, "gather": lambda: "gather"}[name]()
+    return {
+        "planned": lambda: eb.plan_layout(graph, sched, variadic),
+        "dynet": lambda: None,
+        "gather": lambda: "gather",
+    }[name]()
 
 
 def chain_graph(lengths, seed=0):
@@ -80,8 +84,15 @@ def test_treelstm_matches_unbatched_with_every_layout(layout):
     model = TreeLSTM(len(vocab), hidden=8, embed=8)
     graph = model.batch_graph(trees, vocab)
     sched = eb.schedule(graph, "typewise")
-    _check(model.ops, model.init(jax.random.PRNGKey(0)), graph, sched, graph.nodes_of_type("loss"),
-           _layout(layout, graph, sched), reduce=lambda s: jnp.sum(s["loss"]))
+    _check(
+        model.ops,
+        model.init(jax.random.PRNGKey(0)),
+        graph,
+        sched,
+        graph.nodes_of_type("loss"),
+        _layout(layout, graph, sched),
+        reduce=lambda s: jnp.sum(s["loss"]),
+    )
 
 
 @pytest.mark.parametrize("layout", ["planned", "dynet"])
@@ -92,8 +103,15 @@ def test_lattice_lstm_matches_unbatched_with_planned_layout(layout):
     model = LatticeTagger(vocab_size=64, hidden=8, embed=8)
     graph = model.batch_graph(synthetic_lattices(3, seed=1, max_nodes=10))
     sched = eb.schedule(graph, "typewise")
-    _check(model.ops, model.init(jax.random.PRNGKey(1)), graph, sched, graph.nodes_of_type("loss"),
-           _layout(layout, graph, sched, {"node"}), reduce=lambda s: jnp.sum(s["loss"]))
+    _check(
+        model.ops,
+        model.init(jax.random.PRNGKey(1)),
+        graph,
+        sched,
+        graph.nodes_of_type("loss"),
+        _layout(layout, graph, sched, {"node"}),
+        reduce=lambda s: jnp.sum(s["loss"]),
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -115,8 +133,10 @@ def test_planned_layout_gathers_fewer_bytes_than_schedule_order_on_trees_and_lat
     vocab = Vocabulary.build(trees)
     tree_model = TreeLSTM(len(vocab), hidden=8, embed=8)
     lat_model = LatticeTagger(hidden=8, embed=8)
-    cases = [(tree_model, tree_model.batch_graph(trees, vocab), None),
-             (lat_model, lat_model.batch_graph(synthetic_lattices(16, seed=0)), {"node"})]
+    cases = [
+        (tree_model, tree_model.batch_graph(trees, vocab), None),
+        (lat_model, lat_model.batch_graph(synthetic_lattices(16, seed=0)), {"node"}),
+    ]
     for model, graph, variadic in cases:
         sched = eb.schedule(graph, "typewise")
         engine = eb.Engine(model.ops)
@@ -177,7 +197,11 @@ def _accepted_over_nodes(graph, sched):
     """Operand sets a PQ-tree over the nodes themselves (no classes of twins) accepts, offered in the
     planner's order: every read batch, then every list of distinct nodes, largest first."""
     lists = eb.layout.operand_lists(graph, sched)
-    read = sorted({int(b) for b in sched.batch_of_node(graph.num_nodes)[np.concatenate([a for _, _, a in lists])]}) if lists else []
+    read = (
+        sorted({int(b) for b in sched.batch_of_node(graph.num_nodes)[np.concatenate([a for _, _, a in lists])]})
+        if lists
+        else []
+    )
     tree = eb.PQTree([v for b in read for v in sched.batches[b][1].tolist()])
     for b in read:
         tree.reduce(sched.batches[b][1].tolist())
@@ -268,7 +292,11 @@ def _align_by_loop(position, sched, lists, accepted, one_producer, lane_rank):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(strategies.batched_graphs(max_graphs=5), st.sampled_from(["agenda", "depth", "typewise"]), st.sampled_from([0, 10**9]))
+@given(
+    strategies.batched_graphs(max_graphs=5),
+    st.sampled_from(["agenda", "depth", "typewise"]),
+    st.sampled_from([0, 10**9]),
+)
 def test_alignment_agrees_with_its_definition(graph, policy, wide):
     """Batches reading no accepted operand ordered at once, the rest one by one (on arrays or lists):
     the order of the batch-by-batch loop."""
@@ -287,7 +315,7 @@ def test_alignment_agrees_with_its_definition(graph, policy, wide):
         eb.plan_layout(graph, sched)
     finally:
         planner._align, planner._WIDE = align, old_wide
-    (args, got), = seen
+    ((args, got),) = seen
     position, _, lists, accepted, one_producer, lane_rank = args
     assert got.tolist() == _align_by_loop(position, sched, lists, accepted, one_producer, lane_rank)
 
@@ -381,6 +409,13 @@ def test_every_bundled_workload_matches_unbatched_with_the_planned_layout(name):
     graph = work.batch_graph(items)
     sched = eb.schedule(graph, "typewise")
     variadic = {n for n, op in work.model.ops.items() if op.variadic}
-    plan = _check(work.model.ops, work.model.init(jax.random.PRNGKey(0)), graph, sched, graph.nodes_of_type("loss"),
-                  eb.plan_layout(graph, sched, variadic), reduce=lambda s: jnp.sum(s["loss"]))
+    plan = _check(
+        work.model.ops,
+        work.model.init(jax.random.PRNGKey(0)),
+        graph,
+        sched,
+        graph.nodes_of_type("loss"),
+        eb.plan_layout(graph, sched, variadic),
+        reduce=lambda s: jnp.sum(s["loss"]),
+    )
     assert plan.num_gathers <= plan.num_operands

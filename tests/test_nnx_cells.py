@@ -10,12 +10,12 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from test_engine import TOL, _assert_trees_close
 
 import edbatch_jax as eb
 from edbatch_jax.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.data.synthetic_graphs import synthetic_dags
 from edbatch_jax.nn.treelstm import TreeLSTM
-from test_engine import TOL, _assert_trees_close
 
 
 def _smallest_graph(work):
@@ -34,7 +34,9 @@ def test_every_model_offers_nnx_cells_with_the_linen_parameter_tree(name):
     work = eb.workloads.load_workload(name, hidden=4, num_train=8, num_held_out=4)
     cells = work.model.nnx_cells(rngs=nnx.Rngs(0))
     linen_params = work.model.init(jax.random.PRNGKey(0))
-    assert jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(cells, nnx.Param))) == jax.tree.map(jnp.shape, linen_params)
+    assert jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(cells, nnx.Param))) == jax.tree.map(
+        jnp.shape, linen_params
+    )
     for name, op in work.model.ops.items():
         assert (cells.ops[name].arity, cells.ops[name].aggregate) == (op.arity, op.aggregate)
 

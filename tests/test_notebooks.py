@@ -43,8 +43,9 @@ def test_notebook_runs_in_quick_mode(path, kernel_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("MPLBACKEND", raising=False)  # let the kernel use its inline backend
     nb = nbformat.read(path, as_version=4)
     km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
-    client = NotebookClient(nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT_S,
-                            resources={"metadata": {"path": str(tmp_path)}})
+    client = NotebookClient(
+        nb, km=km, kernel_name="python3", timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
@@ -61,4 +62,6 @@ def test_committed_notebook_has_plots_and_no_machine_paths(path):
         for bad in ("/work", "/tmp"):
             assert bad not in cell.source, f"{path.name}: a cell mentions {bad!r}:\n{cell.source}"
     first = code[0].source
-    assert "import edbatch_jax" in first and "pip" in first, f"{path.name}: the first code cell must install the package when missing"
+    assert "import edbatch_jax" in first and "pip" in first, (
+        f"{path.name}: the first code cell must install the package when missing"
+    )

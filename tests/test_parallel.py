@@ -10,8 +10,14 @@ import pytest
 import edbatch_jax as eb
 from edbatch_jax.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.nn.treelstm import TreeLSTM
-from edbatch_jax.parallel import (ShardedTrainer, make_shards, shard_devices, sharded_loss, split_instances,
-                                  use_cpu_devices)
+from edbatch_jax.parallel import (
+    ShardedTrainer,
+    make_shards,
+    shard_devices,
+    sharded_loss,
+    split_instances,
+    use_cpu_devices,
+)
 from edbatch_jax.training import Trainer, make_minibatch, unbatched_loss
 
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -131,8 +137,9 @@ def test_sharded_steps_follow_the_unsharded_trainer(setup, fused_engines):
 def test_sharded_trainer_rejects_mismatched_shards(setup):
     model, params, trees, build, _ = setup
     devices = shard_devices(2)
-    trainer = ShardedTrainer([eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params),
-                             optax.sgd(0.1), devices)
+    trainer = ShardedTrainer(
+        [eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices
+    )
     with pytest.raises(ValueError, match="3 shards for 2 engines"):
         trainer.loss_and_grads(make_shards(trees, 3, build, "agenda"))
     with pytest.raises(ValueError, match="no shards"):
@@ -147,8 +154,9 @@ def test_assigned_parameters_reach_every_device(setup):
     """``trainer.params = p`` (e.g. restored from a checkpoint) is copied to the first device and replicated."""
     model, params, trees, build, _ = setup
     devices = shard_devices(2)
-    trainer = ShardedTrainer([eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params),
-                             optax.sgd(0.1), devices)
+    trainer = ShardedTrainer(
+        [eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices
+    )
     restored = jax.tree.map(lambda x: np.asarray(x) + 1.0, params)  # host arrays, as a checkpoint gives
     trainer.params = restored
     for replica, device in zip(trainer.replicas, devices):

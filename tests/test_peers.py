@@ -15,7 +15,7 @@ from edbatch_jax.peers import PeerError, run_dynet
 
 # Writes what DyNet's dynet_treelstm.py writes with --json (rows of mode, batch_size, phase, trees_per_s);
 # FAIL in the environment makes it fail, EMPTY makes it measure nothing.
-FAKE_DYNET = textwrap.dedent('''
+FAKE_DYNET = textwrap.dedent("""
     import json, os, sys
     args = sys.argv[1:]
     get = lambda flag: args[args.index(flag) + 1]
@@ -29,7 +29,7 @@ FAKE_DYNET = textwrap.dedent('''
         for m in modes for p in ("infer", "train")]
     assert open(get("--data")).read().startswith("("), "not a tree file"
     json.dump(dict(meta=dict(dynet_version="2.1.2"), rows=rows), open(get("--json"), "w"))
-''')
+""")
 
 TREES = ["(3 (2 good) (4 (2 movie) (3 fun)))", "(1 (2 not) (1 (2 so) (0 bad)))", "(2 (2 a) (2 film))"]
 
@@ -47,8 +47,12 @@ def test_run_dynet_reads_every_mode_and_phase(fake):
     script, trees = fake
     rows = run_dynet(sys.executable, str(script), str(trees), 64, 128)
     got = {(r["system"], r["mode"]): r["instances_per_s"] for r in rows}
-    assert got == {("dynet agenda", "infer"): 1500.0, ("dynet agenda", "train"): 1000.0,
-                   ("dynet depth", "infer"): 2500.0, ("dynet depth", "train"): 2000.0}
+    assert got == {
+        ("dynet agenda", "infer"): 1500.0,
+        ("dynet agenda", "train"): 1000.0,
+        ("dynet depth", "infer"): 2500.0,
+        ("dynet depth", "train"): 2000.0,
+    }
     assert {r["batch_size"] for r in rows} == {64} and {r["dynet_version"] for r in rows} == {"2.1.2"}
 
 
@@ -72,15 +76,51 @@ def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_pat
     out, page = tmp_path / "bench.json", tmp_path / "bench.md"
     made = []  # the training configuration's optimizer comes from --optimizer
     monkeypatch.setitem(bench.OPTIMIZERS, "sgd", (lambda lr: made.append("sgd") or optax.sgd(lr), 0.01))
-    assert main(["bench", "--model", "treelstm", "--data", str(trees), "--batch-size", "4", "--hidden", "8",
-                 "--batches", "1", "--warmup", "1", "--rounds", "1", "--policy", "agenda", "--layout", "dynet",
-                 "--mode", "infer,train", "--optimizer", "sgd", "--dynet", sys.executable, "--dynet-script", str(script),
-                 "--json", str(out), "--markdown", str(page), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "treelstm",
+                "--data",
+                str(trees),
+                "--batch-size",
+                "4",
+                "--hidden",
+                "8",
+                "--batches",
+                "1",
+                "--warmup",
+                "1",
+                "--rounds",
+                "1",
+                "--policy",
+                "agenda",
+                "--layout",
+                "dynet",
+                "--mode",
+                "infer,train",
+                "--optimizer",
+                "sgd",
+                "--dynet",
+                sys.executable,
+                "--dynet-script",
+                str(script),
+                "--json",
+                str(out),
+                "--markdown",
+                str(page),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert made == ["sgd"]
     rows = json.loads(out.read_text())
     peers = [r for r in rows if r["engine"] == "dynet"]
     assert {(r["run"], r["policy"], r["mode"]) for r in peers} == {
-        (run, f"dynet {s}", m) for run in ("before", "after") for s in ("agenda", "depth") for m in ("infer", "train")}
+        (run, f"dynet {s}", m) for run in ("before", "after") for s in ("agenda", "depth") for m in ("infer", "train")
+    }
     ours = next(r for r in rows if r["engine"] == "fused" and r["mode"] == "train")
     text = page.read_text()
     assert "DyNet side by side" in text and "dynet depth (before ours)" in text and "dynet depth (after ours)" in text

@@ -98,4 +98,3 @@ def test_train_precompiles_every_mini_batch_it_will_run():
     assert len(steps) == 4 and steps[0] > 0  # precompilation compiled before the first step
     # after the first step's progress call, nothing compiles until the evaluation after the last step
     assert [c for c in compiles[steps[0] : steps[-1]] if not isinstance(c, tuple)] == []
-

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_engine import _dag_ops, _random_dag
 
 import edbatch_jax as eb
 from edbatch_jax.engine.buckets import bucket, fine_bucket_array
 from edbatch_jax.engine.executor import _sig_bytes
-from test_engine import _dag_ops, _random_dag
 
 PARAMS = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
 _BRANCH, _OUT, _VALID, _PAY, _SEG, _IDX = range(6)
@@ -55,8 +55,11 @@ def _setup(seed, policy, layout_kind):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 10_000), st.sampled_from(["agenda", "depth", "typewise"]),
-       st.sampled_from(["dynet", "gather", "planned"]))
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from(["agenda", "depth", "typewise"]),
+    st.sampled_from(["dynet", "gather", "planned"]),
+)
 def test_rows_and_steps_agree_with_per_batch_definitions(seed, policy, layout_kind):
     graph, ops, sched, layout = _setup(seed, policy, layout_kind)
     engine = eb.Engine(ops)
@@ -93,22 +96,32 @@ def test_rows_and_steps_agree_with_per_batch_definitions(seed, policy, layout_ki
             assert step.segments is None
         else:
             eb_ = bucket(segments.size)
-            np.testing.assert_array_equal(np.asarray(step.segments), np.r_[segments, np.full(eb_ - segments.size, step.lanes)])
+            np.testing.assert_array_equal(
+                np.asarray(step.segments), np.r_[segments, np.full(eb_ - segments.size, step.lanes)]
+            )
         t = graph.type_id(step.op)
         if graph.payloads[t] is None:
             assert step.payload is None
         else:
             prow = np.r_[graph.payload_row[lanes], np.full(step.lanes - width, graph.payload_row[lanes[0]])]
-            jax.tree.map(lambda got, table: np.testing.assert_array_equal(np.asarray(got), np.asarray(table)[prow]),
-                         step.payload, graph.payloads[t])
+            jax.tree.map(
+                lambda got, table: np.testing.assert_array_equal(np.asarray(got), np.asarray(table)[prow]),
+                step.payload,
+                graph.payloads[t],
+            )
     np.testing.assert_array_equal(rows.need, need)
     assert (plan.num_operands, plan.num_gathers, plan.gathered_bytes) == (operands, gathers, gathered_bytes)
     assert all(cap >= n for cap, n in zip(plan.capacities, need))
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 10_000), st.sampled_from(["agenda", "depth", "typewise"]),
-       st.sampled_from(["dynet", "gather", "planned"]), st.sampled_from([1, 2, 4, 8, 512]), st.booleans())
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from(["agenda", "depth", "typewise"]),
+    st.sampled_from(["dynet", "gather", "planned"]),
+    st.sampled_from([1, 2, 4, 8, 512]),
+    st.booleans(),
+)
 def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind, max_lanes, fine_lanes):
     graph, ops, sched, layout = _setup(seed, policy, layout_kind)
     engine = eb.FusedEngine(ops, max_lanes=max_lanes, fine_lanes=fine_lanes)
@@ -120,8 +133,11 @@ def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind
     keys = engine.branch_keys
     chunk = 0
     for (name, nodes), (lanes, first, groups, segments) in zip(sched.batches, want):
-        pieces = [(0, lanes.size)] if segments is not None else [
-            (c0, min(max_lanes, lanes.size - c0)) for c0 in range(0, lanes.size, max_lanes)]
+        pieces = (
+            [(0, lanes.size)]
+            if segments is not None
+            else [(c0, min(max_lanes, lanes.size - c0)) for c0 in range(0, lanes.size, max_lanes)]
+        )
         for c0, n in pieces:
             d = desc[chunk]
             op, out_b, in_bufs, has_payload, width, erows = keys[d[_BRANCH]]
@@ -143,8 +159,11 @@ def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind
                 prow = graph.payload_row[lanes[c0 : c0 + n]]
                 jax.tree.map(
                     lambda table, src: np.testing.assert_array_equal(
-                        np.asarray(table)[d[_PAY] : d[_PAY] + n], np.asarray(src)[prow]),
-                    plan.tables.payloads[name], graph.payloads[t])
+                        np.asarray(table)[d[_PAY] : d[_PAY] + n], np.asarray(src)[prow]
+                    ),
+                    plan.tables.payloads[name],
+                    graph.payloads[t],
+                )
             chunk += 1
     assert int(plan.tables.num_chunks) == chunk
     assert set(plan.tables.branches) == set(desc[:chunk, _BRANCH].tolist())
@@ -155,8 +174,11 @@ def test_a_layout_that_splits_a_batch_is_refused_naming_it():
     layout = eb.plan_layout(graph, sched, {name for name, op in ops.items() if op.variadic})
     buffer_of = eb.Engine(ops).plan(PARAMS, graph, sched).node_buffer
     # the widest batch whose buffer holds other nodes too: its first node to the front, its second to the back
-    b = next(b for b in np.argsort(-sched.widths, kind="stable")
-             if np.sum(buffer_of == buffer_of[sched.batches[b][1][0]]) > sched.widths[b])
+    b = next(
+        b
+        for b in np.argsort(-sched.widths, kind="stable")
+        if np.sum(buffer_of == buffer_of[sched.batches[b][1][0]]) > sched.widths[b]
+    )
     nodes = sched.batches[b][1]
     assert nodes.size >= 2
     position = np.array(layout.position)

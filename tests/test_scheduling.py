@@ -17,9 +17,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import edbatch_jax as eb
-from edbatch_jax.scheduling import policies as policies_module
 from strategies import (
     batched_graphs,
     chain,
@@ -29,6 +26,9 @@ from strategies import (
     trees,
     wide_from,
 )
+
+import edbatch_jax as eb
+from edbatch_jax.scheduling import policies as policies_module
 
 POLICIES = ("agenda", "depth")
 
@@ -228,7 +228,9 @@ def test_depth_policy_batches_are_depth_type_groups(g):
         assert len(set(depth[nodes].tolist())) == 1
         assert depth[nodes[0]] >= prev  # increasing depth
         prev = depth[nodes[0]]
-    keys = {(int(depth[v]), int(g.node_type[v])) for v in range(g.num_nodes) if not g.type_is_unbatchable[g.node_type[v]]}
+    keys = {
+        (int(depth[v]), int(g.node_type[v])) for v in range(g.num_nodes) if not g.type_is_unbatchable[g.node_type[v]]
+    }
     assert s.num_batches == len(keys) + int(np.sum(g.type_is_unbatchable[g.node_type]))
 
 
@@ -245,9 +247,7 @@ def test_schedules_are_deterministic(g):
 # =========================================================================== validate_schedule
 def _small():
     # 0:a -> 1:a -> 2:a ; 3:b reads 0 ; 4:u (unbatchable) ; 5:u
-    return graph_from_records(
-        [("a", []), ("a", [0]), ("a", [1]), ("b", [0]), ("u", []), ("u", [])], unbatchable=("u",)
-    )
+    return graph_from_records([("a", []), ("a", [0]), ("a", [1]), ("b", [0]), ("u", []), ("u", [])], unbatchable=("u",))
 
 
 def _sched(g, batches):
@@ -267,15 +267,30 @@ def test_validate_schedule_accepts_a_good_hand_made_schedule():
         # a missing node
         ([("u", [4]), ("u", [5]), ("a", [0]), ("a", [1]), ("a", [2])], r"node 3 runs 0 times"),
         # a batch with mixed types
-        ([("u", [4]), ("u", [5]), ("a", [0]), ("a", [1, 3]), ("a", [2])], r"batch 3 is of type 'a' but holds node 3 of type 'b'"),
+        (
+            [("u", [4]), ("u", [5]), ("a", [0]), ("a", [1, 3]), ("a", [2])],
+            r"batch 3 is of type 'a' but holds node 3 of type 'b'",
+        ),
         # a consumer before its argument
-        ([("u", [4]), ("u", [5]), ("a", [1]), ("a", [0]), ("b", [3]), ("a", [2])], r"node 1 \(batch 2\) reads node 0, which is computed in batch 3"),
+        (
+            [("u", [4]), ("u", [5]), ("a", [1]), ("a", [0]), ("b", [3]), ("a", [2])],
+            r"node 1 \(batch 2\) reads node 0, which is computed in batch 3",
+        ),
         # a consumer in the same batch as its argument
-        ([("u", [4]), ("u", [5]), ("a", [0, 1]), ("b", [3]), ("a", [2])], r"node 1 \(batch 2\) reads node 0, which is computed in batch 2"),
+        (
+            [("u", [4]), ("u", [5]), ("a", [0, 1]), ("b", [3]), ("a", [2])],
+            r"node 1 \(batch 2\) reads node 0, which is computed in batch 2",
+        ),
         # an unbatchable batch with two nodes
-        ([("a", [0]), ("u", [4, 5]), ("a", [1]), ("b", [3]), ("a", [2])], r"batch 1 holds 2 nodes of unbatchable type 'u'"),
+        (
+            [("a", [0]), ("u", [4, 5]), ("a", [1]), ("b", [3]), ("a", [2])],
+            r"batch 1 holds 2 nodes of unbatchable type 'u'",
+        ),
         # a node that is not in the graph
-        ([("u", [4]), ("u", [5]), ("a", [0]), ("a", [1]), ("b", [3]), ("a", [2, 6])], r"runs node 6, which is not in the graph"),
+        (
+            [("u", [4]), ("u", [5]), ("a", [0]), ("a", [1]), ("b", [3]), ("a", [2, 6])],
+            r"runs node 6, which is not in the graph",
+        ),
         # an empty batch
         ([("u", [4]), ("u", [5]), ("a", [0]), ("a", []), ("a", [1]), ("b", [3]), ("a", [2])], r"empty batch"),
     ],
@@ -448,8 +463,10 @@ def test_frontier_policy_choosing_a_type_with_no_ready_node_fails():
 @given(any_graph, st.sampled_from([1, 2, 3]))
 def test_wide_batches_are_released_like_narrow_ones(g, width):
     """The array path of the frontier (a tree's leaves or losses) gives the schedules the list path gives."""
-    narrow = {name: as_lists(eb.schedule(g, p)) for name, p in [("agenda", "agenda"), ("most_ready", MostReady()),
-                                                                ("typewise", "typewise")]}
+    narrow = {
+        name: as_lists(eb.schedule(g, p))
+        for name, p in [("agenda", "agenda"), ("most_ready", MostReady()), ("typewise", "typewise")]
+    }
     assert narrow["agenda"] == reference_agenda(g)
     with wide_from(width):
         assert as_lists(eb.schedule(g, "agenda")) == reference_agenda(g)

@@ -30,7 +30,7 @@ VOCAB_SIZE = 1024  # token ids are taken modulo it: one parameter shape for ever
 CAPACITY = 2048  # state-buffer rows: enough for the largest graph here, so buffers never grow
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kit(name: str):
     """One model, its ops, initial parameters and one engine per model, shared by the tests.
 
@@ -58,7 +58,7 @@ def _objective(out):
     return out["loss"].sum()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference(name: str, data: str):
     """The graph, and the unbatched objective, its gradients and the cell states."""
     model, ops, params, _ = _kit(name)

@@ -30,7 +30,10 @@ TOL = dict(rtol=2e-5, atol=2e-5)
 SMALL = {
     "grid1": (GridLSTM(1, hidden=16, embed=16), lambda: synthetic_grids(2, seed=0, ndim=1, sizes=[(5, 9)])),
     "grid2": (GridLSTM(2, hidden=16, embed=16), lambda: synthetic_grids(2, seed=0, ndim=2, sizes=[(2, 2), (3, 3)])),
-    "grid3": (GridLSTM(3, hidden=16, embed=16), lambda: synthetic_grids(2, seed=0, ndim=3, sizes=[(2, 2), (2, 2), (2, 3)])),
+    "grid3": (
+        GridLSTM(3, hidden=16, embed=16),
+        lambda: synthetic_grids(2, seed=0, ndim=3, sizes=[(2, 2), (2, 2), (2, 3)]),
+    ),
     "dag": (DagLSTM(hidden=16, embed=16), lambda: synthetic_dags(2, seed=0, num_states=12)),
     "tree": (BinaryTreeLSTM(hidden=16, embed=16), lambda: synthetic_binary_trees(2, seed=0, min_depth=2, max_depth=3)),
 }
@@ -73,7 +76,11 @@ def _naive_dag(dag: RandomDAG, vocab_size: int) -> eb.Graph:
     b.add("loss", state[0], payload=np.int32(dag.labels[0]))
     for i in range(1, dag.num_states):
         arcs = [
-            b.add(("arc_a", "arc_b")[dag.arc_type[k]], state[dag.arc_src[k]], payload=np.int32(dag.arc_token[k] % vocab_size))
+            b.add(
+                ("arc_a", "arc_b")[dag.arc_type[k]],
+                state[dag.arc_src[k]],
+                payload=np.int32(dag.arc_token[k] % vocab_size),
+            )
             for k in np.flatnonzero(dag.arc_dst == i)
         ]
         state.append(b.add("state", *arcs, payload=np.int32(len(arcs))))
@@ -175,7 +182,9 @@ def test_generators_are_deterministic_and_validate():
     a, b = synthetic_dags(2, seed=9, num_states=30), synthetic_dags(2, seed=9, num_states=30)
     assert all(np.array_equal(x.arc_src, y.arc_src) and np.array_equal(x.labels, y.labels) for x, y in zip(a, b))
     g1, g2 = synthetic_grids(3, seed=4, ndim=2), synthetic_grids(3, seed=4, ndim=2)
-    assert [g.shape for g in g1] == [g.shape for g in g2] and all(np.array_equal(x.tokens, y.tokens) for x, y in zip(g1, g2))
+    assert [g.shape for g in g1] == [g.shape for g in g2] and all(
+        np.array_equal(x.tokens, y.tokens) for x, y in zip(g1, g2)
+    )
     t1, t2 = synthetic_binary_trees(3, seed=4), synthetic_binary_trees(3, seed=4)
     assert all(np.array_equal(x.tokens, y.tokens) for x, y in zip(t1, t2))
     with pytest.raises(ValueError, match="no reference sizes"):

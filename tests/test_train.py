@@ -43,7 +43,9 @@ def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
 
     engines = []
     make_engine = train_module.make_engine
-    monkeypatch.setattr(train_module, "make_engine", lambda *a, **k: engines.append(make_engine(*a, **k)) or engines[-1])
+    monkeypatch.setattr(
+        train_module, "make_engine", lambda *a, **k: engines.append(make_engine(*a, **k)) or engines[-1]
+    )
     work = load_workload("binary_tree", hidden=4)  # trees of one shape: compiled once
     num_train = len(work.minibatches("train", 1))
     assert num_train > 16  # more mini-batches than an engine caches plans by default
@@ -54,8 +56,29 @@ def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
 
 def test_train_command_lowers_the_loss_logs_and_beats_the_majority_class(tmp_path, capsys):
     log = tmp_path / "metrics.jsonl"
-    assert main(["train", "--model", "treelstm", "--steps", "40", "--batch-size", "32", "--hidden", "32",
-                 "--lr", "0.02", "--eval-batches", "2", "--log", str(log), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "treelstm",
+                "--steps",
+                "40",
+                "--batch-size",
+                "32",
+                "--hidden",
+                "32",
+                "--lr",
+                "0.02",
+                "--eval-batches",
+                "2",
+                "--log",
+                str(log),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     first, last = map(float, [out.split("first")[1].split()[2].rstrip(","), out.split("last")[1].split()[2]])
     assert last < 0.8 * first
@@ -158,9 +181,11 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
     for ahead in ("no", "yes", "background"):
         engine = make_engine("fused", work.model.ops, max_lanes=16)  # few lane buckets: faster compilation
         trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2))
-        batches = {"no": lambda: map(build, graphs),
-                   "yes": lambda: plan_ahead(graphs, lambda g: trainer.prepare(build(g))),
-                   "background": lambda: plan_ahead(graphs, trainer.prepare, background=build)}[ahead]()
+        batches = {
+            "no": lambda: map(build, graphs),
+            "yes": lambda: plan_ahead(graphs, lambda g: trainer.prepare(build(g))),
+            "background": lambda: plan_ahead(graphs, trainer.prepare, background=build),
+        }[ahead]()
         losses = [trainer.step(b) for b in batches]
         assert engine.plans_built == len(graphs)  # prepare's plan is the one the step runs
         results.append((losses, trainer.params))
@@ -168,7 +193,6 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
         assert other[0] == results[0][0]
         for a, b in zip(jax.tree.leaves(results[0][1]), jax.tree.leaves(other[1])):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
 
 
 def test_sharded_training_follows_the_unsharded_run():

@@ -30,11 +30,36 @@ def test_training_lowers_the_loss_and_beats_the_majority_class():
 
 
 def test_demo_prints_policies_lower_bound_and_accuracy(capsys):
-    assert cli.main(["demo", "--steps", "30", "--num-train", "256", "--num-dev", "128", "--hidden", "32",
-                     "--eval-batches", "2", "--unbatched-trees", "2", "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--steps",
+                "30",
+                "--num-train",
+                "256",
+                "--num-dev",
+                "128",
+                "--hidden",
+                "32",
+                "--eval-batches",
+                "2",
+                "--unbatched-trees",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    rows = {m.group(1): m.groups() for m in re.finditer(
-        r"^(none|depth|agenda|typewise)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)}
+    rows = {
+        m.group(1): m.groups()
+        for m in re.finditer(
+            r"^(none|depth|agenda|typewise)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+            out,
+            re.M,
+        )
+    }
     assert set(rows) == {"none", "depth", "agenda", "typewise"}, out
     majority = float(re.search(r"majority class ([\d.]+)", out).group(1))
     for policy, (_, batches, lb, ratio, infer, train, acc) in rows.items():

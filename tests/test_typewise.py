@@ -3,12 +3,12 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import wide_from
 
 import edbatch_jax as eb
 from edbatch_jax.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.nn.treelstm import TreeLSTM
 from edbatch_jax.scheduling import frontier as frontier_module
-from strategies import wide_from
 
 
 def _random_dag(seed, n, n_types):
@@ -39,8 +39,13 @@ def _brute_typewise_counts(graph, remaining, anc):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 10**6), st.integers(1, 30), st.integers(1, 3), st.sampled_from(["maximal", "nearest"]),
-       st.sampled_from([1, 2, frontier_module.WIDE]))
+@given(
+    st.integers(0, 10**6),
+    st.integers(1, 30),
+    st.integers(1, 3),
+    st.sampled_from(["maximal", "nearest"]),
+    st.sampled_from([1, 2, frontier_module.WIDE]),
+)
 def test_typewise_counts_match_brute_force_as_batches_run(seed, n, n_types, edges, wide):
     with wide_from(wide):  # batches this wide or wider: the frontier's array path
         _check_typewise_counts(seed, n, n_types, edges)

@@ -37,7 +37,7 @@ import functools
 import os
 import re
 import tempfile
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -97,11 +97,9 @@ class Lattice:
         for name in ("tags", "arc_src", "arc_dst", "arc_id"):
             arr = np.array(getattr(self, name), dtype=np.int64)  # copies
             if arr.ndim != 1:
-                raise ValueError(
-                    f"Lattice.{name} must be 1-D, got shape {arr.shape}.")
+                raise ValueError(f"Lattice.{name} must be 1-D, got shape {arr.shape}.")
             fields[name] = arr
-        tags, src, dst, ids = (fields["tags"], fields["arc_src"],
-                               fields["arc_dst"], fields["arc_id"])
+        tags, src, dst, ids = (fields["tags"], fields["arc_src"], fields["arc_dst"], fields["arc_id"])
         n = tags.shape[0]
         if n == 0:
             raise ValueError("A Lattice must have at least one node.")
@@ -109,19 +107,18 @@ class Lattice:
             raise ValueError(
                 "Lattice arc fields have inconsistent lengths: "
                 f"arc_src={src.shape[0]}, arc_dst={dst.shape[0]}, "
-                f"arc_id={ids.shape[0]}.")
+                f"arc_id={ids.shape[0]}."
+            )
         if np.any((tags < 0) | (tags >= NUM_TAGS)):
             bad = int(np.flatnonzero((tags < 0) | (tags >= NUM_TAGS))[0])
-            raise ValueError(f"Lattice tags must be in 0..{NUM_TAGS - 1}; node "
-                             f"{bad} has tag {int(tags[bad])}.")
+            raise ValueError(f"Lattice tags must be in 0..{NUM_TAGS - 1}; node {bad} has tag {int(tags[bad])}.")
         if np.any((dst < 1) | (dst >= n)):
-            raise ValueError(f"Lattice arc destinations must be in 1..{n - 1} "
-                             "(node 0 has no incoming arcs).")
+            raise ValueError(f"Lattice arc destinations must be in 1..{n - 1} (node 0 has no incoming arcs).")
         if np.any((src < 0) | (src >= dst)):
             k = int(np.flatnonzero((src < 0) | (src >= dst))[0])
             raise ValueError(
-                "Lattice arcs must go forward (0 <= arc_src < arc_dst); got an "
-                f"arc {int(src[k])} -> {int(dst[k])}.")
+                f"Lattice arcs must go forward (0 <= arc_src < arc_dst); got an arc {int(src[k])} -> {int(dst[k])}."
+            )
         if np.any(ids < 0):
             raise ValueError("Lattice arc ids must be >= 0.")
         if max(n - 1, int(ids.max(initial=0))) > np.iinfo(np.int32).max:
@@ -131,37 +128,34 @@ class Lattice:
         same = (src[1:] == src[:-1]) & (dst[1:] == dst[:-1])
         if np.any(same):
             k = int(np.flatnonzero(same)[0])
-            raise ValueError(f"Lattice has two arcs {int(src[k])} -> "
-                             f"{int(dst[k])}; arcs must join distinct pairs.")
+            raise ValueError(f"Lattice has two arcs {int(src[k])} -> {int(dst[k])}; arcs must join distinct pairs.")
         num_char = np.bincount(dst[src == dst - 1], minlength=n)
         if n > 1 and np.any(num_char[1:] != 1):
             bad = int(np.flatnonzero(num_char[1:] != 1)[0]) + 1
-            raise ValueError(f"Every node i >= 1 needs a char arc from node "
-                             f"i - 1; node {bad} has none.")
-        for name, value in (("tags", tags), ("arc_src", src), ("arc_dst", dst),
-                            ("arc_id", ids)):
+            raise ValueError(f"Every node i >= 1 needs a char arc from node i - 1; node {bad} has none.")
+        for name, value in (("tags", tags), ("arc_src", src), ("arc_dst", dst), ("arc_id", ids)):
             object.__setattr__(self, name, _frozen_int32(value))
 
     @classmethod
-    def _trusted(cls, tags, arc_src, arc_dst, arc_id) -> "Lattice":
+    def _trusted(cls, tags, arc_src, arc_dst, arc_id) -> Lattice:
         """Builds a lattice from sorted arrays already known to be valid."""
         lattice = object.__new__(cls)
-        for name, value in (("tags", tags), ("arc_src", arc_src),
-                            ("arc_dst", arc_dst), ("arc_id", arc_id)):
+        for name, value in (("tags", tags), ("arc_src", arc_src), ("arc_dst", arc_dst), ("arc_id", arc_id)):
             object.__setattr__(lattice, name, _frozen_int32(value))
         return lattice
 
     def __eq__(self, other):
         if not isinstance(other, Lattice):
             return NotImplemented
-        return (np.array_equal(self.tags, other.tags)
-                and np.array_equal(self.arc_src, other.arc_src)
-                and np.array_equal(self.arc_dst, other.arc_dst)
-                and np.array_equal(self.arc_id, other.arc_id))
+        return (
+            np.array_equal(self.tags, other.tags)
+            and np.array_equal(self.arc_src, other.arc_src)
+            and np.array_equal(self.arc_dst, other.arc_dst)
+            and np.array_equal(self.arc_id, other.arc_id)
+        )
 
     def __hash__(self):
-        return hash((self.tags.tobytes(), self.arc_src.tobytes(),
-                     self.arc_dst.tobytes(), self.arc_id.tobytes()))
+        return hash((self.tags.tobytes(), self.arc_src.tobytes(), self.arc_dst.tobytes(), self.arc_id.tobytes()))
 
     @property
     def num_nodes(self) -> int:
@@ -234,8 +228,7 @@ class _Tokens:
         self.source = source
         toks = _TOKEN_RE.findall(text)
         self.num_tokens = len(toks)
-        bad = next((k for k, t in enumerate(toks) if not _INT_RE.fullmatch(t)),
-                   None)
+        bad = next((k for k, t in enumerate(toks) if not _INT_RE.fullmatch(t)), None)
         if bad is not None:
             raise self.error(bad, f"expected an integer, got {toks[bad]!r}")
         self.values: list[int] = [int(t) for t in toks]
@@ -291,23 +284,21 @@ def parse_lattices(text: str, source: str = "<string>") -> list[Lattice]:
     def need(k: int, what: str):
         if k > end:
             raise toks.error(
-                end, f"unexpected end of input in lattice {len(lattices)} of "
-                f"{count} declared: expected {what}")
+                end, f"unexpected end of input in lattice {len(lattices)} of {count} declared: expected {what}"
+            )
 
     for _ in range(count):
         lat = len(lattices)
         need(p + 1, "the number of nodes")
         num_nodes = vals[p]
         if num_nodes < 1:
-            raise toks.error(p, f"lattice {lat}: the number of nodes must be "
-                             f">= 1, got {num_nodes}")
+            raise toks.error(p, f"lattice {lat}: the number of nodes must be >= 1, got {num_nodes}")
         p += 1
         need(p + num_nodes, f"{num_nodes} tags")
-        tags = vals[p:p + num_nodes]
+        tags = vals[p : p + num_nodes]
         for i, tag in enumerate(tags):
             if not 0 <= tag < NUM_TAGS:
-                raise toks.error(p + i, f"lattice {lat}: node {i} has tag {tag}, "
-                                 f"expected 0..{NUM_TAGS - 1}")
+                raise toks.error(p + i, f"lattice {lat}: node {i} has tag {tag}, expected 0..{NUM_TAGS - 1}")
         p += num_nodes
         src: list[int] = []
         dst: list[int] = []
@@ -316,43 +307,36 @@ def parse_lattices(text: str, source: str = "<string>") -> list[Lattice]:
             need(p + 1, f"the number of arcs into node {i}")
             num_arcs = vals[p]
             if num_arcs < 0:
-                raise toks.error(p, f"lattice {lat}: node {i} has a negative "
-                                 f"number of arcs ({num_arcs})")
+                raise toks.error(p, f"lattice {lat}: node {i} has a negative number of arcs ({num_arcs})")
             node_tok = p
             p += 1
             need(p + 2 * num_arcs, f"{num_arcs} (source, id) pairs for node {i}")
-            pairs = vals[p:p + 2 * num_arcs]
+            pairs = vals[p : p + 2 * num_arcs]
             sources = pairs[0::2]
             if i == 0 and num_arcs:
-                raise toks.error(node_tok, f"lattice {lat}: node 0 has "
-                                 f"{num_arcs} incoming arcs, expected none")
+                raise toks.error(node_tok, f"lattice {lat}: node 0 has {num_arcs} incoming arcs, expected none")
             for k, (j, arc_id) in enumerate(zip(sources, pairs[1::2])):
                 if j >= i or j < 0:
                     raise toks.error(
-                        p + 2 * k, f"lattice {lat}: node {i} has an arc from node "
-                        f"{j}; arcs must come from nodes 0..{i - 1}")
+                        p + 2 * k,
+                        f"lattice {lat}: node {i} has an arc from node {j}; arcs must come from nodes 0..{i - 1}",
+                    )
                 if arc_id < 0:
-                    raise toks.error(p + 2 * k + 1, f"lattice {lat}: node {i} has "
-                                     f"an arc with the negative id {arc_id}")
+                    raise toks.error(p + 2 * k + 1, f"lattice {lat}: node {i} has an arc with the negative id {arc_id}")
             if len(set(sources)) != num_arcs:
-                raise toks.error(node_tok, f"lattice {lat}: node {i} has two "
-                                 "arcs from the same node")
+                raise toks.error(node_tok, f"lattice {lat}: node {i} has two arcs from the same node")
             if i and i - 1 not in sources:
-                raise toks.error(node_tok, f"lattice {lat}: node {i} has no char "
-                                 f"arc from node {i - 1}")
+                raise toks.error(node_tok, f"lattice {lat}: node {i} has no char arc from node {i - 1}")
             order = sorted(range(num_arcs), key=sources.__getitem__)
             src += [sources[k] for k in order]
             dst += [i] * num_arcs
             ids += [pairs[2 * k + 1] for k in order]
             p += 2 * num_arcs
-        if num_nodes > np.iinfo(np.int32).max or max(ids, default=0) > np.iinfo(
-                np.int32).max:
-            raise toks.error(p - 1, f"lattice {lat}: node count or arc id does "
-                             "not fit in int32")
+        if num_nodes > np.iinfo(np.int32).max or max(ids, default=0) > np.iinfo(np.int32).max:
+            raise toks.error(p - 1, f"lattice {lat}: node count or arc id does not fit in int32")
         lattices.append(Lattice._trusted(tags, src, dst, ids))
     if p < end:
-        raise toks.error(p, f"unexpected token {vals[p]} after the {count} "
-                         "declared lattices")
+        raise toks.error(p, f"unexpected token {vals[p]} after the {count} declared lattices")
     return lattices
 
 
@@ -406,8 +390,7 @@ def format_lattices(lattices: Iterable[Lattice]) -> str:
         ids = lattice.arc_id.tolist()
         # Arcs into node i are arc_src[start[i]:start[i + 1]], by increasing
         # source, so the char arc (from i - 1) is the last one.
-        start = np.searchsorted(lattice.arc_dst,
-                                np.arange(lattice.num_nodes + 1)).tolist()
+        start = np.searchsorted(lattice.arc_dst, np.arange(lattice.num_nodes + 1)).tolist()
         for i in range(lattice.num_nodes):
             lo, hi = start[i], start[i + 1]
             order = [hi - 1] + list(range(lo, hi - 1)) if hi > lo else []
@@ -417,8 +400,7 @@ def format_lattices(lattices: Iterable[Lattice]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_lattices(lattices: Iterable[Lattice],
-                   path: str | os.PathLike) -> None:
+def write_lattices(lattices: Iterable[Lattice], path: str | os.PathLike) -> None:
     """Writes lattices to ``path`` in the file format (see `format_lattices`).
 
     The file is written atomically: to a temporary file in the same directory,
@@ -436,9 +418,7 @@ def write_lattices(lattices: Iterable[Lattice],
         mode = os.stat(path).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=directory,
-                               prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
@@ -464,14 +444,174 @@ def write_lattices(lattices: Iterable[Lattice],
 # Number of train lattices with 0, 1, 2, ... nodes: mean 44.13, standard
 # deviation 27.7, median 39, 90th percentile 83, range 3..211.
 _TRAIN_NODE_COUNTS = (
-    0, 0, 0, 3, 4, 6, 4, 5, 10, 7, 9, 18, 15, 25, 16, 14, 13, 17, 27, 23,
-    20, 23, 25, 12, 14, 17, 18, 29, 17, 17, 19, 26, 19, 15, 17, 17, 17, 17,
-    16, 21, 18, 14, 15, 23, 11, 15, 15, 17, 16, 16, 11, 21, 14, 12, 9, 13,
-    8, 7, 10, 11, 9, 11, 6, 10, 7, 13, 4, 7, 11, 7, 5, 5, 10, 12, 7, 4, 6,
-    4, 3, 7, 2, 7, 2, 6, 2, 5, 4, 8, 5, 5, 2, 3, 3, 5, 4, 3, 2, 4, 4, 0, 5,
-    3, 3, 3, 1, 4, 2, 1, 1, 1, 2, 3, 1, 0, 1, 2, 1, 2, 2, 0, 1, 0, 0, 2, 0,
-    0, 1, 2, 1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1) + (0,) * 48 + (1,)
+    (
+        0,
+        0,
+        0,
+        3,
+        4,
+        6,
+        4,
+        5,
+        10,
+        7,
+        9,
+        18,
+        15,
+        25,
+        16,
+        14,
+        13,
+        17,
+        27,
+        23,
+        20,
+        23,
+        25,
+        12,
+        14,
+        17,
+        18,
+        29,
+        17,
+        17,
+        19,
+        26,
+        19,
+        15,
+        17,
+        17,
+        17,
+        17,
+        16,
+        21,
+        18,
+        14,
+        15,
+        23,
+        11,
+        15,
+        15,
+        17,
+        16,
+        16,
+        11,
+        21,
+        14,
+        12,
+        9,
+        13,
+        8,
+        7,
+        10,
+        11,
+        9,
+        11,
+        6,
+        10,
+        7,
+        13,
+        4,
+        7,
+        11,
+        7,
+        5,
+        5,
+        10,
+        12,
+        7,
+        4,
+        6,
+        4,
+        3,
+        7,
+        2,
+        7,
+        2,
+        6,
+        2,
+        5,
+        4,
+        8,
+        5,
+        5,
+        2,
+        3,
+        3,
+        5,
+        4,
+        3,
+        2,
+        4,
+        4,
+        0,
+        5,
+        3,
+        3,
+        3,
+        1,
+        4,
+        2,
+        1,
+        1,
+        1,
+        2,
+        3,
+        1,
+        0,
+        1,
+        2,
+        1,
+        2,
+        2,
+        0,
+        1,
+        0,
+        0,
+        2,
+        0,
+        0,
+        1,
+        2,
+        1,
+        0,
+        2,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        2,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        1,
+        0,
+        1,
+    )
+    + (0,) * 48
+    + (1,)
+)
 
 # Number of train nodes i >= 2 with 0, 1, 2, 3, 4 incoming word arcs (mean
 # 0.55; node 1 can have none). 23.35 word arcs per lattice on average.
@@ -489,8 +629,7 @@ _SPAN_WEIGHTS = (100000, 3549, 443, 94, 23, 4, 5)
 
 # Number of train nodes i >= 1 with tags 1, 2, ..., 17 (tag 0 is only ever
 # the tag of node 0); tag 3 is 86% of them.
-_TRAIN_TAG_COUNTS = (494, 494, 42337, 515, 1325, 515, 1134, 364, 1134, 603,
-                     143, 143, 181, 7, 79, 2, 1)
+_TRAIN_TAG_COUNTS = (494, 494, 42337, 515, 1325, 515, 1134, 364, 1134, 603, 143, 143, 181, 7, 79, 2, 1)
 
 # Embedding ids. Ids 0 and 1 are never used. Char ids are 2..2211 and word ids
 # 2..10129, as in train; in both, ids were given in order of first appearance,
@@ -512,8 +651,7 @@ _SALT_CHAR_TAG = 3
 
 def _hash_uniform(x: np.ndarray, salt: int) -> np.ndarray:
     """A fixed hash of non-negative ints to floats in ``[0, 1)`` (SplitMix64)."""
-    z = np.asarray(x, dtype=np.uint64) + np.uint64(
-        (salt * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+    z = np.asarray(x, dtype=np.uint64) + np.uint64((salt * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
@@ -525,7 +663,7 @@ def _zipf_probs(n: int, exponent: float) -> np.ndarray:
     return p / p.sum()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _id_table(n: int, exponent: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
     """Zipf probabilities of ranks and the id of each rank (read-only).
 
@@ -540,7 +678,7 @@ def _id_table(n: int, exponent: float, salt: int) -> tuple[np.ndarray, np.ndarra
     return _readonly(probs), _readonly(rank_to_id)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _char_tag_table() -> np.ndarray:
     """The tag of every char id ``0 .. _FIRST_ID + _NUM_CHAR_IDS - 1``.
 
@@ -550,10 +688,8 @@ def _char_tag_table() -> np.ndarray:
     char arcs then follow the train tag distribution closely (tags rarer
     than any char are left to the noise).
     """
-    probs, rank_to_id = _id_table(_NUM_CHAR_IDS, _CHAR_ZIPF_EXPONENT,
-                                  _SALT_CHAR_ORDER)
-    order = np.argsort(_hash_uniform(np.arange(_NUM_CHAR_IDS), _SALT_CHAR_TAG),
-                       kind="stable")
+    probs, rank_to_id = _id_table(_NUM_CHAR_IDS, _CHAR_ZIPF_EXPONENT, _SALT_CHAR_ORDER)
+    order = np.argsort(_hash_uniform(np.arange(_NUM_CHAR_IDS), _SALT_CHAR_TAG), kind="stable")
     gap = _tag_probs()  # Tags 1..17.
     gap[_OUTSIDE_TAG - 1] = -np.inf
     table = np.full(_FIRST_ID + _NUM_CHAR_IDS, _OUTSIDE_TAG, dtype=np.int32)
@@ -588,8 +724,9 @@ def char_tag(char_ids: np.ndarray) -> np.ndarray:
     return table[ids]
 
 
-def synthetic_lattices(num: int, seed: int = 0, *, tag_noise: float = 0.3,
-                       max_nodes: int | None = None) -> list[Lattice]:
+def synthetic_lattices(
+    num: int, seed: int = 0, *, tag_noise: float = 0.3, max_nodes: int | None = None
+) -> list[Lattice]:
     """Generates random lattices with the statistics of the train split.
 
     * Node counts follow the train histogram (mean 44.1, median 39, range
@@ -627,7 +764,7 @@ def synthetic_lattices(num: int, seed: int = 0, *, tag_noise: float = 0.3,
     if max_nodes is not None:
         if max_nodes < 3:
             raise ValueError(f"max_nodes must be >= 3, got {max_nodes}.")
-        counts = counts[:max_nodes + 1]
+        counts = counts[: max_nodes + 1]
     rng = np.random.default_rng(seed)
     lengths = rng.choice(len(counts), size=num, p=counts / counts.sum())
 
@@ -638,8 +775,7 @@ def synthetic_lattices(num: int, seed: int = 0, *, tag_noise: float = 0.3,
     pos = np.arange(total) - offsets[lat]
 
     # Char arcs and tags.
-    char_probs, char_rank_to_id = _id_table(
-        _NUM_CHAR_IDS, _CHAR_ZIPF_EXPONENT, _SALT_CHAR_ORDER)
+    char_probs, char_rank_to_id = _id_table(_NUM_CHAR_IDS, _CHAR_ZIPF_EXPONENT, _SALT_CHAR_ORDER)
     char_id = char_rank_to_id[rng.choice(_NUM_CHAR_IDS, size=total, p=char_probs)]
     noisy = rng.random(total) < tag_noise
     random_tag = 1 + rng.choice(NUM_TAGS - 1, size=total, p=_tag_probs())
@@ -659,10 +795,8 @@ def synthetic_lattices(num: int, seed: int = 0, *, tag_noise: float = 0.3,
     take = np.arange(len(spans))[None, :] < num_words[:, None]
     word_node = np.broadcast_to(np.arange(total)[:, None], take.shape)[take]
     word_span = spans[ranked[take]]
-    word_probs, word_rank_to_id = _id_table(
-        _NUM_WORD_IDS, _WORD_ZIPF_EXPONENT, _SALT_WORD_ORDER)
-    word_id = word_rank_to_id[
-        rng.choice(_NUM_WORD_IDS, size=word_node.size, p=word_probs)]
+    word_probs, word_rank_to_id = _id_table(_NUM_WORD_IDS, _WORD_ZIPF_EXPONENT, _SALT_WORD_ORDER)
+    word_id = word_rank_to_id[rng.choice(_NUM_WORD_IDS, size=word_node.size, p=word_probs)]
 
     # All arcs, as global node indices, sorted by (destination, source).
     has_char = pos > 0
@@ -676,11 +810,10 @@ def synthetic_lattices(num: int, seed: int = 0, *, tag_noise: float = 0.3,
     arc_end = np.searchsorted(dst, offsets + lengths)
 
     lattices = []
-    for i, (n0, n1, a0, a1) in enumerate(zip(
-            offsets.tolist(), (offsets + lengths).tolist(), arc_start.tolist(),
-            arc_end.tolist())):
-        lattices.append(Lattice._trusted(
-            tags[n0:n1], src[a0:a1] - n0, dst[a0:a1] - n0, ids[a0:a1]))
+    for i, (n0, n1, a0, a1) in enumerate(
+        zip(offsets.tolist(), (offsets + lengths).tolist(), arc_start.tolist(), arc_end.tolist())
+    ):
+        lattices.append(Lattice._trusted(tags[n0:n1], src[a0:a1] - n0, dst[a0:a1] - n0, ids[a0:a1]))
     return lattices
 
 
@@ -708,10 +841,8 @@ def lattice_stats(lattices: Sequence[Lattice]) -> dict:
     nodes = np.array([l.num_nodes for l in lattices])
     arcs = np.array([l.num_arcs for l in lattices])
     spans = np.concatenate([l.spans for l in lattices]).astype(np.int64)
-    max_id = max((int(l.arc_id.max()) for l in lattices if l.num_arcs),
-                 default=-1)
-    tag_counts = np.bincount(np.concatenate([l.tags for l in lattices]),
-                             minlength=NUM_TAGS)
+    max_id = max((int(l.arc_id.max()) for l in lattices if l.num_arcs), default=-1)
+    tag_counts = np.bincount(np.concatenate([l.tags for l in lattices]), minlength=NUM_TAGS)
     word_arcs = arcs - (nodes - 1)
     return {
         "num_lattices": len(lattices),

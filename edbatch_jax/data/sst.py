@@ -22,7 +22,7 @@ import functools
 import itertools
 import os
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -96,16 +96,15 @@ class Tree:
             raise ValueError(
                 "Tree fields have inconsistent lengths: "
                 f"labels={labels.shape[0]}, left={left.shape[0]}, "
-                f"right={right.shape[0]}, tokens={n}.")
+                f"right={right.shape[0]}, tokens={n}."
+            )
         if np.any((labels < 0) | (labels >= NUM_LABELS)):
             raise ValueError(f"Tree labels must be in 0..{NUM_LABELS - 1}.")
         leaf = left < 0
         if not np.array_equal(leaf, right < 0):
             raise ValueError("A node must have either two children or none.")
-        if any((tok is None) == is_leaf
-               for tok, is_leaf in zip(tokens, leaf.tolist())):
-            raise ValueError(
-                "tokens[i] must be a string exactly for the preterminals.")
+        if any((tok is None) == is_leaf for tok, is_leaf in zip(tokens, leaf.tolist())):
+            raise ValueError("tokens[i] must be a string exactly for the preterminals.")
         idx = np.arange(n)
         inner = ~leaf
         if np.any(left[inner] >= idx[inner]) or np.any(right[inner] >= idx[inner]):
@@ -116,7 +115,7 @@ class Tree:
             raise ValueError("Tree nodes must form a single tree with root n-1.")
 
     @classmethod
-    def _trusted(cls, labels, left, right, tokens) -> "Tree":
+    def _trusted(cls, labels, left, right, tokens) -> Tree:
         """Builds a tree from lists already known to be valid (no checks)."""
         tree = object.__new__(cls)
         for name, value in (("labels", labels), ("left", left), ("right", right)):
@@ -129,14 +128,15 @@ class Tree:
     def __eq__(self, other):
         if not isinstance(other, Tree):
             return NotImplemented
-        return (self.tokens == other.tokens
-                and np.array_equal(self.labels, other.labels)
-                and np.array_equal(self.left, other.left)
-                and np.array_equal(self.right, other.right))
+        return (
+            self.tokens == other.tokens
+            and np.array_equal(self.labels, other.labels)
+            and np.array_equal(self.left, other.left)
+            and np.array_equal(self.right, other.right)
+        )
 
     def __hash__(self):
-        return hash((self.tokens, self.labels.tobytes(), self.left.tobytes(),
-                     self.right.tobytes()))
+        return hash((self.tokens, self.labels.tobytes(), self.left.tobytes(), self.right.tobytes()))
 
     @property
     def num_nodes(self) -> int:
@@ -179,8 +179,7 @@ class Tree:
 
     def to_ptb(self) -> str:
         """Formats the tree as one PTB-style line, the inverse of `parse_tree`."""
-        labels, left, right = (
-            self.labels.tolist(), self.left.tolist(), self.right.tolist())
+        labels, left, right = (self.labels.tolist(), self.left.tolist(), self.right.tolist())
         parts: list[str] = []
         stack: list[int | str] = [self.root]  # Nodes to format, or literal text.
         while stack:
@@ -215,8 +214,7 @@ _TOKEN_RE = re.compile(r"\(|\)|[^\s()]+", re.ASCII)
 _LABELS = {str(k): k for k in range(NUM_LABELS)}
 
 
-def parse_tree(line: str, *, source: str = "<string>",
-               line_no: int = 0) -> Tree:
+def parse_tree(line: str, *, source: str = "<string>", line_no: int = 0) -> Tree:
     """Parses one PTB-style SST tree, e.g. ``"(3 (2 a) (4 (3 lovely) (2 film)))"``.
 
     The parser is iterative (an explicit stack), so arbitrarily deep trees are
@@ -262,16 +260,14 @@ def parse_tree(line: str, *, source: str = "<string>",
         tok = toks[i]
         if i and not open_labels:  # The root is complete.
             if tok == ")":
-                raise error("unbalanced parentheses: unexpected ')' after the end "
-                            "of the tree", i)
+                raise error("unbalanced parentheses: unexpected ')' after the end of the tree", i)
             raise error(f"trailing text {tok!r} after the end of the tree", i)
         if tok == "(":
             if i + 1 >= num_toks:
                 raise error("unbalanced parentheses: unexpected end of line")
             label = _LABELS.get(toks[i + 1])
             if label is None:
-                raise error(f"expected a label (an integer 0..{NUM_LABELS - 1}), "
-                            f"got {toks[i + 1]!r}", i + 1)
+                raise error(f"expected a label (an integer 0..{NUM_LABELS - 1}), got {toks[i + 1]!r}", i + 1)
             if i + 2 >= num_toks:
                 raise error("unbalanced parentheses: unexpected end of line")
             word = toks[i + 2]
@@ -287,8 +283,7 @@ def parse_tree(line: str, *, source: str = "<string>",
             if close == "(":
                 raise error("a node mixes a token and a subtree", i + 3)
             if close != ")":
-                raise error(f"a preterminal has more than one token "
-                            f"({word!r}, {close!r})", i + 3)
+                raise error(f"a preterminal has more than one token ({word!r}, {close!r})", i + 3)
             left.append(-1)
             right.append(-1)
             tokens.append(word)
@@ -302,10 +297,8 @@ def parse_tree(line: str, *, source: str = "<string>",
                 if not children:
                     raise error("a node has no children and no token", i)
                 if len(children) == 1:
-                    raise error("a unary node (a single subtree child) is not "
-                                "supported; SST trees are binary", i)
-                raise error(f"a node has {len(children)} children; SST trees are "
-                            "binary", i)
+                    raise error("a unary node (a single subtree child) is not supported; SST trees are binary", i)
+                raise error(f"a node has {len(children)} children; SST trees are binary", i)
             left.append(children[0])
             right.append(children[1])
             tokens.append(None)
@@ -329,8 +322,7 @@ def _snippet(line: str, width: int = 60) -> str:
     return repr(line if len(line) <= width else line[:width] + "...")
 
 
-def read_sst(path: str | os.PathLike, *,
-             limit: int | None = None) -> list[Tree]:
+def read_sst(path: str | os.PathLike, *, limit: int | None = None) -> list[Tree]:
     """Reads an SST file with one tree per line (blank lines are skipped).
 
     Args:
@@ -379,12 +371,10 @@ class Vocabulary:
         self._itos: tuple[str, ...] = (UNK_TOKEN,) + tuple(words)
         self._stoi = {w: i for i, w in enumerate(self._itos)}
         if len(self._stoi) != len(self._itos):
-            raise ValueError("Vocabulary words must be unique and must not contain "
-                             f"{UNK_TOKEN!r}.")
+            raise ValueError(f"Vocabulary words must be unique and must not contain {UNK_TOKEN!r}.")
 
     @classmethod
-    def build(cls, trees: Iterable[Tree], max_size: int | None = None,
-              min_count: int = 1) -> "Vocabulary":
+    def build(cls, trees: Iterable[Tree], max_size: int | None = None, min_count: int = 1) -> Vocabulary:
         """Builds a vocabulary from the tokens of ``trees``.
 
         Words are sorted by descending frequency, ties broken alphabetically, so
@@ -400,16 +390,14 @@ class Vocabulary:
           The vocabulary.
         """
         if max_size is not None and max_size < 1:
-            raise ValueError(f"max_size must be >= 1 (room for {UNK_TOKEN!r}), "
-                             f"got {max_size}.")
+            raise ValueError(f"max_size must be >= 1 (room for {UNK_TOKEN!r}), got {max_size}.")
         counts = collections.Counter()
         for tree in trees:
             counts.update(tree.words)
         counts.pop(UNK_TOKEN, None)
-        words = sorted((w for w, c in counts.items() if c >= min_count),
-                       key=lambda w: (-counts[w], w))
+        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         if max_size is not None:
-            words = words[:max_size - 1]
+            words = words[: max_size - 1]
         return cls(words)
 
     def __len__(self) -> int:
@@ -436,8 +424,8 @@ class Vocabulary:
         """
         get = self._stoi.get
         return np.fromiter(
-            (-1 if tok is None else get(tok, 0) for tok in tree.tokens),
-            dtype=np.int32, count=tree.num_nodes)
+            (-1 if tok is None else get(tok, 0) for tok in tree.tokens), dtype=np.int32, count=tree.num_nodes
+        )
 
     def encode_all(self, trees: Sequence[Tree]) -> np.ndarray:
         """``np.concatenate([self.encode(t) for t in trees])``, in one pass over all their tokens.
@@ -463,10 +451,60 @@ class Vocabulary:
 # Number of SST train trees (8550 in all) with 0, 1, 2, ... tokens, measured
 # once on trees/train.txt. The mean is 19.13 tokens, the range 2..52.
 _SST_TRAIN_LENGTH_COUNTS = (
-    0, 0, 40, 96, 154, 154, 232, 220, 229, 265, 298, 305, 308, 319, 334, 353,
-    334, 327, 342, 351, 325, 312, 317, 296, 290, 259, 238, 223, 226, 171, 157,
-    158, 151, 124, 123, 99, 69, 54, 61, 38, 31, 40, 24, 24, 20, 18, 11, 3, 8,
-    8, 4, 4, 3)
+    0,
+    0,
+    40,
+    96,
+    154,
+    154,
+    232,
+    220,
+    229,
+    265,
+    298,
+    305,
+    308,
+    319,
+    334,
+    353,
+    334,
+    327,
+    342,
+    351,
+    325,
+    312,
+    317,
+    296,
+    290,
+    259,
+    238,
+    223,
+    226,
+    171,
+    157,
+    158,
+    151,
+    124,
+    123,
+    99,
+    69,
+    54,
+    61,
+    38,
+    31,
+    40,
+    24,
+    24,
+    20,
+    18,
+    11,
+    3,
+    8,
+    8,
+    4,
+    4,
+    3,
+)
 
 # How a span of L >= 3 tokens is split into (left, right) subtrees: with these
 # probabilities the left part is one token (right-branching, 57% of SST train
@@ -513,8 +551,7 @@ def word_polarity(word_ids: np.ndarray) -> np.ndarray:
     return polarity
 
 
-def synthetic_sst(num_trees: int, *, seed: int = 0,
-                  vocab_size: int = 1000) -> list[Tree]:
+def synthetic_sst(num_trees: int, *, seed: int = 0, vocab_size: int = 1000) -> list[Tree]:
     """Generates random binary sentiment trees with SST-like statistics.
 
     * Sentence lengths follow the SST train histogram (mean 19.1 tokens, range
@@ -551,8 +588,7 @@ def synthetic_sst(num_trees: int, *, seed: int = 0,
 
     zipf = 1.0 / np.arange(1, vocab_size + 1) ** _ZIPF_EXPONENT
     cdf = np.cumsum(zipf / zipf.sum())
-    words = np.minimum(np.searchsorted(cdf, rng.random(total_tokens)),
-                       vocab_size - 1)
+    words = np.minimum(np.searchsorted(cdf, rng.random(total_tokens)), vocab_size - 1)
 
     # The trees are grown top-down, one level at a time for all trees at once.
     # A node spanning tokens [lo, hi) of its tree, with r right turns on its
@@ -577,8 +613,7 @@ def synthetic_sst(num_trees: int, *, seed: int = 0,
         leaf = hi - lo == 1
         node_word[node[leaf]] = words[token_offset[tree[leaf]] + lo[leaf]]
         inner = ~leaf
-        tree, lo, hi, turns, node = (
-            tree[inner], lo[inner], hi[inner], turns[inner], node[inner])
+        tree, lo, hi, turns, node = (tree[inner], lo[inner], hi[inner], turns[inner], node[inner])
         # Split point: the left part gets k tokens, 1 <= k < hi - lo.
         mode = rng.random(tree.size)
         frac = rng.random(tree.size)
@@ -598,17 +633,16 @@ def synthetic_sst(num_trees: int, *, seed: int = 0,
     values = np.where(is_leaf, word_polarity(np.maximum(node_word, 0)), 0)
     is_negator = is_leaf & np.isin(node_word, list(_NEGATORS))
     for parent, left_child, right_child in reversed(levels):
-        values[parent] = np.where(is_negator[left_child], -values[right_child],
-                                  values[left_child] + values[right_child])
+        values[parent] = np.where(
+            is_negator[left_child], -values[right_child], values[left_child] + values[right_child]
+        )
     labels = np.digitize(values, _LABEL_BINS).astype(np.int32)
 
     names = np.array([f"w{i}" for i in range(vocab_size)] + [None], dtype=object)
     tokens = names[node_word].tolist()  # node_word == -1 picks None.
     trees = []
-    for start, end in zip(node_offset.tolist(),
-                          (node_offset + num_nodes).tolist()):
-        trees.append(Tree._trusted(labels[start:end], left[start:end],
-                                   right[start:end], tokens[start:end]))
+    for start, end in zip(node_offset.tolist(), (node_offset + num_nodes).tolist()):
+        trees.append(Tree._trusted(labels[start:end], left[start:end], right[start:end], tokens[start:end]))
     return trees
 
 

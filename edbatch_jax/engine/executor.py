@@ -152,7 +152,9 @@ def _cut_steps(rows: ScheduleRows, graph: Graph, device: bool) -> tuple[BatchSte
             segments = _padded(rows.edge_lane[e0:e1], eb, lanes)
         else:
             mat = edge_rows.reshape(w, int(rows.arity[t]))
-            slots = tuple(np.int32(mat[0, j]) if is_slice[j] else _padded(mat[:, j], lanes) for j in range(mat.shape[1]))
+            slots = tuple(
+                np.int32(mat[0, j]) if is_slice[j] else _padded(mat[:, j], lanes) for j in range(mat.shape[1])
+            )
             segments = None
         mask = np.arange(lanes) < w
         args.append((payload, slots, segments, mask, np.int32(rows.offset[b])))
@@ -172,6 +174,7 @@ def _take_rows(tree: PyTree, idx) -> PyTree:
 @jax.jit
 def _sum_rows(tree: PyTree, idx, mask) -> PyTree:
     """Sum of rows ``idx`` where ``mask`` (bucketed shapes: one executable per bucket)."""
+
     def one(a):
         rows = jnp.take(a, idx, axis=0)
         return jnp.sum(jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), rows, jnp.zeros_like(rows)), axis=0)
@@ -189,6 +192,7 @@ def _read_rows(tree: PyTree, idx, length: int) -> PyTree:
 def _add_rows(tree: PyTree, idx, values: PyTree) -> PyTree:
     """Scatter-adds ``values`` into rows ``idx`` (gather) or the slice starting at ``idx``."""
     if jnp.ndim(idx) == 0:
+
         def add(c, x):
             cur = jax.lax.dynamic_slice_in_dim(c, idx, x.shape[0], 0)
             return jax.lax.dynamic_update_slice_in_dim(c, cur + x.astype(c.dtype), idx, 0)
@@ -230,9 +234,7 @@ def _combine(op: Op, params, payload, gathered: Sequence[PyTree], segments, mask
 
 
 def _mask_rows(tree: PyTree, mask) -> PyTree:
-    return jax.tree.map(
-        lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree
-    )
+    return jax.tree.map(lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree)
 
 
 def _compile_once(done: set, fn, *args, tag: Any = None) -> int:
@@ -352,7 +354,9 @@ class Engine:
             try:
                 out = jax.eval_shape(lambda p, x, *o: op.fn(p, x, *o), op.select_params(params), payload, *operands)
             except Exception as e:  # re-raised with the op named
-                raise OpError(f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}") from e
+                raise OpError(
+                    f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}"
+                ) from e
             sig = self._signature_cache[key] = state_signature(out)
         return sig
 
@@ -387,8 +391,9 @@ class Engine:
         plan.steps  # cut into steps now: their index arrays go to the device once per plan, not once per call
         return plan
 
-    def _plan_rows(self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None,
-                   device: bool = True) -> ExecutionPlan:
+    def _plan_rows(
+        self, params, params_sig, graph: Graph, schedule: Schedule, layout: Any = None, device: bool = True
+    ) -> ExecutionPlan:
         """The plan's buffers and whole-schedule rows (:class:`~edbatch_jax.engine.rows.ScheduleRows`);
         its steps are cut on first use (``device``: their index arrays put on the device)."""
         if graph.num_nodes == 0:
@@ -422,8 +427,13 @@ class Engine:
         dst = graph.edge_dst()
         pos = np.arange(graph.num_edges) - graph.arg_ptr[dst]
         variadic = np.array([graph.op_types[t] in self.ops and self.ops[graph.op_types[t]].variadic for t in range(T)])
-        arity = np.array([0 if variadic[t] or graph.op_types[t] not in self.ops else self.ops[graph.op_types[t]].arity
-                          for t in range(T)], np.int64)
+        arity = np.array(
+            [
+                0 if variadic[t] or graph.op_types[t] not in self.ops else self.ops[graph.op_types[t]].arity
+                for t in range(T)
+            ],
+            np.int64,
+        )
         pos = np.where(variadic[graph.node_type[dst]], 0, pos)
         src_buf = type_buffer[graph.node_type[graph.arg_idx]]
         if graph.num_edges:  # distinct (type, position, buffer) triples, counted without a sort
@@ -458,17 +468,34 @@ class Engine:
             sel = buf_in_order == b
             node_slot[by_row[sel]] = np.arange(int(sel.sum()), dtype=np.int32)
         row_bytes = np.array([_sig_bytes(sig) for sig in signatures], np.int64)
-        rows = schedule_rows(graph, schedule, node_slot, node_buffer, len(signatures), variadic, arity, row_bytes,
-                             allow_slices=layout != "gather")
+        rows = schedule_rows(
+            graph,
+            schedule,
+            node_slot,
+            node_buffer,
+            len(signatures),
+            variadic,
+            arity,
+            row_bytes,
+            allow_slices=layout != "gather",
+        )
 
         capacities = []
         for b, sig in enumerate(signatures):
             cap = max(self._capacity.get(sig, 0), bucket(int(rows.need[b]), self.min_capacity))
             self._capacity[sig] = cap
             capacities.append(cap)
-        return ExecutionPlan(signatures, tuple(capacities), node_buffer, node_slot, rows,
-                             rows.num_operands, rows.num_gathers, rows.gathered_bytes,
-                             step_source=(graph, device))
+        return ExecutionPlan(
+            signatures,
+            tuple(capacities),
+            node_buffer,
+            node_slot,
+            rows,
+            rows.num_operands,
+            rows.num_gathers,
+            rows.gathered_bytes,
+            step_source=(graph, device),
+        )
 
     # ------------------------------------------------------------- step functions
     def _forward_step(self, step: BatchStep):
@@ -540,8 +567,9 @@ class Engine:
         """The buffers and what the backward pass may reuse (here nothing: it recomputes each batch)."""
         return self._forward(plan, params), None
 
-    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False,
-                  saved: Any = None):
+    def _backward(
+        self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None
+    ):
         """Gradient w.r.t. ``params`` of a plan's run, given one cotangent per buffer (``None``: zero).
 
         ``owned``: the cotangent arrays (and ``saved``) are the caller's to give up (donated or reused, not copied).
@@ -604,15 +632,25 @@ class Engine:
         for step in plan.steps:
             sub = self.ops[step.op].select_params(params)
             fn, read = self._forward_step(step)
-            compiled += _compile_once(self._compiled, fn, sub, bufs[step.out_buffer], tuple(bufs[b] for b in read),
-                                      *step.index_args)
+            compiled += _compile_once(
+                self._compiled, fn, sub, bufs[step.out_buffer], tuple(bufs[b] for b in read), *step.index_args
+            )
             if cotangents is not None:
                 fn, fwd_read, ct_touch = self._backward_step(step)
-                compiled += _compile_once(self._compiled, fn, sub, sub, tuple(bufs[b] for b in ct_touch),
-                                          tuple(bufs[b] for b in fwd_read), *step.index_args)
+                compiled += _compile_once(
+                    self._compiled,
+                    fn,
+                    sub,
+                    sub,
+                    tuple(bufs[b] for b in ct_touch),
+                    tuple(bufs[b] for b in fwd_read),
+                    *step.index_args,
+                )
         if cotangents is not None:  # the accumulators' fills and their assembly into one gradient pytree
             ops = [self.ops[name] for name in dict.fromkeys(step.op for step in plan.steps)]
-            _assemble_grads(params, {op.params_key: jax.tree.map(jnp.zeros_like, op.select_params(params)) for op in ops})
+            _assemble_grads(
+                params, {op.params_key: jax.tree.map(jnp.zeros_like, op.select_params(params)) for op in ops}
+            )
         return compiled
 
     def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:

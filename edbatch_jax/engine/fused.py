@@ -165,17 +165,26 @@ class FusedEngine(Engine):
         with 2-2.6x the compilation time (see docs/benchmarks_engines.md).
     """
 
-    def __init__(self, ops: Mapping[str, Op | Any], *, max_lanes: int = 512, min_capacity: int = 64,
-                 plan_cache_size: int = 16, fine_lanes: bool = False,
-                 save_residuals: Any = jax.checkpoint_policies.dots_saveable):
+    def __init__(
+        self,
+        ops: Mapping[str, Op | Any],
+        *,
+        max_lanes: int = 512,
+        min_capacity: int = 64,
+        plan_cache_size: int = 16,
+        fine_lanes: bool = False,
+        save_residuals: Any = jax.checkpoint_policies.dots_saveable,
+    ):
         super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size)
         if max_lanes < 1 or max_lanes & (max_lanes - 1):
             raise ValueError(f"max_lanes must be a power of two, got {max_lanes}")
         self.max_lanes = int(max_lanes)
         self.fine_lanes = bool(fine_lanes)
         if save_residuals is not None and not callable(save_residuals):
-            raise TypeError(f"save_residuals must be a jax.checkpoint policy (e.g. jax.checkpoint_policies.dots_saveable)"
-                            f" or None, got {save_residuals!r}")
+            raise TypeError(
+                f"save_residuals must be a jax.checkpoint policy (e.g. jax.checkpoint_policies.dots_saveable)"
+                f" or None, got {save_residuals!r}"
+            )
         self.save_residuals = save_residuals
         self._saved_layouts: dict[str, tuple] = {}  # op -> ((residual index, lane axis, one lane's struct), ...)
         self._spare_saved: dict = {}  # residual tables handed back after a backward pass, by shapes
@@ -201,8 +210,9 @@ class FusedEngine(Engine):
         """Branch index of ``family`` (op, out buffer, operand buffers, payload?) at a lane bucket."""
         if family not in self._families and erows is None:  # a new op type: all its lane buckets at once
             self._families.add(family)
-            for lane in (fine_ladder(self.max_lanes) if self.fine_lanes else
-                         [1 << k for k in range(self.max_lanes.bit_length())]):
+            for lane in (
+                fine_ladder(self.max_lanes) if self.fine_lanes else [1 << k for k in range(self.max_lanes.bit_length())]
+            ):
                 self._branches.setdefault(family + (lane, None), len(self._branches))
         if erows is not None:
             self._widest = max(self._widest, erows)
@@ -221,8 +231,10 @@ class FusedEngine(Engine):
                 continue
             struct = _row_struct(tree)
             if not _same_structs(known, struct):
-                raise OpError(f"op {name!r}: this graph's payloads are {struct}, but this engine's programs were "
-                              f"made for {known}; one op type keeps one payload structure (leaf shapes and dtypes)")
+                raise OpError(
+                    f"op {name!r}: this graph's payloads are {struct}, but this engine's programs were "
+                    f"made for {known}; one op type keeps one payload structure (leaf shapes and dtypes)"
+                )
         plan = self._plan_rows(params, params_sig, graph, schedule, layout, device=False)
         rows = plan.rows
         var_c, chunk_ptr, chunk_batch, c0, valid, lanes, erows = self._chunk_arrays(rows)
@@ -266,7 +278,9 @@ class FusedEngine(Engine):
         a = np.maximum(rows.arity[rows.batch_type[edge_batch]], 1)
         lane, j = np.where(e_var, 0, local // a), np.where(e_var, 0, local % a)
         chunk = chunk_ptr[edge_batch] + lane // self.max_lanes
-        pos = np.where(e_var, start[chunk] + erows[chunk] + local, start[chunk] + j * lanes[chunk] + lane % self.max_lanes)
+        pos = np.where(
+            e_var, start[chunk] + erows[chunk] + local, start[chunk] + j * lanes[chunk] + lane % self.max_lanes
+        )
         flat_idx[pos] = rows.edge_rows
         ve = np.flatnonzero(e_var)
         flat_idx[start[chunk[ve]] + local[ve]] = rows.edge_lane[ve]
@@ -331,12 +345,17 @@ class FusedEngine(Engine):
         count and lane rows, then the leaves of every payload whose leaves are all int32: entry
         ``("payload", name, leaf index)``), and the payload rows of every other registered op type with payloads."""
         names = dict.fromkeys(k[0] for k in self.branch_keys)
-        entries = [("desc", (self._lengths["desc"], _IDX + self._max_operands)), ("num_chunks", ()),
-                   ("flat", (self._lengths["flat"],))]
+        entries = [
+            ("desc", (self._lengths["desc"], _IDX + self._max_operands)),
+            ("num_chunks", ()),
+            ("flat", (self._lengths["flat"],)),
+        ]
         for name in names:
             if not self.ops[name].variadic:
-                entries += [(("count", name), ()), (("lanes", name), (self._lengths[("rows", name)],
-                                                                      2 + self.ops[name].arity))]
+                entries += [
+                    (("count", name), ()),
+                    (("lanes", name), (self._lengths[("rows", name)], 2 + self.ops[name].arity)),
+                ]
         separate = []
         for name, struct in self._payload_structs.items():
             rows, leaves = self._lengths[("rows", name)], jax.tree.leaves(struct)
@@ -353,8 +372,13 @@ class FusedEngine(Engine):
         for entry in tables:
             if isinstance(entry, tuple) and entry[0] == "payload":
                 leaves.setdefault(entry[1], []).append(tables[entry])
-        return {**payloads, **{name: jax.tree.unflatten(jax.tree.structure(self._payload_structs[name]), ls)
-                               for name, ls in leaves.items()}}
+        return {
+            **payloads,
+            **{
+                name: jax.tree.unflatten(jax.tree.structure(self._payload_structs[name]), ls)
+                for name, ls in leaves.items()
+            },
+        }
 
     def _device_tables(self, tables: FusedTables) -> tuple[jax.Array, dict]:
         """``(ints, payloads)`` of ``tables`` at the engine's current lengths, on the plan's device: the int32
@@ -378,10 +402,11 @@ class FusedEngine(Engine):
                 parts.append(_pad_host(a, shape[0]).reshape(-1) if shape else a.reshape(1))
             payloads = {}
             for name, rows in layout[1]:
-                payloads[name] = (jax.tree.map(lambda a: _pad_host(a, rows), tables.payloads[name])
-                                  if name in tables.payloads else
-                                  jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype),
-                                               self._payload_structs[name]))
+                payloads[name] = (
+                    jax.tree.map(lambda a: _pad_host(a, rows), tables.payloads[name])
+                    if name in tables.payloads
+                    else jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype), self._payload_structs[name])
+                )
             hit = _put_like((np.concatenate(parts), payloads), before)
             tables.packed.clear()
             tables.packed[layout] = hit
@@ -394,8 +419,11 @@ class FusedEngine(Engine):
         pkey = (kind, keys, plan.signatures, plan.capacities, self._layout)
         prog = self._programs.get(pkey)
         if prog is None:
-            make = self._make_backward if kind == "backward" else functools.partial(
-                self._make_forward, store=kind == "forward_saving")
+            make = (
+                self._make_backward
+                if kind == "backward"
+                else functools.partial(self._make_forward, store=kind == "forward_saving")
+            )
             prog = self._programs[pkey] = make(keys, plan, self._layout[0])
         return prog
 
@@ -439,11 +467,16 @@ class FusedEngine(Engine):
         def trace(lanes: int, rows: int) -> list:
             payload = None
             if has_payload:
-                payload = jax.tree.map(lambda sd: jax.ShapeDtypeStruct((lanes,) + sd.shape, sd.dtype),
-                                       self._payload_structs[name])
-            args = (sub, payload, [_struct(signatures[b], (rows,)) for b in in_bufs],
-                    jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
-                    jax.ShapeDtypeStruct((lanes,), jnp.bool_))
+                payload = jax.tree.map(
+                    lambda sd: jax.ShapeDtypeStruct((lanes,) + sd.shape, sd.dtype), self._payload_structs[name]
+                )
+            args = (
+                sub,
+                payload,
+                [_struct(signatures[b], (rows,)) for b in in_bufs],
+                jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
+                jax.ShapeDtypeStruct((lanes,), jnp.bool_),
+            )
             closed = jax.make_jaxpr(lambda *a: jax.tree.leaves(self._pullback(op, *a)[1]))(*args)
             inputs = set(closed.jaxpr.invars)
             return [(isinstance(v, jax.extend.core.Var) and v in inputs, v.aval) for v in closed.jaxpr.outvars]
@@ -459,7 +492,7 @@ class FusedEngine(Engine):
                 axes = [k for k, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
                 if len(axes) == 1 and (a.shape[axes[0]], b.shape[axes[0]]) == (2, 3):
                     k = axes[0]
-                    layout.append((i, k, jax.ShapeDtypeStruct(a.shape[:k] + a.shape[k + 1:], a.dtype)))
+                    layout.append((i, k, jax.ShapeDtypeStruct(a.shape[:k] + a.shape[k + 1 :], a.dtype)))
         self._saved_layouts[name] = tuple(layout)
         return self._saved_layouts[name]
 
@@ -482,8 +515,10 @@ class FusedEngine(Engine):
                     y, pullback = self._pullback(op, sub, payload, gathered, segments, mask)
                     leaves, kept = jax.tree.leaves(pullback), list(saved[slot])
                     for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, mask.shape[0]):
-                        kept[s] = jax.lax.dynamic_update_slice_in_dim(kept[s], jnp.moveaxis(leaves[i], k, 0), d[_PAY], 0)
-                    saved = saved[:slot] + (tuple(kept),) + saved[slot + 1:]
+                        kept[s] = jax.lax.dynamic_update_slice_in_dim(
+                            kept[s], jnp.moveaxis(leaves[i], k, 0), d[_PAY], 0
+                        )
+                    saved = saved[:slot] + (tuple(kept),) + saved[slot + 1 :]
                 else:
                     y = _combine(op, sub, payload, gathered, segments, mask)
 
@@ -534,8 +569,9 @@ class FusedEngine(Engine):
                 out_b, in_bufs = key[1], key[2]
                 ct_out = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, d[_OUT], lanes, 0), ct_bufs[out_b])
                 ct_out = _mask_rows(ct_out, mask)
-                pullback = self._stored_pullback(key, params, payload, gathered, segments, mask,
-                                                 saved[res_slot], d[_PAY], plan.signatures)
+                pullback = self._stored_pullback(
+                    key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
+                )
                 g_params, g_operands = pullback(ct_out)
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
                     accs = list(accs)
@@ -555,16 +591,22 @@ class FusedEngine(Engine):
             t = _unpack(ints, layout)
             desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
             payloads = self._packed_payloads(t, payloads)
-            lane_rows = {e[1]: (t[("count", e[1])], t[e])
-                         for e, _ in layout if isinstance(e, tuple) and e[0] == "lanes"}
+            lane_rows = {
+                e[1]: (t[("count", e[1])], t[e]) for e, _ in layout if isinstance(e, tuple) and e[0] == "lanes"
+            }
             ct_bufs = tuple(  # a buffer no loss reads: its zero cotangents are made here, not passed in
                 _zeros(sig, cap) if c is None else c for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
             )
             saved = saved if saved is not None else tuple(() for _ in names)
             # op types whose parameter gradients wait for the end of the loop: fixed arity, with stored residuals
-            deferred = frozenset(n for n, res in zip(names, saved)
-                                 if res and n in lane_rows and jax.tree.leaves(self.ops[n].select_params(params)))
-            loop_keys = tuple(k for k in grad_keys if any(self.ops[n].params_key == k for n in names if n not in deferred))
+            deferred = frozenset(
+                n
+                for n, res in zip(names, saved)
+                if res and n in lane_rows and jax.tree.leaves(self.ops[n].select_params(params))
+            )
+            loop_keys = tuple(
+                k for k in grad_keys if any(self.ops[n].params_key == k for n in names if n not in deferred)
+            )
             accs = tuple(jax.tree.map(jnp.zeros_like, owner[k].select_params(params)) for k in loop_keys)
             branches = [branch(k, deferred, loop_keys) for k in keys]
 
@@ -577,16 +619,25 @@ class FusedEngine(Engine):
             grads = dict(zip(loop_keys, accs))
             for n in names:
                 if n in deferred:
-                    g = self._param_grads(first_key[n], params, bufs, ct_bufs, saved[names.index(n)], lane_rows[n],
-                                          payloads, plan.signatures)
+                    g = self._param_grads(
+                        first_key[n],
+                        params,
+                        bufs,
+                        ct_bufs,
+                        saved[names.index(n)],
+                        lane_rows[n],
+                        payloads,
+                        plan.signatures,
+                    )
                     key = self.ops[n].params_key
                     grads[key] = g if key not in grads else jax.tree.map(jnp.add, grads[key], g)
             return _assemble_grads(params, grads)  # in the program: no eager adds
 
         return _jit(backward)
 
-    def _stored_pullback(self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures,
-                         masked: bool = False):
+    def _stored_pullback(
+        self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures, masked: bool = False
+    ):
         """The pullback of a chunk's batched op call, its stored residuals (rows ``at``, ``at + 1``, ... of
         ``saved``) put in place of their recomputation, which XLA then drops. ``masked``: rows of lanes outside
         ``mask`` read as zeros (rows this step's forward pass did not write hold an earlier step's values)."""
@@ -620,7 +671,9 @@ class FusedEngine(Engine):
                 payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, at, block, 0), payloads[name])
             gathered = [_take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
             ct_out = _mask_rows(_take_rows(ct_bufs[out_b], rows[:, 1]), mask)
-            pullback = self._stored_pullback(key, params, payload, gathered, None, mask, saved, at, signatures, masked=True)
+            pullback = self._stored_pullback(
+                key, params, payload, gathered, None, mask, saved, at, signatures, masked=True
+            )
             g_params, _ = pullback(ct_out)
             return jax.tree.map(jnp.add, acc, g_params)
 
@@ -666,8 +719,10 @@ class FusedEngine(Engine):
         (``jax.ShapeDtypeStruct`` leaves)."""
         first_key = {k[0]: k for k in reversed(self.branch_keys)}
         return tuple(
-            tuple(jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
-                  for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures))
+            tuple(
+                jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
+                for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures)
+            )
             for n in dict.fromkeys(k[0] for k in self.branch_keys)
         )
 
@@ -682,8 +737,9 @@ class FusedEngine(Engine):
         forward = self._program(plan, "forward_saving")
         return forward(params, *self._device_tables(plan.tables), saved)
 
-    def _backward(self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False,
-                  saved: Any = None):
+    def _backward(
+        self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None
+    ):
         backward = self._program(plan, "backward")
         grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._device_tables(plan.tables))
         if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
@@ -751,6 +807,7 @@ def _jit(fn, **kwargs):
 def _stored(layout: tuple, leaves: list, lanes: int) -> list:
     """``(slot, residual index, lane axis)`` of the entries of ``layout`` that fit a chunk's residuals."""
     return [
-        (s, i, k) for s, (i, k, sd) in enumerate(layout)
+        (s, i, k)
+        for s, (i, k, sd) in enumerate(layout)
         if i < len(leaves) and leaves[i].dtype == sd.dtype and leaves[i].shape == sd.shape[:k] + (lanes,) + sd.shape[k:]
     ]

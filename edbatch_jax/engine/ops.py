@@ -64,7 +64,9 @@ class Op:
         try:
             return params[self.params_key]
         except (KeyError, TypeError, IndexError):
-            raise OpError(f"op {getattr(self.fn, '__name__', self.fn)!r} reads params[{self.params_key!r}], which is missing") from None
+            raise OpError(
+                f"op {getattr(self.fn, '__name__', self.fn)!r} reads params[{self.params_key!r}], which is missing"
+            ) from None
 
 
 def _signature_arity(fn: Callable) -> int:
@@ -73,9 +75,7 @@ def _signature_arity(fn: Callable) -> int:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         raise OpError(f"cannot read the signature of {fn!r}; wrap it as eb.Op(fn, arity=...)") from None
-    positional = [
-        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
         raise OpError(
             f"{getattr(fn, '__name__', fn)!r} takes a variable number of operands; say how they combine "
@@ -209,7 +209,7 @@ class NNXCells(nnx.Module):
         self._ops = tuple({**ops, **extra_ops}.items())
 
     @classmethod
-    def matching(cls, ops: Mapping[str, Any], cells: Mapping[str, Any]) -> "NNXCells":
+    def matching(cls, ops: Mapping[str, Any], cells: Mapping[str, Any]) -> NNXCells:
         """NNX ``cells`` for some of the op types of ``ops`` (say, a Linen model's).
 
         Each cell's op takes the arity and aggregate of ``ops[name]``; the ops

@@ -133,9 +133,7 @@ def schedule_rows(
     broken = np.flatnonzero(last - offset != width - 1)
     if broken.size:
         b = int(broken[0])
-        raise ValueError(
-            f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}) in consecutive rows"
-        )
+        raise ValueError(f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}) in consecutive rows")
     lane_nodes = np.empty(order.shape[0], np.int32)
     lane_nodes[ptr[batch_of] + slot_in_order - offset[batch_of]] = order
     lanes = bucket_array(width)

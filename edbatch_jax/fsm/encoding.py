@@ -69,14 +69,14 @@ def _perm(n: int, m: int) -> int:
     return math.perm(n, m) if 0 <= m <= n else 0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sort_offsets(num_types: int) -> np.ndarray:
     """int64 ``[K + 2]``: first index of the tuples of each length."""
     sizes = [_perm(num_types, k) for k in range(num_types + 1)]
     return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _perm_table(num_types: int) -> np.ndarray:
     """int64 ``[K + 1, K + 1]``: ``P(n, m)``."""
     k = num_types
@@ -133,7 +133,7 @@ def state_tuple(counts, encoding: str, typewise=None) -> tuple[int, ...]:
     raise ValueError(f"unknown state encoding {encoding!r}; choose one of {list(ENCODINGS)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _index_of_tuple(state: tuple[int, ...], encoding: str, num_types: int) -> int:
     k = num_types
     if encoding == "set":
@@ -203,7 +203,7 @@ def encode(counts: jnp.ndarray, encoding: str, typewise: jnp.ndarray | None = No
     return idx
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _all_tuples(encoding: str, num_types: int) -> tuple[tuple[int, ...], ...]:
     k = num_types
     n = num_states(encoding, k)
@@ -234,7 +234,7 @@ def decode(index: int, encoding: str, num_types: int) -> tuple[int, ...]:
     return _all_tuples(encoding, num_types)[int(index)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def action_table(encoding: str, num_types: int) -> tuple[np.ndarray, np.ndarray]:
     """Available actions and their tie-break rank for every state.
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +67,17 @@ _NEVER = 1 << 30  # pending count of the sentinel node: never reaches zero
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=[
-        "node_type", "arity", "children", "near_children", "near_count", "queue_offset",
-        "initial_queue", "initial_tail", "unbatchable", "num_valid", "lower_bound",
+        "node_type",
+        "arity",
+        "children",
+        "near_children",
+        "near_count",
+        "queue_offset",
+        "initial_queue",
+        "initial_tail",
+        "unbatchable",
+        "num_valid",
+        "lower_bound",
     ],
     meta_fields=["op_types"],
 )
@@ -176,12 +185,26 @@ def make_env(graph: Graph) -> BatchingEnv:
     d = max(int(np.diff(child_ptr).max(initial=0)), 1)
     d2 = max(int(np.diff(near_ptr).max(initial=0)), 1)
     capacity = np.bincount(types, minlength=k).astype(np.int32)
-    return _finish_env(graph.op_types, types, graph.arity, child_ptr, child_idx, near_ptr, near_dst,
-                       np.bincount(dst, minlength=n), capacity, d, d2, graph.type_is_unbatchable, lb)
+    return _finish_env(
+        graph.op_types,
+        types,
+        graph.arity,
+        child_ptr,
+        child_idx,
+        near_ptr,
+        near_dst,
+        np.bincount(dst, minlength=n),
+        capacity,
+        d,
+        d2,
+        graph.type_is_unbatchable,
+        lb,
+    )
 
 
-def _finish_env(op_types, types, arity, child_ptr, child_idx, near_ptr, near_dst, near_count,
-                capacity, d, d2, unbatchable, lb) -> BatchingEnv:
+def _finish_env(
+    op_types, types, arity, child_ptr, child_idx, near_ptr, near_dst, near_count, capacity, d, d2, unbatchable, lb
+) -> BatchingEnv:
     n, k = types.shape[0], len(op_types)
     offset = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int32)
     q = int(capacity.sum())
@@ -266,8 +289,9 @@ def stack_envs(envs: Sequence[BatchingEnv]) -> BatchingEnv:
     n = max(e.num_nodes for e in envs)
     d = max(np.asarray(e.children).shape[1] for e in envs)
     d2 = max(np.asarray(e.near_children).shape[1] for e in envs)
-    capacity = np.max([np.diff(np.r_[np.asarray(e.queue_offset), np.asarray(e.initial_queue).shape[0] - 1])
-                       for e in envs], axis=0)
+    capacity = np.max(
+        [np.diff(np.r_[np.asarray(e.queue_offset), np.asarray(e.initial_queue).shape[0] - 1]) for e in envs], axis=0
+    )
     padded = [_pad_env(e, n, d, d2, capacity) for e in envs]
     return jax.tree.map(lambda *xs: np.stack(xs), *padded)
 
@@ -351,8 +375,15 @@ def step(env: BatchingEnv, state: EnvState, action, num_batches=1) -> tuple[EnvS
         gained = gained + jnp.sum((near_pending[nc] == 0) & once & (nc < n))
         return i + CHUNK, pending, near_pending, queue, tail, gained, scratch
 
-    init = (jnp.zeros((), jnp.int32), state.pending, state.near_pending, state.queue, state.tail,
-            jnp.zeros((), jnp.int32), state.scratch)
+    init = (
+        jnp.zeros((), jnp.int32),
+        state.pending,
+        state.near_pending,
+        state.queue,
+        state.tail,
+        jnp.zeros((), jnp.int32),
+        state.scratch,
+    )
     _, pending, near_pending, queue, tail, gained, scratch = jax.lax.while_loop(lambda c: c[0] < size, body, init)
     # the sentinel's counters only ever decrease from _NEVER; the sink slot is never read
     head = state.head.at[action].add(size)

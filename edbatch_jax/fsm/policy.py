@@ -21,7 +21,8 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -147,8 +148,14 @@ class FSMPolicy(FrontierPolicy):
             )
         # graph type id of each policy type id (the identity when both number them alike)
         perm = np.array([graph.op_types.index(t) for t in self.op_types], dtype=np.int64)
-        self._stats = {"hits": 0, "decisions": 0, "perm": perm, "perm_list": perm.tolist(),
-                       "actions": self.actions.tolist(), "trace": [] if self._tracing else None}
+        self._stats = {
+            "hits": 0,
+            "decisions": 0,
+            "perm": perm,
+            "perm_list": perm.tolist(),
+            "actions": self.actions.tolist(),
+            "trace": [] if self._tracing else None,
+        }
         return self._stats
 
     def choose(self, frontier: Frontier, stats: dict) -> int:
@@ -214,7 +221,7 @@ class FSMPolicy(FrontierPolicy):
             decisions += self.last_stats[1]
         return hits / max(decisions, 1)
 
-    def with_fallback(self, fallback: str) -> "FSMPolicy":
+    def with_fallback(self, fallback: str) -> FSMPolicy:
         """The same table with another fallback rule."""
         return FSMPolicy(self.op_types, self.encoding, self.actions, fallback, self.settings, self.provenance)
 
@@ -243,7 +250,7 @@ class FSMPolicy(FrontierPolicy):
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1), prefix=".fsm-")
 
     @classmethod
-    def from_dict(cls, data: Any, op_types: Sequence[str] | None = None, source: str = "<dict>") -> "FSMPolicy":
+    def from_dict(cls, data: Any, op_types: Sequence[str] | None = None, source: str = "<dict>") -> FSMPolicy:
         """Validates and builds a policy from :meth:`to_dict` output.
 
         Raises:
@@ -307,7 +314,7 @@ class FSMPolicy(FrontierPolicy):
         return cls(names, encoding, actions, fallback, data.get("settings"), data.get("provenance"))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, op_types: Sequence[str] | None = None) -> "FSMPolicy":
+    def load(cls, path: str | os.PathLike, op_types: Sequence[str] | None = None) -> FSMPolicy:
         """Reads a policy written by :meth:`save`.
 
         Args:
@@ -337,7 +344,9 @@ class FSMPolicy(FrontierPolicy):
 
 def _valid_tuple(ids: tuple[int, ...], encoding: str, k: int) -> bool:
     if encoding == "max":
-        return len(ids) == 0 or (len(set(ids[:-1])) == len(ids) - 1 and ids[-1] in ids[:-1] and list(ids[:-1]) == sorted(ids[:-1]))
+        return len(ids) == 0 or (
+            len(set(ids[:-1])) == len(ids) - 1 and ids[-1] in ids[:-1] and list(ids[:-1]) == sorted(ids[:-1])
+        )
     if encoding == "sort_complete":
         ids = tuple(t % k for t in ids)
     if len(set(ids)) != len(ids):

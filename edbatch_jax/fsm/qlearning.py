@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -151,7 +151,9 @@ def _episode(env: BatchingEnv, q, rank, epsilon, key, encoding: str):
         forced = (counts > 0) & env.unbatchable
         decide = ~jnp.any(forced)
         s = enc.encode(counts, encoding, state.typewise)
-        a = jnp.where(decide, _choose(q[s], counts, rank[s], epsilon, draws[t], noise[t]), jnp.argmax(forced)).astype(jnp.int32)
+        a = jnp.where(decide, _choose(q[s], counts, rank[s], epsilon, draws[t], noise[t]), jnp.argmax(forced)).astype(
+            jnp.int32
+        )
         state, reward = step(env, state, a, jnp.where(decide, 1, counts[a]))
         idx = jnp.minimum(t, t_max - 1)
         states = states.at[idx].set(jnp.where(decide, s, states[idx]))
@@ -257,8 +259,19 @@ def _learn(envs: BatchingEnv, key, encoding: str, settings: QLearningSettings, p
         eps = jnp.maximum(c["epsilon"] * settings.epsilon_decay, settings.epsilon_min)
         stop = best < settings.stop_ratio * lb_total
         return dict(
-            key=key, q=q, seen=seen, best_q=best_q, best_seen=best_seen, best=best, epsilon=eps,
-            episode=ep + 1, stop=stop, train_curve=train_curve, n_eval=n_eval, eval_ep=eval_ep, eval_b=eval_b,
+            key=key,
+            q=q,
+            seen=seen,
+            best_q=best_q,
+            best_seen=best_seen,
+            best=best,
+            epsilon=eps,
+            episode=ep + 1,
+            stop=stop,
+            train_curve=train_curve,
+            n_eval=n_eval,
+            eval_ep=eval_ep,
+            eval_b=eval_b,
         )
 
     init = dict(

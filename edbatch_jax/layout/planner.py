@@ -43,7 +43,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Collection, NamedTuple
+from collections.abc import Collection
+from typing import NamedTuple
 
 import numpy as np
 
@@ -175,7 +176,9 @@ def operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[str] | 
     return [(int(b), lists.lane[s:e], lists.arg[s:e]) for b, s, e in zip(lists.batch, lists.ptr[:-1], lists.ptr[1:])]
 
 
-def _twin_classes(batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, int]:
+def _twin_classes(
+    batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, members: np.ndarray
+) -> tuple[np.ndarray, int]:
     """Groups ``members`` into classes of twins: nodes of one batch that lie in exactly the same sets.
 
     Twins are interchangeable under consecutiveness constraints (an order

@@ -248,7 +248,10 @@ class BiLSTMTagger:
     def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
         """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
         h = self.hidden
-        cells = {"init": NNXInitTableCell(h, num_states=4), "embed": NNXEmbedCell(self.vocab_size, self.embed, rngs=rngs)}
+        cells = {
+            "init": NNXInitTableCell(h, num_states=4),
+            "embed": NNXEmbedCell(self.vocab_size, self.embed, rngs=rngs),
+        }
         for name, width in (("fwd1", self.embed), ("bwd1", self.embed), ("fwd2", 2 * h), ("bwd2", 2 * h)):
             cells[name] = NNXLSTMCell(width, h, rngs=rngs)
         cells["loss"] = NNXTaggerLossCell(h, self.num_tags, rngs=rngs)

@@ -48,8 +48,15 @@ from flax import nnx
 from edbatch_jax.data.sst import Tree, Vocabulary
 from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder
-from edbatch_jax.nn.treelstm import (InternalCell, LeafCell, LossCell, NNXInternalCell, NNXLeafCell, NNXLossCell,
-                                     binary_tree_batch_graph)
+from edbatch_jax.nn.treelstm import (
+    InternalCell,
+    LeafCell,
+    LossCell,
+    NNXInternalCell,
+    NNXLeafCell,
+    NNXLossCell,
+    binary_tree_batch_graph,
+)
 
 __all__ = ["DoubleTreeLSTM", "internal_choice", "tree_fingerprint"]
 

@@ -116,7 +116,9 @@ class GridCell(nn.Module):
 
 
 def grid_lstm_step(gates, x, preds):
-    """N-d LSTM equations: ``gates`` (a layer to ``(3 + N) H``) on ``[x; h_1 .. h_N]``, one forget gate per predecessor."""
+    """N-d LSTM equations: ``gates`` (a layer to ``(3 + N) H``) on ``[x; h_1 .. h_N]``.
+
+    One forget gate per predecessor."""
     n = len(preds)
     i, o, u, *f = jnp.split(gates(jnp.concatenate([x] + [p["h"] for p in preds], -1)), 3 + n, axis=-1)
     c = jax.nn.sigmoid(i) * jnp.tanh(u) + sum(jax.nn.sigmoid(fd) * p["c"] for fd, p in zip(f, preds)) / n

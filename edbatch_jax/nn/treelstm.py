@@ -37,8 +37,16 @@ from edbatch_jax.data.sst import Tree, Vocabulary
 from edbatch_jax.engine.ops import NNXCells, Op, linen_op
 from edbatch_jax.graph import Graph, GraphBuilder, GraphError, _payload_rows
 
-__all__ = ["LeafCell", "InternalCell", "LossCell", "NNXLeafCell", "NNXInternalCell", "NNXLossCell", "TreeLSTM",
-           "binary_tree_batch_graph"]
+__all__ = [
+    "LeafCell",
+    "InternalCell",
+    "LossCell",
+    "NNXLeafCell",
+    "NNXInternalCell",
+    "NNXLossCell",
+    "TreeLSTM",
+    "binary_tree_batch_graph",
+]
 
 
 def leaf_lstm(embed, iou, word):
@@ -72,7 +80,9 @@ class LeafCell(nn.Module):
 
     @nn.compact
     def __call__(self, word):
-        return leaf_lstm(nn.Embed(self.vocab_size, self.embed, name="embed"), nn.Dense(3 * self.hidden, name="iou"), word)
+        return leaf_lstm(
+            nn.Embed(self.vocab_size, self.embed, name="embed"), nn.Dense(3 * self.hidden, name="iou"), word
+        )
 
 
 class InternalCell(nn.Module):
@@ -84,7 +94,9 @@ class InternalCell(nn.Module):
     def __call__(self, payload, left, right):
         del payload
         dense = lambda n, name: nn.Dense(n, name=name)
-        return internal_lstm(dense(3 * self.hidden, "iou"), dense(self.hidden, "f_left"), dense(self.hidden, "f_right"), left, right)
+        return internal_lstm(
+            dense(3 * self.hidden, "iou"), dense(self.hidden, "f_left"), dense(self.hidden, "f_right"), left, right
+        )
 
 
 class LossCell(nn.Module):
@@ -230,7 +242,9 @@ class TreeLSTM:
         return {name: linen_op(cell, name) for name, cell in self.cells.items()}
 
     def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells` (``.ops``, ``nnx.Param`` state)."""
+        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`.
+
+        ``.ops`` and ``nnx.Param`` state."""
         return NNXCells.matching(
             self.ops,
             {

@@ -40,7 +40,7 @@ class Schedule:
     op_types: tuple[str, ...]
 
     @classmethod
-    def from_batches(cls, op_types: tuple[str, ...], types, node_lists) -> "Schedule":
+    def from_batches(cls, op_types: tuple[str, ...], types, node_lists) -> Schedule:
         """Builds a schedule from per-batch type ids and node id arrays."""
         sizes = [len(x) for x in node_lists]
         return cls(
@@ -87,7 +87,9 @@ def validate_schedule(graph: Graph, schedule: Schedule) -> None:
     """
     n = graph.num_nodes
     if schedule.op_types != graph.op_types:
-        raise ScheduleError(f"schedule op types {list(schedule.op_types)} differ from the graph's {list(graph.op_types)}")
+        raise ScheduleError(
+            f"schedule op types {list(schedule.op_types)} differ from the graph's {list(graph.op_types)}"
+        )
     order = schedule.node_order
     if schedule.batch_ptr.shape != (schedule.num_batches + 1,) or schedule.batch_ptr[0] != 0:
         raise ScheduleError(
@@ -115,7 +117,9 @@ def validate_schedule(graph: Graph, schedule: Schedule) -> None:
     unb = graph.type_is_unbatchable[schedule.batch_type] & (schedule.widths > 1)
     if np.any(unb):
         b = int(np.flatnonzero(unb)[0])
-        raise ScheduleError(f"batch {b} holds {schedule.widths[b]} nodes of unbatchable type {graph.op_types[schedule.batch_type[b]]!r}")
+        raise ScheduleError(
+            f"batch {b} holds {schedule.widths[b]} nodes of unbatchable type {graph.op_types[schedule.batch_type[b]]!r}"
+        )
     batch_of = schedule.batch_of_node(n)
     dst = graph.edge_dst()
     late = np.flatnonzero(batch_of[graph.arg_idx] >= batch_of[dst])
