@@ -53,7 +53,7 @@ DEVICE_MODELS ?= treelstm lattice_lstm
 bench-device:
 	mkdir -p $(OUT)
 	python3 -c 'import jax; print("devices:", jax.devices())'
-	$(foreach model,$(DEVICE_MODELS),PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.cli bench \
+	$(foreach model,$(DEVICE_MODELS),PYTHONPATH=$(CURDIR) PYTHONUNBUFFERED=1 python3 -m edbatch_jax.apps.cli bench \
 		--model $(model) $(if $(DATA),--data-root $(DATA)) $(DEVICE_BENCH) --engine $(or $(DEVICE_ENGINES_$(model)),fused) \
 		$(BENCH_ARGS) --json $(OUT)/bench_device_$(model)$(DEVICE_TAG).json --markdown $(OUT)/bench_device_$(model)$(DEVICE_TAG).md &&) true
 

@@ -1,38 +1,43 @@
 """edbatch_jax: automatic batching of dynamic neural networks in JAX.
 
-The public surface::
+Each instance has its own dataflow graph; say what one node computes, and
+the library finds which nodes of which instances run together, runs them as
+vmapped op calls over bucketed shapes, and lays out the state buffers so
+that batched operands are contiguous slices::
 
   import edbatch_jax as eb
   b = eb.GraphBuilder(); ...; graph = eb.batch_graphs([g1, g2, ...])
   sched = eb.schedule(graph, "agenda")          # "depth", "typewise", or a policy object
-  eb.validate_schedule(graph, sched)
   states = eb.run(ops, params, graph, sched, outputs=node_ids)
   same = eb.run_unbatched(ops, params, graph, outputs=node_ids)
   policy = eb.learn_fsm(train_graphs); policy.save("policy.json")   # the learned FSM
   eb.schedule(graph, eb.FSMPolicy.load("policy.json", op_types=graph.op_types))
-  eb.enable_compile_cache()   # compiled programs kept on disk for the next process
+
+Layers, each importing only the ones above it in this list:
+``graph`` (graphs, validation, analysis), ``scheduling`` (policies),
+``layout`` (the PQ-tree planner), ``fsm`` (the learned policy), ``engine``
+(ops and the two engines), ``training`` (Trainer, mini-batches, data
+parallelism, the train loop), ``zoo`` (bundled models, data and workloads)
+and ``apps`` (the ``edbatch`` command and the benchmark harness). The core
+(graph to engine) needs neither Flax nor optax: the Flax adapters
+(``linen_op``, ``nnx_op``, ``NNXCells``) and the training names below are
+imported when first used.
 """
 
-from edbatch_jax import fsm, workloads
-from edbatch_jax.analysis import (
-    children,
-    lower_bound,
-    node_depth,
-    topological_order,
-    type_depths,
-    typewise_depth,
-)
-from edbatch_jax.compile_cache import enable_compile_cache
+from __future__ import annotations
+
+import importlib
+
+from edbatch_jax import _compat, fsm
 from edbatch_jax.engine import (
     Engine,
     ExecutionPlan,
     FusedEngine,
-    NNXCells,
     Op,
     OpError,
+    StepwiseEngine,
     bucket,
-    linen_op,
-    nnx_op,
+    enable_compile_cache,
     run,
     run_unbatched,
 )
@@ -42,6 +47,12 @@ from edbatch_jax.graph import (
     GraphBuilder,
     GraphError,
     batch_graphs,
+    children,
+    lower_bound,
+    node_depth,
+    topological_order,
+    type_depths,
+    typewise_depth,
     unbatch_graph,
     validate_graph,
 )
@@ -63,21 +74,59 @@ from edbatch_jax.scheduling import (
 
 __version__ = "0.1.0"
 
+_compat.install()
+
+# Public names whose modules import Flax or optax: loaded on first access.
+_LAZY = {
+    "NNXCells": "edbatch_jax.engine.flax_ops",
+    "linen_op": "edbatch_jax.engine.flax_ops",
+    "nnx_op": "edbatch_jax.engine.flax_ops",
+    "MiniBatch": "edbatch_jax.training",
+    "Trainer": "edbatch_jax.training",
+    "loss_and_grads": "edbatch_jax.training",
+    "make_minibatch": "edbatch_jax.training",
+    "plan_ahead": "edbatch_jax.training",
+}
+_LAZY_MODULES = ("apps", "training", "zoo")
+_MOVED_ATTRS = {"workloads": "edbatch_jax.zoo.workloads"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(f"edbatch_jax.{name}")
+    elif name in _MOVED_ATTRS:
+        import warnings
+
+        warnings.warn(f"edbatch_jax.{name} moved to {_MOVED_ATTRS[name]}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(_MOVED_ATTRS[name])
+    else:
+        raise AttributeError(f"module 'edbatch_jax' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
 __all__ = [
     "AgendaPolicy",
     "DepthPolicy",
     "Engine",
+    "ExecutionPlan",
     "FSMDecision",
     "FSMPolicy",
-    "ExecutionPlan",
-    "FusedEngine",
-    "NNXCells",
     "Frontier",
     "FrontierPolicy",
+    "FusedEngine",
     "Graph",
-    "LayoutPlan",
     "GraphBuilder",
     "GraphError",
+    "LayoutPlan",
+    "MiniBatch",
+    "NNXCells",
     "Op",
     "OpError",
     "PQTree",
@@ -86,6 +135,8 @@ __all__ = [
     "PolicyFileError",
     "Schedule",
     "ScheduleError",
+    "StepwiseEngine",
+    "Trainer",
     "TypewiseFrontier",
     "TypewisePolicy",
     "batch_graphs",
@@ -95,9 +146,12 @@ __all__ = [
     "fsm",
     "learn_fsm",
     "linen_op",
-    "nnx_op",
+    "loss_and_grads",
     "lower_bound",
+    "make_minibatch",
+    "nnx_op",
     "node_depth",
+    "plan_ahead",
     "plan_layout",
     "register_policy",
     "run",

@@ -30,8 +30,8 @@ jax.config.update("jax_num_cpu_devices", 2)
 @pytest.fixture(scope="session")
 def sst_minibatches():
     """Four Tree-LSTM mini-batch graphs of 16 synthetic SST-like trees."""
-    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-    from edbatch_jax.nn.treelstm import TreeLSTM
+    from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
     trees = synthetic_sst(64, seed=11)
     vocab = Vocabulary.build(trees)
@@ -42,7 +42,7 @@ def sst_minibatches():
 @pytest.fixture(scope="session")
 def lattice_minibatch():
     """One Lattice-LSTM mini-batch graph of 8 synthetic lattices."""
-    from edbatch_jax.data.lattice import synthetic_lattices
-    from edbatch_jax.nn.lattice import LatticeTagger
+    from edbatch_jax.zoo.data.lattice import synthetic_lattices
+    from edbatch_jax.zoo.models.lattice import LatticeTagger
 
     return LatticeTagger(hidden=8, embed=8).batch_graph(synthetic_lattices(8, seed=5))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edbatch_jax.cli import main
+from edbatch_jax.apps.cli import main
 
 REQUIRED = {
     "model",
@@ -122,8 +122,8 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
 def test_bench_rejects_zero_rounds():
     import pytest
 
-    from edbatch_jax.bench import run_benchmarks
-    from edbatch_jax.workloads import load_workload
+    from edbatch_jax.apps.bench import run_benchmarks
+    from edbatch_jax.zoo.workloads import load_workload
 
     work = load_workload("binary_tree", None, hidden=8)
     with pytest.raises(ValueError, match="rounds"):
@@ -136,7 +136,7 @@ def test_bench_labels_a_policy_file_by_its_name(tmp_path, capsys):
     """``--policy fsm,PATH``: the shipped policy and a policy file side by side, told apart in the table and JSON."""
     import shutil
 
-    from edbatch_jax.workloads import default_policy_path
+    from edbatch_jax.zoo.workloads import default_policy_path
 
     mine = tmp_path / "my_policy.json"
     shutil.copy(default_policy_path("binary_tree"), mine)
@@ -188,8 +188,8 @@ def test_bench_measures_data_parallel_shards():
     """``shards=(1, 2)``: the same configurations on one device and split over two, side by side."""
     import pytest
 
-    from edbatch_jax.bench import format_table, run_benchmarks
-    from edbatch_jax.workloads import load_workload
+    from edbatch_jax.apps.bench import format_table, run_benchmarks
+    from edbatch_jax.zoo.workloads import load_workload
 
     work = load_workload("binary_tree", hidden=8, num_train=16)
     res = run_benchmarks(
@@ -227,7 +227,7 @@ def test_the_harness_counts_xla_compilations_not_only_traces():
     import jax
     import numpy as np
 
-    from edbatch_jax.bench import _xla_compiles
+    from edbatch_jax.apps.bench import _xla_compiles
 
     fn = jax.jit(lambda x: x * 3 + 1)
     before = _xla_compiles()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edbatch_jax import cli
-from edbatch_jax.compile_cache import ENV_VAR, default_compile_cache_dir, resolve_compile_cache
+from edbatch_jax.apps import cli
+from edbatch_jax.engine.compile_cache import ENV_VAR, default_compile_cache_dir, resolve_compile_cache
 
 # One process: a fused Tree-LSTM engine's inference and training programs on a small mini-batch, with the
 # cache in argv[1]; prints the cache's hits and misses, the programs traced, the loss and the gradients.
@@ -17,8 +17,8 @@ _SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     import edbatch_jax as eb
-    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-    from edbatch_jax.nn.treelstm import TreeLSTM
+    from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
     from edbatch_jax.training import loss_and_grads, make_minibatch
 
     events = {}

@@ -1,4 +1,4 @@
-"""Tests for edbatch_jax.data.lattice: NER lattice parsing, writing, synthetic data."""
+"""Tests for edbatch_jax.zoo.data.lattice: NER lattice parsing, writing, synthetic data."""
 
 import functools
 import os
@@ -11,7 +11,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from edbatch_jax.data.lattice import (
+from edbatch_jax.zoo.data.lattice import (
     NUM_TAGS,
     Lattice,
     char_tag,

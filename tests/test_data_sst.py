@@ -1,4 +1,4 @@
-"""Tests for edbatch_jax.data.sst: SST parsing, vocabulary, synthetic trees."""
+"""Tests for edbatch_jax.zoo.data.sst: SST parsing, vocabulary, synthetic trees."""
 
 import re
 import time
@@ -9,7 +9,7 @@ import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from edbatch_jax.data.sst import (
+from edbatch_jax.zoo.data.sst import (
     NUM_LABELS,
     UNK_TOKEN,
     Tree,

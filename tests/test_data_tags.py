@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edbatch_jax.data.tags import (
+from edbatch_jax.zoo.data.tags import (
     NUM_TAGS,
     UNK_TOKEN,
     WIKINER_TAGS,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.data.sst import Vocabulary, read_sst, synthetic_sst
-from edbatch_jax.nn.treelstm import TreeLSTM
+from edbatch_jax.zoo.data.sst import Vocabulary, read_sst, synthetic_sst
+from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
 SST = Path(__file__).resolve().parents[2] / "shared" / "data" / "trees"
 TOL = dict(rtol=2e-5, atol=2e-5)
@@ -328,7 +328,7 @@ def test_vjp_leaves_the_callers_cotangents_intact(make_engine):
 def test_symbolic_zero_cotangents_become_none_or_zeros():
     from jax.custom_derivatives import SymbolicZero
 
-    from edbatch_jax.engine.executor import _instantiate
+    from edbatch_jax.engine.stepwise import _instantiate
 
     z = SymbolicZero(jax.core.ShapedArray((3, 2), jnp.float32))
     assert _instantiate({"h": z, "c": z}) is None

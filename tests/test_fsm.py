@@ -325,7 +325,7 @@ def test_fallbacks_apply_to_unseen_states():
 
 
 def test_learn_command_saves_a_policy_and_prints_the_comparison(tmp_path, capsys):
-    from edbatch_jax.cli import main
+    from edbatch_jax.apps.cli import main
 
     out = tmp_path / "treelstm.json"
     plot = tmp_path / "curve.png"
@@ -358,7 +358,7 @@ def test_learn_command_saves_a_policy_and_prints_the_comparison(tmp_path, capsys
 
 @pytest.mark.parametrize("name", ["treelstm", "lattice_lstm"])
 def test_shipped_policies_load_for_their_models(name):
-    from edbatch_jax.workloads import default_policy_path, load_workload
+    from edbatch_jax.zoo.workloads import default_policy_path, load_workload
 
     work = load_workload(name, num_train=64, num_held_out=64)
     policy = eb.FSMPolicy.load(default_policy_path(name), op_types=work.op_types)
@@ -375,9 +375,9 @@ def test_shipped_policies_load_for_their_models(name):
 
 def test_policy_follows_op_types_numbered_in_another_order():
     """``tree_graph`` + ``batch_graphs`` number the types (leaf, loss, internal); the policy maps them by name."""
-    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-    from edbatch_jax.nn.treelstm import TreeLSTM
-    from edbatch_jax.workloads import default_policy_path
+    from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
+    from edbatch_jax.zoo.workloads import default_policy_path
 
     trees = synthetic_sst(8, seed=4)
     vocab = Vocabulary.build(trees)

@@ -8,9 +8,9 @@ import pytest
 from test_engine import TOL, _assert_trees_close, _check_treelstm, _dag_ops, _random_dag, _tree_setup
 
 import edbatch_jax as eb
-from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-from edbatch_jax.nn.treelstm import TreeLSTM
 from edbatch_jax.training import Trainer, make_minibatch
+from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
 
 @pytest.mark.parametrize("fine_lanes, lane_buckets", [(False, (1, 2, 4)), (True, (1, 2, 3, 4))])
@@ -236,8 +236,8 @@ def test_one_program_serves_mini_batches_of_every_shape(fine_lanes):
 def test_plans_that_lack_a_registered_op_type_match_unbatched():
     """Trees with internal nodes register every op type; one-word trees (leaves and losses only) then run through the
     same programs, their packed tables holding no lanes for the internal op type."""
-    from edbatch_jax.data.sst import parse_tree
     from edbatch_jax.training import loss_and_grads, unbatched_loss
+    from edbatch_jax.zoo.data.sst import parse_tree
 
     trees = synthetic_sst(2, seed=5)
     model, params, graph = _tree_setup(trees, hidden=8)

@@ -1,4 +1,4 @@
-"""Tests for edbatch_jax.graph and edbatch_jax.analysis.
+"""Tests for edbatch_jax.graph and edbatch_jax.graph.analysis.
 
 * batch/unbatch round trips and the offsets of batch_graphs;
 * every error names its culprit (GraphBuilder, batch_graphs, validate_graph,
@@ -484,7 +484,7 @@ def test_analysis_matches_brute_force(g):
 @contextlib.contextmanager
 def _narrow_level(edges: int):
     """Sets the level width below which ``node_depth`` continues on lists."""
-    from edbatch_jax import analysis
+    from edbatch_jax.graph import analysis
 
     saved, analysis._NARROW_LEVEL = analysis._NARROW_LEVEL, edges
     try:
@@ -598,7 +598,7 @@ def test_later_fixes_negative_output_bad_payload_rows_empty_instances():
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 20), st.integers(0, 200), st.integers(0, 10**6))
 def test_payload_rows_rank_nodes_within_their_type(num_types, n, seed):
-    from edbatch_jax.graph import _payload_rows
+    from edbatch_jax.graph.csr import payload_rows
 
     node_type = np.random.default_rng(seed).integers(0, num_types, n).astype(np.int32)
     seen = [0] * num_types
@@ -606,6 +606,6 @@ def test_payload_rows_rank_nodes_within_their_type(num_types, n, seed):
     for t in node_type.tolist():
         want.append(seen[t])
         seen[t] += 1
-    rows = _payload_rows(node_type, num_types)
+    rows = payload_rows(node_type, num_types)
     assert rows.dtype == np.int32
     np.testing.assert_array_equal(rows, np.asarray(want, np.int32).reshape(-1))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.data.lattice import read_lattices, synthetic_lattices
-from edbatch_jax.nn.lattice import LATTICE_OP_TYPES, LatticeTagger
+from edbatch_jax.zoo.data.lattice import read_lattices, synthetic_lattices
+from edbatch_jax.zoo.models.lattice import LATTICE_OP_TYPES, LatticeTagger
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "lattice"
 

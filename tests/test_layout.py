@@ -76,8 +76,8 @@ def test_chains_match_unbatched_and_planned_layout_gathers_nothing(layout, polic
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_treelstm_matches_unbatched_with_every_layout(layout):
-    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-    from edbatch_jax.nn.treelstm import TreeLSTM
+    from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
     trees = synthetic_sst(5, seed=3)
     vocab = Vocabulary.build(trees)
@@ -97,8 +97,8 @@ def test_treelstm_matches_unbatched_with_every_layout(layout):
 
 @pytest.mark.parametrize("layout", ["planned", "dynet"])
 def test_lattice_lstm_matches_unbatched_with_planned_layout(layout):
-    from edbatch_jax.data.lattice import synthetic_lattices
-    from edbatch_jax.nn.lattice import LatticeTagger
+    from edbatch_jax.zoo.data.lattice import synthetic_lattices
+    from edbatch_jax.zoo.models.lattice import LatticeTagger
 
     model = LatticeTagger(vocab_size=64, hidden=8, embed=8)
     graph = model.batch_graph(synthetic_lattices(3, seed=1, max_nodes=10))
@@ -124,10 +124,10 @@ def test_mixed_structures_and_variadic_ops_match_with_planned_layout(seed):
 
 
 def test_planned_layout_gathers_fewer_bytes_than_schedule_order_on_trees_and_lattices():
-    from edbatch_jax.data.lattice import synthetic_lattices
-    from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-    from edbatch_jax.nn.lattice import LatticeTagger
-    from edbatch_jax.nn.treelstm import TreeLSTM
+    from edbatch_jax.zoo.data.lattice import synthetic_lattices
+    from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+    from edbatch_jax.zoo.models.lattice import LatticeTagger
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
     trees = synthetic_sst(32, seed=0)
     vocab = Vocabulary.build(trees)
@@ -397,13 +397,13 @@ def test_lanes_by_instance_when_keys_do_not_pack():
 # test_nnx_cells (their NNX cells, the Linen weights, against the unbatched Linen model)
 @pytest.mark.parametrize("name", ["double_treelstm", "grid_3d", "random_dag", "binary_tree"])
 def test_every_bundled_workload_matches_unbatched_with_the_planned_layout(name):
-    from edbatch_jax.workloads import load_workload
+    from edbatch_jax.zoo.workloads import load_workload
 
     work = load_workload(name, hidden=4, num_train=16, num_held_out=8)
     small = {"random_dag": 1, "grid_3d": 1, "binary_tree": 1}.get(name, 2)
     items = work.train[:small]
     if name == "random_dag":  # a 200-state DAG is slow node by node: keep its first states
-        from edbatch_jax.data.synthetic_graphs import synthetic_dags
+        from edbatch_jax.zoo.data.synthetic_graphs import synthetic_dags
 
         items = synthetic_dags(1, seed=3, num_states=24)
     graph = work.batch_graph(items)

@@ -13,9 +13,9 @@ from flax import nnx
 from test_engine import TOL, _assert_trees_close
 
 import edbatch_jax as eb
-from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-from edbatch_jax.data.synthetic_graphs import synthetic_dags
-from edbatch_jax.nn.treelstm import TreeLSTM
+from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+from edbatch_jax.zoo.data.synthetic_graphs import synthetic_dags
+from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
 
 def _smallest_graph(work):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.op_calls import matmul_gflops, plan_flops
+from edbatch_jax.apps.op_calls import matmul_gflops, plan_flops
 
 
 def _chains(num_leaves: int, num_links: int):

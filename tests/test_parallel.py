@@ -8,9 +8,8 @@ import optax
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-from edbatch_jax.nn.treelstm import TreeLSTM
-from edbatch_jax.parallel import (
+from edbatch_jax.training import Trainer, make_minibatch, unbatched_loss
+from edbatch_jax.training.parallel import (
     ShardedTrainer,
     make_shards,
     shard_devices,
@@ -18,7 +17,8 @@ from edbatch_jax.parallel import (
     split_instances,
     use_cpu_devices,
 )
-from edbatch_jax.training import Trainer, make_minibatch, unbatched_loss
+from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 

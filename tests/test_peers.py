@@ -9,9 +9,9 @@ import textwrap
 import optax
 import pytest
 
-from edbatch_jax import bench
-from edbatch_jax.cli import main
-from edbatch_jax.peers import PeerError, run_dynet
+from edbatch_jax.apps import bench
+from edbatch_jax.apps.cli import main
+from edbatch_jax.apps.peers import PeerError, run_dynet
 
 # Writes what DyNet's dynet_treelstm.py writes with --json (rows of mode, batch_size, phase, trees_per_s);
 # FAIL in the environment makes it fail, EMPTY makes it measure nothing.

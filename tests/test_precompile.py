@@ -10,9 +10,9 @@ import numpy as np
 import optax
 import pytest
 
-from edbatch_jax.train import TrainConfig, train
 from edbatch_jax.training import Trainer, make_engine, make_minibatch, resolve_layout, variadic_ops
-from edbatch_jax.workloads import load_workload
+from edbatch_jax.training.loop import TrainConfig, train
+from edbatch_jax.zoo.workloads import load_workload
 
 
 @contextlib.contextmanager

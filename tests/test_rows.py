@@ -18,7 +18,7 @@ from test_engine import _dag_ops, _random_dag
 
 import edbatch_jax as eb
 from edbatch_jax.engine.buckets import bucket, fine_bucket_array
-from edbatch_jax.engine.executor import _sig_bytes
+from edbatch_jax.engine.stepwise import _sig_bytes
 
 PARAMS = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
 _BRANCH, _OUT, _VALID, _PAY, _SEG, _IDX = range(6)

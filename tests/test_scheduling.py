@@ -380,8 +380,8 @@ def test_heuristics_use_about_twice_lb_on_sst_like_treelstm_batches():
     batches = 2 * D_internal + 2 and the ratio is just under 2 (measured
     1.90-1.92 for the mean over 3 batches of 64, seeds 0-14).
     """
-    from edbatch_jax.data.sst import synthetic_sst
-    from edbatch_jax.nn.treelstm import TreeLSTM
+    from edbatch_jax.zoo.data.sst import synthetic_sst
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
     model = TreeLSTM(vocab_size=1000)
     trees_ = synthetic_sst(3 * 64, seed=0)

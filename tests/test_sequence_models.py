@@ -10,11 +10,11 @@ import optax
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.data.tags import WordVocabulary, read_tagged, synthetic_tagged
 from edbatch_jax.engine import engine_for
-from edbatch_jax.nn.bilstm import BILSTM_OP_TYPES, BiLSTMTagger
-from edbatch_jax.nn.chain import CHAIN_OP_TYPES, ChainLM, next_word_targets
 from edbatch_jax.training import Trainer, make_minibatch, root_loss_nodes
+from edbatch_jax.zoo.data.tags import WordVocabulary, read_tagged, synthetic_tagged
+from edbatch_jax.zoo.models.bilstm import BILSTM_OP_TYPES, BiLSTMTagger
+from edbatch_jax.zoo.models.chain import CHAIN_OP_TYPES, ChainLM, next_word_targets
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "tags" / "dev.txt"
 TOL = dict(rtol=2e-5, atol=2e-5)

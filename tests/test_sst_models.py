@@ -16,11 +16,11 @@ import optax
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.data.sst import Tree, Vocabulary, read_sst, synthetic_sst
-from edbatch_jax.nn.double_treelstm import DoubleTreeLSTM, internal_choice, tree_fingerprint
-from edbatch_jax.nn.mvrnn import MVRNN
-from edbatch_jax.nn.treegru import TreeGRU
 from edbatch_jax.training import Trainer, make_minibatch
+from edbatch_jax.zoo.data.sst import Tree, Vocabulary, read_sst, synthetic_sst
+from edbatch_jax.zoo.models.double_treelstm import DoubleTreeLSTM, internal_choice, tree_fingerprint
+from edbatch_jax.zoo.models.mvrnn import MVRNN
+from edbatch_jax.zoo.models.treegru import TreeGRU
 
 SST = Path(__file__).resolve().parents[2] / "shared" / "data" / "trees"
 TOL = dict(rtol=2e-5, atol=2e-5)

@@ -9,7 +9,9 @@ import optax
 import pytest
 
 import edbatch_jax as eb
-from edbatch_jax.data.synthetic_graphs import (
+from edbatch_jax.engine import engine_for
+from edbatch_jax.training import Trainer, make_minibatch, root_loss_nodes
+from edbatch_jax.zoo.data.synthetic_graphs import (
     GRID_SIZES,
     Grid,
     PerfectTree,
@@ -19,9 +21,7 @@ from edbatch_jax.data.synthetic_graphs import (
     synthetic_dags,
     synthetic_grids,
 )
-from edbatch_jax.engine import engine_for
-from edbatch_jax.nn.synthetic import BinaryTreeLSTM, DagLSTM, GridLSTM
-from edbatch_jax.training import Trainer, make_minibatch, root_loss_nodes
+from edbatch_jax.zoo.models.synthetic import BinaryTreeLSTM, DagLSTM, GridLSTM
 
 TOL = dict(rtol=2e-5, atol=2e-5)
 

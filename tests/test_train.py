@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from edbatch_jax.cli import main
-from edbatch_jax.train import TrainConfig, train
-from edbatch_jax.workloads import WORKLOADS, load_workload
+from edbatch_jax.apps.cli import main
+from edbatch_jax.training.loop import TrainConfig, train
+from edbatch_jax.zoo.workloads import WORKLOADS, load_workload
 
 
 class Interrupted(Exception):
@@ -39,7 +39,7 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_pat
 
 
 def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
-    import edbatch_jax.train as train_module
+    import edbatch_jax.training.loop as train_module
 
     engines = []
     make_engine = train_module.make_engine

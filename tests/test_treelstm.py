@@ -7,10 +7,10 @@ import numpy as np
 import optax
 
 import edbatch_jax as eb
-from edbatch_jax import cli
-from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-from edbatch_jax.nn.treelstm import TreeLSTM
+from edbatch_jax.apps import cli
 from edbatch_jax.training import Trainer, make_minibatch
+from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
 
 def test_training_lowers_the_loss_and_beats_the_majority_class():

@@ -6,9 +6,9 @@ from hypothesis import strategies as st
 from strategies import wide_from
 
 import edbatch_jax as eb
-from edbatch_jax.data.sst import Vocabulary, synthetic_sst
-from edbatch_jax.nn.treelstm import TreeLSTM
 from edbatch_jax.scheduling import frontier as frontier_module
+from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
+from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
 
 def _random_dag(seed, n, n_types):

@@ -67,7 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from edbatch_jax.engine.buckets import bucket, bucket_array, fine_bucket_array, fine_ladder
-from edbatch_jax.engine.executor import (
+from edbatch_jax.engine.ops import Op, OpError
+from edbatch_jax.engine.stepwise import (
     Engine,
     ExecutionPlan,
     _assemble_grads,
@@ -81,7 +82,6 @@ from edbatch_jax.engine.executor import (
     _take_rows,
     _zeros,
 )
-from edbatch_jax.engine.ops import Op, OpError
 
 PyTree = Any
 

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.analysis import topological_order
 from edbatch_jax.engine.ops import Op, as_ops, check_graph_ops
 from edbatch_jax.graph import Graph, check_node_ids, validate_graph
+from edbatch_jax.graph.analysis import topological_order
 
 PyTree = Any
 

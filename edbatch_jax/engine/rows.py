@@ -23,7 +23,8 @@ import dataclasses
 import numpy as np
 
 from edbatch_jax.engine.buckets import bucket_array
-from edbatch_jax.graph import Graph, _csr_rows
+from edbatch_jax.graph import Graph
+from edbatch_jax.graph.csr import csr_rows
 from edbatch_jax.scheduling.schedule import Schedule
 
 __all__ = ["ScheduleRows", "schedule_rows"]
@@ -142,7 +143,7 @@ def schedule_rows(
     np.maximum.at(need, out_buffer, offset + lanes)
 
     # operand rows, lane by lane
-    flat, edge_node = _csr_rows(graph.arg_ptr, graph.arg_idx, lane_nodes)
+    flat, edge_node = csr_rows(graph.arg_ptr, graph.arg_idx, lane_nodes)
     deg = (graph.arg_ptr[lane_nodes + 1] - graph.arg_ptr[lane_nodes]).astype(np.int64)
     edge_ptr = np.concatenate([[0], np.cumsum(deg)])[ptr]
     edge_rows = node_slot[flat].astype(np.int32)

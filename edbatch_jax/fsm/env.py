@@ -40,10 +40,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.analysis import children as graph_children
-from edbatch_jax.analysis import lower_bound
 from edbatch_jax.fsm import encoding as enc
-from edbatch_jax.graph import Graph, _csr_by_source
+from edbatch_jax.graph import Graph
+from edbatch_jax.graph.analysis import children as graph_children
+from edbatch_jax.graph.analysis import lower_bound
+from edbatch_jax.graph.csr import csr_by_source
 from edbatch_jax.scheduling.typewise import TypewiseFrontier, maximal_same_type_edges
 
 __all__ = [
@@ -181,7 +182,7 @@ def make_env(graph: Graph) -> BatchingEnv:
     types = np.asarray(graph.node_type, np.int32)
     child_ptr, child_idx = graph_children(graph)
     src, dst = maximal_same_type_edges(graph)
-    near_ptr, near_dst = _csr_by_source(src, dst, n)
+    near_ptr, near_dst = csr_by_source(src, dst, n)
     d = max(int(np.diff(child_ptr).max(initial=0)), 1)
     d2 = max(int(np.diff(near_ptr).max(initial=0)), 1)
     capacity = np.bincount(types, minlength=k).astype(np.int32)

@@ -48,7 +48,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edbatch_jax.graph import Graph, _csr_rows
+from edbatch_jax.graph import Graph
+from edbatch_jax.graph.csr import csr_rows
 from edbatch_jax.layout.pqtree import PQTree
 from edbatch_jax.scheduling.schedule import Schedule
 
@@ -142,7 +143,7 @@ def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[s
     else:
         var = np.array([t in variadic for t in graph.op_types], dtype=bool)
     nodes = schedule.node_order
-    arg, slot = _csr_rows(graph.arg_ptr, graph.arg_idx, nodes)  # slot: index into node_order
+    arg, slot = csr_rows(graph.arg_ptr, graph.arg_idx, nodes)  # slot: index into node_order
     batch = np.repeat(np.arange(schedule.num_batches), schedule.widths)[slot]
     lane = slot - schedule.batch_ptr[batch]
     counts = arity[nodes]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from edbatch_jax.analysis import children
 from edbatch_jax.graph import Graph
+from edbatch_jax.graph.analysis import children
 
 __all__ = ["Frontier", "release_wide"]
 

@@ -20,8 +20,8 @@ import gc
 
 import numpy as np
 
-from edbatch_jax.analysis import node_depth
 from edbatch_jax.graph import Graph
+from edbatch_jax.graph.analysis import node_depth
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.schedule import Schedule
 

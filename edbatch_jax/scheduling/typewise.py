@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edbatch_jax.analysis import topological_order
-from edbatch_jax.graph import Graph, _csr_by_source
+from edbatch_jax.graph import Graph
+from edbatch_jax.graph.analysis import topological_order
+from edbatch_jax.graph.csr import csr_by_source
 from edbatch_jax.scheduling.frontier import Frontier, release_wide
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
 
@@ -117,7 +118,7 @@ class TypewiseFrontier(Frontier):
         if edges not in ("maximal", "nearest"):
             raise ValueError(f"edges must be 'maximal' or 'nearest', got {edges!r}")
         src, dst = (maximal_same_type_edges if edges == "maximal" else nearest_same_type_edges)(graph)
-        near_ptr, near_dst = _csr_by_source(src, dst, graph.num_nodes)
+        near_ptr, near_dst = csr_by_source(src, dst, graph.num_nodes)
         near_indeg = np.bincount(dst, minlength=graph.num_nodes)
         self._near_ptr_np, self._near_dst_np, self._near_indeg_np = near_ptr, near_dst, near_indeg.astype(np.int32)
         self._near_ptr, self._near_dst = near_ptr.tolist(), near_dst.tolist()

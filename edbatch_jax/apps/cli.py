@@ -1,0 +1,742 @@
+"""The ``edbatch`` command.
+
+* ``edbatch demo`` trains the SST Tree-LSTM for a short run (on SST-like
+  synthetic trees, or on real SST with ``--data DIR``) and then compares the
+  batching policies on the same model: batches per mini-batch against the
+  lower bound, trees per second for inference and training, and root accuracy.
+* ``edbatch learn --model NAME`` learns an FSM batching policy by Q-learning
+  on several training mini-batches, saves it, and compares it with the
+  heuristics on held-out mini-batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edbatch_jax.engine.compile_cache import enable_compile_cache, resolve_compile_cache
+from edbatch_jax.io import write_text_atomic
+
+
+def _load_trees(data: str | None, seed: int, num_train: int, num_dev: int):
+    from edbatch_jax.zoo.data.sst import read_sst, synthetic_sst
+
+    if data is None:
+        return synthetic_sst(num_train, seed=seed), synthetic_sst(num_dev, seed=seed + 1), "synthetic SST-like trees"
+    if os.path.isdir(data):
+        train_path, dev_path = os.path.join(data, "train.txt"), os.path.join(data, "dev.txt")
+    else:
+        train_path, dev_path = data, None
+    train = read_sst(train_path)
+    dev = read_sst(dev_path) if dev_path and os.path.exists(dev_path) else train[-num_dev:]
+    # the files are not shuffled (dev starts with mostly positive trees): sample
+    pick = np.random.default_rng(seed).permutation(len(dev))[:num_dev]
+    return train, [dev[i] for i in np.sort(pick)], f"SST from {data}"
+
+
+def _chunks(items, size):
+    return [items[i : i + size] for i in range(0, len(items) - size + 1, size)] or [items]
+
+
+def demo(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from tqdm import tqdm
+
+    import edbatch_jax as eb
+    from edbatch_jax.training import Trainer, batched_loss, make_minibatch, timed, unbatched_loss
+    from edbatch_jax.zoo.data.sst import Vocabulary
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
+
+    train, dev, source = _load_trees(args.data, args.seed, args.num_train, args.num_dev)
+    vocab = Vocabulary.build(train, max_size=args.vocab_size)
+    model = TreeLSTM(vocab_size=len(vocab), hidden=args.hidden, embed=args.hidden)
+    print(
+        f"edbatch demo: Tree-LSTM (hidden={args.hidden}) on {source}: {len(train)} train / {len(dev)} dev trees, "
+        f"vocabulary {len(vocab)}, batch {args.batch_size}, jax {jax.__version__} on {jax.default_backend()}"
+    )
+
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    order = rng.permutation(len(train))
+    train_graphs = [model.batch_graph([train[i] for i in idx], vocab) for idx in _chunks(order, args.batch_size)]
+    dev_graphs = [model.batch_graph(c, vocab) for c in _chunks(dev, args.batch_size)]
+    t_graph = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_batches = [make_minibatch(g, args.train_policy) for g in train_graphs]
+    t_sched = time.perf_counter() - t0
+    print(
+        f"graphs built in {t_graph:.2f}s, scheduled ({args.train_policy}) in {t_sched:.2f}s "
+        f"for {len(train_batches)} mini-batches; graphs are reused across epochs"
+    )
+
+    engine = eb.Engine(model.ops)
+    schedule_fn = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, args.steps // 5 + 1), max(args.steps, 2))
+    trainer = Trainer(engine, model.init(jax.random.PRNGKey(args.seed)), optax.adam(schedule_fn))
+    bar = tqdm(range(args.steps), desc="training", unit="step", disable=args.quiet)
+    for step in bar:
+        loss = trainer.step(train_batches[step % len(train_batches)])
+        bar.set_postfix(loss=f"{loss:.3f}")
+    bar.close()
+
+    # ---------------------------------------------------------------- compare policies
+    eval_graphs = train_graphs[: args.eval_batches]
+    rows = []
+    params = trainer.params
+    policies = {"none": None, "depth": "depth", "agenda": "agenda", "typewise": "typewise"}
+    from edbatch_jax.zoo.workloads import default_policy_path
+
+    shipped = default_policy_path("treelstm")
+    if shipped.exists():  # the learned FSM shipped in policies/
+        policies["fsm"] = eb.FSMPolicy.load(shipped, op_types=model.op_types)
+    for name, policy in policies.items():
+        if policy is None:
+            lb = float(np.mean([eb.lower_bound(g) for g in eval_graphs]))
+            batches = float(np.mean([g.num_nodes for g in eval_graphs]))
+            mb = make_minibatch(eval_graphs[0], None)
+            small = make_minibatch(model.batch_graph(dev[: args.unbatched_trees], vocab), None)
+            infer = timed(lambda: unbatched_loss(model.ops, params, mb), 1)
+            train_s = timed(lambda: jax.value_and_grad(lambda p: unbatched_loss(model.ops, p, small))(params), 1)
+            infer_tps = mb.graph.num_instances / infer
+            train_tps = small.graph.num_instances / train_s
+            acc_batches = [make_minibatch(g, None) for g in dev_graphs]
+            correct = total = 0
+            for b in acc_batches:
+                out = eb.run_unbatched(model.ops, params, b.graph, outputs=b.root_nodes)
+                correct += int((np.asarray(out["logits"]).argmax(-1) == b.root_labels).sum())
+                total += b.root_labels.size
+            acc = correct / total
+        else:
+            mbs = [make_minibatch(g, policy) for g in eval_graphs]
+            lb = float(np.mean([eb.lower_bound(b.graph) for b in mbs]))
+            batches = float(np.mean([b.schedule.num_batches for b in mbs]))
+            it = itertools.cycle(mbs)
+            infer = timed(lambda: batched_loss(engine, params, next(it)), 2 * len(mbs), warmup=len(mbs))
+            scratch = Trainer(engine, jax.tree.map(jnp.copy, params), optax.adam(1e-3))  # steps donate their inputs
+            train_s = timed(lambda: scratch.step(next(it)), 2 * len(mbs), warmup=len(mbs))
+            infer_tps = mbs[0].graph.num_instances / infer
+            train_tps = mbs[0].graph.num_instances / train_s
+            acc = Trainer(engine, params, optax.sgd(0.0)).evaluate([make_minibatch(g, policy) for g in dev_graphs])[
+                "root_accuracy"
+            ]
+        rows.append((name, batches, lb, infer_tps, train_tps, acc))
+
+    majority = np.bincount(np.concatenate([b.root_labels for b in (make_minibatch(g, None) for g in dev_graphs)])).max()
+    majority /= sum(g.num_instances for g in dev_graphs)
+    print()
+    print(
+        f"policy comparison on {len(eval_graphs)} training mini-batches of {args.batch_size} trees "
+        f"(root accuracy on {sum(g.num_instances for g in dev_graphs)} dev trees; majority class {majority:.3f}):"
+    )
+    header = (
+        f"{'policy':<8} {'batches/mb':>11} {'LB':>7} {'x LB':>6} {'infer trees/s':>14} {'train trees/s':>14} "
+        f"{'root acc':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for policy, batches, lb, itps, ttps, acc in rows:
+        print(f"{policy:<8} {batches:>11.1f} {lb:>7.1f} {batches / lb:>6.2f} {itps:>14.1f} {ttps:>14.1f} {acc:>9.3f}")
+    print(f"\ncompiled step executables: {engine.trace_count}")
+    return 0
+
+
+def learn(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    import edbatch_jax as eb
+    from edbatch_jax.zoo.workloads import default_policy_path, fsm_settings, load_workload
+
+    work = load_workload(args.model, args.data, seed=args.seed)
+    size = args.batch_size or work.batch_size
+    out = args.out or default_policy_path(args.model)
+    settings = fsm_settings(args.model)
+    graphs = args.graphs or settings.pop("graphs")
+    settings.pop("graphs", None)
+    if args.encoding:
+        settings["encoding"] = args.encoding
+    if args.bootstrap:
+        settings["bootstrap"] = args.bootstrap == "on"
+    if args.episodes:
+        settings["max_episodes"] = args.episodes
+    encoding = settings.pop("encoding")
+    print(
+        f"edbatch learn: {args.model} on {work.source}, batch {size}, {graphs} training mini-batches, "
+        f"encoding {encoding}, settings {settings}"
+    )
+    train_graphs = work.minibatches("train", size, graphs, seed=args.seed)
+    held = work.minibatches("held_out", size, args.eval_batches, seed=args.seed + 1)
+    bar = tqdm(total=settings.get("max_episodes", 1000), desc="Q-learning", unit="episode", disable=args.quiet)
+
+    def progress(episode, greedy, best, lb):
+        bar.update(int(episode) + 1 - bar.n)
+        bar.set_postfix(greedy=f"{float(greedy):.1f}", best=f"{float(best):.1f}", lb=f"{float(lb):.1f}")
+
+    policy = eb.learn_fsm(train_graphs, encoding=encoding, seed=args.seed, progress=progress, **settings)
+    bar.close()
+    prov = policy.provenance
+    prov.update(model=args.model, data=work.source, batch_size=size)
+    print(
+        f"learned in {prov['setup_seconds'] + prov['learn_seconds']:.1f}s from a cold start "
+        f"({prov['setup_seconds']:.1f}s graph analysis, {prov['learn_seconds']:.1f}s jit-compiled Q-learning "
+        f"incl. compilation), {prov['episodes']} episodes; training graphs: {prov['best_batches']:.1f} batches "
+        f"= {prov['best_ratio']:.3f} x LB; {policy.num_entries} states in the table"
+    )
+    policy.save(out)
+    print(f"saved {out}")
+    if args.plot:
+        _plot_curve(prov, args.plot)
+        print(f"learning curve: {args.plot}")
+
+    lb = float(np.mean([eb.lower_bound(g) for g in held]))
+    print(f"\nheld-out: {len(held)} mini-batches of {size} ({work.source}, not used in learning); LB {lb:.1f}")
+    header = f"{'policy':<10} {'batches/mb':>11} {'x LB':>7} {'hit rate':>9}"
+    print(header)
+    print("-" * len(header))
+    for name in ("depth", "agenda", "typewise", "fsm"):
+        pol = policy if name == "fsm" else name
+        batches = float(np.mean([eb.schedule(g, pol).num_batches for g in held]))
+        hit = f"{policy.hit_rate(held):>9.3f}" if name == "fsm" else f"{'':>9}"
+        print(f"{name:<10} {batches:>11.1f} {batches / lb:>7.3f} {hit}")
+    return 0
+
+
+_PLACEHOLDERS = {
+    "--data": "DATA",
+    "--data-root": "DATA",
+    "--json": "OUT.json",
+    "--plot": "OUT.png",
+    "--dynet": "DYNET_PYTHON",
+    "--dynet-script": "DYNET_SCRIPT",
+}
+"""Paths shown as placeholders in the command line a results page quotes."""
+
+
+def _shown_value(flag: str, value: str) -> str:
+    """A flag's value as a results page quotes it: a placeholder for a path, a policy file by its name alone."""
+    if flag in _PLACEHOLDERS:
+        return _PLACEHOLDERS[flag]
+    if flag == "--compile-cache":
+        return value if value.lower() in ("auto", "off") else "DIR"
+    if flag == "--policy":
+        return ",".join(Path(p).name if p.endswith(".json") else p for p in value.split(","))
+    return value
+
+
+def bench(args: argparse.Namespace) -> int:
+    import json
+    import platform
+
+    import jax
+
+    from edbatch_jax.apps import bench as harness
+    from edbatch_jax.zoo.workloads import WORKLOADS, load_workload
+
+    split = lambda s: [x for x in s.split(",") if x]
+    shards = [int(x) for x in split(str(args.shards))]
+    if max(shards, default=1) > 1:
+        from edbatch_jax.training.parallel import use_cpu_devices
+
+        use_cpu_devices(max(shards))  # before JAX starts: on a CPU, one host device per shard
+    machine = (
+        f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs), {platform.system()}, "
+        f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind})"
+    )
+    results, sections, peer_rows = [], [], []
+    ints = lambda s: [int(x) for x in split(str(s))] if s else [None]
+    for name, hidden, batch in itertools.product(split(args.model), ints(args.hidden), ints(args.batch_size)):
+        if name not in WORKLOADS:
+            raise SystemExit(f"unknown model {name!r}; bundled models: {sorted(WORKLOADS)}")
+        data = args.data
+        if args.data_root and WORKLOADS[name].data_dir:
+            candidate = os.path.join(args.data_root, WORKLOADS[name].data_dir)
+            data = candidate if os.path.isdir(candidate) else None
+        work = load_workload(name, data, hidden=hidden, seed=args.seed)
+        size = batch or work.batch_size
+        print(
+            f"edbatch bench: {name} on {work.source}, batch {size}, hidden {hidden}, "
+            f"{args.batches} timed mini-batches; {machine}",
+            flush=True,
+        )
+        dynet_runs, tree_file, peer_hidden = [], None, hidden or 128
+        if args.dynet:
+            tree_file = os.path.join(data, "train.txt") if data and os.path.isdir(data) else data
+            if name != "treelstm" or not tree_file or not os.path.isfile(tree_file):
+                raise SystemExit(
+                    f"--dynet runs DyNet's SST Tree-LSTM benchmark: it needs --model treelstm and the "
+                    f"SST trees (--data-root or --data), got model {name!r}, data {data!r}"
+                )
+            dynet_runs.append(_run_dynet(args, tree_file, size, peer_hidden, "before"))
+        try:
+            res = harness.run_benchmarks(
+                work,
+                split(args.policy),
+                split(args.layout),
+                split(args.mode),
+                size,
+                args.batches,
+                args.warmup,
+                args.seed,
+                args.unbatched,
+                progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+                engines=split(args.engine),
+                max_lanes=args.max_lanes,
+                op_calls=args.op_calls,
+                rounds=args.rounds,
+                floor=args.floor,
+                shards=shards,
+                optimizer=args.optimizer,
+            )
+        except ValueError as e:  # one impossible configuration does not lose the others
+            print(f"  skipped: {e}", flush=True)
+            sections.append(f"## {name}: batch {size}, hidden {hidden}\n\nskipped: {e}\n")
+            continue
+        table = harness.format_table(res)
+        print(table, flush=True)
+        results += res
+        sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
+        if args.dynet:
+            from edbatch_jax.apps.peers import comparison_table
+
+            dynet_runs.append(_run_dynet(args, tree_file, size, peer_hidden, "after"))
+            peers = comparison_table(res, dynet_runs)
+            print(peers, flush=True)
+            sections.append(f"### DyNet side by side: batch {size}, hidden {peer_hidden}\n\n{peers}\n")
+            peer_rows += [
+                dict(r, model=name, engine="dynet", policy=r["system"], hidden=peer_hidden, run=k)
+                for k, run in zip(("before", "after"), dynet_runs)
+                for r in run
+            ]
+    cached = (
+        " (programs found in the persistent compile cache loaded, not compiled)"
+        if getattr(args, "compile_cache_dir", None)
+        else ""
+    )
+    legend = (
+        "inst/s: execution on cached mini-batches; rebuilt: with graph construction, scheduling, layout and "
+        "the engine's plan every step; overlap: the same, each mini-batch planned while the previous one "
+        "executes; thread: the same, construction, scheduling and layout on a worker thread; "
+        "build/sched/layout/eplan/exec: ms per mini-batch (median over rounds; "
+        "eplan: the engine's state rows and index tables); ±%: half the range of the "
+        f"rounds' exec times over their median; exes: compiled executables; warm s: warm-up incl. compilation"
+        f"{cached}; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"
+        f"; training steps: optax {args.optimizer} ({harness.OPTIMIZERS[args.optimizer][1]:g})"
+    )
+    if args.floor:
+        legend += (
+            "; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
+            "backward); floor: inst/s if every FLOP ran at the matmul rate measured in this run; "
+            "%flr: inst/s over floor"
+        )
+    if args.op_calls:
+        legend += (
+            "; opcall: inst/s if execution were only the schedule's batched op calls, each a jitted call "
+            "timed alone (no gathers, no buffer writes); %opc: inst/s over opcall (a one-program engine "
+            "can exceed 100)"
+        )
+    print(legend)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(harness.to_json(results) + peer_rows, indent=1))
+        print(f"wrote {args.json}")
+    if args.plot:
+        harness.plot_results(results, args.plot, f"{args.model}, hidden {args.hidden}")
+        print(f"wrote {args.plot}")
+    if args.markdown:
+        shown, skip = [], False
+        for a in args.argv:  # the command line without the --markdown destination
+            if skip or a.startswith("--markdown"):
+                skip = a == "--markdown" and not skip
+                continue
+            if a.startswith("--") and "=" in a:
+                flag, value = a.split("=", 1)
+                a = f"{flag}={_shown_value(flag, value)}"
+            elif shown and shown[-1].startswith("--") and not a.startswith("--"):
+                a = _shown_value(shown[-1], a)
+            shown.append(a)
+        command = "edbatch bench " + " ".join(shown)
+        write_text_atomic(
+            args.markdown,
+            "\n".join(
+                [
+                    "# Benchmarks",
+                    "",
+                    f"Machine: {machine}.",
+                    "",
+                    f"Produced by `{command} --markdown PATH`; all rows of one section come from one process, "
+                    "so compare them within a section only.",
+                    "",
+                    legend + ".",
+                    "",
+                    *sections,
+                ]
+            ),
+        )
+        print(f"wrote {args.markdown}")
+    return 0
+
+
+def _run_dynet(args: argparse.Namespace, tree_file: str, batch_size: int, hidden: int, when: str) -> list[dict]:
+    """DyNet's Tree-LSTM benchmark, once (``when``: before or after ours)."""
+    from edbatch_jax.apps.peers import PeerError, run_dynet
+
+    if not args.dynet_script:
+        raise SystemExit("--dynet needs --dynet-script (DyNet's Tree-LSTM benchmark, dynet_treelstm.py)")
+    print(f"  measuring DyNet ({when} ours)", flush=True)
+    try:
+        return run_dynet(args.dynet, args.dynet_script, tree_file, batch_size, hidden, num_trees=args.dynet_trees)
+    except PeerError as e:
+        raise SystemExit(f"edbatch bench: {e}") from e
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from edbatch_jax.training.loop import TrainConfig, train
+    from edbatch_jax.zoo.workloads import load_workload
+
+    if args.shards > 1:
+        from edbatch_jax.training.parallel import use_cpu_devices
+
+        use_cpu_devices(args.shards)  # before JAX starts: on a CPU, one host device per shard
+    work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        policy=args.policy,
+        layout=args.layout,
+        engine=args.engine,
+        eval_batches=args.eval_batches,
+        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_every=args.checkpoint_every,
+        log_path=args.log,
+        seed=args.seed,
+        shards=args.shards,
+        precompile=args.precompile,
+    )
+    size = args.batch_size or work.batch_size
+    print(
+        f"edbatch train: {args.model} on {work.source} ({len(work.train)} train / {len(work.held_out)} held-out "
+        f"instances), batch {size}, hidden {args.hidden}, {args.steps} steps, policy {args.policy}, "
+        f"layout {args.layout}"
+    )
+    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
+
+    def progress(step, loss, rate):
+        bar.update(step - bar.n)
+        bar.set_postfix(loss=f"{loss:.3f}", inst_s=f"{rate:.0f}")
+
+    def epoch_end(epoch, m):
+        bar.write(
+            f"epoch {epoch}: held-out loss {m['loss']:.4f}, accuracy {m['accuracy']:.3f} "
+            f"(majority class {m['majority']:.3f}) at step {m['step']}"
+        )
+
+    result = train(work, config, resume=args.resume, progress=progress, epoch_end=epoch_end)
+    bar.close()
+    if result.resumed_from is not None:
+        print(f"resumed from the checkpoint of step {result.resumed_from}")
+    if result.precompiled:
+        print(f"precompiled {result.precompiled} programs before step 1 in {result.precompile_s:.1f}s")
+    if result.losses:
+        k = max(1, min(10, len(result.losses) // 4))
+        print(
+            f"training loss: first {k} steps {np.mean(result.losses[:k]):.4f}, "
+            f"last {k} steps {np.mean(result.losses[-k:]):.4f}"
+        )
+    if result.evals:
+        m = result.evals[-1]
+        print(f"final held-out accuracy {m['accuracy']:.3f} (majority class {m['majority']:.3f}), loss {m['loss']:.4f}")
+    if args.checkpoint_dir:
+        print(f"checkpoint at step {result.step} in {args.checkpoint_dir}")
+    return 0
+
+
+def workloads_table(args: argparse.Namespace) -> int:
+    import edbatch_jax as eb
+    from edbatch_jax.zoo.workloads import WORKLOADS, default_policy_path, load_workload
+
+    names = args.model.split(",") if args.model else sorted(WORKLOADS)
+    rows = [
+        "| workload | data | batch | nodes / mini-batch | LB | depth | agenda | typewise | FSM |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        spec = WORKLOADS[name]
+        data = None
+        if args.data_root and spec.data_dir and os.path.isdir(os.path.join(args.data_root, spec.data_dir)):
+            data = os.path.join(args.data_root, spec.data_dir)
+        work = load_workload(name, data, hidden=8, seed=args.seed)
+        graphs = work.minibatches("train", spec.batch_size, args.batches, seed=args.seed)
+        lb = float(np.mean([eb.lower_bound(g) for g in graphs]))
+        cells = []
+        policy_file = default_policy_path(name)
+        for policy in ("depth", "agenda", "typewise", "fsm"):
+            if policy == "fsm":
+                if not policy_file.exists():
+                    cells.append("—")
+                    continue
+                policy = eb.FSMPolicy.load(policy_file, op_types=work.op_types)
+            b = float(np.mean([eb.schedule(g, policy).num_batches for g in graphs]))
+            cells.append(f"{b:.1f} ({b / lb:.2f}x)")
+        nodes = float(np.mean([g.num_nodes for g in graphs]))
+        rows.append(
+            f"| {name} | {work.source} | {spec.batch_size} | {nodes:.0f} | {lb:.1f} | " + " | ".join(cells) + " |"
+        )
+        print(rows[-1], flush=True)
+    text = "\n".join(
+        [
+            "# Workloads",
+            "",
+            f"Generated by `edbatch table{' --data-root DIR' if args.data_root else ''}` (means over {args.batches} "
+            "training mini-batches at the reference batch size; batches per mini-batch and the ratio to the lower "
+            "bound LB; FSM is the policy shipped in `policies/`, where there is one). Do not edit by hand.",
+            "",
+            *rows,
+            "",
+            "Workloads: " + "; ".join(f"`{n}`: {WORKLOADS[n].description}" for n in names) + ".",
+            "",
+        ]
+    )
+    if args.out:
+        write_text_atomic(args.out, text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _plot_curve(provenance: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = provenance["curve"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve["train_batches"], lw=0.8, label="exploring episode")
+    ax.plot(curve["eval_episodes"], curve["eval_batches"], "o-", label="greedy evaluation")
+    ax.axhline(provenance["lower_bound"], color="k", ls="--", lw=0.8, label="lower bound")
+    ax.set_xlabel("episode")
+    ax.set_ylabel("batches per mini-batch")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _add_compile_cache(p: argparse.ArgumentParser, default: str) -> None:
+    """The ``--compile-cache`` option (see :mod:`edbatch_jax.engine.compile_cache`)."""
+    p.add_argument(
+        "--compile-cache",
+        default=default,
+        metavar="DIR|auto|off",
+        help="keep compiled programs in this directory for later runs (auto: $EDBATCH_COMPILE_CACHE, "
+        f"else the user's cache folder; off: none; default: {default})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edbatch", description="Automatic batching of dynamic neural networks in JAX."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="train the SST Tree-LSTM briefly and compare batching policies")
+    d.add_argument(
+        "--data", default=None, help="SST directory with train.txt/dev.txt (default: synthetic SST-like trees)"
+    )
+    d.add_argument("--steps", type=int, default=150, help="training steps (mini-batches)")
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
+    d.add_argument("--lr", type=float, default=0.01)
+    d.add_argument("--vocab-size", type=int, default=5000)
+    d.add_argument("--num-train", type=int, default=4096, help="synthetic training trees")
+    d.add_argument("--num-dev", type=int, default=512, help="dev trees used for accuracy")
+    d.add_argument("--eval-batches", type=int, default=5, help="mini-batches for the policy comparison")
+    d.add_argument("--unbatched-trees", type=int, default=8, help="trees in the unbatched training timing")
+    d.add_argument("--train-policy", default="agenda", help="policy used during training")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compile_cache(d, "auto")
+    d.set_defaults(func=demo)
+
+    from edbatch_jax.apps.bench import OPTIMIZERS
+    from edbatch_jax.zoo.workloads import WORKLOADS
+
+    models = ", ".join(sorted(WORKLOADS))
+    lp = sub.add_parser("learn", help="learn an FSM batching policy by Q-learning and save it")
+    lp.add_argument(
+        "--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}"
+    )
+    lp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    lp.add_argument("--out", default=None, help="policy file to write (default: the shipped policies/ file)")
+    lp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
+    lp.add_argument(
+        "--graphs",
+        type=int,
+        default=None,
+        help="training mini-batches learned from (default: the shipped policy's, else 4)",
+    )
+    lp.add_argument("--eval-batches", type=int, default=10, help="held-out mini-batches for the comparison")
+    lp.add_argument(
+        "--encoding",
+        default=None,
+        choices=["sort", "set", "max", "sort_complete"],
+        help="state encoding (default: the one of the shipped policy)",
+    )
+    lp.add_argument(
+        "--episodes", type=int, default=None, help="episode budget (default: the shipped policy's, else 1000)"
+    )
+    lp.add_argument(
+        "--bootstrap",
+        default=None,
+        choices=["on", "off"],
+        help="max-Q bootstrap in the n-step targets; off = the reference's truncated returns "
+        "(default: the shipped policy's)",
+    )
+    lp.add_argument("--plot", default=None, help="write the learning curve as a PNG here")
+    lp.add_argument("--seed", type=int, default=0)
+    lp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compile_cache(lp, "auto")
+    lp.set_defaults(func=learn)
+
+    bp = sub.add_parser("bench", help="measure policies, layouts and modes side by side in one run")
+    bp.add_argument("--model", default="treelstm", help=f"comma-separated workloads: {models}")
+    bp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    bp.add_argument("--data-root", default=None, help="folder with trees/, lattice/, tags/: real data per workload")
+    bp.add_argument("--markdown", default=None, help="write the results page (machine, command, tables) here")
+    bp.add_argument(
+        "--batch-size", default=None, help="comma-separated instances per mini-batch (default: the model's)"
+    )
+    bp.add_argument("--hidden", default="128", help="comma-separated hidden = embedding sizes")
+    bp.add_argument(
+        "--engine",
+        default="fused",
+        help="comma-separated engines: fused, fused_fine, fused_recompute, fused_fine_recompute, stepwise",
+    )
+    bp.add_argument("--max-lanes", type=int, default=512, help="widest chunk of the fused engine (a power of two)")
+    bp.add_argument(
+        "--op-calls",
+        action="store_true",
+        help="also measure the op-call bound: the schedule's batched op calls alone (columns opcall, %%opc)",
+    )
+    bp.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the compute floor: FLOPs per instance at this machine's matmul rate "
+        "(columns MFLOP, floor, %%flr)",
+    )
+    bp.add_argument(
+        "--shards",
+        default="1",
+        help="comma-separated data-parallel shard counts: each mini-batch split over that many devices "
+        "(on a CPU, that many host devices share its cores)",
+    )
+    bp.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=sorted(OPTIMIZERS),
+        help="the training configurations' optax optimizer (learning rates: "
+        + ", ".join(f"{k} {lr:g}" for k, (_, lr) in sorted(OPTIMIZERS.items()))
+        + "); sgd as DyNet's Tree-LSTM benchmark trains",
+    )
+    bp.add_argument(
+        "--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)"
+    )
+    bp.add_argument("--layout", default="dynet,planned", help="comma-separated layouts: dynet, planned, gather")
+    bp.add_argument("--mode", default="infer,train", help="comma-separated modes: infer, train")
+    bp.add_argument("--batches", type=int, default=10, help="timed mini-batches per configuration")
+    bp.add_argument("--warmup", type=int, default=2, help="extra mini-batches run before timing")
+    bp.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="timed rounds; configurations take turns within each (reported: the median over rounds)",
+    )
+    bp.add_argument("--unbatched", type=int, default=0, help="also time node-by-node execution on this many instances")
+    bp.add_argument(
+        "--dynet",
+        default=None,
+        metavar="PYTHON",
+        help="also run DyNet's Tree-LSTM benchmark before and after ours, with this Python "
+        "(one where `import dynet` works); needs --dynet-script and the SST trees",
+    )
+    bp.add_argument("--dynet-script", default=None, help="DyNet's Tree-LSTM benchmark script (dynet_treelstm.py)")
+    bp.add_argument("--dynet-trees", type=int, default=1024, help="trees per timed DyNet pass")
+    bp.add_argument("--json", default=None, help="write the results as JSON here")
+    bp.add_argument("--plot", default=None, help="write a PNG bar chart here")
+    bp.add_argument("--seed", type=int, default=0)
+    bp.add_argument("--quiet", action="store_true")
+    _add_compile_cache(bp, "off")
+    bp.set_defaults(func=bench)
+
+    tp = sub.add_parser("train", help="train a bundled model with optax, evaluation and orbax checkpoints")
+    tp.add_argument(
+        "--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}"
+    )
+    tp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    tp.add_argument("--steps", type=int, default=200, help="optimisation steps (mini-batches)")
+    tp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
+    tp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
+    tp.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (warm-up, then cosine decay)")
+    tp.add_argument("--policy", default="typewise", help="batching policy (fsm = the shipped policy)")
+    tp.add_argument("--layout", default="dynet", choices=["dynet", "planned", "gather"])
+    tp.add_argument(
+        "--engine",
+        default="stepwise",
+        choices=["stepwise", "fused", "fused_fine", "fused_recompute", "fused_fine_recompute"],
+        help="stepwise: one call per batch (compiles in seconds); fused: one program per schedule "
+        "(faster steps, longer first compile); _recompute: the backward program recomputes "
+        "matrix products instead of reading them stored (less memory)",
+    )
+    tp.add_argument("--eval-batches", type=int, default=4, help="held-out mini-batches evaluated after every epoch")
+    tp.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint directory")
+    tp.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
+    tp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    tp.add_argument("--log", default=None, help="append metrics as JSON lines to this file")
+    tp.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="split every mini-batch over this many devices (data parallel; on a CPU, host devices)",
+    )
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument(
+        "--no-precompile",
+        dest="precompile",
+        action="store_false",
+        help="compile during the first steps instead of ahead of them, at the sizes of the mini-batches "
+        "seen so far (by default: every program the run needs, at its final sizes, before step 1)",
+    )
+    tp.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compile_cache(tp, "auto")
+    tp.set_defaults(func=train_command)
+
+    zp = sub.add_parser("table", help="write the workload table (nodes, LB, batches per policy) as Markdown")
+    zp.add_argument("--model", default=None, help="comma-separated workloads (default: all)")
+    zp.add_argument("--data-root", default=None, help="folder with trees/, lattice/, tags/ (default: synthetic data)")
+    zp.add_argument("--batches", type=int, default=10, help="mini-batches averaged per workload")
+    zp.add_argument("--out", default=None, help="write the Markdown page here")
+    zp.add_argument("--seed", type=int, default=0)
+    zp.set_defaults(func=workloads_table)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)[1:]
+    args.compile_cache_dir = resolve_compile_cache(getattr(args, "compile_cache", None))  # the commands read it
+    if args.compile_cache_dir is not None:
+        try:
+            enable_compile_cache(args.compile_cache_dir)
+        except OSError as e:
+            raise SystemExit(f"edbatch {args.command}: --compile-cache: {e}") from e
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

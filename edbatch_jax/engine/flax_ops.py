@@ -1,0 +1,124 @@
+"""Flax modules as ops: ``flax.linen`` modules, ``flax.nnx`` modules, and an NNX container of one cell per op type.
+
+The only module of the engine that imports Flax (``edbatch_jax`` loads it
+when one of these names is first used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flax import nnx
+
+from edbatch_jax.engine.ops import Op, OpError, as_ops, signature_arity
+
+__all__ = ["NNXCells", "linen_op", "nnx_op"]
+
+
+def linen_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
+    """Wraps a ``flax.linen`` module as an op.
+
+    The node function is ``module.apply({"params": params[params_key]}, payload,
+    *operand_states)``; the arity is read from ``module.__call__(self, payload,
+    *operand_states)`` unless given.
+    """
+
+    def fn(params, payload, *states):
+        return module.apply({"params": params}, payload, *states)
+
+    if arity is None and aggregate is None:
+        arity = signature_arity(type(module).__call__)  # (self, payload, *states)
+    fn.__name__ = f"{type(module).__name__}[{params_key}]"
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
+
+
+def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
+    """Wraps a ``flax.nnx`` module instance as an op.
+
+    The op reads ``params[params_key]``: the ``nnx.State`` of the module's
+    ``nnx.Param`` variables (``nnx.state(module, nnx.Param)``, or the
+    ``params_key`` entry of ``nnx.split(container, nnx.Param)`` for a
+    container module holding every cell). The node function is
+    ``nnx.merge(graphdef, params, rest)(payload, *operand_states)``, so the
+    engine differentiates with respect to the ``nnx.State`` and an
+    ``nnx.Optimizer`` can apply the gradients. The arity is read from
+    ``type(module).__call__(self, payload, *operand_states)`` unless given.
+    """
+    graphdef, _, rest = nnx.split(module, nnx.Param, ...)
+
+    def fn(params, payload, *states):
+        return nnx.merge(graphdef, params, rest)(payload, *states)
+
+    if arity is None and aggregate is None:
+        arity = signature_arity(type(module).__call__)
+    fn.__name__ = f"{type(module).__name__}[{params_key}]"
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
+
+
+class NNXCells(nnx.Module):
+    """A ``flax.nnx`` container holding one cell module per op type.
+
+    One ``nnx.split(cells, nnx.Param)`` gives the parameter ``nnx.State`` the
+    engine differentiates (keyed by op type name), and
+    ``nnx.Optimizer(cells, tx, wrt=nnx.Param)`` updates the cells in place::
+
+      cells = eb.NNXCells({"leaf": Leaf(16, rngs=rngs), "node": Node(16, rngs=rngs)})
+      _, params = nnx.split(cells, nnx.Param)
+      loss = lambda p: eb.run(cells.ops, p, graph, sched, outputs=roots).sum()
+
+    Args:
+      cells: op type name -> ``nnx.Module`` whose ``__call__(payload,
+        *operand_states)`` computes one node.
+      arity: op type name -> number of operand states, for cells whose
+        ``__call__`` takes ``*operand_states`` (otherwise read from the
+        signature).
+      aggregate: op type name -> ``"sum"``, ``"mean"`` or ``"max"`` for
+        variable-arity cells (see :class:`Op`).
+      extra_ops: ops without parameters (e.g. a variadic sum node), passed
+        through unchanged into :attr:`ops`.
+    """
+
+    def __init__(
+        self,
+        cells: Mapping[str, Any],
+        *,
+        arity: Mapping[str, int] | None = None,
+        aggregate: Mapping[str, str] | None = None,
+        extra_ops: Mapping[str, Op] | None = None,
+    ):
+        extra_ops = dict(extra_ops or {})
+        clash = sorted(set(cells) & set(extra_ops))
+        if clash:
+            raise OpError(f"op types {clash} are given both as cells and as extra_ops")
+        for name, cell in cells.items():
+            if not name.isidentifier() or hasattr(type(self), name):
+                raise OpError(f"op type name {name!r} cannot name an NNX cell attribute")
+            setattr(self, name, cell)
+        arity, aggregate = dict(arity or {}), dict(aggregate or {})
+        ops = {name: nnx_op(cell, name, arity.get(name), aggregate.get(name)) for name, cell in cells.items()}
+        # Built once, so every eb.run(cells.ops, ...) reuses the engine's compiled steps.
+        self._ops = tuple({**ops, **extra_ops}.items())
+
+    @classmethod
+    def matching(cls, ops: Mapping[str, Any], cells: Mapping[str, Any]) -> NNXCells:
+        """NNX ``cells`` for some of the op types of ``ops`` (say, a Linen model's).
+
+        Each cell's op takes the arity and aggregate of ``ops[name]``; the ops
+        of ``ops`` without a cell (parameter-free ones) are passed through.
+        """
+        ops = as_ops(ops)
+        missing = sorted(set(cells) - set(ops))
+        if missing:
+            raise OpError(f"cells {missing} have no op type in {sorted(ops)}")
+        return cls(
+            cells,
+            arity={name: ops[name].arity for name in cells if ops[name].arity is not None},
+            aggregate={name: ops[name].aggregate for name in cells if ops[name].aggregate is not None},
+            extra_ops={name: op for name, op in ops.items() if name not in cells},
+        )
+
+    @property
+    def ops(self) -> dict[str, Op]:
+        """Op type name -> :class:`Op`; a cell's op reads ``params[name]`` of ``nnx.split(self, nnx.Param)``."""
+        return dict(self._ops)

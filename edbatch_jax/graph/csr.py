@@ -1,0 +1,51 @@
+"""Compressed-sparse-row helpers over node ids: the one home of the library's adjacency arithmetic.
+
+All host-side, vectorised NumPy (no loop over nodes); none is jittable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["csr_by_source", "csr_rows", "payload_rows"]
+
+
+def payload_rows(node_type: np.ndarray, num_types: int) -> np.ndarray:
+    """Rank of each node among the nodes of its type (vectorised)."""
+    if num_types <= 8:  # a mask per type costs less than a stable sort
+        rows = np.empty(node_type.shape[0], np.int32)
+        for t in range(num_types):
+            mask = node_type == t
+            rows[mask] = np.arange(np.count_nonzero(mask), dtype=np.int32)
+        return rows
+    order = np.argsort(node_type, kind="stable")
+    counts = np.bincount(node_type, minlength=num_types)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rows = np.empty_like(node_type)
+    rows[order] = np.arange(node_type.shape[0], dtype=np.int32) - np.repeat(starts, counts).astype(np.int32)
+    return rows.astype(np.int32)
+
+
+def csr_rows(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated CSR rows ``values[ptr[r]:ptr[r+1]]`` for ``r`` in ``rows``.
+
+    Returns ``(flat, segment)`` where ``segment[k]`` is the position in ``rows``
+    that ``flat[k]`` came from. Vectorised, no Python loop.
+    """
+    rows = np.asarray(rows)
+    starts = ptr[rows]
+    counts = ptr[rows + 1] - starts
+    segment = np.repeat(np.arange(rows.shape[0], dtype=np.int32), counts)
+    first = np.cumsum(counts) - counts
+    pos = np.repeat(starts - first, counts) + np.arange(segment.shape[0])
+    return values[pos], segment
+
+
+def csr_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Groups pairs ``(src[k], dst[k])`` by source: ``(ptr int32 [num_nodes+1], dst int32 [M])``.
+
+    The targets of ``u`` are ``dst[ptr[u]:ptr[u+1]]`` in their original order.
+    """
+    order = np.argsort(src, kind="stable")
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=num_nodes))]).astype(np.int32)
+    return ptr, np.asarray(dst)[order].astype(np.int32)

@@ -1,5 +1,0 @@
-"""Bundled models: Flax cells, their ops, and graph construction."""
-
-from edbatch_jax.nn.treelstm import InternalCell, LeafCell, LossCell, TreeLSTM
-
-__all__ = ["InternalCell", "LeafCell", "LossCell", "TreeLSTM"]

@@ -1,0 +1,217 @@
+"""Training and evaluation of graph models whose losses are ``loss`` nodes.
+
+A model's graph carries one ``loss`` node per supervised node; its state is
+``{"loss": f32[], "logits": f32[C]}``. The objective of a mini-batch is the
+sum of its loss-node losses divided by the number of instances.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.fused import FusedEngine
+from edbatch_jax.engine.reference import run_unbatched
+from edbatch_jax.engine.stepwise import Engine, _buffer_structs, _compile_once, _sum_rows, output_nodes
+from edbatch_jax.training.minibatch import MiniBatch
+
+PyTree = Any
+
+__all__ = [
+    "ENGINES",
+    "make_engine",
+    "batched_loss",
+    "loss_and_grads",
+    "unbatched_loss",
+    "Trainer",
+    "root_accuracy",
+]
+
+
+ENGINES = ("fused", "fused_fine", "fused_recompute", "fused_fine_recompute", "stepwise")
+"""``fused``: :class:`edbatch_jax.FusedEngine`, one XLA program per schedule
+(training stores the outputs of matrix products for the backward program);
+``fused_fine``: the same with the finer lane ladder (``fine_lanes=True``);
+``..._recompute``: the same storing nothing (``save_residuals=None``: the
+backward program recomputes each chunk); ``stepwise``:
+:class:`edbatch_jax.Engine`, one jitted call per batch."""
+
+
+def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16) -> Engine:
+    """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk;
+    ``plan_cache_size``: execution plans kept (one per mini-batch in use)."""
+    if name in ENGINES and name.startswith("fused"):
+        kwargs = {"save_residuals": None} if name.endswith("_recompute") else {}
+        return FusedEngine(
+            ops,
+            max_lanes=max_lanes,
+            plan_cache_size=plan_cache_size,
+            fine_lanes=name.startswith("fused_fine"),
+            **kwargs,
+        )
+    if name == "stepwise":
+        return Engine(ops, plan_cache_size=plan_cache_size)
+    raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
+
+
+def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None) -> jax.Array:
+    """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar).
+
+    ``count``: the divisor of the summed loss (default: ``batch``'s instances;
+    see :func:`loss_and_grads`).
+    """
+    out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout, reduce="sum")
+    return out["loss"] / (batch.graph.num_instances if count is None else count)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _loss_grad(bufs: tuple, which: int, idx, mask, count):
+    """:func:`batched_loss` from the state buffers and its cotangent (``None`` for the buffers it does not read)."""
+    loss, ct = jax.value_and_grad(lambda b: _sum_rows(b, idx, mask)["loss"] / count)(bufs[which])
+    return loss, tuple(ct if b == which else None for b in range(len(bufs)))
+
+
+def loss_and_grads(
+    engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None
+) -> tuple[jax.Array, PyTree]:
+    """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
+
+    The engine's forward program, one jitted call for the loss and its
+    cotangent, then the engine's backward program
+    (:meth:`~edbatch_jax.Engine.value_and_grad`): the same values as
+    ``jax.value_and_grad`` over :func:`batched_loss`, without tracing the
+    schedule's autodiff in Python each step. Dispatched asynchronously
+    (nothing waits for the device); not jittable.
+
+    Args:
+      engine: the engine that runs ``batch``.
+      params: the parameter pytree (concrete arrays).
+      batch: the mini-batch.
+      count: the divisor of the summed loss (default: ``batch``'s instances;
+        a shard of a larger mini-batch passes the mini-batch's instances, so
+        that the shards' losses and gradients add up to the whole one's).
+
+    Returns:
+      ``(loss, grads)``: an f32 scalar and a pytree like ``params``.
+    """
+    plan = engine.plan(params, batch.graph, batch.schedule, batch.layout)
+    which, args = _loss_args(plan, batch, count)
+    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+
+
+def _loss_args(plan, batch: MiniBatch, count: int | None) -> tuple[int, tuple]:
+    """``(which, (idx, mask, count))`` of :func:`_loss_grad` for ``batch`` under ``plan``: the buffer of the loss
+    nodes, their rows (int32, bucketed), which of those are real, and the divisor of the summed loss."""
+    nodes = output_nodes(plan, batch.graph, batch.loss_nodes)
+    k = bucket(nodes.size)
+    idx = np.zeros(k, np.int32)
+    idx[: nodes.size] = plan.node_slot[nodes]
+    count = np.float32(batch.graph.num_instances if count is None else count)
+    return int(plan.node_buffer[nodes[0]]), (idx, np.arange(k) < nodes.size, count)
+
+
+def unbatched_loss(ops, params: PyTree, batch: MiniBatch) -> jax.Array:
+    """Same as :func:`batched_loss`, node by node."""
+    out = run_unbatched(ops, params, batch.graph, outputs=batch.loss_nodes)
+    return out["loss"].sum() / batch.graph.num_instances
+
+
+def root_accuracy(logits: jax.Array, labels: np.ndarray) -> float:
+    """Fraction of roots whose argmax logit equals the label."""
+    return float(np.mean(np.asarray(jnp.argmax(logits, axis=-1)) == labels))
+
+
+class Trainer:
+    """optax training of a graph model through the batched engine.
+
+    ``step(batch)`` computes the loss and gradients (the engine's forward
+    program, one jitted call for the loss and its cotangent, the engine's
+    backward program) and applies one jitted optax update.
+    The trainer owns ``params``: updates donate the previous arrays, so keep a
+    copy (``jax.tree.map(jnp.copy, params)``) if you need the initial values.
+    """
+
+    def __init__(self, engine: Engine, params: PyTree, optimizer: optax.GradientTransformation):
+        self.engine = engine
+        self.params = params
+        self.optimizer = optimizer
+        self.opt_state = optimizer.init(params)
+
+        def update(grads, opt_state, params):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        self._update = jax.jit(update, donate_argnums=(1, 2))
+        self._compiled: set = set()  # programs compiled ahead of time (precompile)
+
+    def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
+        """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params`` (:func:`loss_and_grads`)."""
+        return loss_and_grads(self.engine, params, batch)
+
+    def prepare(self, batch: MiniBatch) -> MiniBatch:
+        """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""
+        self.engine.plan(self.params, batch.graph, batch.schedule, batch.layout)
+        return batch
+
+    def precompile(self, batches: Sequence[MiniBatch]) -> int:
+        """Compiles a training step's programs for every one of ``batches`` before the first step.
+
+        Plans all of them first (the plans stay cached if the engine's plan
+        cache holds them all), so that the engine's buffer capacities and
+        table lengths reach their final sizes, then compiles, ahead of time
+        and without running anything, the engine's forward and backward
+        programs (:meth:`~edbatch_jax.Engine.precompile`), the loss and
+        cotangent program of each loss-node count bucket and the optimizer
+        update. Steps on these mini-batches then compile nothing, where
+        without it the first steps compile, and a later step compiles again
+        when its mini-batch is the first to grow a capacity. Host-side; not
+        jittable.
+
+        Returns:
+          The number of programs compiled.
+        """
+        if not batches:
+            raise ValueError("precompile: no mini-batches given")
+        plans = [self.engine.plan(self.params, b.graph, b.schedule, b.layout) for b in batches]
+        compiled = 0
+        for batch, plan in zip(batches, plans):
+            which, args = _loss_args(plan, batch, None)
+            compiled += self.engine.precompile(self.params, plan, [b == which for b in range(len(plan.signatures))])
+            compiled += _compile_once(self._compiled, _loss_grad, _buffer_structs(plan), which, *args, tag=which)
+        return compiled + _compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
+
+    def step(self, batch: MiniBatch) -> float:
+        """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""
+        loss, grads = self.loss_and_grads(self.params, batch)
+        self.params, self.opt_state = self._update(grads, self.opt_state, self.params)
+        return float(loss)
+
+    def evaluate(self, batches: Sequence[MiniBatch]) -> dict:
+        """Root accuracy and mean loss over ``batches`` (batched engine)."""
+        correct = total = 0
+        losses = []
+        for b in batches:
+            out = self.engine.run(self.params, b.graph, b.schedule, outputs=b.root_nodes)
+            pred = np.asarray(jnp.argmax(out["logits"], axis=-1))
+            correct += int((pred == b.root_labels).sum())
+            total += b.root_labels.size
+            losses.append(float(batched_loss(self.engine, self.params, b)))
+        return {"root_accuracy": correct / max(total, 1), "loss": float(np.mean(losses))}
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Seconds per call of ``fn`` (results blocked on), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(fn())
+    return (time.perf_counter() - start) / repeats
