@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   trains the SST Tree-LSTM briefly and compares batching policies
-#   make test   runs the test suite
+#   make test   checks formatting and lint (ruff), then runs the test suite
 # Both create the virtual environment (.venv) and install the package first.
 # make notebooks re-executes notebooks/*.ipynb in place (full sizes), storing their outputs.
 # make bench-device DATA=dir OUT=dir runs the Tree-LSTM and lattice benchmarks on a machine whose python3
@@ -18,7 +18,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test notebooks install clean bench-device test-device device-check
+.PHONY: demo test lint format notebooks install clean bench-device test-device device-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,16 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/edbatch demo $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=12 $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
 
 notebooks: $(VENV)/.installed
 	EDBATCH_NOTEBOOK_QUICK=0 JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(PY) -c 'import sys, nbclient, nbformat; \

@@ -33,6 +33,7 @@ from edbatch_jax.engine import (
     Engine,
     ExecutionPlan,
     FusedEngine,
+    FusedPlan,
     Op,
     OpError,
     StepwiseEngine,
@@ -41,7 +42,7 @@ from edbatch_jax.engine import (
     run,
     run_unbatched,
 )
-from edbatch_jax.fsm import FSMDecision, FSMPolicy, PolicyFileError, learn_fsm
+from edbatch_jax.fsm import FSMDecision, FSMPolicy, PolicyFileError, learn_fsm, resolve_policy
 from edbatch_jax.graph import (
     Graph,
     GraphBuilder,
@@ -121,6 +122,7 @@ __all__ = [
     "Frontier",
     "FrontierPolicy",
     "FusedEngine",
+    "FusedPlan",
     "Graph",
     "GraphBuilder",
     "GraphError",
@@ -154,6 +156,7 @@ __all__ = [
     "plan_ahead",
     "plan_layout",
     "register_policy",
+    "resolve_policy",
     "run",
     "run_unbatched",
     "schedule",

@@ -36,7 +36,7 @@ MOVED: dict[str, str] = {
 """Old module path -> new one (a package's submodules follow it: ``edbatch_jax.nn.treelstm``)."""
 
 REMOVED: dict[str, str] = {
-    "edbatch_jax.apidoc": "the API page generator is a maintenance script now: python tools/apidoc.py docs",
+    "edbatch_jax.apidoc": "the API page generator is a maintenance script now: python tools/apidoc.py docs/api",
 }
 """Old module path -> where its code went (importing it raises ``ImportError`` with this text)."""
 

@@ -36,7 +36,7 @@ def _loss_fn(run):
     return loss
 
 
-def _check_treelstm(trees, policy, make_engine=eb.Engine, hidden=32):
+def _check_treelstm(trees, policy, make_engine=eb.StepwiseEngine, hidden=32):
     """Values and gradients of ``make_engine(ops)`` on a Tree-LSTM equal unbatched execution; returns the engine."""
     model, params, graph = _tree_setup(trees, hidden=hidden)
     sched = eb.schedule(graph, policy)
@@ -145,7 +145,7 @@ def test_mixed_structures_and_variadic_ops_match_unbatched(seed, policy):
     params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
     sched = eb.schedule(graph, policy)
     heads = graph.nodes_of_type("head")
-    engine = eb.Engine(ops)
+    engine = eb.StepwiseEngine(ops)
     f1 = lambda p: jnp.sum(jnp.sin(engine.run(p, graph, sched, outputs=heads)))
     f0 = lambda p: jnp.sum(jnp.sin(eb.run_unbatched(ops, p, graph, outputs=heads)))
     v1, g1 = jax.value_and_grad(f1)(params)
@@ -199,7 +199,7 @@ def test_recompile_budget_ten_minibatches_of_different_shapes():
     vocab = Vocabulary.build(trees)
     model = TreeLSTM(vocab_size=len(vocab), hidden=8, embed=8)
     params = model.init(jax.random.PRNGKey(0))
-    engine = eb.Engine(model.ops, min_capacity=2048)  # one capacity for every mini-batch
+    engine = eb.StepwiseEngine(model.ops, min_capacity=2048)  # one capacity for every mini-batch
     lanes_seen = set()
     for k in range(10):
         graph = model.batch_graph(trees[16 * k : 16 * (k + 1)], vocab)
@@ -249,7 +249,7 @@ def test_no_compilation_after_warm_up_across_100_minibatches_of_varying_shape(ca
     sizes = rng.integers(4, 9, 100)  # 4..8 trees: many shapes, few buckets
     starts = rng.integers(0, 390, 100)
     batches = [make_minibatch(model.batch_graph(trees[s : s + k], vocab), "typewise") for s, k in zip(starts, sizes)]
-    engine = eb.Engine(model.ops, min_capacity=1024)
+    engine = eb.StepwiseEngine(model.ops, min_capacity=1024)
     trainer = Trainer(engine, model.init(jax.random.PRNGKey(0)), optax.adam(1e-3))
     seen = set()
     for b in batches:  # warm-up: one mini-batch per new (op, bucket, slice pattern) set
@@ -275,7 +275,7 @@ def test_no_compilation_after_warm_up_across_100_minibatches_of_varying_shape(ca
 @pytest.mark.parametrize(
     "make_engine",
     [
-        eb.Engine,
+        eb.StepwiseEngine,
         lambda ops: eb.FusedEngine(ops, max_lanes=4),
         lambda ops: eb.FusedEngine(ops, max_lanes=4, fine_lanes=True),
     ],
@@ -309,7 +309,7 @@ def _small_fused(ops):
     return eb.FusedEngine(ops, max_lanes=4)
 
 
-@pytest.mark.parametrize("make_engine", [eb.Engine, _small_fused], ids=["stepwise", "fused"])
+@pytest.mark.parametrize("make_engine", [eb.StepwiseEngine, _small_fused], ids=["stepwise", "fused"])
 def test_vjp_leaves_the_callers_cotangents_intact(make_engine):
     """Cotangents handed to the custom VJP are the caller's: the backward sweep must not update them in place."""
     model, params, graph = _tree_setup(synthetic_sst(3, seed=2), hidden=8)
@@ -328,16 +328,32 @@ def test_vjp_leaves_the_callers_cotangents_intact(make_engine):
 def test_symbolic_zero_cotangents_become_none_or_zeros():
     from jax.custom_derivatives import SymbolicZero
 
-    from edbatch_jax.engine.stepwise import _instantiate
+    from edbatch_jax.engine.common import instantiate_zeros
 
     z = SymbolicZero(jax.core.ShapedArray((3, 2), jnp.float32))
-    assert _instantiate({"h": z, "c": z}) is None
-    mixed = _instantiate({"h": z, "c": jnp.ones(4)})
+    assert instantiate_zeros({"h": z, "c": z}) is None
+    mixed = instantiate_zeros({"h": z, "c": jnp.ones(4)})
     np.testing.assert_array_equal(mixed["h"], np.zeros((3, 2), np.float32))
     np.testing.assert_array_equal(mixed["c"], np.ones(4, np.float32))
 
 
-@pytest.mark.parametrize("make_engine", [eb.Engine, _small_fused], ids=["stepwise", "fused"])
+def test_engine_is_the_abstract_base_and_constructing_it_still_builds_a_stepwise_engine():
+    """``eb.Engine(ops)`` (the old spelling) warns and gives a working stepwise engine; both engines are Engines."""
+    graph = _random_dag(np.random.default_rng(0), 1)
+    ops = _dag_ops()
+    params = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
+    sched = eb.schedule(graph, "agenda")
+    heads = graph.nodes_of_type("head")
+    with pytest.warns(DeprecationWarning, match="eb.StepwiseEngine"):
+        engine = eb.Engine(ops, min_capacity=32)
+    assert type(engine) is eb.StepwiseEngine and engine.min_capacity == 32
+    _assert_trees_close(
+        engine.run(params, graph, sched, outputs=heads), eb.run_unbatched(ops, params, graph, outputs=heads), **TOL
+    )
+    assert isinstance(eb.FusedEngine(ops), eb.Engine) and isinstance(eb.StepwiseEngine(ops), eb.Engine)
+
+
+@pytest.mark.parametrize("make_engine", [eb.StepwiseEngine, _small_fused], ids=["stepwise", "fused"])
 def test_concrete_params_skip_the_custom_vjp_with_equal_values(make_engine):
     model, params, graph = _tree_setup(synthetic_sst(3, seed=4), hidden=8)
     sched = eb.schedule(graph, "agenda")

@@ -389,7 +389,7 @@ def test_run_unbatched_arity_mismatch_names_node_and_op():
     with pytest.raises(eb.OpError, match=r"node 1 \(op 'internal'\) has 0 argument\(s\) but the op takes at least 1"):
         eb.run_unbatched(ops, {}, b.build())
     with pytest.raises(eb.OpError, match=r"node 1 \(op 'internal'\) has 0 argument"):
-        eb.Engine(ops).run({}, b.build(), eb.schedule(b.build(), "agenda"))
+        eb.StepwiseEngine(ops).run({}, b.build(), eb.schedule(b.build(), "agenda"))
 
 
 def test_variadic_function_without_aggregate_is_rejected():

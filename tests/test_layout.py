@@ -49,7 +49,7 @@ CHAIN_PARAMS = {"h0": jnp.linspace(-1, 1, 4), "e": jnp.linspace(0.5, 1.5, 4), "W
 
 
 def _check(ops, params, graph, sched, outputs, layout, reduce=jnp.sum):
-    engine = eb.Engine(ops)
+    engine = eb.StepwiseEngine(ops)
     f1 = lambda p: reduce(engine.run(p, graph, sched, outputs, layout))
     f0 = lambda p: reduce(eb.run_unbatched(ops, p, graph, outputs=outputs))
     v1, g1 = jax.value_and_grad(f1)(params)
@@ -139,7 +139,7 @@ def test_planned_layout_gathers_fewer_bytes_than_schedule_order_on_trees_and_lat
     ]
     for model, graph, variadic in cases:
         sched = eb.schedule(graph, "typewise")
-        engine = eb.Engine(model.ops)
+        engine = eb.StepwiseEngine(model.ops)
         params = model.init(jax.random.PRNGKey(0))
         planned = engine.plan(params, graph, sched, eb.plan_layout(graph, sched, variadic))
         dynet = engine.plan(params, graph, sched, None)
@@ -150,7 +150,7 @@ def test_planned_layout_gathers_fewer_bytes_than_schedule_order_on_trees_and_lat
 def test_layout_errors_name_the_problem():
     graph = chain_graph([2, 3])
     sched = eb.schedule(graph, "agenda")
-    engine = eb.Engine(CHAIN_OPS)
+    engine = eb.StepwiseEngine(CHAIN_OPS)
     plan = eb.plan_layout(graph, sched)
     other = eb.plan_layout(chain_graph([2]), eb.schedule(chain_graph([2]), "agenda"))
     with pytest.raises(ValueError, match="positions for a graph of"):

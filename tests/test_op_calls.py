@@ -27,7 +27,7 @@ OPS = {
 PARAMS = {"w": jnp.ones((4, 3)), "v": jnp.ones((3, 3))}
 
 
-@pytest.mark.parametrize("engine_cls", [eb.Engine, eb.FusedEngine])
+@pytest.mark.parametrize("engine_cls", [eb.StepwiseEngine, eb.FusedEngine])
 def test_plan_flops_counts_real_nodes_only(engine_cls):
     engine = engine_cls(OPS)
     graph = _chains(5, 3)  # the 5 leaves run as one batch padded to 8 lanes

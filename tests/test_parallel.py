@@ -80,7 +80,7 @@ def test_sharded_loss_and_grads_equal_the_whole_minibatch_unbatched(setup, fused
     devices = shard_devices(2)
     shards = make_shards(trees, 2, build, "agenda")
     assert [s.graph.num_instances for s in shards] == [3, 3]
-    engines = fused_engines if engine_kind == "fused" else [eb.Engine(model.ops) for _ in devices]
+    engines = fused_engines if engine_kind == "fused" else [eb.StepwiseEngine(model.ops) for _ in devices]
     trainer = ShardedTrainer(engines, jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices)
     v1, g1 = trainer.loss_and_grads(shards)
     np.testing.assert_allclose(v1, v0, **TOL)
@@ -138,7 +138,7 @@ def test_sharded_trainer_rejects_mismatched_shards(setup):
     model, params, trees, build, _ = setup
     devices = shard_devices(2)
     trainer = ShardedTrainer(
-        [eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices
+        [eb.StepwiseEngine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices
     )
     with pytest.raises(ValueError, match="3 shards for 2 engines"):
         trainer.loss_and_grads(make_shards(trees, 3, build, "agenda"))
@@ -155,7 +155,7 @@ def test_assigned_parameters_reach_every_device(setup):
     model, params, trees, build, _ = setup
     devices = shard_devices(2)
     trainer = ShardedTrainer(
-        [eb.Engine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices
+        [eb.StepwiseEngine(model.ops) for _ in devices], jax.tree.map(jnp.copy, params), optax.sgd(0.1), devices
     )
     restored = jax.tree.map(lambda x: np.asarray(x) + 1.0, params)  # host arrays, as a checkpoint gives
     trainer.params = restored

@@ -18,7 +18,7 @@ from test_engine import _dag_ops, _random_dag
 
 import edbatch_jax as eb
 from edbatch_jax.engine.buckets import bucket, fine_bucket_array
-from edbatch_jax.engine.stepwise import _sig_bytes
+from edbatch_jax.engine.common import signature_bytes
 
 PARAMS = {"a": jnp.float32(0.7), "b": jnp.arange(3, dtype=jnp.float32) / 3, "w": jnp.ones(3) * 0.5}
 _BRANCH, _OUT, _VALID, _PAY, _SEG, _IDX = range(6)
@@ -62,11 +62,11 @@ def _setup(seed, policy, layout_kind):
 )
 def test_rows_and_steps_agree_with_per_batch_definitions(seed, policy, layout_kind):
     graph, ops, sched, layout = _setup(seed, policy, layout_kind)
-    engine = eb.Engine(ops)
+    engine = eb.StepwiseEngine(ops)
     plan = engine.plan(PARAMS, graph, sched, layout)
     rows = plan.rows
     want = _batches_by_definition(graph, sched, plan, ops, allow_slices=layout != "gather")
-    row_bytes = [_sig_bytes(s) for s in plan.signatures]
+    row_bytes = [signature_bytes(s) for s in plan.signatures]
     need = np.zeros(len(plan.signatures), np.int64)
     gathers = gathered_bytes = operands = 0
     assert rows.num_batches == plan.num_steps == len(want) == len(plan.steps)
@@ -172,7 +172,7 @@ def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind
 def test_a_layout_that_splits_a_batch_is_refused_naming_it():
     graph, ops, sched, _ = _setup(0, "agenda", "dynet")
     layout = eb.plan_layout(graph, sched, {name for name, op in ops.items() if op.variadic})
-    buffer_of = eb.Engine(ops).plan(PARAMS, graph, sched).node_buffer
+    buffer_of = eb.StepwiseEngine(ops).plan(PARAMS, graph, sched).node_buffer
     # the widest batch whose buffer holds other nodes too: its first node to the front, its second to the back
     b = next(
         b
@@ -185,4 +185,4 @@ def test_a_layout_that_splits_a_batch_is_refused_naming_it():
     position[nodes[0]], position[nodes[1]] = position.min() - 1, position.max() + 1
     broken = dataclasses.replace(layout, position=position)
     with pytest.raises(ValueError, match=rf"batch {b} \({sched.batches[b][0]!r}\) in consecutive rows"):
-        eb.Engine(ops).plan(PARAMS, graph, sched, broken)
+        eb.StepwiseEngine(ops).plan(PARAMS, graph, sched, broken)

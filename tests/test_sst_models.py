@@ -39,7 +39,7 @@ def _kit(name: str):
     """
     model = MODELS[name](vocab_size=VOCAB_SIZE, hidden=HIDDEN, embed=HIDDEN)
     ops = model.ops
-    return model, ops, model.init(jax.random.PRNGKey(0)), eb.Engine(ops, min_capacity=CAPACITY)
+    return model, ops, model.init(jax.random.PRNGKey(0)), eb.StepwiseEngine(ops, min_capacity=CAPACITY)
 
 
 def _trees(data: str) -> list[Tree]:

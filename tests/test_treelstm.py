@@ -19,7 +19,7 @@ def test_training_lowers_the_loss_and_beats_the_majority_class():
     model = TreeLSTM(vocab_size=len(vocab), hidden=32, embed=32)
     batches = [make_minibatch(model.batch_graph(train[i : i + 64], vocab)) for i in range(0, 512, 64)]
     dev_batches = [make_minibatch(model.batch_graph(dev[i : i + 64], vocab)) for i in range(0, 128, 64)]
-    trainer = Trainer(eb.Engine(model.ops), model.init(jax.random.PRNGKey(0)), optax.adam(0.01))
+    trainer = Trainer(eb.StepwiseEngine(model.ops), model.init(jax.random.PRNGKey(0)), optax.adam(0.01))
     before = trainer.evaluate(dev_batches)
     losses = [trainer.step(batches[k % len(batches)]) for k in range(48)]
     after = trainer.evaluate(dev_batches)

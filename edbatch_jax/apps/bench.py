@@ -64,7 +64,7 @@ from edbatch_jax.training import (
     variadic_ops,
 )
 from edbatch_jax.training.parallel import ShardedTrainer, make_shards, shard_devices, sharded_loss, split_instances
-from edbatch_jax.zoo.workloads import Workload, default_policy_path
+from edbatch_jax.zoo.workloads import Workload
 
 __all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
 
@@ -159,12 +159,8 @@ class BenchResult:
 
 
 def resolve_policy(name: str, work: Workload):
-    """A policy name, ``"fsm"`` (the shipped policy of the workload) or a policy file path."""
-    if name == "fsm":
-        return eb.FSMPolicy.load(default_policy_path(work.name), op_types=work.op_types)
-    if name.endswith(".json"):
-        return eb.FSMPolicy.load(name, op_types=work.op_types)
-    return name
+    """A policy name, ``"fsm"`` (the workload's shipped policy) or a policy file: :meth:`Workload.resolve_policy`."""
+    return work.resolve_policy(name)
 
 
 def _peak_rss_mb() -> float:

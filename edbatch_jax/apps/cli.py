@@ -77,7 +77,7 @@ def demo(args: argparse.Namespace) -> int:
         f"for {len(train_batches)} mini-batches; graphs are reused across epochs"
     )
 
-    engine = eb.Engine(model.ops)
+    engine = eb.StepwiseEngine(model.ops)
     schedule_fn = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, args.steps // 5 + 1), max(args.steps, 2))
     trainer = Trainer(engine, model.init(jax.random.PRNGKey(args.seed)), optax.adam(schedule_fn))
     bar = tqdm(range(args.steps), desc="training", unit="step", disable=args.quiet)
@@ -95,7 +95,7 @@ def demo(args: argparse.Namespace) -> int:
 
     shipped = default_policy_path("treelstm")
     if shipped.exists():  # the learned FSM shipped in policies/
-        policies["fsm"] = eb.FSMPolicy.load(shipped, op_types=model.op_types)
+        policies["fsm"] = eb.resolve_policy("fsm", model.op_types, shipped=shipped)
     for name, policy in policies.items():
         if policy is None:
             lb = float(np.mean([eb.lower_bound(g) for g in eval_graphs]))
@@ -482,7 +482,7 @@ def workloads_table(args: argparse.Namespace) -> int:
                 if not policy_file.exists():
                     cells.append("—")
                     continue
-                policy = eb.FSMPolicy.load(policy_file, op_types=work.op_types)
+                policy = work.resolve_policy("fsm")
             b = float(np.mean([eb.schedule(g, policy).num_batches for g in graphs]))
             cells.append(f"{b:.1f} ({b / lb:.2f}x)")
         nodes = float(np.mean([g.num_nodes for g in graphs]))

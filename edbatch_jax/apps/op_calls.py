@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.engine.stepwise import Engine, ExecutionPlan, _combine, _struct
+from edbatch_jax.engine.base import Engine
+from edbatch_jax.engine.common import combine, signature_struct
+from edbatch_jax.engine.stepwise import ExecutionPlan
 
 __all__ = ["op_calls_ms", "plan_flops", "matmul_gflops"]
 
@@ -38,14 +40,14 @@ def _batched_call(engine: Engine, plan: ExecutionPlan, step, params, train: bool
     """``(fn, args)``: the step's op call alone (and its pullback when ``train``), jitted."""
     op = engine.ops[step.op]
     rows = step.lanes if step.segments is None else int(step.segments.shape[0])
-    gathered = tuple(_zeros(_struct(plan.signatures[b], (rows,))) for b in step.operand_buffers)
+    gathered = tuple(_zeros(signature_struct(plan.signatures[b], (rows,))) for b in step.operand_buffers)
     payload = jax.tree.map(jnp.asarray, step.payload)
     segments = None if step.segments is None else jnp.asarray(step.segments)
     mask = jnp.asarray(step.mask)
     p = op.select_params(params)
 
     def forward(p, payload, gathered):
-        return _combine(op, p, payload, gathered, segments, mask)
+        return combine(op, p, payload, gathered, segments, mask)
 
     if not train:
         return jax.jit(forward), (p, payload, gathered)

@@ -1,21 +1,43 @@
 """Layer 4, execution: ops (what one node computes), the two batched engines and the unbatched reference.
 
-:class:`Op` and the Flax adapters (:mod:`edbatch_jax.engine.flax_ops`,
-imported on first use), the stepwise engine (one jitted call per batch) and
-the fused engine (one XLA program per schedule), :func:`run` and
-:func:`run_unbatched`, the bucketing ladder and the persistent compile cache.
+Modules:
+
+* :mod:`~edbatch_jax.engine.ops`: :class:`Op` (one node's computation) and
+  its checks; :mod:`~edbatch_jax.engine.flax_ops`: the Flax adapters
+  (``linen_op``, ``nnx_op``, ``NNXCells``; imported on first use, the only
+  engine module that imports Flax);
+* :mod:`~edbatch_jax.engine.base`: :class:`Engine`, the abstract engine
+  protocol (``plan``, ``execute``, ``value_and_grad``, ``precompile``,
+  ``run``) and what both engines share (plan cache, buffer planning, the
+  custom VJP);
+* :mod:`~edbatch_jax.engine.stepwise`: :class:`StepwiseEngine` (one jitted
+  call per batch), its :class:`ExecutionPlan`, :func:`run` and
+  :func:`engine_for`;
+* :mod:`~edbatch_jax.engine.fused`: :class:`FusedEngine` (one XLA program
+  per schedule) and its :class:`FusedPlan`;
+* :mod:`~edbatch_jax.engine.common`: the helpers both engines use (state
+  structures, buffer rows, the batched op call, gradient assembly,
+  precompilation);
+* :mod:`~edbatch_jax.engine.rows`: the whole-schedule row arrays of a plan;
+  :mod:`~edbatch_jax.engine.buckets`: the bucketing ladder;
+* :mod:`~edbatch_jax.engine.reference`: :func:`run_unbatched`, node by node;
+* :mod:`~edbatch_jax.engine.compile_cache`: the persistent compile cache.
+
+Imports only the layers above it (graph, scheduling, layout); neither Flax
+(outside ``flax_ops``) nor optax.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from edbatch_jax.engine.base import Engine
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.compile_cache import enable_compile_cache
-from edbatch_jax.engine.fused import FusedEngine
+from edbatch_jax.engine.fused import FusedEngine, FusedPlan
 from edbatch_jax.engine.ops import Op, OpError, as_op, as_ops
 from edbatch_jax.engine.reference import run_unbatched
-from edbatch_jax.engine.stepwise import Engine, ExecutionPlan, StepwiseEngine, engine_for, run, state_signature
+from edbatch_jax.engine.stepwise import ExecutionPlan, StepwiseEngine, engine_for, run, state_signature
 
 _FLAX = ("NNXCells", "linen_op", "nnx_op")
 
@@ -30,6 +52,7 @@ __all__ = [
     "Engine",
     "ExecutionPlan",
     "FusedEngine",
+    "FusedPlan",
     "NNXCells",
     "Op",
     "OpError",

@@ -1,6 +1,6 @@
-"""The fused executor: a whole schedule as one XLA program.
+"""The fused engine: a whole schedule as one XLA program.
 
-The stepwise :class:`~edbatch_jax.engine.Engine` dispatches one jitted call
+The stepwise :class:`~edbatch_jax.engine.stepwise.StepwiseEngine` dispatches one jitted call
 per batch; on a CPU each call costs a few hundred microseconds of runtime
 overhead beyond its arithmetic, which dominates the many narrow batches of a
 tree or lattice schedule. :class:`FusedEngine` runs the same plan as a single
@@ -59,33 +59,39 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
+from edbatch_jax.engine.base import Engine
 from edbatch_jax.engine.buckets import bucket, bucket_array, fine_bucket_array, fine_ladder
-from edbatch_jax.engine.ops import Op, OpError
-from edbatch_jax.engine.stepwise import (
-    Engine,
-    ExecutionPlan,
-    _assemble_grads,
-    _buffer_structs,
-    _check_cotangents,
-    _combine,
-    _compile_once,
-    _mask_rows,
-    _placement,
-    _struct,
-    _take_rows,
-    _zeros,
+from edbatch_jax.engine.common import (
+    PyTree,
+    add_rows,
+    assemble_grads,
+    buffer_structs,
+    check_cotangents,
+    combine,
+    compile_once,
+    mask_rows,
+    placement,
+    read_rows,
+    signature_struct,
+    take_rows,
+    write_rows,
+    zero_buffer,
+    zeros_of,
 )
+from edbatch_jax.engine.ops import Op, OpError
+from edbatch_jax.engine.stepwise import ExecutionPlan
+from edbatch_jax.graph import Graph
+from edbatch_jax.layout.planner import LayoutPlan
+from edbatch_jax.scheduling.schedule import Schedule
 
-PyTree = Any
-
-__all__ = ["FusedEngine"]
+__all__ = ["FusedEngine", "FusedPlan", "FusedTables"]
 
 # descriptor columns
 _BRANCH, _OUT, _VALID, _PAY, _SEG, _IDX = range(6)
@@ -128,6 +134,21 @@ class FusedTables:
         return next(iter(self.packed.values()))[0]
 
 
+@dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
+class FusedPlan(ExecutionPlan):
+    """The plan of a :class:`FusedEngine`: an :class:`~edbatch_jax.engine.stepwise.ExecutionPlan` and its tables.
+
+    Its :attr:`steps` are cut only when asked for (their index arrays stay
+    on the host: the fused programs read :attr:`tables`).
+
+    Attributes:
+      tables: the descriptor, index and payload tables the fused programs
+        run (:class:`FusedTables`, with their device copy).
+    """
+
+    tables: FusedTables
+
+
 def _ramp(counts: np.ndarray) -> np.ndarray:
     """``concatenate([arange(c) for c in counts])``, vectorised."""
     counts = np.asarray(counts, np.int64)
@@ -136,7 +157,7 @@ def _ramp(counts: np.ndarray) -> np.ndarray:
 
 
 class FusedEngine(Engine):
-    """An :class:`Engine` that runs each schedule as one XLA program.
+    """An :class:`~edbatch_jax.engine.base.Engine` that runs each schedule as one XLA program.
 
     Same interface and results as the stepwise engine (``plan``, ``execute``,
     ``run``; values and gradients equal to unbatched execution). Works under
@@ -224,7 +245,14 @@ class FusedEngine(Engine):
         self._lengths[name] = size
         return size
 
-    def _build_plan(self, params, params_sig, graph, schedule, layout=None) -> ExecutionPlan:
+    def _build_plan(
+        self,
+        params: PyTree,
+        params_sig: tuple,
+        graph: Graph,
+        schedule: Schedule,
+        layout: LayoutPlan | Literal["gather"] | None,
+    ) -> FusedPlan:
         for name, tree in zip(graph.op_types, graph.payloads):  # checked before anything is registered
             known = self._payload_structs.get(name)
             if tree is None or known is None:
@@ -235,8 +263,8 @@ class FusedEngine(Engine):
                     f"op {name!r}: this graph's payloads are {struct}, but this engine's programs were "
                     f"made for {known}; one op type keeps one payload structure (leaf shapes and dtypes)"
                 )
-        plan = self._plan_rows(params, params_sig, graph, schedule, layout, device=False)
-        rows = plan.rows
+        buffers = self._plan_buffers(params, params_sig, graph, schedule, layout)
+        rows = buffers.rows
         var_c, chunk_ptr, chunk_batch, c0, valid, lanes, erows = self._chunk_arrays(rows)
         chunk_type = rows.batch_type[chunk_batch]
 
@@ -318,7 +346,7 @@ class FusedEngine(Engine):
         tables = FusedTables(desc, num_chunks, flat_idx, payloads, tuple(np.unique(branch).tolist()), lane_rows)
         self._layout = self._table_layout()
         self._device_tables(tables)  # on the (default) device now: a plan is made ahead of its execution
-        return dataclasses.replace(plan, tables=tables)
+        return FusedPlan.from_buffers(buffers, graph, steps_on_device=False, tables=tables)
 
     def _chunk_arrays(self, rows) -> tuple[np.ndarray, ...]:
         """Chunks of every batch: ``(variable arity?, batch's first chunk, batch, first lane, valid lanes, lanes,
@@ -413,7 +441,7 @@ class FusedEngine(Engine):
         return hit
 
     # ------------------------------------------------------------------ programs
-    def _program(self, plan: ExecutionPlan, kind: str):
+    def _program(self, plan: FusedPlan, kind: str):
         """The jitted ``"forward"``, ``"forward_saving"`` or ``"backward"`` program of the current branch set."""
         keys = self.branch_keys
         pkey = (kind, keys, plan.signatures, plan.capacities, self._layout)
@@ -436,7 +464,7 @@ class FusedEngine(Engine):
             payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, d[_PAY], lanes, 0), payloads[name])
         segments = None if erows is None else jax.lax.dynamic_slice_in_dim(flat_idx, d[_SEG], erows, 0)
         gathered = [
-            _take_rows(bufs[b], jax.lax.dynamic_slice_in_dim(flat_idx, d[_IDX + j], rows, 0))
+            take_rows(bufs[b], jax.lax.dynamic_slice_in_dim(flat_idx, d[_IDX + j], rows, 0))
             for j, b in enumerate(in_bufs)
         ]
         return mask, payload, segments, gathered
@@ -444,7 +472,7 @@ class FusedEngine(Engine):
     def _pullback(self, op: Op, params, payload, gathered, segments, mask):
         """``(outputs, pullback)`` of one chunk's batched op call, by ``jax.vjp``; under ``save_residuals`` the
         pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs."""
-        fn = lambda p, g: _combine(op, p, payload, g, segments, mask)
+        fn = lambda p, g: combine(op, p, payload, g, segments, mask)
         if self.save_residuals is not None:
             fn = jax.checkpoint(fn, policy=self.save_residuals)
         return jax.vjp(fn, params, gathered)
@@ -473,7 +501,7 @@ class FusedEngine(Engine):
             args = (
                 sub,
                 payload,
-                [_struct(signatures[b], (rows,)) for b in in_bufs],
+                [signature_struct(signatures[b], (rows,)) for b in in_bufs],
                 jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
                 jax.ShapeDtypeStruct((lanes,), jnp.bool_),
             )
@@ -496,7 +524,7 @@ class FusedEngine(Engine):
         self._saved_layouts[name] = tuple(layout)
         return self._saved_layouts[name]
 
-    def _make_forward(self, keys: tuple, plan: ExecutionPlan, layout: tuple, store: bool):
+    def _make_forward(self, keys: tuple, plan: FusedPlan, layout: tuple, store: bool):
         """The forward program; with ``store`` it also fills and returns ``saved``, the residual tables of every
         op type (:meth:`_saved_layout`; donated: their contents are overwritten where read, never read first)."""
         signatures, capacities = plan.signatures, plan.capacities
@@ -520,15 +548,10 @@ class FusedEngine(Engine):
                         )
                     saved = saved[:slot] + (tuple(kept),) + saved[slot + 1 :]
                 else:
-                    y = _combine(op, sub, payload, gathered, segments, mask)
-
-                def write(b, v):
-                    old = jax.lax.dynamic_slice_in_dim(b, d[_OUT], v.shape[0], 0)
-                    keep = mask.reshape((-1,) + (1,) * (v.ndim - 1))
-                    return jax.lax.dynamic_update_slice_in_dim(b, jnp.where(keep, v.astype(b.dtype), old), d[_OUT], 0)
+                    y = combine(op, sub, payload, gathered, segments, mask)
 
                 bufs = list(bufs)
-                bufs[key[1]] = jax.tree.map(write, bufs[key[1]], y)
+                bufs[key[1]] = write_rows(bufs[key[1]], d[_OUT], y, mask)
                 return tuple(bufs), saved
 
             return run
@@ -540,7 +563,7 @@ class FusedEngine(Engine):
             t = _unpack(ints, layout)
             desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
             payloads = self._packed_payloads(t, payloads)
-            bufs = tuple(_zeros(sig, cap) for sig, cap in zip(signatures, capacities))
+            bufs = tuple(zero_buffer(sig, cap) for sig, cap in zip(signatures, capacities))
 
             def body(i, carry):
                 d = desc[i]
@@ -550,7 +573,7 @@ class FusedEngine(Engine):
 
         return _jit(forward, donate_argnums=3)
 
-    def _make_backward(self, keys: tuple, plan: ExecutionPlan, layout: tuple):
+    def _make_backward(self, keys: tuple, plan: FusedPlan, layout: tuple):
         grad_keys = tuple(dict.fromkeys(self.ops[k[0]].params_key for k in keys))
         owner = {self.ops[k[0]].params_key: self.ops[k[0]] for k in keys}
         names = tuple(dict.fromkeys(k[0] for k in keys))
@@ -567,8 +590,7 @@ class FusedEngine(Engine):
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 lanes = mask.shape[0]
                 out_b, in_bufs = key[1], key[2]
-                ct_out = jax.tree.map(lambda c: jax.lax.dynamic_slice_in_dim(c, d[_OUT], lanes, 0), ct_bufs[out_b])
-                ct_out = _mask_rows(ct_out, mask)
+                ct_out = mask_rows(read_rows(ct_bufs[out_b], d[_OUT], lanes), mask)
                 pullback = self._stored_pullback(
                     key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
                 )
@@ -581,7 +603,7 @@ class FusedEngine(Engine):
                 rows = lanes if key[5] is None else key[5]
                 for j, (b, g) in enumerate(zip(in_bufs, g_operands)):
                     idx = jax.lax.dynamic_slice_in_dim(flat_idx, d[_IDX + j], rows, 0)
-                    ct_bufs[b] = jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), ct_bufs[b], g)
+                    ct_bufs[b] = add_rows(ct_bufs[b], idx, g)
                 return tuple(ct_bufs), tuple(accs)
 
             return run
@@ -595,7 +617,8 @@ class FusedEngine(Engine):
                 e[1]: (t[("count", e[1])], t[e]) for e, _ in layout if isinstance(e, tuple) and e[0] == "lanes"
             }
             ct_bufs = tuple(  # a buffer no loss reads: its zero cotangents are made here, not passed in
-                _zeros(sig, cap) if c is None else c for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
+                zero_buffer(sig, cap) if c is None else c
+                for c, sig, cap in zip(ct_bufs, plan.signatures, plan.capacities)
             )
             saved = saved if saved is not None else tuple(() for _ in names)
             # op types whose parameter gradients wait for the end of the loop: fixed arity, with stored residuals
@@ -631,7 +654,7 @@ class FusedEngine(Engine):
                     )
                     key = self.ops[n].params_key
                     grads[key] = g if key not in grads else jax.tree.map(jnp.add, grads[key], g)
-            return _assemble_grads(params, grads)  # in the program: no eager adds
+            return assemble_grads(params, grads)  # in the program: no eager adds
 
         return _jit(backward)
 
@@ -650,7 +673,7 @@ class FusedEngine(Engine):
         for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, lanes):
             rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
             if masked:
-                rows = _mask_rows(rows, mask)
+                rows = mask_rows(rows, mask)
             leaves[i] = jnp.moveaxis(rows, 0, k)
         return jax.tree.unflatten(treedef, leaves)
 
@@ -669,8 +692,8 @@ class FusedEngine(Engine):
             payload = None
             if has_payload:
                 payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, at, block, 0), payloads[name])
-            gathered = [_take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
-            ct_out = _mask_rows(_take_rows(ct_bufs[out_b], rows[:, 1]), mask)
+            gathered = [take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
+            ct_out = mask_rows(take_rows(ct_bufs[out_b], rows[:, 1]), mask)
             pullback = self._stored_pullback(
                 key, params, payload, gathered, None, mask, saved, at, signatures, masked=True
             )
@@ -680,41 +703,41 @@ class FusedEngine(Engine):
         zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
         return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)
 
-    def precompile(self, params, plan: ExecutionPlan, cotangents=None) -> int:
+    def precompile(self, params, plan: FusedPlan, cotangents=None) -> int:
         """:meth:`Engine.precompile`: the forward program (inference), or the forward program that stores
         residuals and the backward program (training), at the engine's current table lengths; the plan's tables
         are packed and put on the device now, and the zeroed residual tables of the first step allocated."""
-        _check_cotangents(plan, cotangents)
+        check_cotangents(plan, cotangents)
         ints, payloads = self._device_tables(plan.tables)
         if cotangents is None or self.save_residuals is None:
             forward = self._program(plan, "forward")
-            compiled = _compile_once(self._compiled, forward, params, ints, payloads, self._no_saved())
+            compiled = compile_once(self._compiled, forward, params, ints, payloads, self._no_saved())
             saved = None
         else:
             structs = self._saved_structs(params, plan)
-            spare = (structs, _placement(params))
+            spare = (structs, placement(params))
             if spare not in self._spare_saved:  # what the first forward pass would allocate
-                self._spare_saved[spare] = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
+                self._spare_saved[spare] = zeros_of(structs)
             forward = self._program(plan, "forward_saving")
-            compiled = _compile_once(self._compiled, forward, params, ints, payloads, structs)
+            compiled = compile_once(self._compiled, forward, params, ints, payloads, structs)
             saved = structs
         if cotangents is None:
             return compiled
-        bufs = _buffer_structs(plan)
+        bufs = buffer_structs(plan)
         ct_bufs = tuple(b if c else None for b, c in zip(bufs, cotangents))
         backward = self._program(plan, "backward")
-        return compiled + _compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
+        return compiled + compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
 
     # ------------------------------------------------------------------ execution
     def _no_saved(self) -> tuple:
         """The forward program's residual tables when it keeps none: one empty tuple per op type."""
         return tuple(() for _ in dict.fromkeys(k[0] for k in self.branch_keys))
 
-    def _forward(self, plan: ExecutionPlan, params) -> tuple:
+    def _forward(self, plan: FusedPlan, params) -> tuple:
         forward = self._program(plan, "forward")
         return forward(params, *self._device_tables(plan.tables), self._no_saved())[0]
 
-    def _saved_structs(self, params, plan: ExecutionPlan) -> tuple:
+    def _saved_structs(self, params, plan: FusedPlan) -> tuple:
         """The residual tables at the engine's current row counts, per op type in the programs' order
         (``jax.ShapeDtypeStruct`` leaves)."""
         first_key = {k[0]: k for k in reversed(self.branch_keys)}
@@ -726,25 +749,23 @@ class FusedEngine(Engine):
             for n in dict.fromkeys(k[0] for k in self.branch_keys)
         )
 
-    def _forward_saving(self, plan: ExecutionPlan, params) -> tuple[tuple, Any]:
+    def _forward_saving(self, plan: FusedPlan, params) -> tuple[tuple, Any]:
         if self.save_residuals is None:
             return self._forward(plan, params), None
         structs = self._saved_structs(params, plan)
         # the last step's tables, handed back by _backward for parameters of the same placement
-        saved = self._spare_saved.pop((structs, _placement(params)), None)
+        saved = self._spare_saved.pop((structs, placement(params)), None)
         if saved is None:
-            saved = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), structs)
+            saved = zeros_of(structs)
         forward = self._program(plan, "forward_saving")
         return forward(params, *self._device_tables(plan.tables), saved)
 
-    def _backward(
-        self, plan: ExecutionPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None
-    ):
+    def _backward(self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None):
         backward = self._program(plan, "backward")
         grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._device_tables(plan.tables))
         if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
-            self._spare_saved = {(structs, _placement(params)): saved}  # (it waits for this program's reads)
+            self._spare_saved = {(structs, placement(params)): saved}  # (it waits for this program's reads)
         return grads
 
 

@@ -1,4 +1,10 @@
-"""Schedules and the policies that produce them."""
+"""Layer 2, scheduling: schedules (ordered batches of same-type nodes) and the policies that produce them.
+
+:func:`schedule` with a policy name or object; the heuristics (``depth``,
+``agenda`` as DyNet, ``typewise``), the ready-set :class:`Frontier` every
+dynamic policy steps through, and the schedule's validation. Imports only the
+graph layer.
+"""
 
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.policies import (
@@ -6,6 +12,7 @@ from edbatch_jax.scheduling.policies import (
     DepthPolicy,
     FrontierPolicy,
     Policy,
+    policy_names,
     register_policy,
     schedule,
 )
@@ -20,10 +27,11 @@ __all__ = [
     "Policy",
     "Schedule",
     "ScheduleError",
-    "register_policy",
-    "schedule",
     "TypewiseFrontier",
     "TypewisePolicy",
     "nearest_same_type_edges",
+    "policy_names",
+    "register_policy",
+    "schedule",
     "validate_schedule",
 ]

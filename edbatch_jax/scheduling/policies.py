@@ -25,7 +25,16 @@ from edbatch_jax.graph.analysis import node_depth
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.schedule import Schedule
 
-__all__ = ["Policy", "FrontierPolicy", "DepthPolicy", "AgendaPolicy", "schedule", "register_policy", "gc_paused"]
+__all__ = [
+    "AgendaPolicy",
+    "DepthPolicy",
+    "FrontierPolicy",
+    "Policy",
+    "gc_paused",
+    "policy_names",
+    "register_policy",
+    "schedule",
+]
 
 
 @contextlib.contextmanager
@@ -140,6 +149,11 @@ _REGISTRY: dict[str, Policy] = {"depth": DepthPolicy(), "agenda": AgendaPolicy()
 def register_policy(name: str, policy: Policy) -> None:
     """Makes ``policy`` reachable as ``schedule(graph, name)``."""
     _REGISTRY[name] = policy
+
+
+def policy_names() -> tuple[str, ...]:
+    """The names :func:`schedule` accepts (built in, and added with :func:`register_policy`)."""
+    return tuple(_REGISTRY)
 
 
 def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:

@@ -17,20 +17,61 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-import edbatch_jax as eb
+from edbatch_jax.engine import Engine
+from edbatch_jax.graph import Graph
+from edbatch_jax.scheduling import Policy
 from edbatch_jax.training.minibatch import MiniBatch, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.training.parallel import ShardedTrainer, make_shards, shard_devices
 from edbatch_jax.training.trainer import Trainer, make_engine
-from edbatch_jax.zoo.workloads import Workload
 
-__all__ = ["TrainConfig", "TrainResult", "train", "evaluate_nodes"]
+__all__ = ["TrainConfig", "TrainResult", "TrainableModel", "TrainingWorkload", "evaluate_nodes", "train"]
+
+
+class TrainableModel(Protocol):
+    """What :func:`train` needs of a model: its ops and an initialiser."""
+
+    @property
+    def ops(self) -> Mapping[str, Any]:
+        """Op type name -> op (:class:`~edbatch_jax.Op` or a per-node function)."""
+
+    def init(self, rng: jax.Array) -> Any:
+        """The parameter pytree for a PRNG key."""
+
+
+class TrainingWorkload(Protocol):
+    """What :func:`train` needs of a workload (a bundled :class:`edbatch_jax.zoo.workloads.Workload` is one).
+
+    A model, instances split into training and held-out mini-batches, the
+    graph of a list of instances, and policies by name.
+    """
+
+    model: TrainableModel
+    batch_size: int
+    source: str
+
+    def batch_graph(self, instances: Sequence[Any]) -> Graph:
+        """One batched graph of the given instances."""
+
+    def minibatch_instances(
+        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+    ) -> list[list]:
+        """The instances of every mini-batch of shuffled ``split`` (``"train"`` or ``"held_out"``)."""
+
+    def minibatches(
+        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+    ) -> list[Graph]:
+        """Batched graphs of shuffled ``split`` instances."""
+
+    def resolve_policy(self, spec: str | Policy) -> str | Policy:
+        """A policy for :func:`~edbatch_jax.schedule` from a name, a policy file or a policy."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +107,7 @@ class TrainResult:
     precompile_s: float = 0.0
 
 
-def evaluate_nodes(engine: eb.Engine, params, batches: list[MiniBatch]) -> dict:
+def evaluate_nodes(engine: Engine, params, batches: list[MiniBatch]) -> dict:
     """Mean loss per instance and accuracy over every loss node (argmax logits vs label)."""
     correct = total = 0
     loss_sum = 0.0
@@ -89,7 +130,7 @@ def _majority(batches: list[MiniBatch]) -> float:
     return float(np.bincount(labels).max() / max(labels.size, 1))
 
 
-def _prepare(work: Workload, graphs, policy, layout: str) -> list[MiniBatch]:
+def _prepare(work: TrainingWorkload, graphs, policy, layout: str) -> list[MiniBatch]:
     variadic = variadic_ops(work.model.ops)
     return [resolve_layout(layout, make_minibatch(g, policy), variadic) for g in graphs]
 
@@ -103,7 +144,7 @@ def _checkpointer(directory: str):
 
 
 def train(
-    work: Workload,
+    work: TrainingWorkload,
     config: TrainConfig,
     resume: bool = False,
     progress: Callable[[int, float, float], None] | None = None,
@@ -118,12 +159,10 @@ def train(
       progress: called after every step with ``(step, loss, instances_per_s)``.
       epoch_end: called after every evaluation with ``(epoch, metrics)``.
     """
-    from edbatch_jax.apps.bench import resolve_policy
-
     if config.shards < 1:
         raise ValueError(f"shards must be at least 1, got {config.shards}")
     size = config.batch_size or work.batch_size
-    policy = resolve_policy(config.policy, work)
+    policy = work.resolve_policy(config.policy)
     train_sets = work.minibatch_instances("train", size, seed=config.seed)
     if not train_sets:
         raise ValueError(f"no training mini-batch of {size} instances in {work.source}")

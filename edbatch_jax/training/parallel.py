@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import optax
 
-from edbatch_jax.engine.stepwise import Engine
+from edbatch_jax.engine.base import Engine
 from edbatch_jax.training.minibatch import MiniBatch, make_minibatch, resolve_layout
 from edbatch_jax.training.trainer import batched_loss, loss_and_grads
 

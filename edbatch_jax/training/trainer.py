@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from edbatch_jax.engine.base import Engine
 from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.common import buffer_structs, compile_once, output_nodes, sum_rows
 from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
-from edbatch_jax.engine.stepwise import Engine, _buffer_structs, _compile_once, _sum_rows, output_nodes
+from edbatch_jax.engine.stepwise import StepwiseEngine
 from edbatch_jax.training.minibatch import MiniBatch
 
 PyTree = Any
@@ -42,7 +44,7 @@ ENGINES = ("fused", "fused_fine", "fused_recompute", "fused_fine_recompute", "st
 ``fused_fine``: the same with the finer lane ladder (``fine_lanes=True``);
 ``..._recompute``: the same storing nothing (``save_residuals=None``: the
 backward program recomputes each chunk); ``stepwise``:
-:class:`edbatch_jax.Engine`, one jitted call per batch."""
+:class:`edbatch_jax.StepwiseEngine`, one jitted call per batch."""
 
 
 def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16) -> Engine:
@@ -58,7 +60,7 @@ def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16)
             **kwargs,
         )
     if name == "stepwise":
-        return Engine(ops, plan_cache_size=plan_cache_size)
+        return StepwiseEngine(ops, plan_cache_size=plan_cache_size)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
 
 
@@ -75,7 +77,7 @@ def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch, count: int | 
 @functools.partial(jax.jit, static_argnums=1)
 def _loss_grad(bufs: tuple, which: int, idx, mask, count):
     """:func:`batched_loss` from the state buffers and its cotangent (``None`` for the buffers it does not read)."""
-    loss, ct = jax.value_and_grad(lambda b: _sum_rows(b, idx, mask)["loss"] / count)(bufs[which])
+    loss, ct = jax.value_and_grad(lambda b: sum_rows(b, idx, mask)["loss"] / count)(bufs[which])
     return loss, tuple(ct if b == which else None for b in range(len(bufs)))
 
 
@@ -185,8 +187,8 @@ class Trainer:
         for batch, plan in zip(batches, plans):
             which, args = _loss_args(plan, batch, None)
             compiled += self.engine.precompile(self.params, plan, [b == which for b in range(len(plan.signatures))])
-            compiled += _compile_once(self._compiled, _loss_grad, _buffer_structs(plan), which, *args, tag=which)
-        return compiled + _compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
+            compiled += compile_once(self._compiled, _loss_grad, buffer_structs(plan), which, *args, tag=which)
+        return compiled + compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
 
     def step(self, batch: MiniBatch) -> float:
         """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""

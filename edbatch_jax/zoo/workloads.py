@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from edbatch_jax.fsm import resolve_policy
 from edbatch_jax.graph import Graph
+from edbatch_jax.scheduling import Policy
 
 __all__ = ["WORKLOADS", "Workload", "load_workload", "default_policy_path", "fsm_settings", "POLICY_DIR"]
 
 
 def _policy_dir() -> Path:
-    source = Path(__file__).resolve().parents[1] / "policies"  # a checkout or an editable install
+    source = Path(__file__).resolve().parents[2] / "policies"  # a checkout or an editable install
     if source.is_dir():
         return source
     return Path(sys.prefix) / "share" / "edbatch_jax" / "policies"  # a wheel installs them here
@@ -116,6 +118,15 @@ class Workload:
     def op_types(self) -> tuple[str, ...]:
         """The model's op type names."""
         return tuple(self.model.op_types)
+
+    @property
+    def policy_path(self) -> Path | None:
+        """The workload's shipped FSM policy file (may not exist; ``None`` for a workload not bundled)."""
+        return default_policy_path(self.name) if self.name in WORKLOADS else None
+
+    def resolve_policy(self, spec: str | os.PathLike | Policy) -> str | Policy:
+        """A policy by name (``"fsm"``: this workload's shipped policy); see :func:`~edbatch_jax.resolve_policy`."""
+        return resolve_policy(spec, self.op_types, shipped=self.policy_path)
 
     def minibatch_instances(
         self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0

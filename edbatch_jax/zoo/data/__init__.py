@@ -1,4 +1,4 @@
-"""Datasets of the bundled workloads: SST trees, NER lattices, WikiNER tags and synthetic generators."""
+"""Datasets of the bundled workloads: SST trees, NER lattices, WikiNER tags, synthetic generators; one vocabulary."""
 
 from edbatch_jax.zoo.data.lattice import (
     NUM_TAGS,

@@ -1,4 +1,4 @@
-"""Stanford Sentiment Treebank (SST) trees: parsing, vocabulary, synthetic data.
+"""Stanford Sentiment Treebank (SST) trees: parsing, synthetic data, statistics.
 
 The SST stores one PTB-style binary tree per line::
 
@@ -11,20 +11,23 @@ A parsed :class:`Tree` is a set of flat NumPy arrays in post-order (children
 before parents, root last), which is the layout dynamic-batching schedulers
 want: the node ``i`` only ever depends on nodes ``< i``.
 
+Their words map to ids with :class:`Vocabulary` (the zoo's one vocabulary,
+:class:`edbatch_jax.zoo.data.vocab.Vocabulary`, re-exported here).
+
 This module is pure NumPy/Python; it does not import JAX.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import itertools
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
+
+from edbatch_jax.zoo.data.vocab import UNK_TOKEN, Vocabulary
 
 __all__ = [
     "NUM_LABELS",
@@ -40,10 +43,6 @@ __all__ = [
 
 NUM_LABELS = 5
 """Number of sentiment classes (labels are ``0..4``)."""
-
-UNK_TOKEN = "<unk>"
-"""The token with id 0 in every :class:`Vocabulary`."""
-
 
 # ---------------------------------------------------------------------------
 # Tree
@@ -353,95 +352,6 @@ def read_sst(path: str | os.PathLike, *, limit: int | None = None) -> list[Tree]
             if limit is not None and len(trees) >= limit:
                 break
     return trees
-
-
-# ---------------------------------------------------------------------------
-# Vocabulary
-# ---------------------------------------------------------------------------
-
-
-class Vocabulary:
-    """Maps tokens to int ids; id 0 is `UNK_TOKEN`, used for unknown tokens.
-
-    Build one from trees with `Vocabulary.build`, or from a list of words in id
-    order with ``Vocabulary(words)`` (``words[k]`` gets id ``k + 1``).
-    """
-
-    def __init__(self, words: Iterable[str]):
-        self._itos: tuple[str, ...] = (UNK_TOKEN,) + tuple(words)
-        self._stoi = {w: i for i, w in enumerate(self._itos)}
-        if len(self._stoi) != len(self._itos):
-            raise ValueError(f"Vocabulary words must be unique and must not contain {UNK_TOKEN!r}.")
-
-    @classmethod
-    def build(cls, trees: Iterable[Tree], max_size: int | None = None, min_count: int = 1) -> Vocabulary:
-        """Builds a vocabulary from the tokens of ``trees``.
-
-        Words are sorted by descending frequency, ties broken alphabetically, so
-        the result is deterministic.
-
-        Args:
-          trees: the trees to count tokens in.
-          max_size: if given, the size of the vocabulary, `UNK_TOKEN` included
-            (the ``max_size - 1`` most frequent words are kept).
-          min_count: words seen fewer times than this are left out.
-
-        Returns:
-          The vocabulary.
-        """
-        if max_size is not None and max_size < 1:
-            raise ValueError(f"max_size must be >= 1 (room for {UNK_TOKEN!r}), got {max_size}.")
-        counts = collections.Counter()
-        for tree in trees:
-            counts.update(tree.words)
-        counts.pop(UNK_TOKEN, None)
-        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        if max_size is not None:
-            words = words[: max_size - 1]
-        return cls(words)
-
-    def __len__(self) -> int:
-        return len(self._itos)
-
-    def __contains__(self, token: str) -> bool:
-        return token in self._stoi
-
-    @property
-    def id_to_token(self) -> tuple[str, ...]:
-        """All tokens in id order; ``id_to_token[0] == UNK_TOKEN``."""
-        return self._itos
-
-    def lookup(self, token: str) -> int:
-        """Returns the id of ``token``, 0 (`UNK_TOKEN`) if it is unknown."""
-        return self._stoi.get(token, 0)
-
-    def encode(self, tree: Tree) -> np.ndarray:
-        """Token ids of the nodes of ``tree``.
-
-        Returns:
-          int32 ``[tree.num_nodes]``: the token id of each preterminal (0 for an
-          unknown token) and -1 for each binary node.
-        """
-        get = self._stoi.get
-        return np.fromiter(
-            (-1 if tok is None else get(tok, 0) for tok in tree.tokens), dtype=np.int32, count=tree.num_nodes
-        )
-
-    def encode_all(self, trees: Sequence[Tree]) -> np.ndarray:
-        """``np.concatenate([self.encode(t) for t in trees])``, in one pass over all their tokens.
-
-        Returns:
-          int32 ``[sum of num_nodes]``: the token ids of every tree's nodes, tree
-          after tree (0 for an unknown token, -1 for each binary node).
-        """
-        tokens = list(itertools.chain.from_iterable(t.tokens for t in trees))
-        ids = np.fromiter(map(self._stoi.get, tokens, itertools.repeat(0)), dtype=np.int32, count=len(tokens))
-        if trees:
-            ids[np.concatenate([t.left for t in trees]) >= 0] = -1
-        return ids
-
-    def __repr__(self) -> str:
-        return f"Vocabulary(size={len(self)})"
 
 
 # ---------------------------------------------------------------------------

@@ -10,14 +10,15 @@ The tag is what follows the *last* ``|`` of a token, so a word may contain
 outside tag ``O`` (84% of the tokens) and four entity tags.
 
 Only a development file exists (1696 sentences, 39007 tokens, 8504 distinct
-words); :func:`split_sentences` carves a held-out part out of it.
+words); :func:`split_sentences` carves a held-out part out of it. Words map to
+ids with :class:`WordVocabulary`, the zoo's one vocabulary
+(:class:`edbatch_jax.zoo.data.vocab.Vocabulary`); tags with :class:`TagVocabulary`.
 
 This module is pure NumPy/Python; it does not import JAX.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import os
@@ -26,7 +27,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from edbatch_jax.zoo.data.sst import UNK_TOKEN
+from edbatch_jax.zoo.data.vocab import UNK_TOKEN, Vocabulary
 
 __all__ = [
     "NUM_TAGS",
@@ -107,6 +108,11 @@ class Sentence:
     def __len__(self) -> int:
         return len(self.words)
 
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        """The tokens a :class:`~edbatch_jax.zoo.data.vocab.Vocabulary` encodes: the words."""
+        return self.words
+
     def __eq__(self, other):
         if not isinstance(other, Sentence):
             return NotImplemented
@@ -159,62 +165,8 @@ class TagVocabulary:
         return f"TagVocabulary({list(self._names)})"
 
 
-class WordVocabulary:
-    """Maps words to int ids; id 0 is :data:`UNK_TOKEN`, used for unknown words.
-
-    Build one from sentences with :meth:`build`, or from a list of words in id
-    order with ``WordVocabulary(words)`` (``words[k]`` gets id ``k + 1``).
-    """
-
-    def __init__(self, words: Iterable[str]):
-        self._itos: tuple[str, ...] = (UNK_TOKEN,) + tuple(words)
-        self._stoi = {w: i for i, w in enumerate(self._itos)}
-        if len(self._stoi) != len(self._itos):
-            raise ValueError(f"Vocabulary words must be unique and must not contain {UNK_TOKEN!r}.")
-
-    @classmethod
-    def build(cls, sentences: Iterable[Sentence], max_size: int | None = None, min_count: int = 1) -> WordVocabulary:
-        """The words of ``sentences`` by descending frequency (ties alphabetically).
-
-        Args:
-          sentences: the sentences to count words in.
-          max_size: if given, the size of the vocabulary, :data:`UNK_TOKEN`
-            included (the ``max_size - 1`` most frequent words are kept).
-          min_count: words seen fewer times than this are left out.
-        """
-        if max_size is not None and max_size < 1:
-            raise ValueError(f"max_size must be >= 1 (room for {UNK_TOKEN!r}), got {max_size}.")
-        counts = collections.Counter()
-        for s in sentences:
-            counts.update(s.words)
-        counts.pop(UNK_TOKEN, None)
-        words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-        if max_size is not None:
-            words = words[: max_size - 1]
-        return cls(words)
-
-    def __len__(self) -> int:
-        return len(self._itos)
-
-    def __contains__(self, word: str) -> bool:
-        return word in self._stoi
-
-    @property
-    def id_to_token(self) -> tuple[str, ...]:
-        """All words in id order; ``id_to_token[0] == UNK_TOKEN``."""
-        return self._itos
-
-    def lookup(self, word: str) -> int:
-        """The id of ``word``, 0 (:data:`UNK_TOKEN`) if it is unknown."""
-        return self._stoi.get(word, 0)
-
-    def encode(self, sentence: Sentence) -> np.ndarray:
-        """int32 ``[T]``: the word ids of ``sentence`` (0 for unknown words)."""
-        get = self._stoi.get
-        return np.fromiter((get(w, 0) for w in sentence.words), dtype=np.int32, count=len(sentence.words))
-
-    def __repr__(self) -> str:
-        return f"WordVocabulary(size={len(self)})"
+WordVocabulary = Vocabulary
+"""The word vocabulary of the tagged sentences: :class:`~edbatch_jax.zoo.data.vocab.Vocabulary` (the same class)."""
 
 
 # ---------------------------------------------------------------------------

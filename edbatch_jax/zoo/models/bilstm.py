@@ -42,26 +42,40 @@ Cells (``flax.linen``), H = hidden size, E = embedding size:
 
 States: ``{"x": f32[E]}`` for embed nodes, ``{"h": f32[H], "c": f32[H]}`` for
 init and LSTM nodes, ``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
+
+The embedding and LSTM cells live in :mod:`edbatch_jax.zoo.models.cells` (shared
+with the chain language model) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
-from edbatch_jax.engine.ops import Op
-from edbatch_jax.graph import Graph, GraphError
-from edbatch_jax.graph.csr import payload_rows
-from edbatch_jax.zoo.models.lattice import lstm_step
-from edbatch_jax.zoo.models.treelstm import LossCell, NNXLossCell
+from edbatch_jax.graph import Graph
+from edbatch_jax.zoo.models.base import CellSpec, EmbeddingModel, lstm_state
+from edbatch_jax.zoo.models.cells import (
+    EmbedCell,
+    LossCell,
+    LSTMCell,
+    NNXEmbedCell,
+    NNXLossCell,
+    NNXLSTMCell,
+    embed_spec,
+    lstm_spec,
+)
+from edbatch_jax.zoo.models.graphs import (
+    check_sequences,
+    instance_graph,
+    padded_csr,
+    sequence_layout,
+    token_positions,
+)
 
 __all__ = [
     "BILSTM_OP_TYPES",
@@ -81,17 +95,6 @@ BILSTM_OP_TYPES = ("init", "embed", "fwd1", "bwd1", "fwd2", "bwd2", "loss")
 """Op types of a BiLSTM tagger graph, in type-id order."""
 
 
-class EmbedCell(nn.Module):
-    """Word id (int32 scalar) -> ``{"x": f32[E]}``."""
-
-    vocab_size: int
-    embed: int
-
-    @nn.compact
-    def __call__(self, word):
-        return {"x": nn.Embed(self.vocab_size, self.embed, name="embed")(word)}
-
-
 class InitTableCell(nn.Module):
     """Learned initial states: index (int32 scalar) -> row ``index`` of ``{"h", "c"}`` tables ``[K, H]``."""
 
@@ -105,33 +108,11 @@ class InitTableCell(nn.Module):
         return {"h": h0[index], "c": c0[index]}
 
 
-def _features(state) -> jax.Array:
-    """The input features a state offers to an LSTM cell: ``x`` (embeddings) or ``h``."""
-    return state["x"] if "x" in state else state["h"]
-
-
-class LSTMCell(nn.Module):
-    """LSTM step: previous ``{"h", "c"}`` and input states -> ``{"h", "c"}``; no payload.
-
-    The input is the concatenation of the operands' features (``x`` of an
-    embedding, ``h`` of an LSTM state), so a cell may read several inputs; the
-    op's arity is ``1 + number of inputs``.
-    """
-
-    hidden: int
-
-    @nn.compact
-    def __call__(self, payload, prev, *inputs):
-        del payload
-        x = jnp.concatenate([_features(s) for s in inputs] + [prev["h"]], axis=-1)
-        return lstm_step(nn.Dense(4 * self.hidden, name="gates"), x, prev["c"])
-
-
 class TaggerLossCell(nn.Module):
     """Tag loss: tag (int32 scalar), forward and backward states -> ``{"loss", "logits"}``.
 
     ``logits = O tanh(Hm [h_f; h_b] + b_m) + b_o``, the output layer being a
-    :class:`~edbatch_jax.zoo.models.treelstm.LossCell`.
+    :class:`~edbatch_jax.zoo.models.cells.LossCell`.
     """
 
     hidden: int
@@ -143,16 +124,6 @@ class TaggerLossCell(nn.Module):
         return LossCell(self.num_tags, name="classifier")(tag, {"h": h})
 
 
-class NNXEmbedCell(nnx.Module):
-    """:class:`EmbedCell` in ``flax.nnx``; the same parameter names."""
-
-    def __init__(self, vocab_size: int, embed: int, *, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
-
-    def __call__(self, word):
-        return {"x": self.embed(word)}
-
-
 class NNXInitTableCell(nnx.Module):
     """:class:`InitTableCell` in ``flax.nnx``; the same parameter names."""
 
@@ -162,18 +133,6 @@ class NNXInitTableCell(nnx.Module):
 
     def __call__(self, index):
         return {"h": self.h0[...][index], "c": self.c0[...][index]}
-
-
-class NNXLSTMCell(nnx.Module):
-    """:class:`LSTMCell` in ``flax.nnx``: ``in_features`` is the summed width of the inputs' features."""
-
-    def __init__(self, in_features: int, hidden: int, *, rngs: nnx.Rngs):
-        self.gates = nnx.Linear(in_features + hidden, 4 * hidden, rngs=rngs)
-
-    def __call__(self, payload, prev, *inputs):
-        del payload
-        x = jnp.concatenate([_features(s) for s in inputs] + [prev["h"]], axis=-1)
-        return lstm_step(self.gates, x, prev["c"])
 
 
 class NNXTaggerLossCell(nnx.Module):
@@ -188,93 +147,35 @@ class NNXTaggerLossCell(nnx.Module):
         return self.classifier(tag, {"h": h})
 
 
-def token_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(sentence, position)`` int64 ``[sum(lengths)]`` of every token of concatenated sentences."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    sentence = np.repeat(np.arange(lengths.shape[0]), lengths)
-    return sentence, np.arange(sentence.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-
-
-def _check_sequences(word_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str) -> np.ndarray:
-    if len(word_ids) == 0:
-        raise GraphError(f"batch_graph got an empty batch: no {what}")
-    if len(word_ids) != len(labels):
-        raise GraphError(f"batch_graph got {len(word_ids)} word sequences but {len(labels)} label sequences")
-    lengths = np.array([np.shape(w)[0] for w in word_ids], dtype=np.int64)
-    bad = np.flatnonzero((lengths == 0) | (lengths != [np.shape(y)[0] for y in labels]))
-    if bad.size:
-        k = int(bad[0])
-        raise GraphError(
-            f"{what} {k}: {lengths[k]} words and {np.shape(labels[k])[0]} labels (need as many, at least one)"
-        )
-    return lengths
-
-
 @dataclasses.dataclass(frozen=True)
-class BiLSTMTagger:
+class BiLSTMTagger(EmbeddingModel):
     """The two-layer BiLSTM tagger: its cells, their ops, parameter init, and graphs.
 
-    Attributes:
-      vocab_size: rows of the embedding table (word ids are taken modulo it).
-      hidden: hidden size H (default 128, as in the reference benchmark); also
-        the size of the ``Hm`` layer.
-      embed: embedding size E (default 128).
+    Attributes (``vocab_size``, ``hidden``, ``embed``: those of
+    :class:`~edbatch_jax.zoo.models.base.EmbeddingModel`; ``hidden`` is also the
+    size of the ``Hm`` layer):
       num_tags: tag classes (5 for WikiNER).
     """
 
-    vocab_size: int
-    hidden: int = 128
-    embed: int = 128
     num_tags: int = 5
 
     op_types = BILSTM_OP_TYPES
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
-        cells = {"init": InitTableCell(self.hidden, num_states=4), "embed": EmbedCell(self.vocab_size, self.embed)}
-        for name in ("fwd1", "bwd1", "fwd2", "bwd2"):
-            cells[name] = LSTMCell(self.hidden)
-        cells["loss"] = TaggerLossCell(self.hidden, self.num_tags)
-        return cells
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; each cell reads ``params[name]``.
-
-        Built once per model object (do not mutate it), so ``eb.run(model.ops, ...)``
-        reuses the engine's compiled steps across calls.
-        """
-        arity = {"fwd1": 2, "bwd1": 2, "fwd2": 3, "bwd2": 3}
-        return {name: linen_op(cell, name, arity=arity.get(name)) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        h = self.hidden
-        cells = {
-            "init": NNXInitTableCell(h, num_states=4),
-            "embed": NNXEmbedCell(self.vocab_size, self.embed, rngs=rngs),
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the four initial states, the embedding, four LSTMs (own parameters), the loss."""
+        h, state, x = self.hidden, lstm_state(self.hidden), {"x": (self.embed,)}
+        # an LSTM reads (its previous state, the embedding) in layer 1, (its previous state, fwd1, bwd1) in layer 2
+        inputs = {"fwd1": [x], "bwd1": [x], "fwd2": [state, state], "bwd2": [state, state]}
+        return {
+            "init": CellSpec(InitTableCell(h, num_states=4), lambda rngs: NNXInitTableCell(h, num_states=4)),
+            "embed": embed_spec(self.vocab_size, self.embed),
+            **{name: lstm_spec(h, states) for name, states in inputs.items()},
+            "loss": CellSpec(
+                TaggerLossCell(h, self.num_tags),
+                lambda rngs: NNXTaggerLossCell(h, self.num_tags, rngs=rngs),
+                operands=(state, state),
+            ),
         }
-        for name, width in (("fwd1", self.embed), ("bwd1", self.embed), ("fwd2", 2 * h), ("bwd2", 2 * h)):
-            cells[name] = NNXLSTMCell(width, h, rngs=rngs)
-        cells["loss"] = NNXTaggerLossCell(h, self.num_tags, rngs=rngs)
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters, one entry per op type (f32)."""
-        keys = dict(zip(self.op_types, jax.random.split(rng, len(self.op_types))))
-        cells = self.cells
-        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
-        x = {"x": jnp.zeros(self.embed)}
-        params = {
-            "init": cells["init"].init(keys["init"], jnp.int32(0))["params"],
-            "embed": cells["embed"].init(keys["embed"], jnp.int32(0))["params"],
-            "loss": cells["loss"].init(keys["loss"], jnp.int32(0), state, state)["params"],
-        }
-        for name in ("fwd1", "bwd1"):
-            params[name] = cells[name].init(keys[name], None, state, x)["params"]
-        for name in ("fwd2", "bwd2"):
-            params[name] = cells[name].init(keys[name], None, state, state, state)["params"]
-        return params
 
     def batch_graph(self, sentences: Sequence, vocab) -> Graph:
         """The batched graph of tagged sentences (one instance per sentence).
@@ -292,12 +193,9 @@ class BiLSTMTagger:
           GraphError: an empty batch, an empty sentence, or words and tags of
             different lengths.
         """
-        lengths = _check_sequences(word_ids, tags, "sentence")
+        lengths = check_sequences(word_ids, tags, "sentence")
         n = lengths.shape[0]
-        sizes = 4 + 6 * lengths
-        base = np.cumsum(sizes) - sizes
-        sent, t = token_positions(lengths)
-        b, length = base[sent], lengths[sent]
+        sizes, t, b, length = sequence_layout(lengths, 4, 6)
         rev = length - 1 - t
         # node of token t in block j: embed, fwd1, bwd1, fwd2, bwd2, loss (backward blocks reversed)
         pos = [b + 4 + j * length + (rev if j in (2, 4) else t) for j in range(6)]
@@ -317,16 +215,7 @@ class BiLSTMTagger:
             args[pos[j], 2] = pos[2]
         args[pos[5], 0] = pos[3]
         args[pos[5], 1] = pos[4]
-        arity = (args >= 0).sum(1)
         words = (np.concatenate([np.asarray(w) for w in word_ids]).astype(np.int64) % self.vocab_size).astype(np.int32)
         labels = np.concatenate([np.asarray(y) for y in tags]).astype(np.int32)
-        return Graph(
-            node_type=node_type,
-            arg_ptr=np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
-            arg_idx=args[args >= 0].astype(np.int32),
-            instance=np.repeat(np.arange(n, dtype=np.int32), sizes),
-            payload_row=payload_rows(node_type, len(self.op_types)),
-            payloads=(np.tile(np.arange(4, dtype=np.int32), n), words, None, None, None, None, labels),
-            op_types=self.op_types,
-            num_instances=n,
-        )
+        payloads = (np.tile(np.arange(4, dtype=np.int32), n), words, None, None, None, None, labels)
+        return instance_graph(node_type, *padded_csr(args), sizes, payloads, self.op_types)

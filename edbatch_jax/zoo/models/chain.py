@@ -16,37 +16,23 @@ are a topological order (every operand has a smaller id):
 
 A sentence has ``1 + 3T`` nodes; its last node is the loss of its last word.
 
-Cells: the embedding and LSTM cells of :mod:`edbatch_jax.zoo.models.bilstm`, the
-learned initial state of :mod:`edbatch_jax.zoo.models.lattice`, and the classifier
-:class:`~edbatch_jax.zoo.models.treelstm.LossCell` (``logits = W_o h + b_o``).
+Cells (all of :mod:`edbatch_jax.zoo.models.cells`): the embedding and LSTM
+cells (those of the BiLSTM tagger), the learned initial state (that of the
+lattice taggers), and the classifier :class:`~edbatch_jax.zoo.models.cells.LossCell`
+(``logits = W_o h + b_o``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
-from edbatch_jax.engine.ops import Op
 from edbatch_jax.graph import Graph
-from edbatch_jax.graph.csr import payload_rows
-from edbatch_jax.zoo.models.bilstm import (
-    EmbedCell,
-    LSTMCell,
-    NNXEmbedCell,
-    NNXLSTMCell,
-    _check_sequences,
-    token_positions,
-)
-from edbatch_jax.zoo.models.lattice import InitCell, NNXInitCell
-from edbatch_jax.zoo.models.treelstm import LossCell, NNXLossCell
+from edbatch_jax.zoo.models.base import CellSpec, EmbeddingModel
+from edbatch_jax.zoo.models.cells import classifier_spec, embed_spec, init_spec, lstm_spec
+from edbatch_jax.zoo.models.graphs import check_sequences, instance_graph, padded_csr, sequence_layout
 
 __all__ = ["CHAIN_OP_TYPES", "ChainLM", "next_word_targets"]
 
@@ -63,20 +49,15 @@ def next_word_targets(word_ids: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChainLM:
+class ChainLM(EmbeddingModel):
     """The chain LSTM language model: its cells, their ops, parameter init, and graphs.
 
-    Attributes:
-      vocab_size: rows of the embedding table (word ids are taken modulo it).
-      hidden: hidden size H (default 128).
-      embed: embedding size E (default 128).
+    Attributes (``vocab_size``, ``hidden``, ``embed``: those of
+    :class:`~edbatch_jax.zoo.models.base.EmbeddingModel`):
       num_classes: output classes: ``num_classes - 1`` word classes (word id
         modulo ``num_classes - 1``) and the end token (default 512).
     """
 
-    vocab_size: int
-    hidden: int = 128
-    embed: int = 128
     num_classes: int = 512
 
     def __post_init__(self):
@@ -85,44 +66,13 @@ class ChainLM:
 
     op_types = CHAIN_OP_TYPES
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the initial state, the embedding, the LSTM, the next-word classifier."""
         return {
-            "init": InitCell(self.hidden),
-            "embed": EmbedCell(self.vocab_size, self.embed),
-            "lstm": LSTMCell(self.hidden),
-            "loss": LossCell(self.num_classes),
-        }
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; each cell reads ``params[name]``.
-
-        Built once per model object (do not mutate it), so ``eb.run(model.ops, ...)``
-        reuses the engine's compiled steps across calls.
-        """
-        return {name: linen_op(cell, name, arity=2 if name == "lstm" else None) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        cells = {
-            "init": NNXInitCell(self.hidden),
-            "embed": NNXEmbedCell(self.vocab_size, self.embed, rngs=rngs),
-            "lstm": NNXLSTMCell(self.embed, self.hidden, rngs=rngs),
-            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
-        }
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"init", "embed", "lstm", "loss"}`` (f32)."""
-        keys = jax.random.split(rng, 4)
-        cells = self.cells
-        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
-        return {
-            "init": cells["init"].init(keys[0], None)["params"],
-            "embed": cells["embed"].init(keys[1], jnp.int32(0))["params"],
-            "lstm": cells["lstm"].init(keys[2], None, state, {"x": jnp.zeros(self.embed)})["params"],
-            "loss": cells["loss"].init(keys[3], jnp.int32(0), state)["params"],
+            "init": init_spec(self.hidden),
+            "embed": embed_spec(self.vocab_size, self.embed),
+            "lstm": lstm_spec(self.hidden, [{"x": (self.embed,)}]),  # reads (its previous state, the embedding)
+            "loss": classifier_spec(self.hidden, self.num_classes),
         }
 
     def batch_graph(self, sentences: Sequence, vocab) -> Graph:
@@ -143,12 +93,9 @@ class ChainLM:
         Raises:
           GraphError: an empty batch or an empty sentence.
         """
-        lengths = _check_sequences(word_ids, word_ids, "sentence")
+        lengths = check_sequences(word_ids, word_ids, "sentence")
         n = lengths.shape[0]
-        sizes = 1 + 3 * lengths
-        base = np.cumsum(sizes) - sizes
-        sent, t = token_positions(lengths)
-        b, length = base[sent], lengths[sent]
+        sizes, t, b, length = sequence_layout(lengths, 1, 3)
         embed, lstm, loss = (b + 1 + j * length + t for j in range(3))
         num_nodes = int(sizes.sum())
         seg_len = np.stack([np.ones(n, np.int64), lengths, lengths, lengths], axis=1).ravel()
@@ -157,18 +104,8 @@ class ChainLM:
         args[lstm, 0] = np.where(t == 0, b, lstm - 1)
         args[lstm, 1] = embed
         args[loss, 0] = lstm
-        arity = (args >= 0).sum(1)
         ids = np.concatenate([np.asarray(w, dtype=np.int64) for w in word_ids])
         words = (ids % self.vocab_size).astype(np.int32)
         end = self.num_classes - 1
         targets = np.where(t == length - 1, end, np.append(ids[1:], 0) % end).astype(np.int32)
-        return Graph(
-            node_type=node_type,
-            arg_ptr=np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
-            arg_idx=args[args >= 0].astype(np.int32),
-            instance=np.repeat(np.arange(n, dtype=np.int32), sizes),
-            payload_row=payload_rows(node_type, len(self.op_types)),
-            payloads=(None, words, None, targets),
-            op_types=self.op_types,
-            num_instances=n,
-        )
+        return instance_graph(node_type, *padded_csr(args), sizes, (None, words, None, targets), self.op_types)

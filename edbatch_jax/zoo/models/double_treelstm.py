@@ -9,7 +9,7 @@ the root alternates between the two internal types at random, so the two types
 compete for the same depth levels.
 
 Cells (``flax.linen``), H = hidden size, E = embedding size (those of
-:mod:`edbatch_jax.zoo.models.treelstm`):
+:mod:`edbatch_jax.zoo.models.cells`):
 
 * leaf: ``x = Embed[word]``; ``i, o, u = W x + b``; ``c = σ(i) ⊙ tanh(u)``;
   ``h = σ(o) ⊙ tanh(c)``.
@@ -35,29 +35,14 @@ buffer), ``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import zlib
 from collections.abc import Sequence
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
-from edbatch_jax.engine.ops import Op
-from edbatch_jax.graph import Graph, GraphBuilder
-from edbatch_jax.zoo.data.sst import Tree, Vocabulary
-from edbatch_jax.zoo.models.treelstm import (
-    InternalCell,
-    LeafCell,
-    LossCell,
-    NNXInternalCell,
-    NNXLeafCell,
-    NNXLossCell,
-    binary_tree_batch_graph,
-)
+from edbatch_jax.zoo.data.sst import Tree
+from edbatch_jax.zoo.models.base import CellSpec, SSTTreeModel
+from edbatch_jax.zoo.models.cells import classifier_spec, tree_internal_spec, tree_leaf_spec
 
 __all__ = ["DoubleTreeLSTM", "internal_choice", "tree_fingerprint"]
 
@@ -120,99 +105,35 @@ def internal_choice(trees: Sequence[Tree], seed: int = 0) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class DoubleTreeLSTM:
+class DoubleTreeLSTM(SSTTreeModel):
     """The double-typed Tree-LSTM: cells, ops, parameter init, and graph construction.
 
-    Attributes:
-      vocab_size: rows of the embedding table (token ids are taken modulo it).
-      hidden: hidden size H (default 128, as in the reference benchmark).
-      embed: embedding size (default 128).
-      num_classes: sentiment classes (5 for SST).
+    ``init(rng)`` gives the two internal cells different parameters.
+
+    Attributes (``vocab_size``, ``hidden``, ``embed``, ``num_classes``: those of
+    :class:`~edbatch_jax.zoo.models.base.SSTTreeModel`):
       seed: seed of the per-node choice between ``internal_a`` and
         ``internal_b`` (see the module docstring).
     """
 
-    vocab_size: int
-    hidden: int = 128
-    embed: int = 128
-    num_classes: int = 5
     seed: int = 0
 
     op_types = ("leaf", "internal_a", "internal_b", "loss")
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
-        """Op type name -> Flax cell; ``internal_a`` and ``internal_b`` have the same shapes."""
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell; ``internal_a`` and ``internal_b`` have the same shapes."""
         return {
-            "leaf": LeafCell(self.vocab_size, self.embed, self.hidden),
-            "internal_a": InternalCell(self.hidden),
-            "internal_b": InternalCell(self.hidden),
-            "loss": LossCell(self.num_classes),
+            "leaf": tree_leaf_spec(self.vocab_size, self.embed, self.hidden),
+            "internal_a": tree_internal_spec(self.hidden),
+            "internal_b": tree_internal_spec(self.hidden),
+            "loss": classifier_spec(self.hidden, self.num_classes),
         }
 
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
-        return {name: linen_op(cell, name) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        cells = {
-            "leaf": NNXLeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-            "internal_a": NNXInternalCell(self.hidden, rngs=rngs),
-            "internal_b": NNXInternalCell(self.hidden, rngs=rngs),
-            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
-        }
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"leaf", "internal_a", "internal_b", "loss"}`` (f32); the two internal cells differ.
-
-        Args:
-          rng: a PRNG key.
-        """
-        k1, k2, k3, k4 = jax.random.split(rng, 4)
-        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
-        cells = self.cells
-        return {
-            "leaf": cells["leaf"].init(k1, jnp.int32(0))["params"],
-            "internal_a": cells["internal_a"].init(k2, None, state, state)["params"],
-            "internal_b": cells["internal_b"].init(k3, None, state, state)["params"],
-            "loss": cells["loss"].init(k4, jnp.int32(0), state)["params"],
-        }
-
-    def tree_graph(self, tree: Tree, token_ids: np.ndarray) -> Graph:
-        """The graph of one tree, built node by node (the readable reference).
-
-        Args:
-          tree: the tree.
-          token_ids: int32 ``[tree.num_nodes]`` token id per tree node (ignored
-            for binary nodes), e.g. ``vocab.encode(tree)``.
-        """
-        b = GraphBuilder()
+    def internal_ops(self, tree: Tree) -> list[str]:
+        """``"internal_b"`` or ``"internal_a"`` for every node of ``tree`` (:func:`internal_choice`, node by node)."""
         fingerprint = tree_fingerprint(tree)
-        node_of = np.empty(tree.num_nodes, dtype=np.int64)
-        for k in range(tree.num_nodes):
-            if tree.left[k] < 0:
-                v = b.add("leaf", payload=np.int32(token_ids[k] % self.vocab_size))
-            else:
-                cell = "internal_b" if _coin(self.seed, fingerprint, k) else "internal_a"
-                v = b.add(cell, int(node_of[tree.left[k]]), int(node_of[tree.right[k]]))
-            node_of[k] = v
-            b.add("loss", v, payload=np.int32(tree.labels[k]))
-        return b.build()
+        return ["internal_b" if _coin(self.seed, fingerprint, k) else "internal_a" for k in range(tree.num_nodes)]
 
-    def batch_graph(self, trees: Sequence[Tree], vocab: Vocabulary) -> Graph:
-        """The batched graph of several trees (one instance per tree), built vectorised.
-
-        Equal, node by node, to ``batch_graphs([tree_graph(t, vocab.encode(t))
-        for t in trees])``: tree node ``k`` of the ``i``-th tree becomes cell
-        node ``2 (o_i + k)`` and loss node ``2 (o_i + k) + 1``, with ``o_i`` the
-        nodes of the trees before it. Its ``op_types`` are always
-        :attr:`op_types` (the builder's follow first appearance).
-
-        Raises:
-          GraphError: ``trees`` is empty.
-        """
-        internal_type = 1 + internal_choice(trees, self.seed)  # 1: internal_a, 2: internal_b
-        return binary_tree_batch_graph(trees, vocab, self.vocab_size, self.op_types, internal_type)
+    def internal_types(self, trees: Sequence[Tree]) -> np.ndarray:
+        """int32 ``[total nodes]``: 1 (``internal_a``) or 2 (``internal_b``) per node, :func:`internal_choice`."""
+        return 1 + internal_choice(trees, self.seed)

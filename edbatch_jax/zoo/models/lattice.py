@@ -25,12 +25,14 @@ Cells (``flax.linen``), H = hidden size, E = embedding size:
 
 States: ``{"h", "c"}`` (LSTM) or ``{"h"}`` (GRU), f32 ``[H]``; loss states
 ``{"loss": f32[], "logits": f32[18]}``.
+
+The initial-state and LSTM arc cells live in :mod:`edbatch_jax.zoo.models.cells`
+(shared with the random-DAG model) and are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -39,11 +41,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
 from edbatch_jax.engine.ops import Op
-from edbatch_jax.graph import Graph, GraphError
-from edbatch_jax.graph.csr import payload_rows
-from edbatch_jax.zoo.models.treelstm import LossCell, NNXLossCell
+from edbatch_jax.graph import Graph
+from edbatch_jax.zoo.models.base import CellSpec, EmbeddingModel, hidden_state
+from edbatch_jax.zoo.models.cells import (
+    InitCell,
+    LSTMArcCell,
+    NNXInitCell,
+    NNXLSTMArcCell,
+    classifier_spec,
+    init_spec,
+    lstm_arc_spec,
+)
+from edbatch_jax.zoo.models.graphs import check_nonempty, instance_graph
 
 __all__ = [
     "InitCell",
@@ -60,34 +70,6 @@ LATTICE_OP_TYPES = ("init", "char", "word", "node", "loss")
 """Op types of a lattice graph, in type-id order."""
 
 
-class InitCell(nn.Module):
-    """Learned initial state of node 0 (no payload, no operands)."""
-
-    hidden: int
-    gru: bool = False
-
-    @nn.compact
-    def __call__(self, payload):
-        del payload
-        state = {"h": self.param("h0", nn.initializers.zeros, (self.hidden,))}
-        if not self.gru:
-            state["c"] = self.param("c0", nn.initializers.zeros, (self.hidden,))
-        return state
-
-
-class LSTMArcCell(nn.Module):
-    """Arc cell: embedding id (int32 scalar), source state ``{"h", "c"}`` -> ``{"h", "c"}``."""
-
-    vocab_size: int
-    embed: int
-    hidden: int
-
-    @nn.compact
-    def __call__(self, arc_id, src):
-        x = nn.Embed(self.vocab_size, self.embed, name="embed")(arc_id)
-        return lstm_step(nn.Dense(4 * self.hidden, name="gates"), jnp.concatenate([x, src["h"]], axis=-1), src["c"])
-
-
 class GRUArcCell(nn.Module):
     """Arc cell: embedding id (int32 scalar), source state ``{"h"}`` -> ``{"h"}``."""
 
@@ -101,44 +83,11 @@ class GRUArcCell(nn.Module):
         return gru_step(nn.Dense(2 * self.hidden, name="rz"), nn.Dense(self.hidden, name="cand"), x, src["h"])
 
 
-def lstm_step(gates, x, c_prev):
-    """LSTM equations: ``gates`` (a layer to ``4H``) applied to the input ``x``; ``c_prev`` f32 ``[H]``."""
-    i, f, o, u = jnp.split(gates(x), 4, axis=-1)
-    c = jax.nn.sigmoid(i) * jnp.tanh(u) + jax.nn.sigmoid(f) * c_prev
-    return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
-
-
 def gru_step(rz, cand, x, h):
     """GRU equations, given the layers ``rz`` (to ``2H``) and ``cand`` (to ``H``), input ``x`` and state ``h``."""
     r, z = jnp.split(jax.nn.sigmoid(rz(jnp.concatenate([x, h], -1))), 2, -1)
     n = jnp.tanh(cand(jnp.concatenate([x, r * h], -1)))
     return {"h": (1.0 - z) * n + z * h}
-
-
-class NNXInitCell(nnx.Module):
-    """:class:`InitCell` in ``flax.nnx``; the same parameter names."""
-
-    def __init__(self, hidden: int, gru: bool = False):
-        self.h0 = nnx.Param(jnp.zeros(hidden))
-        self.c0 = None if gru else nnx.Param(jnp.zeros(hidden))
-
-    def __call__(self, payload):
-        del payload
-        state = {"h": self.h0[...]}
-        if self.c0 is not None:
-            state["c"] = self.c0[...]
-        return state
-
-
-class NNXLSTMArcCell(nnx.Module):
-    """:class:`LSTMArcCell` in ``flax.nnx``; the same parameter names."""
-
-    def __init__(self, vocab_size: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
-        self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
-        self.gates = nnx.Linear(embed + hidden, 4 * hidden, rngs=rngs)
-
-    def __call__(self, arc_id, src):
-        return lstm_step(self.gates, jnp.concatenate([self.embed(arc_id), src["h"]], axis=-1), src["c"])
 
 
 class NNXGRUArcCell(nnx.Module):
@@ -160,20 +109,16 @@ def _node_sum(params, payload, total):
 
 
 @dataclasses.dataclass(frozen=True)
-class LatticeTagger:
+class LatticeTagger(EmbeddingModel):
     """Lattice-LSTM (``cell="lstm"``) or Lattice-GRU (``cell="gru"``) tagger.
 
-    Attributes:
-      vocab_size: rows of each embedding table (arc ids are taken modulo it).
-      hidden: hidden size H (default 128).
-      embed: embedding size (default 128).
+    Attributes (``hidden``, ``embed``: those of :class:`~edbatch_jax.zoo.models.base.EmbeddingModel`):
+      vocab_size: rows of each embedding table (arc ids are taken modulo it; default 4096).
       num_tags: tag classes (18 for the NER lattices).
       cell: ``"lstm"`` or ``"gru"``.
     """
 
     vocab_size: int = 4096
-    hidden: int = 128
-    embed: int = 128
     num_tags: int = 18
     cell: str = "lstm"
 
@@ -183,49 +128,31 @@ class LatticeTagger:
 
     op_types = LATTICE_OP_TYPES
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
-        arc = LSTMArcCell if self.cell == "lstm" else GRUArcCell
-        return {
-            "init": InitCell(self.hidden, gru=self.cell == "gru"),
-            "char": arc(self.vocab_size, self.embed, self.hidden),
-            "word": arc(self.vocab_size, self.embed, self.hidden),
-            "loss": LossCell(self.num_tags),
-        }
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; ``node`` is a variadic sum."""
-        ops = {name: linen_op(cell, name) for name, cell in self.cells.items()}
-        # LSTM: the sum of the arcs (h is squashed by tanh, so sums stay bounded). GRU: the mean, since
-        # its h is not squashed and a sum over 1..k arcs per node grows geometrically along the lattice.
-        ops["node"] = Op(_node_sum, aggregate="sum" if self.cell == "lstm" else "mean")
-        return ops
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        arc = NNXLSTMArcCell if self.cell == "lstm" else NNXGRUArcCell
-        cells = {
-            "init": NNXInitCell(self.hidden, gru=self.cell == "gru"),
-            "char": arc(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-            "word": arc(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-            "loss": NNXLossCell(self.hidden, self.num_tags, rngs=rngs),
-        }
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"init", "char", "word", "loss"}`` (f32)."""
-        keys = jax.random.split(rng, 4)
-        cells = self.cells
-        state = {"h": jnp.zeros(self.hidden)}
+    def _arc_spec(self) -> CellSpec:
+        """The LSTM or GRU arc cell (``char`` and ``word`` each get one, with their own parameters)."""
+        v, e, h = self.vocab_size, self.embed, self.hidden
         if self.cell == "lstm":
-            state["c"] = jnp.zeros(self.hidden)
+            return lstm_arc_spec(v, e, h)
+        return CellSpec(
+            GRUArcCell(v, e, h), lambda rngs: NNXGRUArcCell(v, e, h, rngs=rngs), operands=(hidden_state(h),)
+        )
+
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the initial state, the char and word arc cells, the tag classifier."""
         return {
-            "init": cells["init"].init(keys[0], None)["params"],
-            "char": cells["char"].init(keys[1], jnp.int32(0), state)["params"],
-            "word": cells["word"].init(keys[2], jnp.int32(0), state)["params"],
-            "loss": cells["loss"].init(keys[3], jnp.int32(0), state)["params"],
+            "init": init_spec(self.hidden, gru=self.cell == "gru"),
+            "char": self._arc_spec(),
+            "word": self._arc_spec(),
+            "loss": classifier_spec(self.hidden, self.num_tags),
         }
+
+    def extra_ops(self) -> dict[str, Op]:
+        """``node``: a variadic sum (LSTM) or mean (GRU) of the incoming arcs' states.
+
+        LSTM: the sum of the arcs (h is squashed by tanh, so sums stay bounded). GRU: the mean, since
+        its h is not squashed and a sum over 1..k arcs per node grows geometrically along the lattice.
+        """
+        return {"node": Op(_node_sum, aggregate="sum" if self.cell == "lstm" else "mean")}
 
     def batch_graph(self, lattices: Sequence) -> Graph:
         """The batched graph of several lattices (one instance per lattice).
@@ -236,8 +163,7 @@ class LatticeTagger:
         Raises:
           GraphError: empty batch.
         """
-        if not lattices:
-            raise GraphError("batch_graph got an empty batch: no lattices")
+        check_nonempty(lattices, "lattices")
         types, ptrs, idxs, arc_ids, tags = [], [], [], [], []
         base = 0
         for lat in lattices:
@@ -259,13 +185,11 @@ class LatticeTagger:
         ids = np.concatenate(arc_ids).astype(np.int32)
         arc_is_char = np.concatenate([np.asarray(lat.is_char) for lat in lattices])
         sizes = [2 * lat.num_nodes + lat.num_arcs for lat in lattices]
-        return Graph(
-            node_type=node_type,
-            arg_ptr=np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
-            arg_idx=np.concatenate(idxs).astype(np.int32),
-            instance=np.repeat(np.arange(len(lattices), dtype=np.int32), sizes),
-            payload_row=payload_rows(node_type, len(LATTICE_OP_TYPES)),
-            payloads=(None, ids[arc_is_char], ids[~arc_is_char], None, np.concatenate(tags).astype(np.int32)),
-            op_types=LATTICE_OP_TYPES,
-            num_instances=len(lattices),
+        return instance_graph(
+            node_type,
+            np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
+            np.concatenate(idxs).astype(np.int32),
+            sizes,
+            (None, ids[arc_is_char], ids[~arc_is_char], None, np.concatenate(tags).astype(np.int32)),
+            LATTICE_OP_TYPES,
         )

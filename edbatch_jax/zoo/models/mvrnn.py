@@ -37,20 +37,14 @@ shared buffer), ``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
-from edbatch_jax.engine.ops import Op
-from edbatch_jax.graph import Graph, GraphBuilder
-from edbatch_jax.zoo.data.sst import Tree, Vocabulary
-from edbatch_jax.zoo.models.treelstm import NNXLossCell, binary_tree_batch_graph, classify
+from edbatch_jax.zoo.models.base import CellSpec, SSTTreeModel
+from edbatch_jax.zoo.models.cells import NNXLossCell, classify
 
 __all__ = ["MVLeafCell", "MVInternalCell", "MVLossCell", "NNXMVLeafCell", "NNXMVInternalCell", "MVRNN"]
 
@@ -152,26 +146,21 @@ class NNXMVInternalCell(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class MVRNN:
+class MVRNN(SSTTreeModel):
     """The MV-RNN model: its cells, their ops, parameter init, and graph construction.
 
-    Attributes:
-      vocab_size: rows of the vector embedding table (token ids are taken modulo it).
-      hidden: hidden size H (default 128); every state matrix is ``H x H``.
-      embed: vector embedding size (default 128; projected to H when it differs).
-      num_classes: sentiment classes (5 for SST).
+    ``init(rng)["leaf"]["matrices"]`` is f32 ``[matrix_rows, H, H]``,
+    ``init(rng)["internal"]["mat"]`` f32 ``[H, 2H]``.
+
+    Attributes (``vocab_size``, ``hidden``, ``embed``, ``num_classes``: those of
+    :class:`~edbatch_jax.zoo.models.base.SSTTreeModel`; every state matrix is
+    ``H x H``, and the vector embedding is projected to H when ``embed`` differs):
       matrix_vocab: at most this many word matrices (default 256): word ``w``
         (already modulo ``vocab_size``) uses matrix ``w mod min(matrix_vocab,
         vocab_size)``.
     """
 
-    vocab_size: int
-    hidden: int = 128
-    embed: int = 128
-    num_classes: int = 5
     matrix_vocab: int = 256
-
-    op_types = ("leaf", "internal", "loss")
 
     def __post_init__(self):
         if self.vocab_size < 1 or self.matrix_vocab < 1:
@@ -182,76 +171,16 @@ class MVRNN:
         """Rows of the word-matrix table: ``min(matrix_vocab, vocab_size)``."""
         return min(self.matrix_vocab, self.vocab_size)
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
-        """Op type name -> Flax cell: leaf, internal, loss."""
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the MV leaf and internal cells and the classifier on ``v``."""
+        v, rows, e, h, c = self.vocab_size, self.matrix_rows, self.embed, self.hidden, self.num_classes
+        state = {"v": (h,), "M": (h, h)}
         return {
-            "leaf": MVLeafCell(self.vocab_size, self.matrix_rows, self.embed, self.hidden),
-            "internal": MVInternalCell(self.hidden),
-            "loss": MVLossCell(self.num_classes),
+            "leaf": CellSpec(MVLeafCell(v, rows, e, h), lambda rngs: NNXMVLeafCell(v, rows, e, h, rngs=rngs)),
+            "internal": CellSpec(
+                MVInternalCell(h), lambda rngs: NNXMVInternalCell(h, rngs=rngs), operands=(state, state), payload=False
+            ),
+            "loss": CellSpec(
+                MVLossCell(c), lambda rngs: NNXLossCell(h, c, key="v", rngs=rngs), operands=({"v": (h,)},)
+            ),
         }
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
-        return {name: linen_op(cell, name) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        return NNXCells.matching(
-            self.ops,
-            {
-                "leaf": NNXMVLeafCell(self.vocab_size, self.matrix_rows, self.embed, self.hidden, rngs=rngs),
-                "internal": NNXMVInternalCell(self.hidden, rngs=rngs),
-                "loss": NNXLossCell(self.hidden, self.num_classes, key="v", rngs=rngs),
-            },
-        )
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32).
-
-        ``params["leaf"]["matrices"]`` is f32 ``[matrix_rows, H, H]``,
-        ``params["internal"]["mat"]`` f32 ``[H, 2H]``.
-
-        Args:
-          rng: a PRNG key.
-        """
-        k1, k2, k3 = jax.random.split(rng, 3)
-        state = {"v": jnp.zeros(self.hidden), "M": jnp.zeros((self.hidden, self.hidden))}
-        cells = self.cells
-        return {
-            "leaf": cells["leaf"].init(k1, jnp.int32(0))["params"],
-            "internal": cells["internal"].init(k2, None, state, state)["params"],
-            "loss": cells["loss"].init(k3, jnp.int32(0), state)["params"],
-        }
-
-    def tree_graph(self, tree: Tree, token_ids: np.ndarray) -> Graph:
-        """The graph of one tree, built node by node (the readable reference).
-
-        Args:
-          tree: the tree.
-          token_ids: int32 ``[tree.num_nodes]`` token id per tree node (ignored
-            for binary nodes), e.g. ``vocab.encode(tree)``.
-        """
-        b = GraphBuilder()
-        node_of = np.empty(tree.num_nodes, dtype=np.int64)
-        for k in range(tree.num_nodes):
-            if tree.left[k] < 0:
-                v = b.add("leaf", payload=np.int32(token_ids[k] % self.vocab_size))
-            else:
-                v = b.add("internal", int(node_of[tree.left[k]]), int(node_of[tree.right[k]]))
-            node_of[k] = v
-            b.add("loss", v, payload=np.int32(tree.labels[k]))
-        return b.build()
-
-    def batch_graph(self, trees: Sequence[Tree], vocab: Vocabulary) -> Graph:
-        """The batched graph of several trees (one instance per tree), built vectorised.
-
-        Equal to ``batch_graphs([tree_graph(t, vocab.encode(t)) for t in trees])``:
-        tree node ``k`` of the ``i``-th tree becomes cell node ``2 (o_i + k)`` and
-        loss node ``2 (o_i + k) + 1``, with ``o_i`` the nodes of the trees before it.
-
-        Raises:
-          GraphError: ``trees`` is empty.
-        """
-        return binary_tree_batch_graph(trees, vocab, self.vocab_size, self.op_types)

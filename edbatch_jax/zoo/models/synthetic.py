@@ -1,10 +1,11 @@
 """Models of the synthetic ED-Batch workloads: N-d LSTM grids, random-DAG LSTMs, perfect-tree LSTMs.
 
 Inputs come from :mod:`edbatch_jax.zoo.data.synthetic_graphs`. Every model has
-``op_types``, ``cells``, ``ops``, ``init(rng)`` and a vectorised
+``op_types``, ``cells``, ``ops``, ``init(rng)`` and ``nnx_cells`` (from its
+cell table, :class:`~edbatch_jax.zoo.models.base.CellModel`) and a vectorised
 ``batch_graph(instances)``; every instance ends with a ``loss`` node (payload:
 the int32 label; state ``{"loss": f32[], "logits": f32[C]}``), the
-:class:`~edbatch_jax.zoo.models.treelstm.LossCell` classifier of a ``{"h", "c"}``
+:class:`~edbatch_jax.zoo.models.cells.LossCell` classifier of a ``{"h", "c"}``
 state. Node ids are local to an instance, instances are concatenated in
 order, and ids are a topological order (every operand has a smaller id).
 H = hidden size, E = embedding size.
@@ -30,7 +31,8 @@ arcs and followed by its loss, so arc ``k`` (into state ``d``) is node
 ``A_i`` being the number of arcs into states ``0 .. i`` (state 0, without
 incoming arcs, is nodes 0 and 1). State 0 is the ``init`` node (learned
 initial state), the others are ``state`` nodes; an arc is an ``arc_a`` or
-``arc_b`` node by its type (a Lattice-LSTM arc cell with its own parameters
+``arc_b`` node by its type (the Lattice-LSTM arc cell,
+:class:`~edbatch_jax.zoo.models.cells.LSTMArcCell`, with its own parameters
 per type, reading the arc's source state; payload: the arc's token id). A
 ``state`` node has a variable number of operands (its incoming arcs, in arc
 order) combined with aggregate ``"sum"``; the op then divides the sum by the
@@ -39,7 +41,7 @@ stay bounded over 200 states. Every state has a ``loss`` node. The last node
 is the loss of the last state.
 
 **Perfect-tree LSTM** (:class:`BinaryTreeLSTM`, op types ``("leaf",
-"internal", "loss")``): the Tree-LSTM cells of :mod:`edbatch_jax.zoo.models.treelstm`
+"internal", "loss")``): the Tree-LSTM cells of :mod:`edbatch_jax.zoo.models.cells`
 on perfect binary trees; tree node ``k`` (post-order) of a tree becomes cell
 node ``2k`` (``leaf`` with the token id as payload, or ``internal`` reading
 its two children) and loss node ``2k + 1``; the last node is the root's loss.
@@ -48,7 +50,6 @@ its two children) and loss node ``2k + 1``; the last node is the root's loss.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -57,12 +58,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
 from edbatch_jax.engine.ops import Op
 from edbatch_jax.graph import Graph, GraphError
-from edbatch_jax.graph.csr import csr_by_source, payload_rows
-from edbatch_jax.zoo.models.lattice import InitCell, LSTMArcCell, NNXInitCell, NNXLSTMArcCell
-from edbatch_jax.zoo.models.treelstm import InternalCell, LeafCell, LossCell, NNXInternalCell, NNXLeafCell, NNXLossCell
+from edbatch_jax.graph.csr import csr_by_source
+from edbatch_jax.zoo.models.base import CellModel, CellSpec, EmbeddingModel, lstm_state
+from edbatch_jax.zoo.models.cells import (
+    classifier_spec,
+    init_spec,
+    lstm_arc_spec,
+    tree_internal_spec,
+    tree_leaf_spec,
+)
+from edbatch_jax.zoo.models.graphs import (
+    binary_tree_graph,
+    check_nonempty,
+    instance_graph,
+    padded_csr,
+    token_positions,
+)
 
 __all__ = [
     "BINARY_TREE_OP_TYPES",
@@ -78,24 +91,6 @@ __all__ = [
 GRID_OP_TYPES = ("init", "cell", "loss")
 DAG_OP_TYPES = ("init", "arc_a", "arc_b", "state", "loss")
 BINARY_TREE_OP_TYPES = ("leaf", "internal", "loss")
-
-
-def _nonempty(instances: Sequence, what: str) -> None:
-    if len(instances) == 0:
-        raise GraphError(f"batch_graph got an empty batch: no {what}")
-
-
-def _instance_positions(sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(instance, local index)`` int64 of every item of concatenated instances with ``sizes`` items."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    inst = np.repeat(np.arange(sizes.shape[0]), sizes)
-    return inst, np.arange(inst.shape[0]) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-
-
-def _fixed_arity_csr(args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR ``(arg_ptr, arg_idx)`` of an ``[N, k]`` operand table padded with ``-1``."""
-    arity = (args >= 0).sum(1)
-    return np.concatenate([[0], np.cumsum(arity)]).astype(np.int32), args[args >= 0].astype(np.int32)
 
 
 # ---------------------------------------------------------------------------
@@ -139,7 +134,7 @@ class NNXGridCell(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class GridLSTM:
+class GridLSTM(CellModel):
     """N-d grid LSTM over :class:`~edbatch_jax.zoo.data.synthetic_graphs.Grid` inputs (see the module docstring).
 
     Attributes:
@@ -162,42 +157,18 @@ class GridLSTM:
         if self.ndim < 1:
             raise ValueError(f"ndim must be >= 1, got {self.ndim}")
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the initial state, the N-d cell (``ndim`` operands), the classifier."""
+        v, e, h, n = self.vocab_size, self.embed, self.hidden, self.ndim
         return {
-            "init": InitCell(self.hidden),
-            "cell": GridCell(self.vocab_size, self.embed, self.hidden, self.ndim),
-            "loss": LossCell(self.num_classes),
-        }
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; ``cell`` takes ``ndim`` operands.
-
-        Built once per model object (do not mutate it), so ``eb.run(model.ops, ...)``
-        reuses the engine's compiled steps across calls.
-        """
-        arity = {"cell": self.ndim}
-        return {name: linen_op(cell, name, arity=arity.get(name)) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        cells = {
-            "init": NNXInitCell(self.hidden),
-            "cell": NNXGridCell(self.vocab_size, self.embed, self.hidden, self.ndim, rngs=rngs),
-            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
-        }
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"init", "cell", "loss"}`` (f32)."""
-        keys = jax.random.split(rng, 3)
-        cells = self.cells
-        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
-        return {
-            "init": cells["init"].init(keys[0], None)["params"],
-            "cell": cells["cell"].init(keys[1], jnp.int32(0), *[state] * self.ndim)["params"],
-            "loss": cells["loss"].init(keys[2], jnp.int32(0), state)["params"],
+            "init": init_spec(h),
+            "cell": CellSpec(
+                GridCell(v, e, h, n),
+                lambda rngs: NNXGridCell(v, e, h, n, rngs=rngs),
+                operands=(lstm_state(h),) * n,
+                arity=n,
+            ),
+            "loss": classifier_spec(h, self.num_classes),
         }
 
     def batch_graph(self, grids: Sequence) -> Graph:
@@ -206,7 +177,7 @@ class GridLSTM:
         Raises:
           GraphError: an empty batch, or a grid whose number of dimensions is not ``ndim``.
         """
-        _nonempty(grids, "grids")
+        check_nonempty(grids, "grids")
         bad = [k for k, g in enumerate(grids) if len(g.shape) != self.ndim]
         if bad:
             raise GraphError(f"grid {bad[0]} has shape {grids[bad[0]].shape}; this model takes {self.ndim}-d grids")
@@ -216,7 +187,7 @@ class GridLSTM:
         cells = shapes.prod(axis=1)
         sizes = 1 + 2 * cells
         base = np.cumsum(sizes) - sizes
-        inst, k = _instance_positions(cells)
+        inst, k = token_positions(cells)
         cell = base[inst] + 1 + k
         coord = (k[:, None] // strides[inst]) % shapes[inst]
         seg_len = np.stack([np.ones_like(cells), cells, cells], axis=1).ravel()  # init, cells, losses
@@ -224,18 +195,9 @@ class GridLSTM:
         args = np.full((int(sizes.sum()), self.ndim), -1, np.int64)
         args[cell] = np.where(coord > 0, cell[:, None] - strides[inst], base[inst][:, None])
         args[cell + cells[inst], 0] = cell
-        arg_ptr, arg_idx = _fixed_arity_csr(args)
         tokens = np.concatenate([g.tokens for g in grids]).astype(np.int64) % self.vocab_size
-        return Graph(
-            node_type=node_type,
-            arg_ptr=arg_ptr,
-            arg_idx=arg_idx,
-            instance=np.repeat(np.arange(n, dtype=np.int32), sizes),
-            payload_row=payload_rows(node_type, len(self.op_types)),
-            payloads=(None, tokens.astype(np.int32), np.concatenate([g.labels for g in grids]).astype(np.int32)),
-            op_types=self.op_types,
-            num_instances=n,
-        )
+        payloads = (None, tokens.astype(np.int32), np.concatenate([g.labels for g in grids]).astype(np.int32))
+        return instance_graph(node_type, *padded_csr(args), sizes, payloads, self.op_types)
 
 
 # ---------------------------------------------------------------------------
@@ -250,64 +212,40 @@ def _state_mean(params, in_degree, total):
 
 
 @dataclasses.dataclass(frozen=True)
-class DagLSTM:
-    """LSTM over :class:`~edbatch_jax.zoo.data.synthetic_graphs.RandomDAG` inputs (see the module docstring).
+class _SyntheticModel(EmbeddingModel):
+    """The hyperparameters of the random-DAG and perfect-tree models (those of the grid, after its ``ndim``).
 
-    Attributes:
-      vocab_size: rows of each arc embedding table (token ids are taken modulo it).
-      hidden: hidden size H (default 128).
-      embed: embedding size E (default 128).
+    Attributes (``hidden``, ``embed``: those of :class:`~edbatch_jax.zoo.models.base.EmbeddingModel`):
+      vocab_size: rows of each embedding table (token ids are taken modulo it; default 100).
       num_classes: label classes (default 5).
     """
 
     vocab_size: int = 100
-    hidden: int = 128
-    embed: int = 128
     num_classes: int = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class DagLSTM(_SyntheticModel):
+    """LSTM over :class:`~edbatch_jax.zoo.data.synthetic_graphs.RandomDAG` inputs (see the module docstring).
+
+    Attributes: ``vocab_size`` (rows of each arc embedding table; default 100),
+    ``hidden``, ``embed``, ``num_classes`` (default 5).
+    """
 
     op_types = DAG_OP_TYPES
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the initial state, the two arc cells (own parameters), the classifier."""
         return {
-            "init": InitCell(self.hidden),
-            "arc_a": LSTMArcCell(self.vocab_size, self.embed, self.hidden),
-            "arc_b": LSTMArcCell(self.vocab_size, self.embed, self.hidden),
-            "loss": LossCell(self.num_classes),
+            "init": init_spec(self.hidden),
+            "arc_a": lstm_arc_spec(self.vocab_size, self.embed, self.hidden),
+            "arc_b": lstm_arc_spec(self.vocab_size, self.embed, self.hidden),
+            "loss": classifier_spec(self.hidden, self.num_classes),
         }
 
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; ``state`` is a variadic sum over its in-degree.
-
-        Built once per model object (do not mutate it), so ``eb.run(model.ops, ...)``
-        reuses the engine's compiled steps across calls.
-        """
-        ops = {name: linen_op(cell, name) for name, cell in self.cells.items()}
-        ops["state"] = Op(_state_mean, aggregate="sum")
-        return ops
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        cells = {
-            "init": NNXInitCell(self.hidden),
-            "arc_a": NNXLSTMArcCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-            "arc_b": NNXLSTMArcCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
-        }
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"init", "arc_a", "arc_b", "loss"}`` (f32)."""
-        keys = jax.random.split(rng, 4)
-        cells = self.cells
-        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
-        return {
-            "init": cells["init"].init(keys[0], None)["params"],
-            "arc_a": cells["arc_a"].init(keys[1], jnp.int32(0), state)["params"],
-            "arc_b": cells["arc_b"].init(keys[2], jnp.int32(0), state)["params"],
-            "loss": cells["loss"].init(keys[3], jnp.int32(0), state)["params"],
-        }
+    def extra_ops(self) -> dict[str, Op]:
+        """``state``: the sum of its incoming arcs' states (aggregate ``"sum"``) over its in-degree."""
+        return {"state": Op(_state_mean, aggregate="sum")}
 
     def batch_graph(self, dags: Sequence) -> Graph:
         """The batched graph of several DAGs (one instance per DAG), built vectorised.
@@ -315,14 +253,13 @@ class DagLSTM:
         Raises:
           GraphError: empty batch.
         """
-        _nonempty(dags, "DAGs")
-        n = len(dags)
+        check_nonempty(dags, "DAGs")
         num_states = np.array([d.num_states for d in dags], dtype=np.int64)
         num_arcs = np.array([d.num_arcs for d in dags], dtype=np.int64)
         sizes = 2 * num_states + num_arcs
         base = np.cumsum(sizes) - sizes
-        s_inst, s_local = _instance_positions(num_states)
-        a_inst, a_local = _instance_positions(num_arcs)
+        s_inst, s_local = token_positions(num_states)
+        a_inst, a_local = token_positions(num_arcs)
         state_offset = np.cumsum(num_states) - num_states
         dst = np.concatenate([d.arc_dst for d in dags]).astype(np.int64)
         src = np.concatenate([d.arc_src for d in dags]).astype(np.int64)
@@ -345,22 +282,9 @@ class DagLSTM:
         arg_ptr, arg_idx = csr_by_source(consumer, operand, num_nodes)
         in_degree = np.diff(arg_ptr)[node_type == 3].astype(np.int32)
         tokens = (np.concatenate([d.arc_token for d in dags]).astype(np.int64) % self.vocab_size).astype(np.int32)
-        return Graph(
-            node_type=node_type,
-            arg_ptr=arg_ptr,
-            arg_idx=arg_idx,
-            instance=np.repeat(np.arange(n, dtype=np.int32), sizes),
-            payload_row=payload_rows(node_type, len(self.op_types)),
-            payloads=(
-                None,
-                tokens[arc_type == 0],
-                tokens[arc_type == 1],
-                in_degree,
-                np.concatenate([d.labels for d in dags]).astype(np.int32),
-            ),
-            op_types=self.op_types,
-            num_instances=n,
-        )
+        labels = np.concatenate([d.labels for d in dags]).astype(np.int32)
+        payloads = (None, tokens[arc_type == 0], tokens[arc_type == 1], in_degree, labels)
+        return instance_graph(node_type, arg_ptr, arg_idx, sizes, payloads, self.op_types)
 
 
 # ---------------------------------------------------------------------------
@@ -369,58 +293,20 @@ class DagLSTM:
 
 
 @dataclasses.dataclass(frozen=True)
-class BinaryTreeLSTM:
+class BinaryTreeLSTM(_SyntheticModel):
     """Tree-LSTM over :class:`~edbatch_jax.zoo.data.synthetic_graphs.PerfectTree` inputs (see the module docstring).
 
-    Attributes:
-      vocab_size: rows of the embedding table (token ids are taken modulo it).
-      hidden: hidden size H (default 128).
-      embed: embedding size E (default 128).
-      num_classes: label classes (default 5).
+    Attributes: ``vocab_size`` (default 100), ``hidden``, ``embed``, ``num_classes`` (default 5).
     """
-
-    vocab_size: int = 100
-    hidden: int = 128
-    embed: int = 128
-    num_classes: int = 5
 
     op_types = BINARY_TREE_OP_TYPES
 
-    @property
-    def cells(self) -> dict[str, nn.Module]:
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the Tree-LSTM leaf and internal cells and the classifier."""
         return {
-            "leaf": LeafCell(self.vocab_size, self.embed, self.hidden),
-            "internal": InternalCell(self.hidden),
-            "loss": LossCell(self.num_classes),
-        }
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; each cell reads ``params[name]``.
-
-        Built once per model object (do not mutate it), so ``eb.run(model.ops, ...)``
-        reuses the engine's compiled steps across calls.
-        """
-        return {name: linen_op(cell, name) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        cells = {
-            "leaf": NNXLeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-            "internal": NNXInternalCell(self.hidden, rngs=rngs),
-            "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
-        }
-        return NNXCells.matching(self.ops, cells)
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"leaf", "internal", "loss"}`` (f32)."""
-        k1, k2, k3 = jax.random.split(rng, 3)
-        state = {"h": jnp.zeros(self.hidden), "c": jnp.zeros(self.hidden)}
-        cells = self.cells
-        return {
-            "leaf": cells["leaf"].init(k1, jnp.int32(0))["params"],
-            "internal": cells["internal"].init(k2, None, state, state)["params"],
-            "loss": cells["loss"].init(k3, jnp.int32(0), state)["params"],
+            "leaf": tree_leaf_spec(self.vocab_size, self.embed, self.hidden),
+            "internal": tree_internal_spec(self.hidden),
+            "loss": classifier_spec(self.hidden, self.num_classes),
         }
 
     def batch_graph(self, trees: Sequence) -> Graph:
@@ -429,29 +315,10 @@ class BinaryTreeLSTM:
         Raises:
           GraphError: empty batch.
         """
-        _nonempty(trees, "trees")
-        n = len(trees)
+        check_nonempty(trees, "trees")
         sizes = np.array([t.num_nodes for t in trees], dtype=np.int64)
-        offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
         left = np.concatenate([t.left for t in trees]).astype(np.int64)
         right = np.concatenate([t.right for t in trees]).astype(np.int64)
-        binary = left >= 0
-        g = np.arange(sizes.sum())
-        node_type = np.empty(2 * g.size, np.int32)
-        node_type[0::2] = np.where(binary, 1, 0)
-        node_type[1::2] = 2
-        args = np.full((2 * g.size, 2), -1, np.int64)
-        args[0::2] = np.where(binary[:, None], 2 * (offsets[:, None] + np.stack([left, right], 1)), -1)
-        args[1::2, 0] = 2 * g
-        arg_ptr, arg_idx = _fixed_arity_csr(args)
-        tokens = np.concatenate([t.tokens for t in trees]).astype(np.int64) % self.vocab_size
-        return Graph(
-            node_type=node_type,
-            arg_ptr=arg_ptr,
-            arg_idx=arg_idx,
-            instance=np.repeat(np.arange(n, dtype=np.int32), 2 * sizes),
-            payload_row=payload_rows(node_type, len(self.op_types)),
-            payloads=(tokens.astype(np.int32), None, np.concatenate([t.labels for t in trees]).astype(np.int32)),
-            op_types=self.op_types,
-            num_instances=n,
-        )
+        labels = np.concatenate([t.labels for t in trees])
+        tokens = (np.concatenate([t.tokens for t in trees]).astype(np.int64) % self.vocab_size).astype(np.int32)
+        return binary_tree_graph(sizes, left, right, labels, tokens, self.op_types)

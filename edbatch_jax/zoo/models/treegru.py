@@ -31,7 +31,7 @@ sigmoid, ⊙ the elementwise product:
   The three update gates are positive and sum to one in every unit, so ``h``
   is a convex combination of the children's states and the candidate.
 * loss: ``logits = W_o h + b_o`` (5 classes) and the softmax cross-entropy
-  against the label (:class:`~edbatch_jax.zoo.models.treelstm.LossCell`).
+  against the label (:class:`~edbatch_jax.zoo.models.cells.LossCell`).
 
 States: ``{"h": f32[H]}`` for leaf and internal nodes (one shared buffer),
 ``{"loss": f32[], "logits": f32[C]}`` for loss nodes.
@@ -40,20 +40,14 @@ States: ``{"h": f32[H]}`` for leaf and internal nodes (one shared buffer),
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from edbatch_jax.engine.flax_ops import NNXCells, linen_op
-from edbatch_jax.engine.ops import Op
-from edbatch_jax.graph import Graph, GraphBuilder
-from edbatch_jax.zoo.data.sst import Tree, Vocabulary
-from edbatch_jax.zoo.models.treelstm import LossCell, NNXLossCell, binary_tree_batch_graph
+from edbatch_jax.zoo.models.base import CellSpec, SSTTreeModel, hidden_state
+from edbatch_jax.zoo.models.cells import classifier_spec
 
 __all__ = ["GRULeafCell", "GRUInternalCell", "NNXGRULeafCell", "NNXGRUInternalCell", "TreeGRU"]
 
@@ -127,89 +121,24 @@ class NNXGRUInternalCell(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class TreeGRU:
+class TreeGRU(SSTTreeModel):
     """The Tree-GRU model: its cells, their ops, parameter init, and graph construction.
 
-    Attributes:
-      vocab_size: rows of the embedding table (token ids are taken modulo it).
-      hidden: hidden size H (default 128, as in the reference benchmark).
-      embed: embedding size E (default 128).
-      num_classes: sentiment classes (5 for SST).
+    Attributes: ``vocab_size``, ``hidden``, ``embed``, ``num_classes``, those of
+    :class:`~edbatch_jax.zoo.models.base.SSTTreeModel`.
     """
 
-    vocab_size: int
-    hidden: int = 128
-    embed: int = 128
-    num_classes: int = 5
-
-    op_types = ("leaf", "internal", "loss")
-
-    @property
-    def cells(self) -> dict[str, nn.Module]:
-        """Op type name -> Flax cell: leaf, internal, loss."""
+    def cell_table(self) -> dict[str, CellSpec]:
+        """Op type name -> cell: the GRU leaf and internal cells and the classifier."""
+        v, e, h = self.vocab_size, self.embed, self.hidden
+        state = hidden_state(h)
         return {
-            "leaf": GRULeafCell(self.vocab_size, self.embed, self.hidden),
-            "internal": GRUInternalCell(self.hidden),
-            "loss": LossCell(self.num_classes),
+            "leaf": CellSpec(GRULeafCell(v, e, h), lambda rngs: NNXGRULeafCell(v, e, h, rngs=rngs)),
+            "internal": CellSpec(
+                GRUInternalCell(h),
+                lambda rngs: NNXGRUInternalCell(h, rngs=rngs),
+                operands=(state, state),
+                payload=False,
+            ),
+            "loss": classifier_spec(h, self.num_classes),
         }
-
-    @functools.cached_property
-    def ops(self) -> dict[str, Op]:
-        """Op type name -> :class:`Op`; each cell reads ``params[name]``."""
-        return {name: linen_op(cell, name) for name, cell in self.cells.items()}
-
-    def nnx_cells(self, *, rngs: nnx.Rngs) -> NNXCells:
-        """The same cells as ``flax.nnx`` modules in an :class:`~edbatch_jax.NNXCells`."""
-        return NNXCells.matching(
-            self.ops,
-            {
-                "leaf": NNXGRULeafCell(self.vocab_size, self.embed, self.hidden, rngs=rngs),
-                "internal": NNXGRUInternalCell(self.hidden, rngs=rngs),
-                "loss": NNXLossCell(self.hidden, self.num_classes, rngs=rngs),
-            },
-        )
-
-    def init(self, rng: jax.Array) -> dict:
-        """Parameters ``{"leaf": ..., "internal": ..., "loss": ...}`` (f32).
-
-        Args:
-          rng: a PRNG key.
-        """
-        k1, k2, k3 = jax.random.split(rng, 3)
-        state = {"h": jnp.zeros(self.hidden)}
-        cells = self.cells
-        return {
-            "leaf": cells["leaf"].init(k1, jnp.int32(0))["params"],
-            "internal": cells["internal"].init(k2, None, state, state)["params"],
-            "loss": cells["loss"].init(k3, jnp.int32(0), state)["params"],
-        }
-
-    def tree_graph(self, tree: Tree, token_ids: np.ndarray) -> Graph:
-        """The graph of one tree, built node by node (the readable reference).
-
-        Args:
-          tree: the tree.
-          token_ids: int32 ``[tree.num_nodes]`` token id per tree node (ignored
-            for binary nodes), e.g. ``vocab.encode(tree)``.
-        """
-        b = GraphBuilder()
-        node_of = np.empty(tree.num_nodes, dtype=np.int64)
-        for k in range(tree.num_nodes):
-            if tree.left[k] < 0:
-                v = b.add("leaf", payload=np.int32(token_ids[k] % self.vocab_size))
-            else:
-                v = b.add("internal", int(node_of[tree.left[k]]), int(node_of[tree.right[k]]))
-            node_of[k] = v
-            b.add("loss", v, payload=np.int32(tree.labels[k]))
-        return b.build()
-
-    def batch_graph(self, trees: Sequence[Tree], vocab: Vocabulary) -> Graph:
-        """The batched graph of several trees (one instance per tree), built vectorised.
-
-        Equal to ``batch_graphs([tree_graph(t, vocab.encode(t)) for t in trees])``
-        (see :func:`binary_tree_batch_graph` for the node numbering).
-
-        Raises:
-          GraphError: ``trees`` is empty.
-        """
-        return binary_tree_batch_graph(trees, vocab, self.vocab_size, self.op_types)

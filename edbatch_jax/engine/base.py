@@ -1,0 +1,438 @@
+"""The engine protocol: :class:`Engine`, the abstract base of the stepwise and the fused engine.
+
+An engine turns a (graph, schedule, layout) into an execution plan and runs
+plans: :meth:`Engine.plan`, :meth:`Engine.execute` (differentiable),
+:meth:`Engine.value_and_grad`, :meth:`Engine.precompile` and
+:meth:`Engine.run`. What both engines do alike lives here: the plan cache,
+the buffer planning (one state buffer per state structure, a row per node,
+the whole schedule's rows), the ``jax.custom_vjp`` around the forward pass,
+``value_and_grad`` and ``run``. How a plan is executed (its forward and
+backward passes, its extra tables, its precompilation) is left to the
+subclasses: :class:`~edbatch_jax.engine.stepwise.StepwiseEngine` and
+:class:`~edbatch_jax.engine.fused.FusedEngine`.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import jax
+import numpy as np
+from jax.custom_derivatives import CustomVJPPrimal
+
+from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.common import (
+    PyTree,
+    instantiate_zeros,
+    output_nodes,
+    signature_bytes,
+    signature_struct,
+    state_signature,
+    sum_rows,
+    take_rows,
+)
+from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops
+from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
+from edbatch_jax.graph import Graph, GraphError
+from edbatch_jax.layout.planner import LayoutPlan
+from edbatch_jax.scheduling.schedule import Schedule
+
+if TYPE_CHECKING:
+    from edbatch_jax.engine.stepwise import ExecutionPlan
+
+__all__ = ["BufferPlan", "Engine"]
+
+
+class BufferPlan(NamedTuple):
+    """The state buffers and rows of one schedule, as both engines plan them (host arrays).
+
+    Attributes:
+      signatures: state structure of every buffer (:func:`~edbatch_jax.engine.common.state_signature`).
+      capacities: rows of every buffer (bucketed).
+      node_buffer: int32 ``[N]``, the buffer holding each node's state.
+      node_slot: int32 ``[N]``, the node's row in that buffer.
+      rows: the whole schedule's lanes, operand rows and slice/gather
+        decisions (:class:`~edbatch_jax.engine.rows.ScheduleRows`).
+    """
+
+    signatures: tuple[tuple, ...]
+    capacities: tuple[int, ...]
+    node_buffer: np.ndarray
+    node_slot: np.ndarray
+    rows: ScheduleRows
+
+
+class Engine(abc.ABC):
+    """Runs schedules of graphs whose op types are implemented by ``ops`` (abstract).
+
+    An engine owns its compiled programs and the buffer capacities, so
+    reusing one engine across mini-batches reuses its executables. The
+    concrete engines are :class:`~edbatch_jax.engine.stepwise.StepwiseEngine`
+    (one jitted call per batch) and
+    :class:`~edbatch_jax.engine.fused.FusedEngine` (one XLA program per
+    schedule). ``Engine(ops, ...)`` itself still builds a ``StepwiseEngine``,
+    with a ``DeprecationWarning``.
+
+    Args:
+      ops: op type name -> :class:`~edbatch_jax.engine.ops.Op` or per-node
+        function.
+      min_capacity: smallest buffer capacity (rows).
+      plan_cache_size: execution plans kept (one per mini-batch in use).
+
+    Attributes:
+      ops: op type name -> :class:`~edbatch_jax.engine.ops.Op`.
+      min_capacity: smallest buffer capacity.
+      trace_count: number of programs traced (each trace is one compiled
+        executable when running eagerly).
+      plans_built: number of execution plans built (host-side work per new
+        mini-batch; a mini-batch whose plan is still cached costs none).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls is Engine:  # the old spelling of the stepwise engine
+            from edbatch_jax.engine.stepwise import StepwiseEngine
+
+            warnings.warn(
+                "constructing edbatch_jax.Engine is deprecated: Engine is the abstract base of the engines now; "
+                "use eb.StepwiseEngine(ops, ...) (the same engine) or eb.FusedEngine(ops, ...)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return super().__new__(StepwiseEngine)  # then initialised by StepwiseEngine.__init__ with these arguments
+        return super().__new__(cls)
+
+    def __init__(self, ops: Mapping[str, Op | Any], *, min_capacity: int = 64, plan_cache_size: int = 16):
+        self.ops = as_ops(ops)
+        self.min_capacity = int(min_capacity)
+        self.trace_count = 0
+        self.plans_built = 0
+        self._capacity: dict[tuple, int] = {}  # signature -> rows (grows, kept)
+        self._signature_cache: dict[tuple, tuple] = {}
+        self._compiled: set = set()  # programs compiled ahead of time (precompile)
+        self._plans: collections.OrderedDict = collections.OrderedDict()
+        self._plan_cache_size = plan_cache_size
+
+    # ------------------------------------------------------------------ planning
+    def plan(
+        self,
+        params: PyTree,
+        graph: Graph,
+        schedule: Schedule,
+        layout: LayoutPlan | Literal["gather"] | None = None,
+    ) -> ExecutionPlan:
+        """Host-side plan of one schedule: buffers, rows, index arrays (and the engine's own tables).
+
+        Cached per (graph, schedule, layout) object; not jittable.
+
+        Args:
+          params: the parameter pytree (its structure, shapes and dtypes
+            decide the state structures).
+          graph: the (batched) graph.
+          schedule: a valid schedule of ``graph``.
+          layout: ``None`` (rows in schedule order, as DyNet allocates them;
+            operands that happen to be consecutive are read as slices),
+            ``"gather"`` (the same rows, every operand gathered), or a
+            :class:`~edbatch_jax.layout.LayoutPlan` (rows in its order).
+
+        Returns:
+          The engine's plan (an :class:`~edbatch_jax.engine.stepwise.ExecutionPlan`;
+          a :class:`~edbatch_jax.engine.fused.FusedPlan` for the fused engine).
+
+        Raises:
+          ValueError: ``layout`` is none of these, or does not fit the graph.
+        """
+        if not (layout is None or isinstance(layout, LayoutPlan) or (isinstance(layout, str) and layout == "gather")):
+            raise ValueError(f"layout must be None, 'gather' or a LayoutPlan, got {layout!r}")
+        key = (id(graph), id(schedule), layout if isinstance(layout, str) else id(layout))
+        hit = self._plans.get(key)
+        params_sig = state_signature(params)
+        if hit is not None and hit[0] is graph and hit[1] is schedule and hit[2] == params_sig and hit[3] is layout:
+            self._plans.move_to_end(key)
+            return hit[4]
+        plan = self._build_plan(params, params_sig, graph, schedule, layout)
+        self.plans_built += 1
+        self._plans[key] = (graph, schedule, params_sig, layout, plan)
+        if len(self._plans) > self._plan_cache_size:
+            self._plans.popitem(last=False)
+        return plan
+
+    @abc.abstractmethod
+    def _build_plan(
+        self,
+        params: PyTree,
+        params_sig: tuple,
+        graph: Graph,
+        schedule: Schedule,
+        layout: LayoutPlan | Literal["gather"] | None,
+    ) -> ExecutionPlan:
+        """A new plan (:meth:`plan` has checked ``layout`` and missed its cache); ``params_sig``: the
+        :func:`~edbatch_jax.engine.common.state_signature` of ``params``."""
+
+    def _output_signature(self, name: str, params_sig: tuple, payload_sig, operand_sigs: tuple, params) -> tuple:
+        """State signature of op ``name``'s output for one node's payload and operand signatures (cached)."""
+        key = (name, params_sig, payload_sig, operand_sigs)
+        sig = self._signature_cache.get(key)
+        if sig is None:
+            op = self.ops[name]
+            payload = None if payload_sig is None else signature_struct(payload_sig)
+            operands = [signature_struct(s) for s in operand_sigs]
+            try:
+                out = jax.eval_shape(lambda p, x, *o: op.fn(p, x, *o), op.select_params(params), payload, *operands)
+            except Exception as e:  # re-raised with the op named
+                raise OpError(
+                    f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}"
+                ) from e
+            sig = self._signature_cache[key] = state_signature(out)
+        return sig
+
+    def _plan_buffers(
+        self,
+        params: PyTree,
+        params_sig: tuple,
+        graph: Graph,
+        schedule: Schedule,
+        layout: LayoutPlan | Literal["gather"] | None,
+    ) -> BufferPlan:
+        """The plan's state buffers and whole-schedule rows; grows the engine's buffer capacities. Host-side."""
+        if graph.num_nodes == 0:
+            raise GraphError("empty graph: nothing to run")
+        if schedule.op_types != graph.op_types:
+            raise OpError("the schedule was made for another graph (op types differ)")
+        check_graph_ops(graph, self.ops)
+        n, T = graph.num_nodes, graph.num_types
+        order = schedule.node_order
+        first_node = order[schedule.batch_ptr[:-1]]
+
+        # --- state structure of every op type, found at its first batch (in schedule order)
+        type_sig: list[tuple | None] = [None] * T
+        types, first_batch = np.unique(schedule.batch_type, return_index=True)
+        for t, b in sorted(zip(types.tolist(), first_batch.tolist()), key=lambda tb: tb[1]):
+            v = first_node[b]
+            name = graph.op_types[t]
+            args = graph.args(v)
+            if self.ops[name].variadic:
+                args = args[:1]
+            operand_sigs = tuple(type_sig[graph.node_type[a]] for a in args)
+            if any(s is None for s in operand_sigs):
+                raise OpError(f"node {v} (op {name!r}) runs before one of its arguments; validate the schedule")
+            tree = graph.payloads[t]
+            payload_sig = None if tree is None else state_signature(jax.tree.map(lambda a: a[0], tree))
+            type_sig[t] = self._output_signature(name, params_sig, payload_sig, operand_sigs, params)
+        signatures = tuple(dict.fromkeys(s for s in type_sig if s is not None))
+        type_buffer = np.array([-1 if s is None else signatures.index(s) for s in type_sig], dtype=np.int32)
+
+        # --- every operand position of a type must read one state structure
+        dst = graph.edge_dst()
+        pos = np.arange(graph.num_edges) - graph.arg_ptr[dst]
+        variadic = np.array([graph.op_types[t] in self.ops and self.ops[graph.op_types[t]].variadic for t in range(T)])
+        arity = np.array(
+            [
+                0 if variadic[t] or graph.op_types[t] not in self.ops else self.ops[graph.op_types[t]].arity
+                for t in range(T)
+            ],
+            np.int64,
+        )
+        pos = np.where(variadic[graph.node_type[dst]], 0, pos)
+        src_buf = type_buffer[graph.node_type[graph.arg_idx]]
+        if graph.num_edges:  # distinct (type, position, buffer) triples, counted without a sort
+            group = graph.node_type[dst].astype(np.int64) * (int(pos.max()) + 1) + pos
+            seen = np.bincount(group * len(signatures) + src_buf, minlength=(int(group.max()) + 1) * len(signatures))
+            clash = np.flatnonzero((seen.reshape(-1, len(signatures)) > 0).sum(axis=1) > 1)
+            if clash.size:
+                e1 = int(np.flatnonzero(group == clash[0])[0])
+                e2 = int(np.flatnonzero((group == clash[0]) & (src_buf != src_buf[e1]))[0])
+                raise OpError(
+                    f"op {graph.op_types[graph.node_type[dst[e1]]]!r}: operand {pos[e1]} of node {dst[e1]} "
+                    f"has state structure {signatures[src_buf[e1]]} but node {dst[e2]} passes "
+                    f"{signatures[src_buf[e2]]}; one operand position must always read one structure"
+                )
+
+        # --- rows: per buffer in schedule order (each batch contiguous), or in the layout's order
+        node_buffer = type_buffer[graph.node_type]
+        if isinstance(layout, LayoutPlan):
+            position = np.asarray(layout.position)
+            if position.shape != (n,):
+                raise ValueError(f"the layout plan has {position.shape[0]} positions for a graph of {n} nodes")
+            if np.array_equal(np.bincount(np.clip(position, 0, n), minlength=n + 1)[:n], np.ones(n)):
+                by_row = np.empty(n, np.int64)  # a permutation of 0..n-1 (as plan_layout gives): invert it
+                by_row[position] = np.arange(n)
+            else:
+                by_row = np.argsort(position, kind="stable")
+        else:
+            by_row = order
+        buf_in_order = node_buffer[by_row]
+        node_slot = np.empty(n, dtype=np.int32)
+        for b in range(len(signatures)):
+            sel = buf_in_order == b
+            node_slot[by_row[sel]] = np.arange(int(sel.sum()), dtype=np.int32)
+        row_bytes = np.array([signature_bytes(sig) for sig in signatures], np.int64)
+        rows = schedule_rows(
+            graph,
+            schedule,
+            node_slot,
+            node_buffer,
+            len(signatures),
+            variadic,
+            arity,
+            row_bytes,
+            allow_slices=layout != "gather",
+        )
+
+        capacities = []
+        for b, sig in enumerate(signatures):
+            cap = max(self._capacity.get(sig, 0), bucket(int(rows.need[b]), self.min_capacity))
+            self._capacity[sig] = cap
+            capacities.append(cap)
+        return BufferPlan(signatures, tuple(capacities), node_buffer, node_slot, rows)
+
+    # ------------------------------------------------------------------ execution (engine-specific)
+    @abc.abstractmethod
+    def _forward(self, plan: ExecutionPlan, params: PyTree) -> tuple:
+        """All state buffers after running ``plan`` (one pytree per buffer, leaves ``[capacity, ...]``)."""
+
+    @abc.abstractmethod
+    def _forward_saving(self, plan: ExecutionPlan, params: PyTree) -> tuple[tuple, Any]:
+        """``(buffers, saved)``: the buffers and what the backward pass may reuse (``None``: nothing)."""
+
+    @abc.abstractmethod
+    def _backward(
+        self, plan: ExecutionPlan, params: PyTree, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None
+    ) -> PyTree:
+        """Gradient w.r.t. ``params`` of a plan's run, given one cotangent per buffer (``None``: zero).
+
+        ``owned``: the cotangent arrays (and ``saved``) are the caller's to give up (donated or reused, not copied).
+        ``saved``: the second output of :meth:`_forward_saving`.
+        """
+
+    @abc.abstractmethod
+    def precompile(self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None) -> int:
+        """Compiles, ahead of time and without running them, the programs that running ``plan`` needs.
+
+        Plan every mini-batch first (:meth:`plan`: buffer capacities and the
+        fused engine's table lengths only grow), then precompile each plan:
+        the programs are then compiled once, at their final shapes, before
+        the first step, instead of during the first steps and again whenever
+        a larger mini-batch grows a capacity. Programs already compiled are
+        not compiled again. Host-side; not jittable.
+
+        Args:
+          params: the parameter pytree the plan will run with (concrete
+            arrays; only their shapes, dtypes and placement matter).
+          plan: a plan of this engine (:meth:`plan`).
+          cotangents: ``None`` for inference (the forward programs);
+            otherwise one bool per state buffer of ``plan``, ``True`` where
+            the loss gives that buffer a cotangent, for training through
+            :meth:`value_and_grad` (the forward programs that keep what the
+            backward pass reuses, and the backward programs).
+
+        Returns:
+          The number of programs compiled by this call.
+        """
+
+    # ------------------------------------------------------------------ execution (shared)
+    def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
+        """All state buffers after running ``plan``; differentiable w.r.t. ``params``.
+
+        With concrete ``params`` (nothing traces them: no ``jax.grad``, no
+        ``jax.jit`` around the call) the forward program runs directly;
+        otherwise through a ``jax.custom_vjp`` whose backward pass is the
+        engine's reverse sweep (buffers nothing reads get no cotangent work:
+        zero cotangents stay symbolic until the sweep makes them). Usable
+        eagerly or under ``jax.jit``.
+
+        Args:
+          plan: a plan of this engine (:meth:`plan`).
+          params: the parameter pytree.
+
+        Returns:
+          One pytree per state buffer, leaves ``[capacity, ...]``.
+        """
+        if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
+            return self._forward(plan, params)  # nothing to differentiate: skip the custom_vjp machinery
+
+        @jax.custom_vjp
+        def buffers(p):
+            return self._forward(plan, p)
+
+        def fwd(p):
+            p = jax.tree.map(lambda x: x.value, p, is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
+            bufs, saved = self._forward_saving(plan, p)
+            return bufs, (p, bufs, saved)
+
+        def bwd(res, ct):
+            p, bufs, saved = res
+            return (self._backward(plan, p, bufs, tuple(instantiate_zeros(c) for c in ct), saved=saved),)
+
+        buffers.defvjp(fwd, bwd, symbolic_zeros=True)
+        return buffers(params)
+
+    def value_and_grad(self, plan: ExecutionPlan, params: PyTree, loss_grad) -> tuple[jax.Array, PyTree]:
+        """A loss of the state buffers and its gradient w.r.t. ``params``, without tracing the schedule.
+
+        The same result as ``jax.value_and_grad`` of ``loss(execute(plan, p))``
+        for concrete ``params``, without autodiff's per-call tracing and zero
+        cotangents: the forward program, ``loss_grad``, then the backward
+        program. Not jittable (use ``jax.value_and_grad`` over :meth:`run`
+        under ``jax.jit``).
+
+        Args:
+          plan: a plan of this engine (:meth:`plan`).
+          params: the parameter pytree (concrete arrays).
+          loss_grad: ``buffers -> (loss, cotangents)``, with one cotangent
+            pytree per buffer or ``None`` for a buffer the loss does not read
+            (e.g. a jitted ``jax.value_and_grad``). The cotangent arrays are
+            handed over: the stepwise engine updates them in place (donated),
+            so they must be fresh (the outputs of a jitted function are).
+
+        Returns:
+          ``(loss, grads)``, ``grads`` with the structure of ``params``.
+        """
+        bufs, saved = self._forward_saving(plan, params)
+        loss, ct = loss_grad(bufs)
+        if len(ct) != len(bufs):
+            raise ValueError(f"loss_grad returned {len(ct)} cotangents for {len(bufs)} buffers")
+        return loss, self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved)
+
+    def run(
+        self,
+        params: PyTree,
+        graph: Graph,
+        schedule: Schedule,
+        outputs: Sequence[int] | np.ndarray | None = None,
+        layout: LayoutPlan | Literal["gather"] | None = None,
+        reduce: Literal["sum"] | None = None,
+    ) -> PyTree:
+        """Runs ``schedule`` and returns the stacked states of ``outputs``.
+
+        Args:
+          params: the parameter pytree passed to every op.
+          graph: the (batched) graph.
+          schedule: a valid schedule of ``graph``.
+          outputs: node ids (int ``[K]``), all of one state structure; ``None``
+            means every node (then all op types must share one structure).
+          layout: buffer layout (see :meth:`plan`): ``None``, ``"gather"`` or
+            a :class:`~edbatch_jax.layout.LayoutPlan`.
+          reduce: ``"sum"`` returns the sum over the outputs instead (no
+            leading axis), computed on a bucketed index so that mini-batches
+            with different output counts share one executable.
+
+        Returns:
+          The state pytree with a leading axis ``[K]`` (or summed). Differentiable with
+          ``jax.grad`` w.r.t. ``params``; usable eagerly or under ``jax.jit``.
+        """
+        if reduce not in (None, "sum"):
+            raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
+        plan = self.plan(params, graph, schedule, layout)
+        nodes = output_nodes(plan, graph, outputs)
+        bufs = self.execute(plan, params)
+        buf = bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0]
+        if reduce == "sum":
+            k = bucket(nodes.size)
+            idx = np.zeros(k, np.int32)
+            idx[: nodes.size] = plan.node_slot[nodes]
+            return sum_rows(buf, idx, np.arange(k) < nodes.size)
+        return take_rows(buf, plan.node_slot[nodes])

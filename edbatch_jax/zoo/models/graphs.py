@@ -1,0 +1,210 @@
+"""Vectorised graph construction shared by the bundled models: batch checks, positions, CSR, the binary-tree graph.
+
+Every model's ``batch_graph`` builds one :class:`~edbatch_jax.graph.Graph` for a
+batch of instances with NumPy arrays (no Python loop over nodes): node ids are
+local to an instance, instances are concatenated in order, and ids are a
+topological order. The helpers here are the pieces they all need: checking a
+batch (:func:`check_nonempty`, :func:`check_sequences`), the position of every
+item of concatenated instances (:func:`token_positions`, :func:`sequence_layout`), an operand table padded
+with ``-1`` to CSR (:func:`padded_csr`), the :class:`~edbatch_jax.graph.Graph`
+of per-node arrays (:func:`instance_graph`), and the graph of binary trees with a
+loss node per tree node (:func:`binary_tree_graph`, :func:`binary_tree_batch_graph`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from edbatch_jax.graph import Graph, GraphError
+from edbatch_jax.graph.csr import payload_rows
+from edbatch_jax.zoo.data.sst import Tree
+from edbatch_jax.zoo.data.vocab import Vocabulary
+
+__all__ = [
+    "binary_tree_batch_graph",
+    "binary_tree_graph",
+    "check_nonempty",
+    "check_sequences",
+    "instance_graph",
+    "padded_csr",
+    "sequence_layout",
+    "token_positions",
+]
+
+
+def check_nonempty(instances: Sequence, what: str) -> None:
+    """Raises :class:`~edbatch_jax.graph.GraphError` naming ``what`` when there are no ``instances``."""
+    if len(instances) == 0:
+        raise GraphError(f"batch_graph got an empty batch: no {what}")
+
+
+def check_sequences(word_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray], what: str) -> np.ndarray:
+    """int64 ``[B]``: the lengths of ``B`` sequences of word ids, checked against their label sequences.
+
+    Args:
+      word_ids: ``B >= 1`` int arrays ``[T_b]``.
+      labels: ``B`` int arrays ``[T_b]`` (pass ``word_ids`` again for sequences without labels).
+      what: the name of one sequence in error messages (``"sentence"``).
+
+    Raises:
+      GraphError: an empty batch, as many word as label sequences missing, or a
+        sequence without words or with as many labels as words missing.
+    """
+    check_nonempty(word_ids, what)
+    if len(word_ids) != len(labels):
+        raise GraphError(f"batch_graph got {len(word_ids)} word sequences but {len(labels)} label sequences")
+    lengths = np.array([np.shape(w)[0] for w in word_ids], dtype=np.int64)
+    bad = np.flatnonzero((lengths == 0) | (lengths != [np.shape(y)[0] for y in labels]))
+    if bad.size:
+        k = int(bad[0])
+        raise GraphError(
+            f"{what} {k}: {lengths[k]} words and {np.shape(labels[k])[0]} labels (need as many, at least one)"
+        )
+    return lengths
+
+
+def token_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sequence, position)`` int64 ``[sum(lengths)]`` of every item of concatenated sequences (or instances)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    sentence = np.repeat(np.arange(lengths.shape[0]), lengths)
+    return sentence, np.arange(sentence.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def sequence_layout(lengths: np.ndarray, fixed: int, per_token: int) -> tuple[np.ndarray, ...]:
+    """Where the nodes of concatenated sequences go: ``fixed`` nodes, then ``per_token`` blocks of ``T`` nodes each.
+
+    Args:
+      lengths: int64 ``[B]``, the tokens ``T_b`` of every sequence.
+      fixed: nodes at the start of every sequence (its initial states).
+      per_token: blocks of ``T_b`` nodes after them (one node per token each).
+
+    Returns:
+      ``(sizes, t, base, length)``: int64 ``[B]`` nodes per sequence, then per
+      token of all sequences (int64 ``[sum(lengths)]``) its position ``t``, the
+      first node id of its sequence and the length of its sequence.
+    """
+    sizes = fixed + per_token * lengths
+    first = np.cumsum(sizes) - sizes
+    sequence, t = token_positions(lengths)
+    return sizes, t, first[sequence], lengths[sequence]
+
+
+def padded_csr(args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(arg_ptr int32 [N + 1], arg_idx int32 [M])`` of an int ``[N, k]`` operand table padded with ``-1``."""
+    arity = (args >= 0).sum(1)
+    return np.concatenate([[0], np.cumsum(arity)]).astype(np.int32), args[args >= 0].astype(np.int32)
+
+
+def instance_graph(
+    node_type: np.ndarray,
+    arg_ptr: np.ndarray,
+    arg_idx: np.ndarray,
+    sizes: np.ndarray,
+    payloads: Sequence[np.ndarray | None],
+    op_types: tuple[str, ...],
+) -> Graph:
+    """The :class:`~edbatch_jax.graph.Graph` of concatenated instances of ``sizes`` nodes each.
+
+    Args:
+      node_type: int32 ``[N]``, the op type id of every node.
+      arg_ptr: int32 ``[N + 1]`` and ``arg_idx`` int32 ``[M]``: the operands in CSR.
+      arg_idx: see ``arg_ptr``.
+      sizes: int ``[B]``, the nodes of every instance (``N`` in all).
+      payloads: per op type, int32 ``[nodes of that type]`` in node order, or ``None``.
+      op_types: the op type names, in type-id order.
+    """
+    return Graph(
+        node_type=node_type,
+        arg_ptr=arg_ptr,
+        arg_idx=arg_idx,
+        instance=np.repeat(np.arange(len(sizes), dtype=np.int32), sizes),
+        payload_row=payload_rows(node_type, len(op_types)),
+        payloads=tuple(payloads),
+        op_types=tuple(op_types),
+        num_instances=len(sizes),
+    )
+
+
+def binary_tree_graph(
+    sizes: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    labels: np.ndarray,
+    leaf_ids: np.ndarray,
+    op_types: tuple[str, ...],
+    internal_type: np.ndarray | None = None,
+) -> Graph:
+    """The batched graph of binary trees (post-order) with a loss node per tree node, built vectorised.
+
+    Tree node ``k`` of the ``i``-th tree becomes cell node ``2 (o_i + k)`` and
+    loss node ``2 (o_i + k) + 1``, with ``o_i`` the nodes of the trees before
+    it; one instance per tree. A leaf is a node of type 0 (payload: its id), a
+    binary node reads its two children, a loss node its cell node (payload:
+    the label).
+
+    Args:
+      sizes: int ``[B]``, the nodes of every tree.
+      left: int ``[sum(sizes)]``, every node's left child (local to its tree), ``-1`` at a leaf.
+      right: int ``[sum(sizes)]``, the right children likewise.
+      labels: int ``[sum(sizes)]``, the label of every node.
+      leaf_ids: int32 ``[leaves]``: the payload of every leaf, in node order.
+      op_types: ``op_types[0]`` is the leaf type and ``op_types[-1]`` the loss
+        type; the ones between are internal types.
+      internal_type: int ``[sum(sizes)]``, the op type id of every node (read
+        only at binary nodes); ``None`` means every binary node has type id 1.
+    """
+    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
+    g = np.arange(sizes.sum())
+    binary = left >= 0
+    loss_type = len(op_types) - 1
+    node_type = np.empty(2 * g.size, np.int32)
+    node_type[0::2] = np.where(binary, 1 if internal_type is None else internal_type, 0)
+    node_type[1::2] = loss_type
+    args = np.full((2 * g.size, 2), -1, np.int64)
+    args[0::2] = np.where(binary[:, None], 2 * (offsets[:, None] + np.stack([left, right], 1)), -1)
+    args[1::2, 0] = 2 * g  # a loss reads its node; a binary node reads its two children, a leaf nothing
+    payloads: list[np.ndarray | None] = [None] * len(op_types)
+    payloads[0], payloads[loss_type] = leaf_ids, np.asarray(labels).astype(np.int32)
+    return instance_graph(node_type, *padded_csr(args), 2 * sizes, payloads, op_types)
+
+
+def binary_tree_batch_graph(
+    trees: Sequence[Tree],
+    vocab: Vocabulary,
+    vocab_size: int,
+    op_types: tuple[str, ...],
+    internal_type: np.ndarray | None = None,
+) -> Graph:
+    """The batched graph of several SST trees for a leaf / internal / loss model, built vectorised.
+
+    The node numbering of :func:`binary_tree_graph`. Leaf payloads are int32
+    word ids modulo ``vocab_size``, loss payloads the int32 labels; internal
+    nodes carry none.
+
+    Args:
+      trees: the trees (post-order, root last).
+      vocab: maps tokens to ids.
+      vocab_size: leaf word ids are taken modulo it.
+      op_types: the model's op types: ``op_types[0]`` is the leaf type and
+        ``op_types[-1]`` the loss type; the ones between are internal types.
+      internal_type: int ``[total nodes]``, the op type id of every tree node
+        (read only at binary nodes); ``None`` means every binary node has type
+        id 1.
+
+    Returns:
+      The :class:`Graph`, with ``op_types`` as given (types without nodes
+      included, their payload ``None``).
+
+    Raises:
+      GraphError: ``trees`` is empty.
+    """
+    check_nonempty(trees, "trees")
+    sizes = np.fromiter(map(len, (t.tokens for t in trees)), np.int64, count=len(trees))  # nodes per tree
+    left = np.concatenate([t.left for t in trees])
+    right = np.concatenate([t.right for t in trees])
+    labels = np.concatenate([t.labels for t in trees])
+    words = vocab.encode_all(trees)
+    leaf_ids = (words[left < 0] % vocab_size).astype(np.int32)
+    return binary_tree_graph(sizes, left, right, labels, leaf_ids, op_types, internal_type)
