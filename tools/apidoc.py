@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import os
 import pkgutil
 import re
 import sys
@@ -479,6 +480,8 @@ def _format_signature(prefix: str, sig: inspect.Signature | None) -> str:
 
 def _value_line(name: str, value) -> str:
     text = _clean(repr(value))
+    if isinstance(value, os.PathLike):  # where this machine has it: not the page's business
+        return f"{name}: {type(value).__name__}"
     if len(text) <= 90 and "\n" not in text:
         return f"{name} = {text}"
     size = f" ({len(value)} entries)" if hasattr(value, "__len__") else ""
