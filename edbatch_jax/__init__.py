@@ -44,6 +44,7 @@ from edbatch_jax.engine import (
 )
 from edbatch_jax.fsm import FSMDecision, FSMPolicy, PolicyFileError, learn_fsm, resolve_policy
 from edbatch_jax.graph import (
+    EdbatchError,
     Graph,
     GraphBuilder,
     GraphError,
@@ -115,6 +116,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AgendaPolicy",
     "DepthPolicy",
+    "EdbatchError",
     "Engine",
     "ExecutionPlan",
     "FSMDecision",

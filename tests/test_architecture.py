@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "edbatch_jax"
 
 CORE = ("graph", "scheduling", "layout", "fsm", "engine")
-BASE = ("io",)  # modules of the package root every layer may use
+BASE = ("errors", "io")  # modules of the package root every layer may use
 ALLOWED = {
     "graph": {"graph", *BASE},
     "scheduling": {"graph", "scheduling", *BASE},

@@ -12,6 +12,8 @@ the stepwise engine (:mod:`edbatch_jax.engine.stepwise`), the fused engine
   :func:`read_rows`, :func:`write_rows`, :func:`add_rows`,
   :func:`sum_rows`, :func:`mask_rows`;
 * the batched op call: :func:`combine`;
+* lanes that must not poison gradients: :func:`lanes_with_cotangent`,
+  :func:`guard_lanes`, :func:`zero_unless`;
 * gradients: :func:`instantiate_zeros`, :func:`assemble_grads`;
 * precompilation: :func:`compile_once`, :func:`placement`,
   :func:`check_cotangents`;
@@ -49,7 +51,9 @@ __all__ = [
     "check_cotangents",
     "combine",
     "compile_once",
+    "guard_lanes",
     "instantiate_zeros",
+    "lanes_with_cotangent",
     "mask_rows",
     "output_nodes",
     "placement",
@@ -61,6 +65,7 @@ __all__ = [
     "take_rows",
     "write_rows",
     "zero_buffer",
+    "zero_unless",
     "zeros_of",
 ]
 
@@ -204,8 +209,16 @@ def mask_rows(tree: PyTree, mask) -> PyTree:
 
 
 # ------------------------------------------------------------------ the batched op call
-def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree], segments, mask) -> PyTree:
+def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree], segments, mask, live=None) -> PyTree:
     """The batched op call: ``vmap(op.fn)`` over lanes, after aggregation for variadic ops; jittable.
+
+    With ``live``, the lanes outside it (padding lanes, and lanes whose
+    output no loss reads) compute on a copy of the first live lane's payload
+    and (aggregated) operands, gradient stopped (:func:`guard_lanes`): under
+    ``jax.vjp`` with zero cotangents they then contribute exact zeros to
+    parameter gradients and operand cotangents, even where their own inputs
+    are NaN or inf or at a singular point of the op (``y / norm(y)`` at
+    zero), as in unbatched execution.
 
     Args:
       op: the op type's :class:`~edbatch_jax.engine.ops.Op`.
@@ -218,6 +231,8 @@ def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree],
         (``L`` for padding rows, dropped); otherwise ``None``.
       mask: bool ``[L]``, the real (not padding) lanes; its length is the lane
         count ``L``.
+      live: bool ``[L]`` or ``None``: the lanes whose inputs are used as
+        they are (the others get the first live lane's).
 
     Returns:
       The lanes' output states, leaves ``[L, ...]``.
@@ -239,11 +254,51 @@ def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree],
             lambda a: jnp.where((count > 0).reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), agg
         )
         gathered = (agg,)
+    if live is not None:
+        payload, gathered = guard_lanes((payload, tuple(gathered)), live)
     mapped = [payload, *gathered]
     if not jax.tree.leaves(mapped):  # nothing varies across lanes: compute once, broadcast
         y = op.fn(params, payload, *gathered)
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), y)
     return jax.vmap(lambda p, *xs: op.fn(params, p, *xs), in_axes=(0,) + (0,) * len(gathered))(payload, *gathered)
+
+
+# ------------------------------------------------------------------ lanes that must not poison gradients
+def lanes_with_cotangent(mask, ct: PyTree):
+    """bool ``[L]``: the real lanes (``mask``, bool ``[L]``) whose output cotangent (leaves ``[L, ...]``) is not
+    all zero (a NaN counts as not zero); jittable."""
+    lanes = mask.shape[0]
+    live = jnp.zeros((lanes,), bool)
+    for leaf in jax.tree.leaves(ct):
+        if leaf.dtype == jax.dtypes.float0 or leaf.size == 0:
+            continue
+        live = live | jnp.any(leaf.reshape(lanes, -1) != 0, axis=1)
+    return live & mask
+
+
+def guard_lanes(tree: PyTree, live) -> PyTree:
+    """``tree`` (leaves ``[L, ...]``) with the rows of lanes outside ``live`` (bool ``[L]``) replaced by the first
+    live lane's row, its gradient stopped; jittable.
+
+    A replaced lane then computes on finite values a real lane computed on,
+    and ``jnp.where`` hands its own row an exact zero cotangent (no ``0 * NaN``).
+    With no live lane every row is replaced by row 0 (the caller discards
+    the gradients then: :func:`zero_unless`).
+    """
+    src = jnp.argmax(live)
+
+    def one(a):
+        if a.ndim == 0:
+            return a
+        stand_in = jax.lax.stop_gradient(jax.lax.dynamic_index_in_dim(a, src, 0, keepdims=True))
+        return jnp.where(live.reshape((-1,) + (1,) * (a.ndim - 1)), a, stand_in)
+
+    return jax.tree.map(one, tree)
+
+
+def zero_unless(flag, tree: PyTree) -> PyTree:
+    """``tree`` where ``flag`` (bool scalar), else zeros of its shapes and dtypes (exact, even for NaN); jittable."""
+    return jax.tree.map(lambda a: jnp.where(flag, a, jnp.zeros_like(a)), tree)
 
 
 # ------------------------------------------------------------------ gradients

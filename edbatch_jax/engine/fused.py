@@ -76,6 +76,8 @@ from edbatch_jax.engine.common import (
     check_cotangents,
     combine,
     compile_once,
+    guard_lanes,
+    lanes_with_cotangent,
     mask_rows,
     placement,
     read_rows,
@@ -83,6 +85,7 @@ from edbatch_jax.engine.common import (
     take_rows,
     write_rows,
     zero_buffer,
+    zero_unless,
     zeros_of,
 )
 from edbatch_jax.engine.ops import Op, OpError
@@ -469,10 +472,14 @@ class FusedEngine(Engine):
         ]
         return mask, payload, segments, gathered
 
-    def _pullback(self, op: Op, params, payload, gathered, segments, mask):
+    def _pullback(self, op: Op, params, payload, gathered, segments, mask, live):
         """``(outputs, pullback)`` of one chunk's batched op call, by ``jax.vjp``; under ``save_residuals`` the
-        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs."""
-        fn = lambda p, g: combine(op, p, payload, g, segments, mask)
+        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs.
+
+        ``live`` (bool ``[L]``): the lanes computed on their own inputs (:func:`combine`); the training forward
+        program passes the real lanes, the backward program the lanes with a cotangent. Both trace the same
+        function, so their residual lists correspond entry by entry."""
+        fn = lambda p, g: combine(op, p, payload, g, segments, mask, live)
         if self.save_residuals is not None:
             fn = jax.checkpoint(fn, policy=self.save_residuals)
         return jax.vjp(fn, params, gathered)
@@ -503,6 +510,7 @@ class FusedEngine(Engine):
                 payload,
                 [signature_struct(signatures[b], (rows,)) for b in in_bufs],
                 jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
+                jax.ShapeDtypeStruct((lanes,), jnp.bool_),
                 jax.ShapeDtypeStruct((lanes,), jnp.bool_),
             )
             closed = jax.make_jaxpr(lambda *a: jax.tree.leaves(self._pullback(op, *a)[1]))(*args)
@@ -540,7 +548,8 @@ class FusedEngine(Engine):
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 sub = op.select_params(params)
                 if store:
-                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask)
+                    # padding lanes compute on a real lane's inputs, so that their stored residuals are finite
+                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask, mask)
                     leaves, kept = jax.tree.leaves(pullback), list(saved[slot])
                     for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, mask.shape[0]):
                         kept[s] = jax.lax.dynamic_update_slice_in_dim(
@@ -591,14 +600,15 @@ class FusedEngine(Engine):
                 lanes = mask.shape[0]
                 out_b, in_bufs = key[1], key[2]
                 ct_out = mask_rows(read_rows(ct_bufs[out_b], d[_OUT], lanes), mask)
+                live = lanes_with_cotangent(mask, ct_out)  # the other lanes contribute exact zeros
                 pullback = self._stored_pullback(
-                    key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
+                    key, params, payload, gathered, segments, mask, live, saved[res_slot], d[_PAY], plan.signatures
                 )
                 g_params, g_operands = pullback(ct_out)
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
                     accs = list(accs)
                     slot = loop_keys.index(op.params_key)
-                    accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
+                    accs[slot] = jax.tree.map(jnp.add, accs[slot], zero_unless(jnp.any(live), g_params))
                 ct_bufs = list(ct_bufs)
                 rows = lanes if key[5] is None else key[5]
                 for j, (b, g) in enumerate(zip(in_bufs, g_operands)):
@@ -658,22 +668,19 @@ class FusedEngine(Engine):
 
         return _jit(backward)
 
-    def _stored_pullback(
-        self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures, masked: bool = False
-    ):
+    def _stored_pullback(self, key, params, payload, gathered, segments, mask, live, saved: tuple, at, signatures):
         """The pullback of a chunk's batched op call, its stored residuals (rows ``at``, ``at + 1``, ... of
-        ``saved``) put in place of their recomputation, which XLA then drops. ``masked``: rows of lanes outside
-        ``mask`` read as zeros (rows this step's forward pass did not write hold an earlier step's values)."""
+        ``saved``) put in place of their recomputation, which XLA then drops. Lanes outside ``live`` compute on
+        the first live lane's inputs (:func:`combine`) and read its residual rows too, whatever their own rows
+        hold (non-finite values of a node no loss reads, or an earlier step's rows)."""
         op = self.ops[key[0]]
-        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask)
+        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask, live)
         if not saved:
             return pullback
         leaves, treedef = jax.tree.flatten(pullback)
         lanes = mask.shape[0]
         for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, lanes):
-            rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
-            if masked:
-                rows = mask_rows(rows, mask)
+            rows = guard_lanes(jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0), live)
             leaves[i] = jnp.moveaxis(rows, 0, k)
         return jax.tree.unflatten(treedef, leaves)
 
@@ -694,11 +701,10 @@ class FusedEngine(Engine):
                 payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, at, block, 0), payloads[name])
             gathered = [take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
             ct_out = mask_rows(take_rows(ct_bufs[out_b], rows[:, 1]), mask)
-            pullback = self._stored_pullback(
-                key, params, payload, gathered, None, mask, saved, at, signatures, masked=True
-            )
+            live = lanes_with_cotangent(mask, ct_out)
+            pullback = self._stored_pullback(key, params, payload, gathered, None, mask, live, saved, at, signatures)
             g_params, _ = pullback(ct_out)
-            return jax.tree.map(jnp.add, acc, g_params)
+            return jax.tree.map(jnp.add, acc, zero_unless(jnp.any(live), g_params))
 
         zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
         return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)

@@ -18,12 +18,14 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edbatch_jax.errors import EdbatchError
+
 __all__ = ["AGGREGATES", "Op", "OpError", "as_op", "as_ops", "check_graph_ops", "signature_arity"]
 
 AGGREGATES = ("sum", "mean", "max")
 
 
-class OpError(ValueError):
+class OpError(EdbatchError):
     """An op type is missing, or does not fit the nodes that use it."""
 
 

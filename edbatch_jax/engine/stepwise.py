@@ -50,11 +50,13 @@ from edbatch_jax.engine.common import (
     check_cotangents,
     combine,
     compile_once,
+    lanes_with_cotangent,
     mask_rows,
     read_rows,
     state_signature,
     write_rows,
     zero_buffer,
+    zero_unless,
 )
 from edbatch_jax.engine.ops import Op, as_ops
 from edbatch_jax.engine.rows import ScheduleRows
@@ -278,9 +280,10 @@ class StepwiseEngine(Engine):
                 rows = lanes if segments is None else segments.shape[0]
                 gathered = [read_rows(fwd_bufs[s], idx, rows) for s, idx in zip(fwd_src, slots)]
                 ct_out = mask_rows(read_rows(ct_bufs[0], offset, lanes), mask)
-                _, pullback = jax.vjp(lambda p, g: combine(op, p, payload, g, segments, mask), params, gathered)
+                live = lanes_with_cotangent(mask, ct_out)  # the other lanes contribute exact zeros
+                _, pullback = jax.vjp(lambda p, g: combine(op, p, payload, g, segments, mask, live), params, gathered)
                 g_params, g_operands = pullback(ct_out)
-                grad_acc = jax.tree.map(jnp.add, grad_acc, g_params)
+                grad_acc = jax.tree.map(jnp.add, grad_acc, zero_unless(jnp.any(live), g_params))
                 ct_bufs = list(ct_bufs)
                 for s, idx, g in zip(ct_src, slots, g_operands):
                     ct_bufs[s] = add_rows(ct_bufs[s], idx, g)

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from edbatch_jax.errors import EdbatchError
 from edbatch_jax.fsm import encoding as enc
 from edbatch_jax.fsm.env import make_env, stack_envs
 from edbatch_jax.fsm.qlearning import QLearningSettings, greedy_actions, run_q_learning
@@ -67,7 +68,7 @@ class FSMDecision(NamedTuple):
     from_table: bool
 
 
-class PolicyFileError(ValueError):
+class PolicyFileError(EdbatchError):
     """A policy file is unreadable, corrupt, of another version, or for other op types."""
 
 

@@ -4,10 +4,12 @@
 stacked payloads), :class:`GraphBuilder` (define-by-run, DyNet style),
 :func:`batch_graphs` / :func:`unbatch_graph`, :func:`validate_graph`, and
 the analyses the policies use: depths, topological order, type-wise depth
-and the lower bound on the number of batches. Imports nothing else of the
-library.
+and the lower bound on the number of batches. :class:`EdbatchError`, the
+base of every error the library raises for a caller's mistake, is
+re-exported here. Imports nothing else of the library.
 """
 
+from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph.analysis import (
     children,
     lower_bound,
@@ -21,6 +23,7 @@ from edbatch_jax.graph.graph import Graph, GraphBuilder, GraphError
 from edbatch_jax.graph.validate import check_node_ids, validate_graph
 
 __all__ = [
+    "EdbatchError",
     "Graph",
     "GraphBuilder",
     "GraphError",

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph.csr import payload_rows
 
 PyTree = Any
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 
-class GraphError(ValueError):
+class GraphError(EdbatchError):
     """A graph is malformed: a cycle, a dangling argument, a bad payload."""
 
 

@@ -41,6 +41,8 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Iterator
 from typing import NamedTuple
 
+from edbatch_jax.errors import EdbatchError
+
 __all__ = ["PQTree", "PQTreeError"]
 
 # Node kinds.
@@ -49,7 +51,7 @@ _LEAF, _PNODE, _QNODE = 0, 1, 2
 _EMPTY, _PARTIAL, _FULL = 0, 1, 2
 
 
-class PQTreeError(ValueError):
+class PQTreeError(EdbatchError):
     """Bad input: a repeated item in a universe, or an item not in the universe."""
 
 

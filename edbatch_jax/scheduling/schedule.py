@@ -8,12 +8,13 @@ import functools
 import jax
 import numpy as np
 
+from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph
 
 __all__ = ["Schedule", "ScheduleError", "validate_schedule"]
 
 
-class ScheduleError(ValueError):
+class ScheduleError(EdbatchError):
     """A schedule does not execute its graph correctly."""
 
 
