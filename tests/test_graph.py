@@ -133,12 +133,14 @@ def test_batch_graphs_instance_ids_of_batched_inputs():
     np.testing.assert_array_equal(g.instance, [0, 0, 1, 1, 1, 2, 3, 3, 4, 4, 4])
 
 
-def test_unbatchable_kept_only_for_present_types():
-    b = eb.GraphBuilder(unbatchable=("u", "absent"))
+def test_unbatchable_keeps_declared_names_so_that_a_misspelt_one_can_be_caught():
+    # a declared name whose op type does not occur is kept (after the present ones): the engine checks every
+    # name against the model's ops, so a misspelling is refused instead of ignored
+    b = eb.GraphBuilder(unbatchable=("absent", "u"))
     b.add("u")
-    assert b.build().unbatchable == ("u",)
+    assert b.build().unbatchable == ("u", "absent")
     g = eb.batch_graphs([chain(2, "f"), b.build()])
-    assert g.unbatchable == ("u",)
+    assert g.unbatchable == ("u", "absent")
     np.testing.assert_array_equal(g.type_is_unbatchable, [False, True])
 
 

@@ -11,6 +11,7 @@ and gradients equal unbatched execution, which never runs them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -87,13 +88,19 @@ ENGINES = {
 }
 
 
+@functools.cache
+def _engine(name: str) -> eb.Engine:
+    """One engine per kind for the whole module, so that the tests share its compiled programs."""
+    return ENGINES[name](OPS)
+
+
 def _loss(run):
     return lambda p: jnp.sum(run(p) ** 2)
 
 
 def _value_and_grad(engine_name, graph, outputs, layout_kind="dynet", policy="agenda", params=None):
     params = _params() if params is None else params
-    engine = ENGINES[engine_name](OPS)
+    engine = _engine(engine_name)
     sched = eb.schedule(graph, policy)
     layout = eb.plan_layout(graph, sched) if layout_kind == "planned" else None
     batched = jax.value_and_grad(_loss(lambda p: engine.run(p, graph, sched, outputs, layout)))(params)

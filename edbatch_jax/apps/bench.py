@@ -23,6 +23,10 @@ of batching policy, memory layout and mode (inference or training):
   rounds (expected: none; counted with a ``jax.monitoring`` listener, so a
   program compiled again without a new trace counts too);
 * the process's peak resident memory;
+* with ``checks=("on", "off")``, every configuration twice: with the input
+  checks where graphs, schedules, layouts, outputs and payloads enter the
+  library (the default), and without them (:func:`edbatch_jax.input_checks`),
+  so that :func:`checks_cost` gives what the checks add to a rebuilt step;
 * with ``op_calls=True``, the op-call bound of the schedule: the throughput
   if execution were only its batched op calls, each a jitted call timed alone
   (:mod:`edbatch_jax.apps.op_calls`), and the measured throughput over it;
@@ -66,7 +70,15 @@ from edbatch_jax.training import (
 from edbatch_jax.training.parallel import ShardedTrainer, make_shards, shard_devices, sharded_loss, split_instances
 from edbatch_jax.zoo.workloads import Workload
 
-__all__ = ["BenchResult", "LAYOUTS", "run_benchmarks", "resolve_policy", "format_table"]
+__all__ = [
+    "BenchResult",
+    "LAYOUTS",
+    "checks_cost",
+    "format_checks_cost",
+    "format_table",
+    "resolve_policy",
+    "run_benchmarks",
+]
 
 OPTIMIZERS = {"adam": (optax.adam, 1e-3), "sgd": (optax.sgd, 0.01)}
 """The training configurations' optimizer by name: ``(optax constructor, learning rate)``. ``sgd`` is plain SGD,
@@ -118,6 +130,7 @@ class BenchResult:
     floor_instances_per_s: float = 0.0
     shards: int = 1
     optimizer: str = "adam"
+    checks: str = "on"
 
     @property
     def engine_label(self) -> str:
@@ -135,6 +148,11 @@ class BenchResult:
         if len(self.execute_ms_rounds) < 2:
             return 0.0
         return 50.0 * (max(self.execute_ms_rounds) - min(self.execute_ms_rounds)) / max(self.execute_ms, 1e-9)
+
+    @property
+    def host_ms(self) -> float:
+        """Host work per rebuilt mini-batch: construction + scheduling + layout + engine plan (ms)."""
+        return self.construct_ms + self.schedule_ms + self.layout_ms + self.engine_plan_ms
 
     @property
     def planning_fraction(self) -> float:
@@ -206,6 +224,7 @@ class _Config:
     variadic: Any
     instance_sets: list
     build: Any  # instances -> batched graph
+    checks: bool = True  # input checks on (the default) or off while this configuration plans
     executables: int = 0
     warmup_s: float = 0.0
     compiles_after_warmup: int = 0
@@ -258,7 +277,11 @@ class _Config:
         return _block(self.loss(self.mbs[k]))
 
     def time_round(self, warmup: int, num_batches: int) -> None:
-        """One timed round: re-plan the timed mini-batches, then run each once."""
+        """One timed round: re-plan the timed mini-batches, then run each once (input checks as configured)."""
+        with eb.input_checks(self.checks):
+            self._time_round(warmup, num_batches)
+
+    def _time_round(self, warmup: int, num_batches: int) -> None:
         mbs, sched, lay = self.plan_all(self.graphs[warmup : warmup + num_batches])
         self.schedule_ms.append(sched)
         self.layout_ms.append(lay)
@@ -340,13 +363,18 @@ def _prepare(
     warmup,
     say,
     optimizer,
+    checks,
 ) -> _Config:
     """Plans a configuration's mini-batches and runs each once (the warm-up, where compilation happens)."""
     policy = resolve_policy(policy_name, work)
     label = (
         policy_name if isinstance(policy, str) else "fsm" if policy_name == "fsm" else f"fsm:{Path(policy_name).stem}"
     )
-    say(f"{engine_name} / {label} / {layout} / {mode}" + (f" / {shards} shards" if shards > 1 else ""))
+    say(
+        f"{engine_name} / {label} / {layout} / {mode}"
+        + (f" / {shards} shards" if shards > 1 else "")
+        + ("" if checks else " / checks off")
+    )
     devices = shard_devices(shards)
     engines = [shared[(engine_name, mode, k)] for k in range(shards)]
     params = jax.tree.map(jnp.copy, params0)
@@ -371,9 +399,11 @@ def _prepare(
         variadic,
         instance_sets,
         work.batch_graph,
+        checks,
     )
     cfg.sync_params()
-    cfg.mbs = cfg.plan_all(cfg.graphs)[0]  # timed in the rounds, warm here
+    with eb.input_checks(checks):
+        cfg.mbs = cfg.plan_all(cfg.graphs)[0]  # timed in the rounds, warm here
     traced_before = cfg.trace_count
     t0 = time.perf_counter()
     with jax.profiler.TraceAnnotation("edbatch.warmup"):
@@ -403,6 +433,7 @@ def run_benchmarks(
     floor: bool = False,
     shards: Sequence[int] = (1,),
     optimizer: str = "adam",
+    checks: Sequence[str] = ("on",),
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -438,6 +469,9 @@ def run_benchmarks(
         and gathers are then summed over the shards.
       optimizer: the training configurations' optimizer, a key of
         :data:`OPTIMIZERS`.
+      checks: ``"on"`` and/or ``"off"``: measure every configuration with
+        the library's input checks, without them, or both
+        (:func:`checks_cost` then gives their share of a rebuilt step).
     """
     if rounds < 1 or num_batches < 1:
         raise ValueError(f"rounds and num_batches must be at least 1, got {rounds} and {num_batches}")
@@ -446,6 +480,9 @@ def run_benchmarks(
         raise ValueError(f"shard counts must be at least 1, got {shards}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+    if not checks or any(c not in ("on", "off") for c in checks):
+        raise ValueError(f"checks must be 'on' and/or 'off', got {list(checks)}")
+    check_modes = [c == "on" for c in dict.fromkeys(checks)]
     shard_devices(shards[-1])  # enough devices, or a clear error before anything runs
     say = progress or (lambda s: None)
     model = work.model
@@ -474,17 +511,19 @@ def run_benchmarks(
         for k in range(shards[-1])
     }
 
-    def construct(sets, n):
+    def construct(sets, n, on=True):
         t0 = time.perf_counter()
-        with jax.profiler.TraceAnnotation("edbatch.construct"):
+        with jax.profiler.TraceAnnotation("edbatch.construct"), eb.input_checks(on):
             out = [tuple(work.batch_graph(p) for p in split_instances(x, n)) for x in sets]
         return out, (time.perf_counter() - t0) / len(sets) * 1e3
 
     graphs = {n: construct(instance_sets, n)[0] for n in shards}  # timed in the rounds
-    construct_samples = {n: [] for n in shards}
+    construct_samples = {(n, on): [] for n in shards for on in check_modes}
 
     configs = []
-    for engine_name, policy_name, layout, mode, n in itertools.product(engines, policies, layouts, modes, shards):
+    for engine_name, policy_name, layout, mode, n, on in itertools.product(
+        engines, policies, layouts, modes, shards, check_modes
+    ):
         configs.append(
             _prepare(
                 work,
@@ -501,6 +540,7 @@ def run_benchmarks(
                 warmup,
                 say,
                 optimizer,
+                on,
             )
         )
 
@@ -509,15 +549,15 @@ def run_benchmarks(
     for r in range(rounds):
         turn = configs[r % len(configs) :] + configs[: r % len(configs)]
         say(f"round {r + 1} of {rounds}")
-        for n in shards:
-            construct_samples[n].append(construct(instance_sets[warmup:], n)[1])
+        for n, on in construct_samples:
+            construct_samples[(n, on)].append(construct(instance_sets[warmup:], n, on)[1])
         for cfg in turn:
             cfg.time_round(warmup, num_batches)
 
     gflops = matmul_gflops() if floor else 0.0
     flops: dict[str, float] = {}  # mode -> FLOPs per instance: the real nodes do not depend on policy or layout
     for cfg in configs:
-        construct_ms = float(np.median(construct_samples[cfg.shards]))
+        construct_ms = float(np.median(construct_samples[(cfg.shards, cfg.checks)]))
         plans = []  # per shard, its plans of the timed mini-batches
         for k, (engine, device) in enumerate(zip(cfg.engines, cfg.devices)):
             with jax.default_device(device):
@@ -587,6 +627,7 @@ def run_benchmarks(
                 floor_instances_per_s=gflops * 1e9 / flops[cfg.mode] if floor and flops[cfg.mode] else 0.0,
                 shards=cfg.shards,
                 optimizer=optimizer if cfg.mode == "train" else "",
+                checks="on" if cfg.checks else "off",
             )
         )
 
@@ -598,7 +639,7 @@ def run_benchmarks(
                 params0,
                 modes,
                 unbatched_instances,
-                float(np.median(construct_samples[shards[0]])),
+                float(np.median(next(v for (n, _), v in construct_samples.items() if n == shards[0]))),
                 batch_size,
                 backend,
             )
@@ -662,6 +703,9 @@ def format_table(results: Sequence[BenchResult]) -> str:
         f"{'eplan':>7}{'exec ms':>9}{'±%':>4}{'batches':>8}{'LB':>6}{'xLB':>6}{'gathers':>8}{'KB gath':>9}"
         f"{'exes':>6}{'warm s':>7}{'new':>4}"
     )
+    with_checks = any(r.checks != "on" for r in results)
+    if with_checks:
+        head += f"{'chk':>4}"
     with_bound = any(r.op_calls_instances_per_s for r in results)
     if with_bound:
         head += f"{'opcall':>7}{'%opc':>6}"
@@ -679,12 +723,66 @@ def format_table(results: Sequence[BenchResult]) -> str:
             f"{r.batches_per_minibatch / max(r.lower_bound, 1):>6.2f}"
             f"{r.gathers_per_minibatch:>8.1f}{r.gathered_bytes_per_minibatch / 1024:>9.0f}{r.executables:>6d}"
             f"{r.warmup_s:>7.1f}{r.compiles_after_warmup:>4d}"
+            + (f"{r.checks:>4}" if with_checks else "")
             + (f"{r.op_calls_instances_per_s:>7.0f}{100 * r.op_calls_fraction:>6.0f}" if with_bound else "")
             + (
                 f"{r.flops_per_instance / 1e6:>7.2f}{r.floor_instances_per_s:>7.0f}{100 * r.floor_fraction:>6.0f}"
                 if with_floor
                 else ""
             )
+        )
+    return "\n".join(lines)
+
+
+def checks_cost(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
+    """What the input checks add to a rebuilt step, per configuration measured with them and without.
+
+    Pairs each result with checks on with the one of the same engine, policy,
+    layout, mode and shards with checks off. The checks run on the host, in
+    construction, scheduling, layout and the engine's plan; execution is the
+    same program. So the cost is the difference of the host phases' medians,
+    as a share of the rebuilt step with checks on.
+
+    Returns:
+      One dict per pair: ``engine``, ``policy``, ``layout``, ``mode``,
+      ``host_ms_on``, ``host_ms_off``, ``rebuilt_ms_on`` and
+      ``fraction`` (``(host_ms_on - host_ms_off) / rebuilt_ms_on``).
+    """
+    key = lambda r: (r.engine_label, r.policy, r.layout, r.mode, r.shards, r.batch_size, r.model)
+    off = {key(r): r for r in results if r.checks == "off"}
+    out = []
+    for r in results:
+        o = off.get(key(r)) if r.checks == "on" else None
+        if o is None:
+            continue
+        rebuilt = r.host_ms + r.execute_ms
+        out.append(
+            dict(
+                model=r.model,
+                engine=r.engine_label,
+                policy=r.policy,
+                layout=r.layout,
+                mode=r.mode,
+                host_ms_on=r.host_ms,
+                host_ms_off=o.host_ms,
+                rebuilt_ms_on=rebuilt,
+                fraction=(r.host_ms - o.host_ms) / max(rebuilt, 1e-9),
+            )
+        )
+    return out
+
+
+def format_checks_cost(results: Sequence[BenchResult]) -> str:
+    """The :func:`checks_cost` pairs as a table ("" when no configuration ran both ways)."""
+    pairs = checks_cost(results)
+    if not pairs:
+        return ""
+    lines = [f"{'input checks':<40}{'host on':>9}{'host off':>9}{'rebuilt':>9}{'cost %':>8}"]
+    for p in pairs:
+        label = f"{p['engine']}/{p['policy']}/{p['layout']}/{p['mode']}"
+        lines.append(
+            f"{label:<40}{p['host_ms_on']:>9.2f}{p['host_ms_off']:>9.2f}{p['rebuilt_ms_on']:>9.2f}"
+            f"{100 * p['fraction']:>8.2f}"
         )
     return "\n".join(lines)
 

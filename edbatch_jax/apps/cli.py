@@ -292,12 +292,16 @@ def bench(args: argparse.Namespace) -> int:
                 floor=args.floor,
                 shards=shards,
                 optimizer=args.optimizer,
+                checks=split(args.checks),
             )
         except ValueError as e:  # one impossible configuration does not lose the others
             print(f"  skipped: {e}", flush=True)
             sections.append(f"## {name}: batch {size}, hidden {hidden}\n\nskipped: {e}\n")
             continue
         table = harness.format_table(res)
+        cost = harness.format_checks_cost(res)
+        if cost:
+            table += "\n\n" + cost
         print(table, flush=True)
         results += res
         sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
@@ -328,6 +332,12 @@ def bench(args: argparse.Namespace) -> int:
         f"{cached}; new: XLA compilations after warm-up (timed rounds); KB gath: bytes gathered"
         f"; training steps: optax {args.optimizer} ({harness.OPTIMIZERS[args.optimizer][1]:g})"
     )
+    if "off" in split(args.checks):
+        legend += (
+            "; chk: input checks on or off (eb.input_checks); input checks table: host ms per rebuilt "
+            "mini-batch (construction + scheduling + layout + engine plan) with and without them, and "
+            "their difference as a share of the rebuilt step with them"
+        )
     if args.floor:
         legend += (
             "; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
@@ -643,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the training configurations' optax optimizer (learning rates: "
         + ", ".join(f"{k} {lr:g}" for k, (_, lr) in sorted(OPTIMIZERS.items()))
         + "); sgd as DyNet's Tree-LSTM benchmark trains",
+    )
+    bp.add_argument(
+        "--checks",
+        default="on",
+        help="comma-separated: on, off; 'on,off' measures every configuration with and without the input "
+        "checks and prints their cost as a share of a rebuilt step",
     )
     bp.add_argument(
         "--policy", default="depth,agenda,typewise,fsm", help="comma-separated policies (fsm = shipped policy)"

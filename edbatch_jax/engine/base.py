@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import abc
 import collections
+import dataclasses
+import functools
+import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -25,6 +28,7 @@ import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal
 
 from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.checks import check_finite_grads, check_finite_states, check_plan_rows, finite_rows
 from edbatch_jax.engine.common import (
     PyTree,
     instantiate_zeros,
@@ -35,16 +39,94 @@ from edbatch_jax.engine.common import (
     sum_rows,
     take_rows,
 )
-from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops
+from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops, check_payload_bounds
 from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
+from edbatch_jax.errors import input_checks_enabled
 from edbatch_jax.graph import Graph, GraphError
 from edbatch_jax.layout.planner import LayoutPlan
-from edbatch_jax.scheduling.schedule import Schedule
+from edbatch_jax.scheduling.schedule import (
+    Schedule,
+    ScheduleError,
+    check_schedule,
+    require_graph,
+    schedule_fingerprint,
+)
 
 if TYPE_CHECKING:
     from edbatch_jax.engine.stepwise import ExecutionPlan
 
-__all__ = ["BufferPlan", "Engine"]
+__all__ = ["BufferPlan", "Engine", "payload_digest"]
+
+
+def payload_digest(graph: Graph) -> bytes:
+    """A 16-byte hash of a graph's payload arrays and payload rows (host-side, microseconds).
+
+    The engine keeps it with every cached plan and compares it on a cache
+    hit, so that payloads written into a graph's arrays in place (new token
+    ids) are never run with the plan's stale copy of them.
+    """
+    h = hashlib.sha256()
+    h.update(memoryview(np.ascontiguousarray(graph.payload_row)).cast("B"))
+    for tree in graph.payloads:
+        for leaf in jax.tree.leaves(tree):
+            a = np.ascontiguousarray(leaf)
+            h.update(a.dtype.str.encode())
+            h.update(memoryview(a).cast("B"))
+    return h.digest()[:16]
+
+
+def _canonical_signature(tree: PyTree) -> tuple:
+    """:func:`~edbatch_jax.engine.common.state_signature` with dtypes as JAX computes in them (x64 off: int32)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple((tuple(np.shape(x)), jax.dtypes.canonicalize_dtype(x.dtype)) for x in leaves)
+
+
+def _checked_op(name: str, op: Op, derived: dict) -> Op:
+    """``op`` whose ``fn`` checks, when traced by an engine, that it returns the state structure planned for it.
+
+    ``derived`` maps ``(name, params, payload, operand signatures)`` to the
+    output signature that planning derived with ``jax.eval_shape``; a trace
+    whose output differs (an impure op, one that depends on how it is
+    traced) raises :class:`OpError` naming the op and both structures, at
+    trace time (no cost per call).
+    """
+    fn = op.fn
+
+    @functools.wraps(fn)
+    def checked(params, payload, *operands):
+        out = fn(params, payload, *operands)
+        key = (
+            name,
+            _canonical_signature(params),
+            _canonical_signature(payload),
+            tuple(_canonical_signature(o) for o in operands),
+        )
+        want = derived.get(key)
+        if out is None or not jax.tree.leaves(out):
+            raise OpError(f"op {name!r} returned {out!r}; an op must return its state, a pytree of arrays")
+        got = _canonical_signature(out)
+        if want is None:
+            raise OpError(
+                f"op {name!r} is run with params, payload and operands of structure {key[1:]}, for which no plan "
+                "of this engine derived its output; run a plan with params of the structure it was made with"
+            )
+        if got != want:
+            raise OpError(
+                f"op {name!r} returned {got} when the engine traced it, but {want} when its state structure "
+                "was planned (jax.eval_shape on one node); an op's output structure, shapes and dtypes must "
+                "depend only on those of its params, payload and operands"
+            )
+        return out
+
+    return dataclasses.replace(op, fn=checked)
+
+
+def _host_check(check, *args) -> None:
+    """Runs a host-side ``check`` on arrays: at once if they are concrete, else when the traced program runs."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(args)):
+        jax.debug.callback(check, *args)
+    else:
+        check(*args)
 
 
 class BufferPlan(NamedTuple):
@@ -82,6 +164,15 @@ class Engine(abc.ABC):
         function.
       min_capacity: smallest buffer capacity (rows).
       plan_cache_size: execution plans kept (one per mini-batch in use).
+      checks: debug checks of what only a run shows
+        (:mod:`edbatch_jax.engine.checks`): every plan's rows inside its
+        buffers; after :meth:`run` and :meth:`value_and_grad`, the first
+        node in schedule order whose state holds a NaN or an inf (op type,
+        instance, and whether its inputs were finite), and any parameter
+        gradient that does; each a :class:`~edbatch_jax.engine.checks.NonFiniteError`.
+        Off by default: they read every state back to the host. Under
+        ``jax.jit`` / ``jax.grad`` they run through ``jax.debug.callback``
+        (the error then arrives wrapped in JAX's runtime error).
 
     Attributes:
       ops: op type name -> :class:`~edbatch_jax.engine.ops.Op`.
@@ -105,15 +196,27 @@ class Engine(abc.ABC):
             return super().__new__(StepwiseEngine)  # then initialised by StepwiseEngine.__init__ with these arguments
         return super().__new__(cls)
 
-    def __init__(self, ops: Mapping[str, Op | Any], *, min_capacity: int = 64, plan_cache_size: int = 16):
-        self.ops = as_ops(ops)
+    def __init__(
+        self,
+        ops: Mapping[str, Op | Any],
+        *,
+        min_capacity: int = 64,
+        plan_cache_size: int = 16,
+        checks: bool = False,
+    ):
+        given = as_ops(ops)
+        self._unchecked = {name: op.fn for name, op in given.items()}  # the ops' own functions (for eval_shape)
+        self._derived: dict[tuple, tuple] = {}  # (op, input signatures) -> output signature, for _checked_op
+        self.ops = {name: _checked_op(name, op, self._derived) for name, op in given.items()}
         self.min_capacity = int(min_capacity)
+        self.checks = bool(checks)
         self.trace_count = 0
         self.plans_built = 0
         self._capacity: dict[tuple, int] = {}  # signature -> rows (grows, kept)
         self._signature_cache: dict[tuple, tuple] = {}
         self._compiled: set = set()  # programs compiled ahead of time (precompile)
         self._plans: collections.OrderedDict = collections.OrderedDict()
+        self._signature_ops: dict[tuple, set] = {}  # state signature -> op types whose state it is
         self._plan_cache_size = plan_cache_size
 
     # ------------------------------------------------------------------ planning
@@ -126,7 +229,13 @@ class Engine(abc.ABC):
     ) -> ExecutionPlan:
         """Host-side plan of one schedule: buffers, rows, index arrays (and the engine's own tables).
 
-        Cached per (graph, schedule, layout) object; not jittable.
+        Cached per (graph, schedule, layout) object and the graph's payload
+        contents (:func:`payload_digest`, compared on a cache hit: payloads
+        written in place are planned again, never run stale); not jittable.
+        Checks the schedule (by its fingerprint, or in full if it was made
+        by hand), the layout, the ops and their payload bounds once per
+        plan. A failed call leaves the engine as it was (plan cache,
+        registered op types, buffer capacities).
 
         Args:
           params: the parameter pytree (its structure, shapes and dtypes
@@ -143,22 +252,61 @@ class Engine(abc.ABC):
           a :class:`~edbatch_jax.engine.fused.FusedPlan` for the fused engine).
 
         Raises:
-          ValueError: ``layout`` is none of these, or does not fit the graph.
+          GraphError: ``graph`` is not one graph (a list: use ``eb.batch_graphs``), or is empty.
+          ScheduleError: ``schedule`` is not a valid schedule of ``graph``
+            (made for another graph, a node missing or run twice, ...), or
+            ``layout`` was planned for another schedule or graph.
+          OpError: an op is missing, does not fit its nodes, returns no
+            state, or a payload id is outside the op's ``payload_bounds``.
+          ValueError: ``layout`` is none of the above.
         """
+        graph = require_graph(graph, "one Graph")
         if not (layout is None or isinstance(layout, LayoutPlan) or (isinstance(layout, str) and layout == "gather")):
             raise ValueError(f"layout must be None, 'gather' or a LayoutPlan, got {layout!r}")
         key = (id(graph), id(schedule), layout if isinstance(layout, str) else id(layout))
         hit = self._plans.get(key)
         params_sig = state_signature(params)
-        if hit is not None and hit[0] is graph and hit[1] is schedule and hit[2] == params_sig and hit[3] is layout:
+        checks = input_checks_enabled()
+        digest = payload_digest(graph) if checks else None
+        if (
+            hit is not None
+            and hit[0] is graph
+            and hit[1] is schedule
+            and hit[2] == params_sig
+            and hit[3] is layout
+            and (hit[5] == digest or not checks)
+        ):
             self._plans.move_to_end(key)
             return hit[4]
-        plan = self._build_plan(params, params_sig, graph, schedule, layout)
+        saved = self._snapshot()
+        try:
+            plan = self._build_plan(params, params_sig, graph, schedule, layout)
+        except BaseException:
+            self._restore(saved)  # no half-registered op types, capacities or tables survive a failed plan
+            raise
+        if self.checks:
+            check_plan_rows(plan)
         self.plans_built += 1
-        self._plans[key] = (graph, schedule, params_sig, layout, plan)
+        self._plans[key] = (graph, schedule, params_sig, layout, plan, digest)
         if len(self._plans) > self._plan_cache_size:
             self._plans.popitem(last=False)
         return plan
+
+    def _snapshot(self) -> dict:
+        """The engine's bookkeeping (attributes; shallow copies of its containers), for :meth:`_restore`."""
+        return {k: (v, v.copy() if isinstance(v, (dict, set, list)) else None) for k, v in vars(self).items()}
+
+    def _restore(self, saved: dict) -> None:
+        """Puts the engine's bookkeeping back as :meth:`_snapshot` found it (containers restored in place)."""
+        for k in [k for k in vars(self) if k not in saved]:
+            delattr(self, k)
+        for k, (obj, copy) in saved.items():
+            if isinstance(obj, list):
+                obj[:] = copy
+            elif copy is not None:
+                obj.clear()
+                obj.update(copy)
+            setattr(self, k, obj)
 
     @abc.abstractmethod
     def _build_plan(
@@ -177,16 +325,28 @@ class Engine(abc.ABC):
         key = (name, params_sig, payload_sig, operand_sigs)
         sig = self._signature_cache.get(key)
         if sig is None:
-            op = self.ops[name]
+            op, fn = self.ops[name], self._unchecked[name]
             payload = None if payload_sig is None else signature_struct(payload_sig)
             operands = [signature_struct(s) for s in operand_sigs]
             try:
-                out = jax.eval_shape(lambda p, x, *o: op.fn(p, x, *o), op.select_params(params), payload, *operands)
+                out = jax.eval_shape(lambda p, x, *o: fn(p, x, *o), op.select_params(params), payload, *operands)
             except Exception as e:  # re-raised with the op named
                 raise OpError(
                     f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}"
                 ) from e
+            if out is None or not jax.tree.leaves(out):
+                raise OpError(
+                    f"op {name!r} returned {out!r} (payload {payload_sig}, operands {operand_sigs}); an op must "
+                    "return its state, a pytree of at least one array"
+                )
             sig = self._signature_cache[key] = state_signature(out)
+            derived_key = (
+                name,
+                _canonical_signature(op.select_params(params)),
+                _canonical_signature(payload),
+                tuple(_canonical_signature(o) for o in operands),
+            )
+            self._derived[derived_key] = _canonical_signature(out)
         return sig
 
     def _plan_buffers(
@@ -200,9 +360,33 @@ class Engine(abc.ABC):
         """The plan's state buffers and whole-schedule rows; grows the engine's buffer capacities. Host-side."""
         if graph.num_nodes == 0:
             raise GraphError("empty graph: nothing to run")
+        if not isinstance(schedule, Schedule):
+            raise ScheduleError(f"expected an eb.Schedule (eb.schedule(graph, policy)), got {type(schedule).__name__}")
         if schedule.op_types != graph.op_types:
-            raise OpError("the schedule was made for another graph (op types differ)")
+            raise ScheduleError(
+                f"this schedule was made for another graph: its op types {list(schedule.op_types)} differ from "
+                f"the graph's {list(graph.op_types)}"
+            )
+        checks = input_checks_enabled()
+        graph_fp = check_schedule(graph, schedule) if checks else None
+        if isinstance(layout, LayoutPlan):
+            if np.shape(layout.position) != (graph.num_nodes,):
+                raise ScheduleError(
+                    f"the layout plan has {np.shape(layout.position)} positions for a graph of {graph.num_nodes} "
+                    "nodes: it was planned for another graph"
+                )
+            if (
+                checks
+                and layout.fingerprint is not None
+                and layout.fingerprint != (graph_fp, schedule_fingerprint(schedule))
+            ):
+                raise ScheduleError(
+                    "this layout was planned for another schedule or graph (its fingerprint differs); plan it "
+                    "for this one with eb.plan_layout(graph, schedule)"
+                )
         check_graph_ops(graph, self.ops)
+        if checks:
+            check_payload_bounds(graph, self.ops)
         n, T = graph.num_nodes, graph.num_types
         order = schedule.node_order
         first_node = order[schedule.batch_ptr[:-1]]
@@ -223,6 +407,9 @@ class Engine(abc.ABC):
             payload_sig = None if tree is None else state_signature(jax.tree.map(lambda a: a[0], tree))
             type_sig[t] = self._output_signature(name, params_sig, payload_sig, operand_sigs, params)
         signatures = tuple(dict.fromkeys(s for s in type_sig if s is not None))
+        for t, sig in enumerate(type_sig):
+            if sig is not None:
+                self._signature_ops.setdefault(sig, set()).add(graph.op_types[t])
         type_buffer = np.array([-1 if s is None else signatures.index(s) for s in type_sig], dtype=np.int32)
 
         # --- every operand position of a type must read one state structure
@@ -255,8 +442,6 @@ class Engine(abc.ABC):
         node_buffer = type_buffer[graph.node_type]
         if isinstance(layout, LayoutPlan):
             position = np.asarray(layout.position)
-            if position.shape != (n,):
-                raise ValueError(f"the layout plan has {position.shape[0]} positions for a graph of {n} nodes")
             if np.array_equal(np.bincount(np.clip(position, 0, n), minlength=n + 1)[:n], np.ones(n)):
                 by_row = np.empty(n, np.int64)  # a permutation of 0..n-1 (as plan_layout gives): invert it
                 by_row[position] = np.arange(n)
@@ -333,6 +518,18 @@ class Engine(abc.ABC):
           The number of programs compiled by this call.
         """
 
+    def _check_differentiable(self, plan: ExecutionPlan) -> None:
+        """Raises :class:`OpError` naming the op types whose states have integer or bool leaves (no gradient)."""
+        for sig in plan.signatures:
+            bad = [d for _, d in sig[1] if not jax.dtypes.issubdtype(d, np.inexact)]
+            if bad:
+                names = sorted(self._signature_ops.get(sig, ()))
+                raise OpError(
+                    f"op(s) {names} return a state with {bad[0]} leaves ({sig[0]}); the engine differentiates "
+                    "every state, so states need float leaves under jax.grad / value_and_grad: return them as "
+                    "floats, or compute integer results outside the engine"
+                )
+
     # ------------------------------------------------------------------ execution (shared)
     def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
         """All state buffers after running ``plan``; differentiable w.r.t. ``params``.
@@ -353,6 +550,7 @@ class Engine(abc.ABC):
         """
         if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
             return self._forward(plan, params)  # nothing to differentiate: skip the custom_vjp machinery
+        self._check_differentiable(plan)
 
         @jax.custom_vjp
         def buffers(p):
@@ -365,7 +563,10 @@ class Engine(abc.ABC):
 
         def bwd(res, ct):
             p, bufs, saved = res
-            return (self._backward(plan, p, bufs, tuple(instantiate_zeros(c) for c in ct), saved=saved),)
+            grads = self._backward(plan, p, bufs, tuple(instantiate_zeros(c) for c in ct), saved=saved)
+            if self.checks:
+                _host_check(check_finite_grads, grads)
+            return (grads,)
 
         buffers.defvjp(fwd, bwd, symbolic_zeros=True)
         return buffers(params)
@@ -391,11 +592,22 @@ class Engine(abc.ABC):
         Returns:
           ``(loss, grads)``, ``grads`` with the structure of ``params``.
         """
+        self._check_differentiable(plan)
         bufs, saved = self._forward_saving(plan, params)
+        if self.checks:
+            self._check_states(plan, bufs)
         loss, ct = loss_grad(bufs)
         if len(ct) != len(bufs):
             raise ValueError(f"loss_grad returned {len(ct)} cotangents for {len(bufs)} buffers")
-        return loss, self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved)
+        grads = self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved)
+        if self.checks:
+            check_finite_grads(grads)
+        return loss, grads
+
+    def _check_states(self, plan: ExecutionPlan, bufs: tuple) -> None:
+        """The debug check of a forward pass's states (:func:`~edbatch_jax.engine.checks.check_finite_states`)."""
+        graph, order = plan.graph, plan.rows.lane_nodes
+        _host_check(lambda *finite: check_finite_states(plan, graph, order, finite), *finite_rows(bufs))
 
     def run(
         self,
@@ -426,9 +638,12 @@ class Engine(abc.ABC):
         """
         if reduce not in (None, "sum"):
             raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
+        graph = require_graph(graph, "one Graph")
         plan = self.plan(params, graph, schedule, layout)
         nodes = output_nodes(plan, graph, outputs)
         bufs = self.execute(plan, params)
+        if self.checks:
+            self._check_states(plan, bufs)
         buf = bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0]
         if reduce == "sum":
             k = bucket(nodes.size)

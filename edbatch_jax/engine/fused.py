@@ -198,8 +198,9 @@ class FusedEngine(Engine):
         plan_cache_size: int = 16,
         fine_lanes: bool = False,
         save_residuals: Any = jax.checkpoint_policies.dots_saveable,
+        checks: bool = False,
     ):
-        super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size)
+        super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size, checks=checks)
         if max_lanes < 1 or max_lanes & (max_lanes - 1):
             raise ValueError(f"max_lanes must be a power of two, got {max_lanes}")
         self.max_lanes = int(max_lanes)

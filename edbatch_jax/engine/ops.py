@@ -14,13 +14,23 @@ Plain functions need nothing but JAX; Flax modules become ops through
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from edbatch_jax.errors import EdbatchError
 
-__all__ = ["AGGREGATES", "Op", "OpError", "as_op", "as_ops", "check_graph_ops", "signature_arity"]
+__all__ = [
+    "AGGREGATES",
+    "Op",
+    "OpError",
+    "as_op",
+    "as_ops",
+    "check_graph_ops",
+    "check_payload_bounds",
+    "signature_arity",
+]
 
 AGGREGATES = ("sum", "mean", "max")
 
@@ -42,16 +52,38 @@ class Op:
       params_key: if set, ``fn`` receives ``params[params_key]`` instead of the
         whole parameter pytree (and only that subtree's gradient is
         accumulated per batch, which saves work in the backward sweep).
+      payload_bounds: the valid range of the op's integer payload ids:
+        an int ``V`` (every integer payload leaf must lie in ``[0, V)``,
+        e.g. ``eb.Op(embed, payload_bounds=vocab_size)``), or a pytree
+        prefix of the payload (e.g. a mapping) with an int or ``None`` (not
+        checked) per part. ``None`` (default): not checked. JAX clamps an
+        out-of-range gather index to the last row silently; with bounds the
+        engine checks every node's payload once per execution plan
+        (vectorised per op type) and raises :class:`OpError` naming the op
+        type, the node, its instance, the id and the bound.
+
+    Each call of ``fn`` must return a state: a pytree of arrays (JAX arrays
+    or scalars, at least one leaf), whose structure, shapes and dtypes
+    depend only on those of ``params``, the payload and the operand states;
+    the engine raises :class:`OpError` naming the op type otherwise
+    (``None``, or a structure that differs between the engine's traces).
     """
 
     fn: Callable[..., Any]
     arity: int | None = None
     aggregate: str | None = None
     params_key: str | None = None
+    payload_bounds: Any = dataclasses.field(default=None, hash=False)  # may be a mapping: equal, not hashed
 
     def __post_init__(self):
         if self.aggregate is not None and self.aggregate not in AGGREGATES:
             raise OpError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        for bound in _tree_leaves(self.payload_bounds):
+            if isinstance(bound, bool) or not isinstance(bound, int) and not _is_np_int(bound) or bound < 1:
+                raise OpError(
+                    f"op {getattr(self.fn, '__name__', self.fn)!r}: payload_bounds must hold positive ints "
+                    f"(or None), got {bound!r}"
+                )
         if self.arity is None and self.aggregate is None:
             object.__setattr__(self, "arity", signature_arity(self.fn))
 
@@ -105,10 +137,32 @@ def as_ops(ops: Mapping[str, Op | Callable]) -> dict[str, Op]:
     return {name: as_op(name, op) for name, op in ops.items()}
 
 
-def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
-    """Raises :class:`OpError` if a node's op type is unknown or its arity does not fit (vectorised over nodes)."""
+def _tree_leaves(tree) -> list:
+    import jax
+
+    return jax.tree.leaves(tree)
+
+
+def _is_np_int(x) -> bool:
     import numpy as np
 
+    return isinstance(x, np.integer)
+
+
+def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
+    """Raises :class:`OpError` if a node's op type is unknown or its arity does not fit (vectorised over nodes).
+
+    Also refuses an unbatchable op type name (``graph.unbatchable``) that is
+    no op of ``ops`` (a misspelt name would otherwise be ignored), with the
+    closest op names as a suggestion.
+    """
+    import numpy as np
+
+    for name in tuple(getattr(graph, "unbatchable", ()) or ()):
+        if name not in ops:
+            close = difflib.get_close_matches(str(name), [str(k) for k in ops], n=3)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise OpError(f"unbatchable op type {name!r} is not an op of the model; its ops are {sorted(ops)}{hint}")
     used = np.bincount(graph.node_type, minlength=graph.num_types) > 0
     for t in np.flatnonzero(used).tolist():
         name = graph.op_types[t]
@@ -125,3 +179,51 @@ def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
         op, name = known[graph.node_type[v]], graph.op_types[graph.node_type[v]]
         need = "at least 1 operand" if op.variadic else f"{op.arity} operand(s)"
         raise OpError(f"node {v} (op {name!r}) has {arity[v]} argument(s) but the op takes {need}")
+
+
+def check_payload_bounds(graph, ops: Mapping[str, Op]) -> None:
+    """Raises :class:`OpError` if an integer payload id lies outside its op's ``payload_bounds``.
+
+    Vectorised per op type and payload leaf (one min/max pass; the culprit is
+    located only when there is one). The message names the op type, the
+    node, its instance, the payload leaf, the id and the bound.
+    """
+    import jax
+    import numpy as np
+
+    for t, name in enumerate(graph.op_types):
+        op = ops.get(name)
+        tree = graph.payloads[t]
+        if op is None or op.payload_bounds is None or tree is None:
+            continue
+        try:
+            pairs = jax.tree.map(
+                lambda b, sub: None if b is None else [(b, leaf) for leaf in jax.tree.leaves(sub)],
+                op.payload_bounds,
+                tree,
+                is_leaf=lambda x: x is None,
+            )
+        except (ValueError, TypeError) as e:
+            raise OpError(
+                f"op {name!r}: payload_bounds {op.payload_bounds!r} does not fit the payload structure "
+                f"{jax.tree.structure(tree)} (give an int, or a prefix of the payload pytree): {e}"
+            ) from None
+        flat, _ = jax.tree.flatten_with_path(pairs, is_leaf=lambda x: isinstance(x, list))
+        for path, items in flat:
+            for bound, leaf in items or ():
+                a = np.asarray(leaf)
+                if a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+                    continue
+                lo, hi = a.min(), a.max()
+                if lo >= 0 and hi < bound:
+                    continue
+                rows = a.reshape(a.shape[0], -1)
+                bad_row = int(np.flatnonzero(((rows < 0) | (rows >= bound)).any(axis=1))[0])
+                value = rows[bad_row][(rows[bad_row] < 0) | (rows[bad_row] >= bound)][0]
+                node = int(np.flatnonzero((graph.node_type == t) & (graph.payload_row == bad_row))[0])
+                where = jax.tree_util.keystr(path) or "payload"
+                raise OpError(
+                    f"op {name!r}: node {node} (instance {int(graph.instance[node])}) has payload id {int(value)} "
+                    f"at {where}, outside [0, {bound}) (the op's payload_bounds); ids out of range would be "
+                    "clamped silently by JAX's gather"
+                )

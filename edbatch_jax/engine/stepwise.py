@@ -216,7 +216,7 @@ class StepwiseEngine(Engine):
     eagerly (one dispatch per batch) and under an outer ``jax.jit``.
 
     Args:
-      ops, min_capacity, plan_cache_size: as for :class:`~edbatch_jax.engine.base.Engine`.
+      ops, min_capacity, plan_cache_size, checks: as for :class:`~edbatch_jax.engine.base.Engine`.
 
     Attributes:
       Those of :class:`~edbatch_jax.engine.base.Engine`; ``trace_count``
@@ -224,8 +224,15 @@ class StepwiseEngine(Engine):
       running eagerly).
     """
 
-    def __init__(self, ops: Mapping[str, Op | Any], *, min_capacity: int = 64, plan_cache_size: int = 16):
-        super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size)
+    def __init__(
+        self,
+        ops: Mapping[str, Op | Any],
+        *,
+        min_capacity: int = 64,
+        plan_cache_size: int = 16,
+        checks: bool = False,
+    ):
+        super().__init__(ops, min_capacity=min_capacity, plan_cache_size=plan_cache_size, checks=checks)
         self._fwd: dict[tuple, Any] = {}
         self._bwd: dict[tuple, Any] = {}
 

@@ -20,7 +20,7 @@ from edbatch_jax.graph.analysis import (
 )
 from edbatch_jax.graph.batching import batch_graphs, unbatch_graph
 from edbatch_jax.graph.graph import Graph, GraphBuilder, GraphError
-from edbatch_jax.graph.validate import check_node_ids, validate_graph
+from edbatch_jax.graph.validate import check_node_ids, ensure_valid, mark_valid, validate_graph
 
 __all__ = [
     "EdbatchError",
@@ -30,7 +30,9 @@ __all__ = [
     "batch_graphs",
     "check_node_ids",
     "children",
+    "ensure_valid",
     "lower_bound",
+    "mark_valid",
     "node_depth",
     "topological_order",
     "type_depths",

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from edbatch_jax.errors import input_checks_enabled
 from edbatch_jax.graph.csr import csr_rows, payload_rows
-from edbatch_jax.graph.graph import Graph, GraphError
-from edbatch_jax.graph.validate import validate_graph
+from edbatch_jax.graph.graph import Graph, GraphError, unbatchable_order
+from edbatch_jax.graph.validate import ensure_valid, mark_valid, validate_graph
 
 __all__ = ["batch_graphs", "unbatch_graph"]
 
@@ -22,15 +23,34 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
 
     Node ids of graph ``k`` are offset by the total number of nodes before it,
     instance ids by the total number of instances before it. Op types are
-    merged by name in order of first appearance.
+    merged by name in order of first appearance (the graphs may list them in
+    different orders). ``unbatchable`` is the union of the graphs' names:
+    those of op types present in op-type order, then the others in order of
+    first appearance.
+
+    Args:
+      graphs: a list (or other sequence) of :class:`Graph`.
 
     Raises:
-      GraphError: the list is empty, or two graphs disagree on the payload
-        structure of an op type.
+      GraphError: ``graphs`` is a single graph or not a sequence of graphs
+        (naming the first element that is not a graph), the list is empty,
+        or two graphs disagree on the payload structure of an op type.
     """
+    if isinstance(graphs, Graph):
+        raise GraphError(f"batch_graphs takes a list of graphs, got a single {graphs!r}; pass [graph]")
+    if isinstance(graphs, (str, bytes)) or not hasattr(graphs, "__iter__"):
+        raise GraphError(f"batch_graphs takes a list of graphs, got {type(graphs).__name__}")
     graphs = list(graphs)
     if not graphs:
         raise GraphError("batch_graphs got an empty batch: no graphs to batch")
+    for k, g in enumerate(graphs):  # over graphs, not nodes
+        if not isinstance(g, Graph):
+            nested = " (a nested list: pass one flat list of graphs)" if isinstance(g, (list, tuple)) else ""
+            raise GraphError(f"batch_graphs: element {k} is a {type(g).__name__}, not a Graph{nested}")
+        try:
+            ensure_valid(g)  # a graph made by hand is checked before its arrays are concatenated
+        except GraphError as e:
+            raise GraphError(f"batch_graphs: graph {k}: {e}") from None
     types: list[str] = []
     index: dict[str, int] = {}
     for g in graphs:
@@ -71,7 +91,7 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
                 parts.append(tree)
         payloads.append(jax.tree.map(lambda *xs: np.concatenate(xs), *parts) if parts else None)
 
-    return Graph(
+    batched = Graph(
         node_type=node_type,
         arg_ptr=np.concatenate([[0], np.cumsum(arity, dtype=np.int64)]).astype(np.int32),
         arg_idx=arg_idx,
@@ -80,8 +100,9 @@ def batch_graphs(graphs: Sequence[Graph]) -> Graph:
         payloads=tuple(payloads),
         op_types=tuple(types),
         num_instances=int(inst_offsets[-1]),
-        unbatchable=tuple(sorted({u for g in graphs for u in g.unbatchable}, key=types.index)),
+        unbatchable=unbatchable_order(types, [u for g in graphs for u in g.unbatchable]),
     )
+    return mark_valid(batched) if input_checks_enabled() else batched  # a union of valid graphs is valid
 
 
 def unbatch_graph(graph: Graph) -> list[Graph]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
-from edbatch_jax.errors import EdbatchError
+from edbatch_jax.errors import EdbatchError, input_checks_enabled
 from edbatch_jax.graph.csr import payload_rows
 
 PyTree = Any
@@ -32,7 +33,13 @@ __all__ = [
     "Graph",
     "GraphBuilder",
     "GraphError",
+    "NodeId",
+    "check_int32_payloads",
+    "unbatchable_order",
 ]
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
 
 
 class GraphError(EdbatchError):
@@ -59,7 +66,9 @@ class Graph:
         leading dimension is the number of nodes of that type, or ``None``.
       op_types: static tuple of op type names.
       num_instances: static number of instances.
-      unbatchable: static tuple of op type names whose nodes must run alone.
+      unbatchable: static tuple of op type names whose nodes must run alone;
+        it may name op types that no node of this graph uses (as declared to
+        :class:`GraphBuilder`), which the engine checks against its ops.
     """
 
     node_type: np.ndarray
@@ -132,6 +141,101 @@ class Graph:
         )
 
 
+# --------------------------------------------------------------------------- payload values
+def check_int32_payloads(graph: Graph) -> None:
+    """Checks that every integer payload value fits int32; :class:`GraphError` naming the first that does not.
+
+    JAX without 64-bit mode stores integer arrays as int32 and wraps a wider
+    value silently (``2**32 + 3`` becomes ``3``), so an id that does not fit
+    would read another row. Leaves of int8/int16/int32/uint8/uint16 and bool
+    dtypes always fit and are not scanned; wider ones are checked with one
+    minimum and maximum per leaf. Assumes the payload rows are consistent (as
+    :func:`~edbatch_jax.graph.validate_graph` checks first).
+
+    Args:
+      graph: the graph whose payloads to check.
+
+    Raises:
+      GraphError: a value outside ``-2**31 .. 2**31 - 1``, naming the op type,
+        node, instance and value.
+    """
+    for t, tree in enumerate(graph.payloads):
+        if tree is None:
+            continue
+        for i, leaf in enumerate(jax.tree.leaves(tree)):
+            dtype = np.dtype(leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype)
+            if dtype.kind not in "iu" or dtype.itemsize < 4 or dtype == np.int32:
+                continue
+            leaf = np.asarray(leaf)
+            if leaf.size == 0:
+                continue
+            low = 0 if dtype.kind == "u" else int(leaf.min())
+            if low >= INT32_MIN and int(leaf.max()) <= INT32_MAX:
+                continue
+            flat = leaf.reshape(leaf.shape[0], -1)
+            outside = (flat > INT32_MAX) if dtype.kind == "u" else (flat < INT32_MIN) | (flat > INT32_MAX)
+            row = int(np.flatnonzero(outside.any(axis=1))[0])
+            value = int(flat[row][outside[row]][0])
+            v = int(np.flatnonzero(graph.node_type == t)[row])
+            where = jax.tree_util.keystr(jax.tree_util.tree_leaves_with_path(tree)[i][0]) or "the payload"
+            raise GraphError(
+                f"node {v} (op {graph.op_types[t]!r}, instance {int(graph.instance[v])}): payload leaf {where} "
+                f"({dtype}) holds {value}, which does not fit int32; ids and other integer payloads must fit int32 "
+                f"({INT32_MIN}..{INT32_MAX}), since JAX stores them as int32 and would wrap {value} silently"
+            )
+
+
+def unbatchable_order(op_types: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:
+    """The canonical order of unbatchable names: those in ``op_types`` in op-type order, then the rest as given.
+
+    :class:`GraphBuilder` and :func:`~edbatch_jax.graph.batch_graphs` both use
+    it, so that batching one graph reproduces it exactly (same pytree
+    structure).
+    """
+    names = tuple(dict.fromkeys(names))
+    present = set(op_types)
+    return tuple(t for t in op_types if t in names) + tuple(u for u in names if u not in present)
+
+
+# --------------------------------------------------------------------------- node ids
+class NodeId(int):
+    """A node id returned by :meth:`GraphBuilder.add`: a plain ``int`` that remembers its builder.
+
+    It is an ``int`` in every use (arithmetic, ``int()``, NumPy, hashing,
+    printing; arithmetic returns plain ints); :meth:`GraphBuilder.add` uses the
+    builder it remembers to refuse a node of another builder. Pickling and
+    copying give a plain ``int``.
+
+    Attributes:
+      builder: a weak reference to the :class:`GraphBuilder` that returned the
+        id (set by :meth:`GraphBuilder.add`), or ``None``.
+    """
+
+    builder: weakref.ref | None = None
+
+    def __reduce__(self):
+        return int, (int(self),)
+
+
+def _unbatchable_names(unbatchable, what: str) -> tuple[str, ...]:
+    """``unbatchable`` as a tuple of distinct non-empty str; :class:`GraphError` otherwise."""
+    if isinstance(unbatchable, (str, bytes)):
+        raise GraphError(
+            f"{what}: unbatchable must be a sequence of op type names, got the string {unbatchable!r} "
+            f"(which would be read letter by letter); pass ({unbatchable!r},)"
+        )
+    try:
+        names = tuple(unbatchable)
+    except TypeError:
+        raise GraphError(
+            f"{what}: unbatchable must be a sequence of op type names, got {type(unbatchable).__name__}"
+        ) from None
+    bad = [u for u in names if not isinstance(u, str) or not u]
+    if bad:
+        raise GraphError(f"{what}: unbatchable must hold non-empty op type names (str), got {bad[0]!r} in {names!r}")
+    return tuple(dict.fromkeys(names))
+
+
 # --------------------------------------------------------------------------- helpers
 def _leaf_spec(tree: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
@@ -154,13 +258,23 @@ class GraphBuilder:
       z = b.add("internal", x, y)
       graph = b.build()
 
-    Every call to :meth:`add` returns the new node's id. Arguments must be ids
-    returned earlier, so a builder cannot make a cycle. All payloads of one op
-    type must share one pytree structure, leaf shapes and dtypes.
+    Every call to :meth:`add` returns the new node's id (a :class:`NodeId`,
+    an ``int``). Arguments must be ids returned earlier by this builder, so a
+    builder cannot make a cycle; an id returned by another builder is refused.
+    All payloads of one op type must share one pytree structure, leaf shapes
+    and dtypes; integer payload values must fit int32 (checked by
+    :meth:`build`).
+
+    Args:
+      unbatchable: names of the op types whose nodes must run alone (a
+        sequence of str, not one str). The built graph keeps every declared
+        name, also one no node uses, so that a misspelt name can be reported
+        against the model's ops.
     """
 
     def __init__(self, unbatchable: Sequence[str] = ()):
-        self._unbatchable = tuple(unbatchable)
+        self._unbatchable = _unbatchable_names(unbatchable, "GraphBuilder")
+        self._ref = weakref.ref(self)
         self._type_index: dict[str, int] = {}
         self._types: list[str] = []
         self._node_type: list[int] = []
@@ -174,12 +288,43 @@ class GraphBuilder:
         """Nodes added so far."""
         return len(self._node_type)
 
-    def add(self, op: str, *args: int, payload: PyTree = None) -> int:
-        """Adds a node of op type ``op`` reading ``args``; returns its id."""
+    def add(self, op: str, *args: int, payload: PyTree = None) -> NodeId:
+        """Adds a node of op type ``op`` reading ``args``; returns its id.
+
+        Args:
+          op: the op type name (a non-empty str).
+          *args: the argument node ids, in order: ids returned by this
+            builder's :meth:`add` (or plain ints naming its nodes).
+          payload: the node's payload (a pytree of arrays), or ``None``.
+
+        Returns:
+          The new node's id, a :class:`NodeId`.
+
+        Raises:
+          GraphError: a bad op name, an argument that is not a node id of
+            this builder, or a payload whose structure differs from the
+            earlier payloads of ``op``.
+        """
         if not isinstance(op, str) or not op:
             raise GraphError(f"op type must be a non-empty string, got {op!r}")
         n = len(self._node_type)
+        ref = self._ref
         for a in args:
+            if type(a) is NodeId:
+                if a.builder is ref:
+                    continue  # returned by this builder's add: the node exists
+                if a.builder is not None:
+                    other = a.builder()
+                    pos = next(k for k, b in enumerate(args) if b is a)
+                    where = (
+                        "a builder no longer alive"
+                        if other is None
+                        else f"another GraphBuilder ({other.num_nodes} nodes)"
+                    )
+                    raise GraphError(
+                        f"node {n} (op {op!r}): argument {pos} is node {int(a)} of {where}, not of this GraphBuilder "
+                        f"({n} nodes so far); a node id is only valid in the builder whose add returned it"
+                    )
             if isinstance(a, (bool, np.bool_)) or not isinstance(a, (int, np.integer)):
                 raise GraphError(f"node {n} (op {op!r}): argument {a!r} is not a node id (an int)")
             if not 0 <= a < n:
@@ -202,10 +347,20 @@ class GraphBuilder:
         self._args.extend(int(a) for a in args)
         if payload is not None:
             self._payloads[t].append(jax.tree.map(np.asarray, payload))
-        return n
+        node = NodeId(n)
+        node.builder = self._ref
+        return node
 
     def build(self) -> Graph:
-        """Returns the immutable :class:`Graph` of the nodes added so far."""
+        """Returns the immutable :class:`Graph` of the nodes added so far.
+
+        Its ``unbatchable`` lists the declared names of op types that occur in
+        op-type order, then the other declared names in declaration order.
+
+        Raises:
+          GraphError: no node was added, or an integer payload value does not
+            fit int32.
+        """
         if not self._node_type:
             raise GraphError("cannot build an empty graph: no node was added")
         node_type = np.asarray(self._node_type, dtype=np.int32)
@@ -213,7 +368,7 @@ class GraphBuilder:
             None if spec is None else jax.tree.map(lambda *xs: np.stack(xs), *rows)
             for spec, rows in zip(self._payload_spec, self._payloads)
         )
-        return Graph(
+        graph = Graph(
             node_type=node_type,
             arg_ptr=np.concatenate([[0], np.cumsum(self._arity, dtype=np.int64)]).astype(np.int32),
             arg_idx=np.asarray(self._args, dtype=np.int32),
@@ -222,5 +377,9 @@ class GraphBuilder:
             payloads=payloads,
             op_types=tuple(self._types),
             num_instances=1,
-            unbatchable=tuple(t for t in self._types if t in self._unbatchable),
+            unbatchable=unbatchable_order(self._types, self._unbatchable),
         )
+        if input_checks_enabled():
+            check_int32_payloads(graph)
+            object.__setattr__(graph, "_edbatch_valid", True)  # valid by construction (validate.mark_valid)
+        return graph

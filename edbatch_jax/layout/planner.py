@@ -51,7 +51,7 @@ import numpy as np
 from edbatch_jax.graph import Graph
 from edbatch_jax.graph.csr import csr_rows
 from edbatch_jax.layout.pqtree import PQTree
-from edbatch_jax.scheduling.schedule import Schedule
+from edbatch_jax.scheduling.schedule import Schedule, graph_fingerprint, require_graph, schedule_fingerprint
 
 __all__ = ["LayoutPlan", "plan_layout", "operand_lists"]
 
@@ -69,6 +69,12 @@ class LayoutPlan:
       num_gathers: operand lists that are not slices under this order
         (counted on first access, outside ``seconds``).
       gathered_rows: rows those gathers read (real lanes only).
+      fingerprint: ``(graph fingerprint, schedule fingerprint)`` of the
+        graph and schedule it was planned for
+        (:func:`~edbatch_jax.scheduling.schedule.graph_fingerprint`,
+        :func:`~edbatch_jax.scheduling.schedule.schedule_fingerprint`); the
+        engine refuses it with another schedule or graph. ``None`` for a plan
+        made by hand (not checked).
     """
 
     position: np.ndarray
@@ -77,6 +83,7 @@ class LayoutPlan:
     dropped: int
     seconds: float
     _operands: tuple | None = dataclasses.field(default=None, repr=False)  # (schedule, operand lists)
+    fingerprint: tuple[bytes, bytes] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def _gathers(self) -> tuple[int, int]:
@@ -259,6 +266,7 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     Returns:
       A :class:`LayoutPlan`; pass it to ``eb.run(..., layout=plan)``.
     """
+    graph = require_graph(graph, "one Graph to plan a layout for")
     t0 = time.perf_counter()
     n = graph.num_nodes
     batch_of = schedule.batch_of_node(n)
@@ -328,6 +336,7 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
         dropped=int((~accepted).sum()),
         seconds=time.perf_counter() - t0,
         _operands=(schedule, lists),
+        fingerprint=(graph_fingerprint(graph), schedule_fingerprint(schedule)),
     )
 
 

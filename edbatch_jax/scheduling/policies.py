@@ -23,7 +23,14 @@ import numpy as np
 from edbatch_jax.graph import Graph
 from edbatch_jax.graph.analysis import node_depth
 from edbatch_jax.scheduling.frontier import Frontier
-from edbatch_jax.scheduling.schedule import Schedule
+from edbatch_jax.scheduling.schedule import (
+    Schedule,
+    ScheduleError,
+    graph_fingerprint,
+    require_graph,
+    schedule_fingerprint,
+    validate_schedule,
+)
 
 __all__ = [
     "AgendaPolicy",
@@ -86,6 +93,7 @@ class FrontierPolicy(Policy):
         frontier = self.frontier_class(graph)
         context = self.start(graph)
         unbatchable = np.flatnonzero(graph.type_is_unbatchable)
+        num_types = graph.num_types
         types, nodes = [], []
         while not frontier.done:
             forced = unbatchable[frontier.ready_counts[unbatchable] > 0] if unbatchable.size else unbatchable
@@ -93,11 +101,34 @@ class FrontierPolicy(Policy):
                 t = int(forced[0])
                 run = frontier.take(t, limit=1)
             else:
-                t = int(self.choose(frontier, context))
+                choice = self.choose(frontier, context)
+                if (
+                    isinstance(choice, (bool, np.bool_))
+                    or not isinstance(choice, (int, np.integer))
+                    or not 0 <= choice < num_types
+                    or frontier.ready_counts[choice] <= 0
+                ):
+                    self._bad_choice(choice, len(types), frontier, graph)
+                t = int(choice)
                 run = frontier.take(t)
             types.append(t)
             nodes.append(run)
-        return Schedule.from_batches(graph.op_types, types, nodes)
+        return Schedule.from_batches(graph.op_types, types, nodes).certify(graph)
+
+    def _bad_choice(self, choice, step: int, frontier: Frontier, graph: Graph):
+        """Raises the :class:`ScheduleError` for a ``choose`` result that is no ready op type."""
+        ready = {graph.op_types[t]: int(frontier.ready_counts[t]) for t in np.flatnonzero(frontier.ready_counts > 0)}
+        expected = (
+            f"expected the id (an int in 0..{graph.num_types - 1}) of an op type with ready nodes; "
+            f"ready now (op type: nodes): {ready}"
+        )
+        if isinstance(choice, (bool, np.bool_)) or not isinstance(choice, (int, np.integer)):
+            got = f"{choice!r} (a {type(choice).__name__}, not an int)"
+        elif not 0 <= choice < graph.num_types:
+            got = f"op type id {int(choice)}, which is not an op type of the graph ({graph.num_types} types)"
+        else:
+            got = f"op type {int(choice)}, but there is no ready node of type {graph.op_types[int(choice)]!r}"
+        raise ScheduleError(f"{type(self).__name__}.choose returned {got} at step {step}; {expected}")
 
 
 class DepthPolicy(Policy):
@@ -120,7 +151,7 @@ class DepthPolicy(Policy):
             batch_ptr=ptr.astype(np.int32),
             node_order=order.astype(np.int32),
             op_types=graph.op_types,
-        )
+        ).certify(graph)
 
 
 class AgendaPolicy(FrontierPolicy):
@@ -159,8 +190,18 @@ def policy_names() -> tuple[str, ...]:
 def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:
     """Schedules ``graph`` with a policy name (``"agenda"``, ``"depth"``, ...) or object.
 
-    Host-side NumPy; not jittable (a schedule decides shapes).
+    Host-side NumPy; not jittable (a schedule decides shapes). The schedule
+    of a policy whose class did not certify it (:meth:`Schedule.certify`:
+    the built-in policies and every :class:`FrontierPolicy` do) is validated
+    here, once, and then certified for ``graph``.
+
+    Raises:
+      GraphError: ``graph`` is not one graph (e.g. a list of graphs: batch
+        them with ``eb.batch_graphs``).
+      ScheduleError: the policy returned no valid schedule of ``graph``
+        (the message names the policy class and the step or batch).
     """
+    graph = require_graph(graph, "one Graph to schedule")
     if isinstance(policy, str):
         try:
             policy = _REGISTRY[policy]
@@ -168,4 +209,17 @@ def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:
             raise ValueError(f"unknown policy {policy!r}; known policies: {sorted(_REGISTRY)}") from None
     if not hasattr(policy, "schedule"):
         raise TypeError(f"policy must be a name or have a schedule(graph) method, got {policy!r}")
-    return policy.schedule(graph)
+    result = policy.schedule(graph)
+    name = type(policy).__name__
+    if not isinstance(result, Schedule):
+        raise ScheduleError(f"{name}.schedule returned {type(result).__name__}, expected an eb.Schedule")
+    if result.fingerprint is not None and result.fingerprint == (
+        graph_fingerprint(graph),
+        schedule_fingerprint(result),
+    ):
+        return result
+    try:
+        validate_schedule(graph, result)
+    except ScheduleError as e:
+        raise ScheduleError(f"{name}.schedule returned an invalid schedule: {e}") from None
+    return result.certify(graph)

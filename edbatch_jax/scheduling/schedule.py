@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 
 import jax
 import numpy as np
 
 from edbatch_jax.errors import EdbatchError
-from edbatch_jax.graph import Graph
+from edbatch_jax.graph import Graph, ensure_valid
 
-__all__ = ["Schedule", "ScheduleError", "validate_schedule"]
+__all__ = [
+    "Schedule",
+    "ScheduleError",
+    "check_schedule",
+    "graph_fingerprint",
+    "require_graph",
+    "schedule_fingerprint",
+    "validate_schedule",
+]
 
 
 class ScheduleError(EdbatchError):
@@ -33,12 +42,19 @@ class Schedule:
         ``node_order[batch_ptr[b]:batch_ptr[b + 1]]``.
       node_order: int32 ``[N]``, every node once, grouped by batch.
       op_types: static op type names (those of the graph).
+      fingerprint: ``(graph fingerprint, schedule fingerprint)`` recorded by
+        :meth:`certify` when a policy made the schedule for a graph (then the
+        engine checks the graph against it instead of validating the whole
+        schedule), or ``None`` for a schedule made by hand (validated in
+        full by the engine). Not a pytree field: a schedule rebuilt from its
+        leaves, or by ``dataclasses.replace``, has none.
     """
 
     batch_type: np.ndarray
     batch_ptr: np.ndarray
     node_order: np.ndarray
     op_types: tuple[str, ...]
+    fingerprint: tuple[bytes, bytes] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_batches(cls, op_types: tuple[str, ...], types, node_lists) -> Schedule:
@@ -75,8 +91,84 @@ class Schedule:
         out[self.node_order] = np.repeat(np.arange(self.num_batches, dtype=np.int32), self.widths)
         return out
 
+    def certify(self, graph: Graph) -> Schedule:
+        """Records that this schedule is a valid schedule of ``graph`` (its fingerprint); returns ``self``.
+
+        Policies call it on the schedules they build (valid by construction);
+        the engine then checks a graph against the fingerprint (a hash, a few
+        microseconds) rather than validating the schedule, and refuses a
+        schedule made for another graph. A schedule certified for a graph
+        that it does not execute is the caller's bug, so
+        :func:`~edbatch_jax.scheduling.schedule` validates the schedules of
+        user-written policies before certifying them.
+        """
+        object.__setattr__(self, "fingerprint", (graph_fingerprint(graph), schedule_fingerprint(self)))
+        return self
+
     def __repr__(self) -> str:
         return f"Schedule(batches={self.num_batches}, nodes={self.node_order.shape[0]})"
+
+
+def _digest(parts) -> bytes:
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            a = np.ascontiguousarray(part)
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(memoryview(a).cast("B"))
+        else:
+            h.update(repr(part).encode())
+        h.update(b"|")
+    return h.digest()[:16]
+
+
+def graph_fingerprint(graph: Graph) -> bytes:
+    """A 16-byte hash of a graph's structure: op types, unbatchable types, node types and arguments.
+
+    Two graphs with the same fingerprint have the same valid schedules
+    (payloads do not enter it). Host-side; tens of microseconds for thousands of nodes.
+    """
+    return _digest(
+        (graph.op_types, tuple(graph.unbatchable), np.asarray(graph.node_type), graph.arg_ptr, graph.arg_idx)
+    )
+
+
+def schedule_fingerprint(schedule: Schedule) -> bytes:
+    """A 16-byte hash of a schedule's arrays and op types (host-side)."""
+    return _digest((schedule.op_types, schedule.batch_type, schedule.batch_ptr, schedule.node_order))
+
+
+def require_graph(graph, what: str = "a Graph") -> Graph:
+    """``graph`` if it is a valid :class:`~edbatch_jax.graph.Graph` (:func:`~edbatch_jax.graph.ensure_valid`:
+    checked the first time it enters); otherwise a :class:`~edbatch_jax.graph.GraphError`.
+
+    A list or tuple of graphs gets the hint to batch them into one first.
+    """
+    return ensure_valid(graph, what)
+
+
+def check_schedule(graph: Graph, schedule: Schedule) -> bytes:
+    """Raises :class:`ScheduleError` unless ``schedule`` executes ``graph``; returns the graph's fingerprint.
+
+    A certified schedule (one a policy made, :meth:`Schedule.certify`) is
+    checked by its fingerprint: another graph's schedule is refused; a
+    schedule whose arrays changed since it was certified, or one made by
+    hand, is validated in full (:func:`validate_schedule`, vectorised).
+    Host-side, once per execution plan.
+    """
+    if not isinstance(schedule, Schedule):
+        raise ScheduleError(f"expected an eb.Schedule (from eb.schedule(graph, policy)), got {type(schedule).__name__}")
+    fingerprint = graph_fingerprint(graph)
+    made = schedule.fingerprint
+    if made is not None and made[0] != fingerprint:
+        raise ScheduleError(
+            f"this schedule was made for another graph ({schedule.node_order.shape[0]} nodes scheduled, this graph "
+            f"has {graph.num_nodes}, op types {list(graph.op_types)}, different node types or arguments); "
+            "schedule this graph with eb.schedule(graph, policy)"
+        )
+    if made is None or made[1] != schedule_fingerprint(schedule):
+        validate_schedule(graph, schedule)
+    return fingerprint
 
 
 def validate_schedule(graph: Graph, schedule: Schedule) -> None:
@@ -84,44 +176,71 @@ def validate_schedule(graph: Graph, schedule: Schedule) -> None:
 
     Valid means: every node runs exactly once; every batch holds nodes of its
     one op type (and a single node if that type is unbatchable); every
-    argument is computed in an earlier batch.
+    argument is computed in an earlier batch. Vectorised NumPy; every error
+    names the batch, node or op type at fault.
     """
     n = graph.num_nodes
     if schedule.op_types != graph.op_types:
         raise ScheduleError(
             f"schedule op types {list(schedule.op_types)} differ from the graph's {list(graph.op_types)}"
         )
-    order = schedule.node_order
-    if schedule.batch_ptr.shape != (schedule.num_batches + 1,) or schedule.batch_ptr[0] != 0:
+    arrays = {}
+    for name in ("batch_type", "batch_ptr", "node_order"):
+        a = np.asarray(getattr(schedule, name))
+        if a.ndim != 1 or not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+            raise ScheduleError(
+                f"malformed schedule: {name} must be a 1-D integer array, got {a.dtype} of shape {a.shape}"
+            )
+        arrays[name] = a.astype(np.int64)
+    types, ptr, order = arrays["batch_type"], arrays["batch_ptr"], arrays["node_order"]
+    num_batches = types.shape[0]
+    if ptr.shape != (num_batches + 1,) or ptr[0] != 0:
         raise ScheduleError(
-            f"malformed schedule: batch_ptr must have {schedule.num_batches + 1} entries starting at 0 "
-            f"(one more than batch_type), got {schedule.batch_ptr.shape[0]}"
+            f"malformed schedule: batch_ptr must have {num_batches + 1} entries starting at 0 "
+            f"(one more than batch_type), got {ptr.shape[0]}"
         )
-    if schedule.batch_ptr[-1] != order.shape[0] or np.any(schedule.widths <= 0):
-        raise ScheduleError("malformed schedule: empty batch or batch_ptr does not cover node_order")
-    if order.size and (order.min() < 0 or order.max() >= n):
-        bad = order[(order < 0) | (order >= n)][0]
-        raise ScheduleError(f"schedule runs node {bad}, which is not in the graph ({n} nodes)")
+    widths = np.diff(ptr)
+    if np.any(widths <= 0):
+        b = int(np.flatnonzero(widths <= 0)[0])
+        raise ScheduleError(f"malformed schedule: empty batch {b} ({widths[b]} nodes; every batch needs at least one)")
+    if ptr[-1] != order.shape[0]:
+        raise ScheduleError(
+            f"malformed schedule: batch_ptr ends at {ptr[-1]} but node_order has {order.shape[0]} entries"
+        )
+    bad_type = (types < 0) | (types >= graph.num_types)
+    if np.any(bad_type):
+        b = int(np.flatnonzero(bad_type)[0])
+        raise ScheduleError(
+            f"batch {b} has op type id {types[b]}, but the graph has {graph.num_types} op types "
+            f"{list(graph.op_types)} (ids 0..{graph.num_types - 1})"
+        )
+    outside = (order < 0) | (order >= n)
+    if np.any(outside):
+        k = int(np.flatnonzero(outside)[0])
+        b = int(np.searchsorted(ptr, k, side="right") - 1)
+        raise ScheduleError(f"batch {b} runs node {order[k]}, which is not in the graph ({n} nodes, ids 0..{n - 1})")
     runs = np.bincount(order, minlength=n)
     if np.any(runs != 1):
         v = int(np.flatnonzero(runs != 1)[0])
-        raise ScheduleError(f"node {v} runs {runs[v]} times (every node must run exactly once)")
-    batch_types = np.repeat(schedule.batch_type, schedule.widths)
+        raise ScheduleError(
+            f"node {v} runs {runs[v]} times (op {graph.op_types[graph.node_type[v]]!r}; "
+            "every node must run exactly once)"
+        )
+    batch_types = np.repeat(types, widths)
     wrong = np.flatnonzero(graph.node_type[order] != batch_types)
     if wrong.size:
         k = wrong[0]
-        b = int(np.searchsorted(schedule.batch_ptr, k, side="right") - 1)
+        b = int(np.searchsorted(ptr, k, side="right") - 1)
         raise ScheduleError(
-            f"batch {b} is of type {graph.op_types[schedule.batch_type[b]]!r} but holds node {order[k]} "
+            f"batch {b} is of type {graph.op_types[types[b]]!r} but holds node {order[k]} "
             f"of type {graph.op_types[graph.node_type[order[k]]]!r}"
         )
-    unb = graph.type_is_unbatchable[schedule.batch_type] & (schedule.widths > 1)
+    unb = graph.type_is_unbatchable[types] & (widths > 1)
     if np.any(unb):
         b = int(np.flatnonzero(unb)[0])
-        raise ScheduleError(
-            f"batch {b} holds {schedule.widths[b]} nodes of unbatchable type {graph.op_types[schedule.batch_type[b]]!r}"
-        )
-    batch_of = schedule.batch_of_node(n)
+        raise ScheduleError(f"batch {b} holds {widths[b]} nodes of unbatchable type {graph.op_types[types[b]]!r}")
+    batch_of = np.empty(n, np.int64)
+    batch_of[order] = np.repeat(np.arange(num_batches), widths)
     dst = graph.edge_dst()
     late = np.flatnonzero(batch_of[graph.arg_idx] >= batch_of[dst])
     if late.size:
