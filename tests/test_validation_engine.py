@@ -164,6 +164,8 @@ def test_payload_id_outside_its_bound_is_refused(make):
     msg = rf"op 'leaf': node {node} \(instance 1\) has payload id 12 .*outside \[0, {VOCAB}\)"
     with pytest.raises(eb.OpError, match=msg):
         make(ops).run(PARAMS, graph, eb.schedule(graph, "agenda"))
+    with pytest.raises(eb.OpError, match=msg):  # unbatched execution refuses it too, instead of clamping
+        eb.run_unbatched(ops, PARAMS, graph)
     graph = eb.GraphBuilder()
     a = graph.add("leaf", payload={"tok": np.int32(3), "w": np.float32(0.5)})
     b = graph.add("leaf", payload={"tok": np.int32(-1), "w": np.float32(0.5)})

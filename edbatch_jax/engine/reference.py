@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.engine.ops import Op, as_ops, check_graph_ops
+from edbatch_jax.engine.ops import Op, as_ops, check_graph_ops, check_payload_bounds
 from edbatch_jax.graph import Graph, check_node_ids, validate_graph
 from edbatch_jax.graph.analysis import topological_order
 
@@ -61,6 +61,7 @@ def run_unbatched(
     validate_graph(graph)
     ops = as_ops(ops)
     check_graph_ops(graph, ops)
+    check_payload_bounds(graph, ops)  # as the engines do: an id out of range is an error, not a clamped row
     states: list = [None] * graph.num_nodes
     for v in topological_order(graph):
         v = int(v)

@@ -39,9 +39,12 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
+from edbatch_jax.errors import EdbatchError
+
 __all__ = [
     "ENCODINGS",
     "MAX_STATES",
+    "max_types",
     "num_states",
     "encode",
     "encode_np",
@@ -54,7 +57,8 @@ ENCODINGS = ("set", "sort", "max", "sort_complete")
 """The supported state encodings."""
 
 MAX_STATES = 1 << 21
-"""Largest dense state space accepted (the Q-table has ``num_states * K`` entries)."""
+"""Largest dense state space accepted (the Q-table has ``num_states * K`` entries); every encoding refuses more
+op types than fit (:func:`max_types`) with an :class:`~edbatch_jax.errors.EdbatchError`."""
 
 
 def _check(encoding: str, num_types: int) -> None:
@@ -83,21 +87,55 @@ def _perm_table(num_types: int) -> np.ndarray:
     return np.array([[_perm(n, m) for m in range(k + 1)] for n in range(k + 1)], dtype=np.int64)
 
 
+def _size(encoding: str, num_types: int) -> int:
+    """Exact size of the dense state space (a Python int: no overflow however many op types)."""
+    k = num_types
+    if encoding == "set":
+        return 1 << k
+    if encoding == "max":
+        return (1 << k) * k
+    n_sort = sum(_perm(k, m) for m in range(k + 1))
+    return n_sort if encoding == "sort" else n_sort << k
+
+
+def _count(n: int) -> str:
+    """An exact count, or its order of magnitude when it has more than 12 digits."""
+    return str(n) if n < 10**12 else f"about {n:.2e}"
+
+
+@functools.cache
+def max_types(encoding: str) -> int:
+    """The most op types ``encoding`` fits in :data:`MAX_STATES` states.
+
+    ``set``: 21, ``max``: 16, ``sort``: 9, ``sort_complete``: 7.
+    """
+    _check(encoding, 1)
+    k = 1
+    while _size(encoding, k + 1) <= MAX_STATES:
+        k += 1
+    return k
+
+
 def num_states(encoding: str, num_types: int) -> int:
     """Size of the dense state space of ``encoding`` over ``num_types`` op types.
 
     Raises:
-      ValueError: unknown encoding, or a state space above :data:`MAX_STATES`
-        (use ``"set"`` or ``"max"`` for graphs with many op types).
+      EdbatchError: a state space above :data:`MAX_STATES` (the message names
+        the encoding, the number of op types, the states and Q-table entries
+        it would need, and the limit).
+      ValueError: unknown encoding, or no op types.
     """
     _check(encoding, num_types)
     k = num_types
-    n_sort = int(_sort_offsets(k)[-1])
-    n = {"set": 1 << k, "max": (1 << k) * k, "sort": n_sort, "sort_complete": n_sort << k}[encoding]
+    n = _size(encoding, k)
     if n > MAX_STATES:
-        raise ValueError(
-            f"the {encoding!r} encoding over {k} op types has {n} states (limit {MAX_STATES}); "
-            "use encoding='set' or 'max', or merge op types"
+        fits = {e: max_types(e) for e in ENCODINGS}
+        larger = [f"{e!r} (up to {m})" for e, m in fits.items() if m >= k]
+        hint = f"use encoding {' or '.join(larger)}, or merge op types" if larger else "merge op types"
+        raise EdbatchError(
+            f"the {encoding!r} encoding over {k} op types has {_count(n)} states (limit {MAX_STATES}): its dense "
+            f"Q-table would need {_count(n * k)} entries; {encoding!r} fits at most {fits[encoding]} op types. "
+            f"{hint.capitalize()}"
         )
     return n
 

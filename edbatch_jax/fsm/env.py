@@ -25,6 +25,12 @@ queues, and counts the nodes that entered ``TF_a``. Its reward is
 that completes its type-wise frontier. Ready unbatchable nodes are forced
 moves, each one batch, taken before any decision.
 
+Op types are matched by name: :func:`make_env` can number a graph's types
+after a given list of names (:func:`union_op_types` of several graphs, in
+order of first appearance), and :func:`stack_envs` brings environments whose
+graphs list their types in different orders, or lack some, onto one
+numbering. A type a graph lacks has an empty queue and never becomes ready.
+
 :class:`ReferenceEnv` is the same MDP on the host, driven by the incremental
 :class:`~edbatch_jax.scheduling.TypewiseFrontier` (on the unreduced nearest
 ancestors); tests check that the two agree step by step.
@@ -53,6 +59,7 @@ __all__ = [
     "EnvState",
     "make_env",
     "stack_envs",
+    "union_op_types",
     "reset",
     "observe",
     "step",
@@ -171,23 +178,63 @@ def _dense_rows(ptr: np.ndarray, idx: np.ndarray, rows: int, width: int, fill: i
     return out
 
 
-def make_env(graph: Graph) -> BatchingEnv:
+def union_op_types(names: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    """Every op type name of several graphs once, in order of first appearance.
+
+    Args:
+      names: the ``op_types`` of each graph (e.g. ``[g.op_types for g in graphs]``).
+
+    Returns:
+      The union as a tuple: the first list's names in its order, then the new
+      names of the second, and so on (graphs that all list the same names in
+      the same order keep that order).
+    """
+    return tuple(dict.fromkeys(name for group in names for name in group))
+
+
+def _type_map(graph_types: Sequence[str], op_types: Sequence[str]) -> np.ndarray:
+    """int32 ``[K_graph]``: the position in ``op_types`` of every type of ``graph_types``.
+
+    Raises:
+      ValueError: a name of ``graph_types`` missing from ``op_types`` (named).
+    """
+    index = {name: i for i, name in enumerate(op_types)}
+    missing = [name for name in graph_types if name not in index]
+    if missing:
+        raise ValueError(f"op types {missing} are not among the environment's op types {list(op_types)}")
+    return np.array([index[name] for name in graph_types], dtype=np.int32).reshape(-1)
+
+
+def make_env(graph: Graph, op_types: Sequence[str] | None = None) -> BatchingEnv:
     """The environment of ``graph`` (host-side NumPy; arrays are NumPy until used).
+
+    Args:
+      graph: the graph.
+      op_types: the op type names the environment numbers its actions by
+        (default: ``graph.op_types``). Every type of the graph must be among
+        them, in any order; types the graph lacks never become ready.
 
     Raises:
       GraphError: the graph has a cycle (from the lower bound computation).
+      ValueError: ``op_types`` lacks a type of the graph (named) or repeats a name.
     """
-    n, k = graph.num_nodes, graph.num_types
+    names = tuple(graph.op_types if op_types is None else op_types)
+    if len(set(names)) != len(names):
+        raise ValueError(f"op_types {list(names)} repeats a name")
+    remap = _type_map(graph.op_types, names)  # graph type id -> environment type id
+    n, k = graph.num_nodes, len(names)
     lb = lower_bound(graph)
-    types = np.asarray(graph.node_type, np.int32)
+    types = remap[np.asarray(graph.node_type, np.int64)]
     child_ptr, child_idx = graph_children(graph)
     src, dst = maximal_same_type_edges(graph)
     near_ptr, near_dst = csr_by_source(src, dst, n)
     d = max(int(np.diff(child_ptr).max(initial=0)), 1)
     d2 = max(int(np.diff(near_ptr).max(initial=0)), 1)
     capacity = np.bincount(types, minlength=k).astype(np.int32)
+    unbatchable = np.zeros(k, dtype=bool)
+    unbatchable[remap] = graph.type_is_unbatchable
     return _finish_env(
-        graph.op_types,
+        names,
         types,
         graph.arity,
         child_ptr,
@@ -198,7 +245,7 @@ def make_env(graph: Graph) -> BatchingEnv:
         capacity,
         d,
         d2,
-        graph.type_is_unbatchable,
+        unbatchable,
         lb,
     )
 
@@ -234,10 +281,19 @@ def _finish_env(
     )
 
 
-def _pad_env(env: BatchingEnv, n: int, d: int, d2: int, capacity: np.ndarray) -> BatchingEnv:
-    """Re-lays an environment out for ``n`` nodes, widths ``d``/``d2`` and queue capacities."""
+def _pad_env(
+    env: BatchingEnv, n: int, d: int, d2: int, capacity: np.ndarray, op_types: Sequence[str] | None = None
+) -> BatchingEnv:
+    """Re-lays an environment out for ``n`` nodes, widths ``d``/``d2`` and queue capacities.
+
+    ``op_types`` (default: the environment's) renumbers the types by name;
+    ``capacity`` (int32 ``[K]``) is in its order.
+    """
+    names = env.op_types if op_types is None else tuple(op_types)
+    remap = _type_map(env.op_types, names)  # old type id -> new type id
+    k = len(names)
     n0 = env.num_nodes
-    remap = lambda x: np.where(x == n0, n, x).astype(np.int32)
+    renode = lambda x: np.where(x == n0, n, x).astype(np.int32)
 
     def nodes(x, fill, width=None):
         x = np.asarray(x)
@@ -246,54 +302,68 @@ def _pad_env(env: BatchingEnv, n: int, d: int, d2: int, capacity: np.ndarray) ->
         if width is None:
             out[:n0] = x[:n0]
         else:
-            out[:n0, : x.shape[1]] = remap(x[:n0])
+            out[:n0, : x.shape[1]] = renode(x[:n0])
         return out
 
     offset = np.concatenate([[0], np.cumsum(capacity)[:-1]]).astype(np.int32)
     q = int(capacity.sum())
     queue = np.full(q + 1, n, dtype=np.int32)
-    old_q, old_off, tail = np.asarray(env.initial_queue), np.asarray(env.queue_offset), np.asarray(env.initial_tail)
-    for t in range(env.num_types):
-        queue[offset[t] : offset[t] + tail[t]] = old_q[old_off[t] : old_off[t] + tail[t]]
+    old_q, old_off = np.asarray(env.initial_queue), np.asarray(env.queue_offset)
+    old_tail = np.asarray(env.initial_tail)
+    # every queued node keeps its rank within its type's queue
+    t_of = np.repeat(np.arange(old_tail.shape[0]), old_tail)
+    rank = np.arange(t_of.shape[0]) - np.repeat(np.cumsum(old_tail) - old_tail, old_tail)
+    queue[offset[remap[t_of]] + rank] = old_q[old_off[t_of] + rank]
+    tail = np.zeros(k, dtype=np.int32)
+    tail[remap] = old_tail
+    unbatchable = np.zeros(k, dtype=bool)
+    unbatchable[remap] = np.asarray(env.unbatchable)
+    node_type = nodes(env.node_type, 0)
+    node_type[:n0] = remap[node_type[:n0]]
     arity = nodes(env.arity, _NEVER)
     arity[n] = _NEVER
     near_count = nodes(env.near_count, _NEVER)
     near_count[n] = _NEVER
     return BatchingEnv(
-        node_type=nodes(env.node_type, 0),
+        node_type=node_type,
         arity=arity,
         children=nodes(env.children, n, d),
         near_children=nodes(env.near_children, n, d2),
         near_count=near_count,
         queue_offset=offset,
         initial_queue=queue,
-        initial_tail=tail.astype(np.int32),
-        unbatchable=np.asarray(env.unbatchable),
+        initial_tail=tail,
+        unbatchable=unbatchable,
         num_valid=np.int32(env.num_valid),
         lower_bound=np.int32(env.lower_bound),
-        op_types=env.op_types,
+        op_types=names,
     )
 
 
 def stack_envs(envs: Sequence[BatchingEnv]) -> BatchingEnv:
     """Pads environments to common sizes and stacks them (leading axis ``G``).
 
+    Op types are matched by name: the stack's ``op_types`` is
+    :func:`union_op_types` of the environments' (environments that all list the
+    same names in the same order keep that order), and each environment's
+    type ids are mapped onto it. A type an environment lacks has an empty
+    queue there and never becomes ready.
+
     Raises:
-      ValueError: no environments, or op types that differ between them.
+      ValueError: no environments.
     """
     if not envs:
         raise ValueError("stack_envs needs at least one environment")
-    names = envs[0].op_types
-    for i, e in enumerate(envs):
-        if e.op_types != names:
-            raise ValueError(f"environment {i} has op types {list(e.op_types)}, environment 0 has {list(names)}")
+    names = union_op_types([e.op_types for e in envs])
     n = max(e.num_nodes for e in envs)
     d = max(np.asarray(e.children).shape[1] for e in envs)
     d2 = max(np.asarray(e.near_children).shape[1] for e in envs)
-    capacity = np.max(
-        [np.diff(np.r_[np.asarray(e.queue_offset), np.asarray(e.initial_queue).shape[0] - 1]) for e in envs], axis=0
-    )
-    padded = [_pad_env(e, n, d, d2, capacity) for e in envs]
+    capacity = np.zeros((len(envs), len(names)), dtype=np.int32)
+    for i, e in enumerate(envs):
+        own = np.diff(np.r_[np.asarray(e.queue_offset), np.asarray(e.initial_queue).shape[0] - 1])
+        capacity[i, _type_map(e.op_types, names)] = own
+    capacity = capacity.max(axis=0)
+    padded = [_pad_env(e, n, d, d2, capacity, names) for e in envs]
     return jax.tree.map(lambda *xs: np.stack(xs), *padded)
 
 

@@ -41,13 +41,13 @@ import numpy as np
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.fsm import encoding as enc
 from edbatch_jax.fsm.encoding import MAX_STATES
-from edbatch_jax.fsm.env import make_env, stack_envs
+from edbatch_jax.fsm.env import make_env, stack_envs, union_op_types
 from edbatch_jax.fsm.qlearning import QLearningSettings, greedy_actions, run_q_learning
 from edbatch_jax.graph import Graph
 from edbatch_jax.io import write_text_atomic
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.policies import FrontierPolicy
-from edbatch_jax.scheduling.schedule import Schedule
+from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 from edbatch_jax.scheduling.typewise import TypewiseFrontier
 
 __all__ = ["FSMDecision", "FSMPolicy", "PolicyFileError", "learn_fsm", "FALLBACKS"]
@@ -88,9 +88,18 @@ class PolicyFileError(EdbatchError):
 class FSMPolicy(FrontierPolicy):
     """A batching policy given by a table ``state -> op type``.
 
+    Op types are matched by name: the policy schedules any graph whose op
+    types it knows, listed in any order, and a graph that lacks some of them
+    (those are never ready). A graph with nodes of an op type the policy
+    does not know is refused with a :class:`~edbatch_jax.ScheduleError`
+    naming the type: the fallback rule (:data:`FALLBACKS`) covers states the
+    table lacks, not types the states cannot express, and scheduling such a
+    graph with a heuristic silently is what a learned policy is meant to
+    replace (use ``"typewise"`` for it explicitly, or learn over graphs with
+    the type). Op types a graph lists but has no node of are ignored.
+
     Attributes:
-      op_types: op type names the policy was learned for (a graph must have the
-        same names, in any order).
+      op_types: op type names the policy was learned for.
       encoding: ``"sort"``, ``"set"`` or ``"max"``.
       actions: int32 ``[S]``, the action of every dense state; -1 where unseen.
       fallback: rule for unseen states (see :data:`FALLBACKS`).
@@ -154,14 +163,28 @@ class FSMPolicy(FrontierPolicy):
         return [self.op_types[t % k] + ("*" if t >= k else "") for t in state]
 
     def start(self, graph: Graph) -> dict:
-        """Per-graph state; the graph may number the same op types in another order."""
-        if sorted(graph.op_types) != sorted(self.op_types):
-            raise ValueError(
-                f"this FSM policy was learned for op types {list(self.op_types)}, "
-                f"but the graph has {list(graph.op_types)}"
-            )
-        # graph type id of each policy type id (the identity when both number them alike)
-        perm = np.array([graph.op_types.index(t) for t in self.op_types], dtype=np.int64)
+        """Per-graph state; the graph may number the op types in another order, or lack some.
+
+        Raises:
+          ScheduleError: the graph has nodes of an op type the policy does not know (named).
+        """
+        known = set(self.op_types)
+        unknown = np.array([t not in known for t in graph.op_types], dtype=bool)
+        if unknown.any():
+            used = np.bincount(np.asarray(graph.node_type, np.int64), minlength=graph.num_types) > 0
+            names = [graph.op_types[t] for t in np.flatnonzero(unknown & used)]
+            if names:
+                raise ScheduleError(
+                    f"this FSM policy was learned for op types {list(self.op_types)}, but the graph has nodes of "
+                    f"op type{'s' if len(names) > 1 else ''} {', '.join(map(repr, names))}, which it does not know "
+                    f"(the graph's op types: {list(graph.op_types)}); learn a policy on graphs with "
+                    f"{'these types' if len(names) > 1 else 'this type'} (learn_fsm), or use a heuristic policy "
+                    "such as 'typewise'"
+                )
+        # graph type id of each policy type id (the identity when both number them alike); a policy type the
+        # graph lacks reads the zero count appended after the graph's (index graph.num_types)
+        index = {t: i for i, t in enumerate(graph.op_types)}
+        perm = np.array([index.get(t, graph.num_types) for t in self.op_types], dtype=np.int64)
         self._stats = {
             "hits": 0,
             "decisions": 0,
@@ -175,10 +198,10 @@ class FSMPolicy(FrontierPolicy):
     def choose(self, frontier: Frontier, stats: dict) -> int:
         # host-side, once per decision: plain lists (a NumPy call on K counts costs more than the work)
         perm = stats["perm_list"]
-        counts = frontier.ready_counts.tolist()
+        counts = frontier.ready_counts.tolist() + [0]  # the count of a policy type the graph lacks
         typewise = None
         if enc.needs_typewise(self.encoding):
-            typewise = frontier.typewise_counts.tolist()
+            typewise = frontier.typewise_counts.tolist() + [0]
             typewise = [typewise[p] for p in perm]
         state = enc.state_tuple([counts[p] for p in perm], self.encoding, typewise)
         s = enc._index_of_tuple(state, self.encoding, len(perm))
@@ -272,13 +295,14 @@ class FSMPolicy(FrontierPolicy):
 
         Args:
           data: the parsed JSON.
-          op_types: the model's op type names (any order); a policy for other names is refused.
+          op_types: the model's op type names (any order); a policy that does not
+            know one of them is refused (it may know more than the model has).
           source: what ``data`` came from, for messages (a file name).
 
         Raises:
           PolicyFileError: wrong format/version, missing or malformed fields,
             unknown type names, conflicting table entries, or ``op_types``
-            given and different.
+            given with a name the policy does not know (or a repeated one).
         """
         return _Reader(source, None).policy(cls, data, _check_op_types_arg(op_types))
 
@@ -288,7 +312,8 @@ class FSMPolicy(FrontierPolicy):
 
         Args:
           path: the JSON file (a regular file of at most :data:`MAX_FILE_BYTES`, UTF-8).
-          op_types: the model's op type names (any order); a policy for other names is refused.
+          op_types: the model's op type names (any order); a policy that does not
+            know one of them is refused (it may know more than the model has).
 
         Raises:
           PolicyFileError: unreadable, corrupt or mismatched file (the message
@@ -722,14 +747,22 @@ class _Reader:
             self.fail(path, f"'op_types' has duplicates: {_short(dup)} appears twice")
         if len(names) > _MAX_TYPES:
             self.fail(path, f"'op_types' lists {len(names)} op types; no encoding fits more than {_MAX_TYPES}")
-        if op_types is not None and sorted(op_types) != sorted(names):
-            extra = sorted(set(names) - set(op_types))
+        if op_types is not None:
+            # the policy schedules any graph whose op types it knows: the model may have fewer
             absent = sorted(set(op_types) - set(names))
-            self.fail(
-                path,
-                f"the policy is for op types {names}, but the model has {list(op_types)} "
-                f"(only in the policy: {extra}; only in the model: {absent})",
-            )
+            if absent:
+                extra = sorted(set(names) - set(op_types))
+                self.fail(
+                    path,
+                    f"the policy is for op types {names}, but the model has {list(op_types)} "
+                    f"(only in the policy: {extra}; only in the model: {absent})",
+                )
+            dup = next((n for j, n in enumerate(op_types) if n in op_types[:j]), None)
+            if dup is not None:
+                self.fail(
+                    path,
+                    f"the policy is for op types {names}, but the model has {list(op_types)}, which repeats {dup!r}",
+                )
         return names
 
     def table(self, table: Any, names: list[str], encoding: str, size: int) -> np.ndarray:
@@ -858,10 +891,19 @@ def learn_fsm(
 ) -> FSMPolicy:
     """Learns an FSM batching policy by Q-learning on one or several graphs.
 
+    Op types are matched by name: the graphs may be built independently
+    (each by its own :class:`~edbatch_jax.GraphBuilder`), list their op types
+    in different orders, and lack some. The policy's ``op_types`` are the
+    union of theirs in order of first appearance
+    (:func:`~edbatch_jax.fsm.env.union_op_types`: graphs that all list the
+    same names in the same order keep that order), and each graph's type ids
+    are mapped onto it.
+
     Args:
-      graphs: training graphs (e.g. several mini-batches), all with the same
-        op types. One episode runs all of them.
-      encoding: ``"sort"`` (E_sort, default), ``"set"`` or ``"max"``.
+      graphs: training graphs (e.g. several mini-batches). One episode runs
+        all of them.
+      encoding: ``"sort"`` (E_sort, default), ``"set"``, ``"max"`` or
+        ``"sort_complete"``.
       seed: PRNG seed (learning is deterministic given it).
       fallback: rule for states missing from the table (:data:`FALLBACKS`).
       progress: optional callback ``(episode, greedy_mean, best_mean, lb_mean)``.
@@ -872,15 +914,26 @@ def learn_fsm(
       The :class:`FSMPolicy` of the best greedy table. Its ``provenance``
       holds the learning curve, the timing (cold start, compilation included)
       and the batch counts against the lower bound.
+
+    Raises:
+      EdbatchError: more op types than ``encoding``'s dense table fits
+        (:data:`~edbatch_jax.fsm.encoding.MAX_STATES`; the message names the
+        encoding, the number of op types, the table size and the limit),
+        checked before any work.
+      ValueError: no graphs, an unknown encoding or fallback, or invalid settings.
     """
     if isinstance(graphs, Graph):
         graphs = [graphs]
     graphs = list(graphs)
     if not graphs:
         raise ValueError("learn_fsm needs at least one graph")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"unknown fallback {fallback!r}; choose one of {list(FALLBACKS)}")
     cfg = QLearningSettings(**settings)
+    names = union_op_types([g.op_types for g in graphs])
+    enc.num_states(encoding, len(names))  # refuses an unknown encoding or too many op types up front
     t0 = time.perf_counter()
-    envs = stack_envs([make_env(g) for g in graphs])
+    envs = stack_envs([make_env(g, names) for g in graphs])
     t1 = time.perf_counter()
     result = run_q_learning(envs, encoding, seed, cfg, progress)
     t2 = time.perf_counter()
@@ -902,4 +955,4 @@ def learn_fsm(
             "eval_batches": [round(float(x), 3) for x in result.eval_batches],
         },
     }
-    return FSMPolicy(graphs[0].op_types, encoding, actions, fallback, dict(vars(cfg)), provenance)
+    return FSMPolicy(names, encoding, actions, fallback, dict(vars(cfg)), provenance)

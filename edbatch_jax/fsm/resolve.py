@@ -27,8 +27,8 @@ def resolve_policy(
         is, after checking it exists), a policy file (a path ending in
         ``.json``: loaded as an :class:`~edbatch_jax.FSMPolicy`), ``"fsm"``
         (the ``shipped`` policy file), or a policy object (returned as is).
-      op_types: the model's op type names; a policy file for other names is
-        refused.
+      op_types: the model's op type names; a policy file that does not know
+        one of them is refused (it may know more op types than the model has).
       shipped: the policy file that ``"fsm"`` names (a bundled workload's
         learned policy), or ``None`` when there is none.
 
@@ -37,7 +37,8 @@ def resolve_policy(
 
     Raises:
       PolicyFileError: ``"fsm"`` without a shipped file, or a file that is
-        missing, corrupt or made for other op types (named in the message).
+        missing, corrupt or that does not know one of ``op_types`` (named in
+        the message).
       ValueError: an unknown name (the message lists the known ones).
     """
     if isinstance(spec, Policy):

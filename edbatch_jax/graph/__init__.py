@@ -5,11 +5,11 @@ stacked payloads), :class:`GraphBuilder` (define-by-run, DyNet style),
 :func:`batch_graphs` / :func:`unbatch_graph`, :func:`validate_graph`, and
 the analyses the policies use: depths, topological order, type-wise depth
 and the lower bound on the number of batches. :class:`EdbatchError`, the
-base of every error the library raises for a caller's mistake, is
-re-exported here. Imports nothing else of the library.
+base of every error the library raises for a caller's mistake, and
+:func:`input_checks`, the switch of the input checks, are re-exported here. Imports nothing else of the library.
 """
 
-from edbatch_jax.errors import EdbatchError
+from edbatch_jax.errors import EdbatchError, input_checks
 from edbatch_jax.graph.analysis import (
     children,
     lower_bound,
@@ -31,6 +31,7 @@ __all__ = [
     "check_node_ids",
     "children",
     "ensure_valid",
+    "input_checks",
     "lower_bound",
     "mark_valid",
     "node_depth",

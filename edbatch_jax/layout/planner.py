@@ -211,6 +211,9 @@ def _twin_classes(
     node, set_id = node[order], set_id[order]
     count = np.bincount(node, minlength=n)
     width = int(count.max(initial=0))
+    if members.size * (width + 1) > 4 * (node.size + members.size) + (1 << 16):
+        # a node in many sets (read by many batches): a dense row per member would be quadratic
+        return _twin_classes_sparse(batch_of, node, set_id, count, members)
     slot = np.arange(node.size) - (np.cumsum(count) - count)[node]
     signature = np.zeros((n, width + 1), np.int64)  # [batch, sets + 1 ascending, 0...]
     signature[:, 0] = batch_of
@@ -235,6 +238,42 @@ def _twin_classes(
     renumber[np.argsort(first, kind="stable")] = np.arange(first.size)
     cls = np.full(n, -1, np.int64)
     cls[members[order]] = renumber[group]
+    return cls, int(first.size)
+
+
+def _twin_classes_sparse(
+    batch_of: np.ndarray, node: np.ndarray, set_id: np.ndarray, count: np.ndarray, members: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """:func:`_twin_classes` in memory linear in the memberships: the same classes, the same numbers.
+
+    Refines a label per member one set position at a time: first its batch;
+    at position ``j``, the members in more than ``j`` sets take a fresh label
+    per distinct (label, ``j``-th set); the others keep theirs. Two members
+    end with one label exactly when their batches and set lists are equal.
+    Each position costs work in the members that reach it, so the whole is
+    linear in the memberships (``node``, ``set_id``: sorted by node, each
+    node's sets ascending; ``count``: sets per node).
+    """
+    n = batch_of.shape[0]
+    start = np.cumsum(count) - count
+    _, label = np.unique(batch_of[members], return_inverse=True)
+    label = label.astype(np.int64)
+    depth = count[members]
+    active = np.flatnonzero(depth > 0)
+    span, top, j = int(set_id.max(initial=0)) + 1, int(label.max(initial=-1)) + 1, 0
+    while active.size:
+        key = label[active] * span + set_id[start[members[active]] + j]
+        _, fresh = np.unique(key, return_inverse=True)
+        label[active] = top + fresh
+        top += int(fresh.max()) + 1
+        j += 1
+        active = active[depth[active] > j]
+    # classes numbered in the order of first appearance in ``members``
+    _, first, group = np.unique(label, return_index=True, return_inverse=True)
+    renumber = np.empty(first.size, np.int64)
+    renumber[np.argsort(first, kind="stable")] = np.arange(first.size)
+    cls = np.full(n, -1, np.int64)
+    cls[members] = renumber[group.reshape(-1)]
     return cls, int(first.size)
 
 

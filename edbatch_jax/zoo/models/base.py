@@ -81,6 +81,10 @@ class CellSpec:
       arity: number of operand states, for a cell whose ``__call__`` takes
         ``*operand_states`` (``None``: read from its signature).
       aggregate: ``"sum"``, ``"mean"`` or ``"max"`` for a variable-arity cell.
+      payload_bounds: the number of rows the payload id indexes (a
+        vocabulary or class count), checked at plan time
+        (:class:`~edbatch_jax.engine.ops.Op`'s ``payload_bounds``); ``None``
+        for no bound.
     """
 
     linen: nn.Module
@@ -89,6 +93,7 @@ class CellSpec:
     payload: bool = True
     arity: int | None = None
     aggregate: str | None = None
+    payload_bounds: int | None = None
 
     def example_inputs(self) -> tuple:
         """``(payload, *operand_states)`` to initialise :attr:`linen` with: int32 ``0`` or ``None``, f32 zeros."""
@@ -130,7 +135,12 @@ class CellModel(abc.ABC):
           OpError: the cell table and :meth:`extra_ops` do not cover ``op_types`` exactly once.
         """
         table = self.cell_table()
-        ops = {name: linen_op(s.linen, name, arity=s.arity, aggregate=s.aggregate) for name, s in table.items()}
+        ops = {
+            name: dataclasses.replace(
+                linen_op(s.linen, name, arity=s.arity, aggregate=s.aggregate), payload_bounds=s.payload_bounds
+            )
+            for name, s in table.items()
+        }
         extra = self.extra_ops()
         if sorted([*ops, *extra]) != sorted(self.op_types):
             raise OpError(f"{type(self).__name__}: cells {list(ops)} and ops {list(extra)} are not {self.op_types}")

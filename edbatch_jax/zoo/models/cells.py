@@ -302,7 +302,11 @@ class NNXLSTMCell(nnx.Module):
 
 def tree_leaf_spec(vocab_size: int, embed: int, hidden: int) -> CellSpec:
     """:class:`LeafCell` / :class:`NNXLeafCell`: payload the word id, no operands."""
-    return CellSpec(LeafCell(vocab_size, embed, hidden), lambda rngs: NNXLeafCell(vocab_size, embed, hidden, rngs=rngs))
+    return CellSpec(
+        LeafCell(vocab_size, embed, hidden),
+        lambda rngs: NNXLeafCell(vocab_size, embed, hidden, rngs=rngs),
+        payload_bounds=vocab_size,
+    )
 
 
 def tree_internal_spec(hidden: int) -> CellSpec:
@@ -319,6 +323,7 @@ def classifier_spec(hidden: int, num_classes: int) -> CellSpec:
         LossCell(num_classes),
         lambda rngs: NNXLossCell(hidden, num_classes, rngs=rngs),
         operands=(hidden_state(hidden),),
+        payload_bounds=num_classes,
     )
 
 
@@ -333,12 +338,15 @@ def lstm_arc_spec(vocab_size: int, embed: int, hidden: int) -> CellSpec:
         LSTMArcCell(vocab_size, embed, hidden),
         lambda rngs: NNXLSTMArcCell(vocab_size, embed, hidden, rngs=rngs),
         operands=(lstm_state(hidden),),
+        payload_bounds=vocab_size,
     )
 
 
 def embed_spec(vocab_size: int, embed: int) -> CellSpec:
     """:class:`EmbedCell` / :class:`NNXEmbedCell`: payload the word id, no operands."""
-    return CellSpec(EmbedCell(vocab_size, embed), lambda rngs: NNXEmbedCell(vocab_size, embed, rngs=rngs))
+    return CellSpec(
+        EmbedCell(vocab_size, embed), lambda rngs: NNXEmbedCell(vocab_size, embed, rngs=rngs), payload_bounds=vocab_size
+    )
 
 
 def lstm_spec(hidden: int, inputs: Sequence[StateSpec]) -> CellSpec:

@@ -134,7 +134,10 @@ class LatticeTagger(EmbeddingModel):
         if self.cell == "lstm":
             return lstm_arc_spec(v, e, h)
         return CellSpec(
-            GRUArcCell(v, e, h), lambda rngs: NNXGRUArcCell(v, e, h, rngs=rngs), operands=(hidden_state(h),)
+            GRUArcCell(v, e, h),
+            lambda rngs: NNXGRUArcCell(v, e, h, rngs=rngs),
+            operands=(hidden_state(h),),
+            payload_bounds=v,
         )
 
     def cell_table(self) -> dict[str, CellSpec]:

@@ -176,7 +176,9 @@ class MVRNN(SSTTreeModel):
         v, rows, e, h, c = self.vocab_size, self.matrix_rows, self.embed, self.hidden, self.num_classes
         state = {"v": (h,), "M": (h, h)}
         return {
-            "leaf": CellSpec(MVLeafCell(v, rows, e, h), lambda rngs: NNXMVLeafCell(v, rows, e, h, rngs=rngs)),
+            "leaf": CellSpec(
+                MVLeafCell(v, rows, e, h), lambda rngs: NNXMVLeafCell(v, rows, e, h, rngs=rngs), payload_bounds=v
+            ),
             "internal": CellSpec(
                 MVInternalCell(h), lambda rngs: NNXMVInternalCell(h, rngs=rngs), operands=(state, state), payload=False
             ),

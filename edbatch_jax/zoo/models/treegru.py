@@ -133,7 +133,7 @@ class TreeGRU(SSTTreeModel):
         v, e, h = self.vocab_size, self.embed, self.hidden
         state = hidden_state(h)
         return {
-            "leaf": CellSpec(GRULeafCell(v, e, h), lambda rngs: NNXGRULeafCell(v, e, h, rngs=rngs)),
+            "leaf": CellSpec(GRULeafCell(v, e, h), lambda rngs: NNXGRULeafCell(v, e, h, rngs=rngs), payload_bounds=v),
             "internal": CellSpec(
                 GRUInternalCell(h),
                 lambda rngs: NNXGRUInternalCell(h, rngs=rngs),
