@@ -162,3 +162,14 @@ def test_every_lane_dead_in_a_batch_adds_exact_zeros():
     graph, roots = _batch([3, 4, 5], seed=4)
     for engine_name in sorted(ENGINES):
         _assert_close(*_value_and_grad(engine_name, graph, roots[1:2]))
+
+
+@pytest.mark.parametrize("engine_name", ["stepwise", "fused"])
+def test_isolation_under_jit(engine_name):
+    # under jax.jit the fused engine picks the isolating backward program with lax.cond, not on the host
+    graph, outputs = _poisoned("nan", seed=5)
+    engine = _engine(engine_name)
+    sched = eb.schedule(graph, "agenda")
+    batched = jax.jit(jax.value_and_grad(_loss(lambda p: engine.run(p, graph, sched, outputs))))(_params())
+    reference = jax.value_and_grad(_loss(lambda p: eb.run_unbatched(OPS, p, graph, outputs)))(_params())
+    _assert_close(batched, reference)

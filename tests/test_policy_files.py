@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import edbatch_jax as eb
 from edbatch_jax import io as eb_io
 from edbatch_jax.fsm import encoding as enc
-from edbatch_jax.fsm.policy import MAX_FILE_BYTES
+from edbatch_jax.fsm.policy_file import MAX_FILE_BYTES
 
 OP_TYPES = ("a", "b", "x")
 

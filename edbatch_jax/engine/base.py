@@ -210,6 +210,9 @@ class Engine(abc.ABC):
         self.ops = {name: _checked_op(name, op, self._derived) for name, op in given.items()}
         self.min_capacity = int(min_capacity)
         self.checks = bool(checks)
+        # lanes without a cotangent compute on a live lane's inputs (engine/common.combine); off only to measure
+        # what that costs: padding lanes then poison gradients through ops singular at zero
+        self._isolate_lanes = True
         self.trace_count = 0
         self.plans_built = 0
         self._capacity: dict[tuple, int] = {}  # signature -> rows (grows, kept)
@@ -370,6 +373,10 @@ class Engine(abc.ABC):
         checks = input_checks_enabled()
         graph_fp = check_schedule(graph, schedule) if checks else None
         if isinstance(layout, LayoutPlan):
+            if not np.issubdtype(np.asarray(layout.position).dtype, np.integer):
+                raise ScheduleError(
+                    f"the layout plan's positions must be integer ranks, got dtype {np.asarray(layout.position).dtype}"
+                )
             if np.shape(layout.position) != (graph.num_nodes,):
                 raise ScheduleError(
                     f"the layout plan has {np.shape(layout.position)} positions for a graph of {graph.num_nodes} "
@@ -442,7 +449,8 @@ class Engine(abc.ABC):
         node_buffer = type_buffer[graph.node_type]
         if isinstance(layout, LayoutPlan):
             position = np.asarray(layout.position)
-            if np.array_equal(np.bincount(np.clip(position, 0, n), minlength=n + 1)[:n], np.ones(n)):
+            in_range = n == 0 or (position.min() >= 0 and position.max() < n)
+            if in_range and np.array_equal(np.bincount(position, minlength=n), np.ones(n)):
                 by_row = np.empty(n, np.int64)  # a permutation of 0..n-1 (as plan_layout gives): invert it
                 by_row[position] = np.arange(n)
             else:

@@ -76,7 +76,6 @@ from edbatch_jax.engine.common import (
     check_cotangents,
     combine,
     compile_once,
-    guard_lanes,
     lanes_with_cotangent,
     mask_rows,
     placement,
@@ -446,16 +445,16 @@ class FusedEngine(Engine):
 
     # ------------------------------------------------------------------ programs
     def _program(self, plan: FusedPlan, kind: str):
-        """The jitted ``"forward"``, ``"forward_saving"`` or ``"backward"`` program of the current branch set."""
+        """The jitted ``"forward"``, ``"forward_saving"``, ``"backward"`` or ``"backward_isolated"`` program of the
+        current branch set."""
         keys = self.branch_keys
         pkey = (kind, keys, plan.signatures, plan.capacities, self._layout)
         prog = self._programs.get(pkey)
         if prog is None:
-            make = (
-                self._make_backward
-                if kind == "backward"
-                else functools.partial(self._make_forward, store=kind == "forward_saving")
-            )
+            if kind.startswith("backward"):
+                make = functools.partial(self._make_backward, isolate=kind == "backward_isolated")
+            else:
+                make = functools.partial(self._make_forward, store=kind == "forward_saving")
             prog = self._programs[pkey] = make(keys, plan, self._layout[0])
         return prog
 
@@ -473,14 +472,10 @@ class FusedEngine(Engine):
         ]
         return mask, payload, segments, gathered
 
-    def _pullback(self, op: Op, params, payload, gathered, segments, mask, live):
+    def _pullback(self, op: Op, params, payload, gathered, segments, mask):
         """``(outputs, pullback)`` of one chunk's batched op call, by ``jax.vjp``; under ``save_residuals`` the
-        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs.
-
-        ``live`` (bool ``[L]``): the lanes computed on their own inputs (:func:`combine`); the training forward
-        program passes the real lanes, the backward program the lanes with a cotangent. Both trace the same
-        function, so their residual lists correspond entry by entry."""
-        fn = lambda p, g: combine(op, p, payload, g, segments, mask, live)
+        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs."""
+        fn = lambda p, g: combine(op, p, payload, g, segments, mask)
         if self.save_residuals is not None:
             fn = jax.checkpoint(fn, policy=self.save_residuals)
         return jax.vjp(fn, params, gathered)
@@ -511,7 +506,6 @@ class FusedEngine(Engine):
                 payload,
                 [signature_struct(signatures[b], (rows,)) for b in in_bufs],
                 jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
-                jax.ShapeDtypeStruct((lanes,), jnp.bool_),
                 jax.ShapeDtypeStruct((lanes,), jnp.bool_),
             )
             closed = jax.make_jaxpr(lambda *a: jax.tree.leaves(self._pullback(op, *a)[1]))(*args)
@@ -550,7 +544,7 @@ class FusedEngine(Engine):
                 sub = op.select_params(params)
                 if store:
                     # padding lanes compute on a real lane's inputs, so that their stored residuals are finite
-                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask, mask)
+                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask)
                     leaves, kept = jax.tree.leaves(pullback), list(saved[slot])
                     for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, mask.shape[0]):
                         kept[s] = jax.lax.dynamic_update_slice_in_dim(
@@ -583,7 +577,10 @@ class FusedEngine(Engine):
 
         return _jit(forward, donate_argnums=3)
 
-    def _make_backward(self, keys: tuple, plan: FusedPlan, layout: tuple):
+    def _make_backward(self, keys: tuple, plan: FusedPlan, layout: tuple, isolate: bool = False):
+        """The backward program. With ``isolate`` (:meth:`_isolate_if_needed`'s second try) every chunk
+        recomputes its op call with its lanes isolated (:func:`~edbatch_jax.engine.common.combine`'s ``live``)
+        and reads no stored residuals."""
         grad_keys = tuple(dict.fromkeys(self.ops[k[0]].params_key for k in keys))
         owner = {self.ops[k[0]].params_key: self.ops[k[0]] for k in keys}
         names = tuple(dict.fromkeys(k[0] for k in keys))
@@ -597,19 +594,27 @@ class FusedEngine(Engine):
 
             def run(params, d, carry, bufs, saved, flat_idx, payloads):
                 ct_bufs, accs = carry
+                if isolate:
+                    saved = tuple(() for _ in saved)
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 lanes = mask.shape[0]
                 out_b, in_bufs = key[1], key[2]
                 ct_out = mask_rows(read_rows(ct_bufs[out_b], d[_OUT], lanes), mask)
-                live = lanes_with_cotangent(mask, ct_out)  # the other lanes contribute exact zeros
                 pullback = self._stored_pullback(
-                    key, params, payload, gathered, segments, mask, live, saved[res_slot], d[_PAY], plan.signatures
+                    key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
                 )
-                g_params, g_operands = pullback(ct_out)
+                if isolate:  # lanes without a cotangent compute on a live lane's inputs: they add exact zeros
+                    live = lanes_with_cotangent(mask, ct_out)
+                    sub = op.select_params(params)
+                    _, pullback = jax.vjp(lambda p, g: combine(op, p, payload, g, segments, mask, live), sub, gathered)
+                    g_params, g_operands = pullback(ct_out)
+                    g_params = zero_unless(jnp.any(live), g_params)
+                else:
+                    g_params, g_operands = pullback(ct_out)
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
                     accs = list(accs)
                     slot = loop_keys.index(op.params_key)
-                    accs[slot] = jax.tree.map(jnp.add, accs[slot], zero_unless(jnp.any(live), g_params))
+                    accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
                 ct_bufs = list(ct_bufs)
                 rows = lanes if key[5] is None else key[5]
                 for j, (b, g) in enumerate(zip(in_bufs, g_operands)):
@@ -669,19 +674,22 @@ class FusedEngine(Engine):
 
         return _jit(backward)
 
-    def _stored_pullback(self, key, params, payload, gathered, segments, mask, live, saved: tuple, at, signatures):
+    def _stored_pullback(
+        self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures, masked: bool = False
+    ):
         """The pullback of a chunk's batched op call, its stored residuals (rows ``at``, ``at + 1``, ... of
-        ``saved``) put in place of their recomputation, which XLA then drops. Lanes outside ``live`` compute on
-        the first live lane's inputs (:func:`combine`) and read its residual rows too, whatever their own rows
-        hold (non-finite values of a node no loss reads, or an earlier step's rows)."""
+        ``saved``) put in place of their recomputation, which XLA then drops. ``masked``: rows of lanes outside
+        ``mask`` read as zeros (rows this step's forward pass did not write hold an earlier step's values)."""
         op = self.ops[key[0]]
-        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask, live)
+        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask)
         if not saved:
             return pullback
         leaves, treedef = jax.tree.flatten(pullback)
         lanes = mask.shape[0]
         for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, lanes):
-            rows = guard_lanes(jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0), live)
+            rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
+            if masked:
+                rows = mask_rows(rows, mask)
             leaves[i] = jnp.moveaxis(rows, 0, k)
         return jax.tree.unflatten(treedef, leaves)
 
@@ -702,10 +710,11 @@ class FusedEngine(Engine):
                 payload = jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, at, block, 0), payloads[name])
             gathered = [take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
             ct_out = mask_rows(take_rows(ct_bufs[out_b], rows[:, 1]), mask)
-            live = lanes_with_cotangent(mask, ct_out)
-            pullback = self._stored_pullback(key, params, payload, gathered, None, mask, live, saved, at, signatures)
+            pullback = self._stored_pullback(
+                key, params, payload, gathered, None, mask, saved, at, signatures, masked=True
+            )
             g_params, _ = pullback(ct_out)
-            return jax.tree.map(jnp.add, acc, zero_unless(jnp.any(live), g_params))
+            return jax.tree.map(jnp.add, acc, g_params)
 
         zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
         return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)
@@ -769,11 +778,34 @@ class FusedEngine(Engine):
 
     def _backward(self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None):
         backward = self._program(plan, "backward")
-        grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *self._device_tables(plan.tables))
+        tables = self._device_tables(plan.tables)
+        grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *tables)
+        if self._isolate_lanes:
+            grads = self._isolate_if_needed(plan, params, bufs, ct_bufs, tables, grads)
         if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
             self._spare_saved = {(structs, placement(params)): saved}  # (it waits for this program's reads)
         return grads
+
+    def _isolate_if_needed(self, plan: FusedPlan, params, bufs, ct_bufs, tables, grads):
+        """``grads``, or, when they are not all finite, the gradients of the backward program with every chunk's
+        lanes isolated: lanes without a cotangent (padding, nodes no loss reads) add ``0 * x``, zero unless
+        ``x`` is not finite (an op singular at their inputs, NaN values of an instance outside the loss); only
+        then is the slower, isolating program run (compiled when first needed), so that gradients equal
+        unbatched execution's. A NaN the loss does read stays NaN, as it does unbatched. With concrete arrays
+        the choice is made on the host (one scalar read per step); under a trace by ``lax.cond``."""
+        finite = _all_finite(grads)
+        again = lambda: self._program(plan, "backward_isolated")(params, tuple(bufs), tuple(ct_bufs), None, *tables)
+        if isinstance(finite, jax.core.Tracer):
+            return jax.lax.cond(finite, lambda: grads, again)
+        return grads if bool(finite) else again()
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """bool scalar: whether every float leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def _row_struct(tree):

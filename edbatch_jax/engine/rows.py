@@ -25,7 +25,7 @@ import numpy as np
 from edbatch_jax.engine.buckets import bucket_array
 from edbatch_jax.graph import Graph
 from edbatch_jax.graph.csr import csr_rows
-from edbatch_jax.scheduling.schedule import Schedule
+from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 
 __all__ = ["ScheduleRows", "schedule_rows"]
 
@@ -134,7 +134,12 @@ def schedule_rows(
     broken = np.flatnonzero(last - offset != width - 1)
     if broken.size:
         b = int(broken[0])
-        raise ValueError(f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}) in consecutive rows")
+        nodes = order[ptr[b] : ptr[b + 1]]
+        raise ScheduleError(
+            f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}, nodes {nodes[:8].tolist()}"
+            f"{' ...' if nodes.size > 8 else ''}) in consecutive rows: it was not planned for this schedule "
+            "(plan it with eb.plan_layout(graph, schedule))"
+        )
     lane_nodes = np.empty(order.shape[0], np.int32)
     lane_nodes[ptr[batch_of] + slot_in_order - offset[batch_of]] = order
     lanes = bucket_array(width)

@@ -276,7 +276,8 @@ class StepwiseEngine(Engine):
         ct_touch = tuple(dict.fromkeys((step.out_buffer,) + step.operand_buffers))
         fwd_src = tuple(fwd_read.index(b) for b in step.operand_buffers)
         ct_src = tuple(ct_touch.index(b) for b in step.operand_buffers)
-        key = (step.op, fwd_src, ct_src, step.segments is not None)
+        isolate = self._isolate_lanes
+        key = (step.op, fwd_src, ct_src, step.segments is not None, isolate)
         fn = self._bwd.get(key)
         if fn is None:
             op = self.ops[step.op]
@@ -287,10 +288,12 @@ class StepwiseEngine(Engine):
                 rows = lanes if segments is None else segments.shape[0]
                 gathered = [read_rows(fwd_bufs[s], idx, rows) for s, idx in zip(fwd_src, slots)]
                 ct_out = mask_rows(read_rows(ct_bufs[0], offset, lanes), mask)
-                live = lanes_with_cotangent(mask, ct_out)  # the other lanes contribute exact zeros
+                live = lanes_with_cotangent(mask, ct_out) if isolate else None  # the others add exact zeros
                 _, pullback = jax.vjp(lambda p, g: combine(op, p, payload, g, segments, mask, live), params, gathered)
                 g_params, g_operands = pullback(ct_out)
-                grad_acc = jax.tree.map(jnp.add, grad_acc, zero_unless(jnp.any(live), g_params))
+                if live is not None:
+                    g_params = zero_unless(jnp.any(live), g_params)
+                grad_acc = jax.tree.map(jnp.add, grad_acc, g_params)
                 ct_bufs = list(ct_bufs)
                 for s, idx, g in zip(ct_src, slots, g_operands):
                     ct_bufs[s] = add_rows(ct_bufs[s], idx, g)
