@@ -742,7 +742,10 @@ class FusedEngine(Engine):
         bufs = buffer_structs(plan)
         ct_bufs = tuple(b if c else None for b, c in zip(bufs, cotangents))
         backward = self._program(plan, "backward")
-        return compiled + compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
+        compiled += compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
+        if self._isolate_lanes:  # the finiteness test of the gradients (same structure as params)
+            compiled += compile_once(self._compiled, _all_finite, params)
+        return compiled
 
     # ------------------------------------------------------------------ execution
     def _no_saved(self) -> tuple:

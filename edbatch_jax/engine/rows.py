@@ -136,8 +136,8 @@ def schedule_rows(
         b = int(broken[0])
         nodes = order[ptr[b] : ptr[b + 1]]
         raise ScheduleError(
-            f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}, nodes {nodes[:8].tolist()}"
-            f"{' ...' if nodes.size > 8 else ''}) in consecutive rows: it was not planned for this schedule "
+            f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}) in consecutive rows (its "
+            f"nodes {nodes[:8].tolist()}{' ...' if nodes.size > 8 else ''}): it was not planned for this schedule "
             "(plan it with eb.plan_layout(graph, schedule))"
         )
     lane_nodes = np.empty(order.shape[0], np.int32)
