@@ -594,15 +594,10 @@ class FusedEngine(Engine):
 
             def run(params, d, carry, bufs, saved, flat_idx, payloads):
                 ct_bufs, accs = carry
-                if isolate:
-                    saved = tuple(() for _ in saved)
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 lanes = mask.shape[0]
                 out_b, in_bufs = key[1], key[2]
                 ct_out = mask_rows(read_rows(ct_bufs[out_b], d[_OUT], lanes), mask)
-                pullback = self._stored_pullback(
-                    key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
-                )
                 if isolate:  # lanes without a cotangent compute on a live lane's inputs: they add exact zeros
                     live = lanes_with_cotangent(mask, ct_out)
                     sub = op.select_params(params)
@@ -610,6 +605,9 @@ class FusedEngine(Engine):
                     g_params, g_operands = pullback(ct_out)
                     g_params = zero_unless(jnp.any(live), g_params)
                 else:
+                    pullback = self._stored_pullback(
+                        key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
+                    )
                     g_params, g_operands = pullback(ct_out)
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
                     accs = list(accs)
