@@ -228,6 +228,35 @@ def chain(n: int, op: str = "f") -> eb.Graph:
     return b.build()
 
 
+def random_typed_dag(seed: int, n: int, n_types: int) -> eb.Graph:
+    """A random DAG of ``n`` nodes with op types ``t0 .. t{n_types-1}``, each node reading up to 3 earlier ones."""
+    rng = np.random.default_rng(seed)
+    b = eb.GraphBuilder()
+    for v in range(n):
+        k = int(rng.integers(0, min(v, 3) + 1))
+        args = [int(a) for a in rng.choice(v, k, replace=False)] if k else []
+        b.add(f"t{rng.integers(n_types)}", *args)
+    return b.build()
+
+
+def depth_trap(n_chains: int = 6) -> eb.Graph:
+    """Chains a->b->a->b... of lengths 1..``n_chains`` plus an "x" after every b (op types a, b, x).
+
+    Level order and the agenda heuristic run "x" level by level; the optimal
+    schedule runs every x at the end, so the optimum is known: LB batches.
+    """
+    graphs = []
+    for length in range(1, n_chains + 1):
+        b = eb.GraphBuilder()
+        v = b.add("a")
+        for _ in range(length):
+            v = b.add("b", v)
+            b.add("x", v)
+            v = b.add("a", v)
+        graphs.append(b.build())
+    return eb.batch_graphs(graphs)
+
+
 def perfect_tree(depth: int) -> eb.Graph:
     """A perfect binary tree with ``2**depth`` leaves and ``depth`` internal levels."""
     b = eb.GraphBuilder()

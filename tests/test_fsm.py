@@ -200,26 +200,8 @@ def test_settings_are_validated():
         eb.learn_fsm([])
 
 
-def _depth_trap(n_chains: int = 6) -> eb.Graph:
-    """Chains a->b->a->b... of different lengths plus an "x" after every b.
-
-    Level order and the agenda heuristic run "x" level by level; the optimal
-    schedule runs every x at the end, so the optimum is known: LB batches.
-    """
-    graphs = []
-    for length in range(1, n_chains + 1):
-        b = eb.GraphBuilder()
-        v = b.add("a")
-        for _ in range(length):
-            v = b.add("b", v)
-            b.add("x", v)
-            v = b.add("a", v)
-        graphs.append(b.build())
-    return eb.batch_graphs(graphs)
-
-
 def test_learning_reaches_the_lower_bound_where_heuristics_do_not():
-    graph = _depth_trap()
+    graph = strategies.depth_trap()
     lb = eb.lower_bound(graph)
     assert eb.schedule(graph, "depth").num_batches > lb
     policy = eb.learn_fsm([graph], seed=0, max_episodes=200)
@@ -251,7 +233,7 @@ def test_learned_table_reproduces_the_greedy_evaluation(sst_minibatches):
 # ----------------------------------------------------------------------------- policy files
 @pytest.fixture(scope="module")
 def tree_policy():
-    return eb.learn_fsm([_depth_trap()], seed=0, max_episodes=100)
+    return eb.learn_fsm([strategies.depth_trap()], seed=0, max_episodes=100)
 
 
 def test_save_load_round_trip(tmp_path, tree_policy):
@@ -262,7 +244,7 @@ def test_save_load_round_trip(tmp_path, tree_policy):
     np.testing.assert_array_equal(loaded.actions, tree_policy.actions)
     assert loaded.encoding == tree_policy.encoding and loaded.fallback == tree_policy.fallback
     assert loaded.provenance == json.loads(json.dumps(tree_policy.provenance))
-    graph = _depth_trap()
+    graph = strategies.depth_trap()
     a, b = eb.schedule(graph, tree_policy), eb.schedule(graph, loaded)
     np.testing.assert_array_equal(a.node_order, b.node_order)
     data = json.loads(path.read_text())
@@ -314,7 +296,7 @@ def test_unreadable_and_mismatched_policy_files(tmp_path, tree_policy):
 
 def test_fallbacks_apply_to_unseen_states():
     policy = eb.FSMPolicy(("a", "b", "x"), "sort", np.full(enc.num_states("sort", 3), -1), fallback="last")
-    graph = _depth_trap()
+    graph = strategies.depth_trap()
     for fallback in eb.fsm.FALLBACKS:
         p = policy.with_fallback(fallback)
         sched = eb.schedule(graph, p)
@@ -403,7 +385,7 @@ def test_policy_follows_op_types_numbered_in_another_order():
 
 def test_trace_reports_fallback_decisions():
     policy = eb.FSMPolicy(("a", "b", "x"), "sort", np.full(enc.num_states("sort", 3), -1), fallback="first")
-    graph = _depth_trap()
+    graph = strategies.depth_trap()
     trace = policy.trace(graph)
     sched = eb.schedule(graph, policy)
     assert len(trace) == sched.num_batches and not any(d.from_table for d in trace)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from strategies import depth_trap
 
 import edbatch_jax as eb
 from edbatch_jax import io as eb_io
@@ -43,16 +44,7 @@ def _policy(encoding: str = "sort") -> eb.FSMPolicy:
 
 def _graph() -> eb.Graph:
     """Chains a->b->a... with an "x" after every b: a graph over ``OP_TYPES``."""
-    graphs = []
-    for length in range(1, 4):
-        b = eb.GraphBuilder()
-        v = b.add("a")
-        for _ in range(length):
-            v = b.add("b", v)
-            b.add("x", v)
-            v = b.add("a", v)
-        graphs.append(b.build())
-    return eb.batch_graphs(graphs)
+    return depth_trap(3)
 
 
 POLICIES = {e: _policy(e) for e in enc.ENCODINGS}

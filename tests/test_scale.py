@@ -3,7 +3,7 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import wide_from
+from strategies import random_typed_dag, wide_from
 
 import edbatch_jax as eb
 from edbatch_jax.graph.csr import payload_rows
@@ -110,20 +110,10 @@ def test_a_node_read_by_thousands_of_batches_keeps_the_layout_linear():
     assert layout.num_operands == 2 * steps
 
 
-def _random_dag(seed, n, n_types):
-    rng = np.random.default_rng(seed)
-    b = eb.GraphBuilder()
-    for v in range(n):
-        k = int(rng.integers(0, min(v, 3) + 1))
-        args = [int(a) for a in rng.choice(v, k, replace=False)] if k else []
-        b.add(f"t{rng.integers(n_types)}", *args)
-    return b.build()
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 30), st.integers(1, 4), st.sampled_from([1, 2, frontier_module.WIDE]))
 def test_closure_counts_match_the_maximal_pairs_as_batches_run(seed, n, n_types, wide):
-    graph = _random_dag(seed, n, n_types)
+    graph = random_typed_dag(seed, n, n_types)
     with wide_from(wide):
         closure = eb.TypewiseFrontier(graph)
         pairs = eb.TypewiseFrontier(graph, edges="maximal")
@@ -137,7 +127,7 @@ def test_closure_counts_match_the_maximal_pairs_as_batches_run(seed, n, n_types,
 
 def test_closure_counters_are_linear_in_the_graph():
     """One counter per (type, node), each at most the node's arity: ``O(T * E)`` decrements in all."""
-    graph = _random_dag(3, 2000, 4)
+    graph = random_typed_dag(3, 2000, 4)
     counters = _closure_counters(graph)
     assert counters.shape == (graph.num_types, graph.num_nodes)
     assert np.all(counters <= graph.arity[None, :])

@@ -3,22 +3,12 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import wide_from
+from strategies import random_typed_dag, wide_from
 
 import edbatch_jax as eb
 from edbatch_jax.scheduling import frontier as frontier_module
 from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.zoo.models.treelstm import TreeLSTM
-
-
-def _random_dag(seed, n, n_types):
-    rng = np.random.default_rng(seed)
-    b = eb.GraphBuilder()
-    for v in range(n):
-        k = int(rng.integers(0, min(v, 3) + 1))
-        args = [int(a) for a in rng.choice(v, k, replace=False)] if k else []
-        b.add(f"t{rng.integers(n_types)}", *args)
-    return b.build()
 
 
 def _ancestors(graph):
@@ -52,7 +42,7 @@ def test_typewise_counts_match_brute_force_as_batches_run(seed, n, n_types, edge
 
 
 def _check_typewise_counts(seed, n, n_types, edges):
-    graph = _random_dag(seed, n, n_types)
+    graph = random_typed_dag(seed, n, n_types)
     anc = _ancestors(graph)
     frontier = eb.TypewiseFrontier(graph, edges=edges)
     remaining = set(range(graph.num_nodes))
@@ -68,7 +58,7 @@ def _check_typewise_counts(seed, n, n_types, edges):
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10**6), st.integers(1, 40), st.integers(1, 4))
 def test_typewise_schedules_are_valid_and_bounded_below(seed, n, n_types):
-    graph = _random_dag(seed, n, n_types)
+    graph = random_typed_dag(seed, n, n_types)
     sched = eb.schedule(graph, "typewise")
     eb.validate_schedule(graph, sched)
     assert sched.num_batches >= eb.lower_bound(graph)
