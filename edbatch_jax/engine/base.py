@@ -42,13 +42,12 @@ from edbatch_jax.engine.common import (
 from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops, check_payload_bounds
 from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
 from edbatch_jax.errors import input_checks_enabled
-from edbatch_jax.graph import Graph, GraphError
+from edbatch_jax.graph import Graph, GraphError, ensure_valid
 from edbatch_jax.layout.planner import LayoutPlan
 from edbatch_jax.scheduling.schedule import (
     Schedule,
     ScheduleError,
     check_schedule,
-    require_graph,
     schedule_fingerprint,
 )
 
@@ -263,7 +262,7 @@ class Engine(abc.ABC):
             state, or a payload id is outside the op's ``payload_bounds``.
           ValueError: ``layout`` is none of the above.
         """
-        graph = require_graph(graph, "one Graph")
+        graph = ensure_valid(graph, "one Graph")
         if not (layout is None or isinstance(layout, LayoutPlan) or (isinstance(layout, str) and layout == "gather")):
             raise ValueError(f"layout must be None, 'gather' or a LayoutPlan, got {layout!r}")
         key = (id(graph), id(schedule), layout if isinstance(layout, str) else id(layout))
@@ -646,8 +645,7 @@ class Engine(abc.ABC):
         """
         if reduce not in (None, "sum"):
             raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
-        graph = require_graph(graph, "one Graph")
-        plan = self.plan(params, graph, schedule, layout)
+        plan = self.plan(params, graph, schedule, layout)  # checks the graph
         nodes = output_nodes(plan, graph, outputs)
         bufs = self.execute(plan, params)
         if self.checks:

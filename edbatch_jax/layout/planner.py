@@ -48,10 +48,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from edbatch_jax.graph import Graph
+from edbatch_jax.graph import Graph, ensure_valid
 from edbatch_jax.graph.csr import csr_rows
 from edbatch_jax.layout.pqtree import PQTree
-from edbatch_jax.scheduling.schedule import Schedule, graph_fingerprint, require_graph, schedule_fingerprint
+from edbatch_jax.scheduling.schedule import Schedule, graph_fingerprint, schedule_fingerprint
 
 __all__ = ["LayoutPlan", "plan_layout", "operand_lists"]
 
@@ -305,7 +305,7 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     Returns:
       A :class:`LayoutPlan`; pass it to ``eb.run(..., layout=plan)``.
     """
-    graph = require_graph(graph, "one Graph to plan a layout for")
+    graph = ensure_valid(graph, "one Graph to plan a layout for")
     t0 = time.perf_counter()
     n = graph.num_nodes
     batch_of = schedule.batch_of_node(n)

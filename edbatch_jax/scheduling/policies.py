@@ -20,14 +20,13 @@ import gc
 
 import numpy as np
 
-from edbatch_jax.graph import Graph
+from edbatch_jax.graph import Graph, ensure_valid
 from edbatch_jax.graph.analysis import node_depth
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.schedule import (
     Schedule,
     ScheduleError,
     graph_fingerprint,
-    require_graph,
     schedule_fingerprint,
     validate_schedule,
 )
@@ -201,7 +200,7 @@ def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:
       ScheduleError: the policy returned no valid schedule of ``graph``
         (the message names the policy class and the step or batch).
     """
-    graph = require_graph(graph, "one Graph to schedule")
+    graph = ensure_valid(graph, "one Graph to schedule")
     if isinstance(policy, str):
         try:
             policy = _REGISTRY[policy]

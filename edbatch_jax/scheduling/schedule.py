@@ -10,14 +10,13 @@ import jax
 import numpy as np
 
 from edbatch_jax.errors import EdbatchError
-from edbatch_jax.graph import Graph, ensure_valid
+from edbatch_jax.graph import Graph
 
 __all__ = [
     "Schedule",
     "ScheduleError",
     "check_schedule",
     "graph_fingerprint",
-    "require_graph",
     "schedule_fingerprint",
     "validate_schedule",
 ]
@@ -136,15 +135,6 @@ def graph_fingerprint(graph: Graph) -> bytes:
 def schedule_fingerprint(schedule: Schedule) -> bytes:
     """A 16-byte hash of a schedule's arrays and op types (host-side)."""
     return _digest((schedule.op_types, schedule.batch_type, schedule.batch_ptr, schedule.node_order))
-
-
-def require_graph(graph, what: str = "a Graph") -> Graph:
-    """``graph`` if it is a valid :class:`~edbatch_jax.graph.Graph` (:func:`~edbatch_jax.graph.ensure_valid`:
-    checked the first time it enters); otherwise a :class:`~edbatch_jax.graph.GraphError`.
-
-    A list or tuple of graphs gets the hint to batch them into one first.
-    """
-    return ensure_valid(graph, what)
 
 
 def check_schedule(graph: Graph, schedule: Schedule) -> bytes:
