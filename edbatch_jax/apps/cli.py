@@ -404,9 +404,24 @@ def _run_dynet(args: argparse.Namespace, tree_file: str, batch_size: int, hidden
         raise SystemExit(f"edbatch bench: {e}") from e
 
 
+def _fraction(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _roots(m: dict) -> str:
+    """The root metrics of an evaluation (SST), or nothing."""
+    if "root_accuracy" not in m:
+        return ""
+    return (
+        f", root accuracy {_fraction(m['root_accuracy'])} fine-grained / {_fraction(m['root_binary_accuracy'])} "
+        f"binary ({m['roots']} roots, {m['root_binary_count']} not neutral)"
+    )
+
+
 def train_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from edbatch_jax.errors import EdbatchError
     from edbatch_jax.training.loop import TrainConfig, train
     from edbatch_jax.zoo.workloads import load_workload
 
@@ -414,11 +429,19 @@ def train_command(args: argparse.Namespace) -> int:
         from edbatch_jax.training.parallel import use_cpu_devices
 
         use_cpu_devices(args.shards)  # before JAX starts: on a CPU, one host device per shard
-    work = load_workload(args.model, args.data, hidden=args.hidden, seed=args.seed)
+    work = load_workload(
+        args.model,
+        args.data,
+        hidden=args.hidden,
+        seed=args.seed,
+        embed=args.embed,
+        vocab_size=args.vocab_size or None,
+    )
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         policy=args.policy,
         layout=args.layout,
         engine=args.engine,
@@ -429,14 +452,28 @@ def train_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         shards=args.shards,
         precompile=args.precompile,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        epochs=args.epochs,
+        patience=args.patience,
+        embeddings=args.embeddings,
     )
+    try:
+        config.check()
+    except EdbatchError as e:
+        raise SystemExit(f"edbatch train: {e}") from e
     size = args.batch_size or work.batch_size
+    per_epoch = len(work.minibatch_instances("train", size, seed=args.seed))
+    total = args.epochs * per_epoch if args.epochs is not None else args.steps
+    length = f"{args.epochs} epochs ({total} steps)" if args.epochs is not None else f"{total} steps"
     print(
-        f"edbatch train: {args.model} on {work.source} ({len(work.train)} train / {len(work.held_out)} held-out "
-        f"instances), batch {size}, hidden {args.hidden}, {args.steps} steps, policy {args.policy}, "
-        f"layout {args.layout}"
+        f"edbatch train: {args.model} on {work.source} ({len(work.train)} train / {len(work.split('dev'))} dev / "
+        f"{len(work.split('test'))} test instances), batch {size}, hidden {args.hidden}, {length}, "
+        f"optax {args.optimizer} lr {args.lr:g} ({args.lr_schedule}), weight decay {args.weight_decay:g}, "
+        f"policy {args.policy}, layout {args.layout}"
     )
-    bar = tqdm(total=args.steps, desc="training", unit="step", disable=args.quiet)
+    bar = tqdm(total=total, desc="training", unit="step", disable=args.quiet)
 
     def progress(step, loss, rate):
         bar.update(step - bar.n)
@@ -444,21 +481,43 @@ def train_command(args: argparse.Namespace) -> int:
 
     def epoch_end(epoch, m):
         bar.write(
-            f"epoch {epoch}: held-out loss {m['loss']:.4f}, accuracy {m['accuracy']:.3f} "
-            f"(majority class {m['majority']:.3f}) at step {m['step']}"
+            f"epoch {epoch}: dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.3f} over every node "
+            f"(majority class {m['majority']:.3f}){_roots(m)} at step {m['step']}"
         )
 
-    result = train(work, config, resume=args.resume, progress=progress, epoch_end=epoch_end)
+    try:
+        result = train(work, config, resume=args.resume, progress=progress, epoch_end=epoch_end)
+    except EdbatchError as e:  # a bad embedding file names its line
+        bar.close()
+        raise SystemExit(f"edbatch train: {e}") from e
     bar.close()
+    if result.embeddings:
+        e = result.embeddings
+        print(
+            f"pretrained embeddings: {e['found']} of {e['words']} vocabulary words found in {e['path']} "
+            f"({e['lowercased']} by their lower-case form), dimension {e['dim']}"
+        )
     if result.resumed_from is not None:
         print(f"resumed from the checkpoint of step {result.resumed_from}")
     if result.precompiled:
         print(f"precompiled {result.precompiled} programs before step 1 in {result.precompile_s:.1f}s")
+    if result.stopped_early:
+        print(f"early stopping at step {result.step}: {args.patience} dev evaluations without a better score")
     if result.losses:
         k = max(1, min(10, len(result.losses) // 4))
         print(
             f"training loss: first {k} steps {np.mean(result.losses[:k]):.4f}, "
             f"last {k} steps {np.mean(result.losses[-k:]):.4f}"
+        )
+    if result.best is not None:
+        b = result.best
+        print(f"best dev evaluation: epoch {b['epoch']} (step {b['step']}), accuracy {b['accuracy']:.3f}{_roots(b)}")
+    if result.test is not None:
+        t = result.test
+        which = "best dev" if t["params"] == "best_dev" else "final"
+        print(
+            f"test with the {which} parameters (epoch {t['epoch']}, step {t['step']}): loss {t['loss']:.4f}, "
+            f"accuracy {t['accuracy']:.3f} over every node{_roots(t)}"
         )
     if result.evals:
         m = result.evals[-1]
@@ -698,7 +757,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--steps", type=int, default=200, help="optimisation steps (mini-batches)")
     tp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
     tp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")
-    tp.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (warm-up, then cosine decay)")
+    tp.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (see --lr-schedule)")
+    tp.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up steps of warmup_cosine")
     tp.add_argument("--policy", default="typewise", help="batching policy (fsm = the shipped policy)")
     tp.add_argument("--layout", default="dynet", choices=["dynet", "planned", "gather"])
     tp.add_argument(
@@ -709,7 +769,52 @@ def build_parser() -> argparse.ArgumentParser:
         "(faster steps, longer first compile); _recompute: the backward program recomputes "
         "matrix products instead of reading them stored (less memory)",
     )
-    tp.add_argument("--eval-batches", type=int, default=4, help="held-out mini-batches evaluated after every epoch")
+    tp.add_argument(
+        "--eval-batches",
+        type=int,
+        default=4,
+        help="dev mini-batches evaluated after every epoch, and test mini-batches at the end (0: the whole split)",
+    )
+    tp.add_argument(
+        "--epochs", type=int, default=None, help="train this many epochs (overrides --steps; default: --steps)"
+    )
+    tp.add_argument(
+        "--optimizer", default="adam", choices=["adagrad", "adam", "sgd"], help="the optax optimizer (default adam)"
+    )
+    tp.add_argument(
+        "--weight-decay",
+        type=float,
+        default=0.0,
+        help="L2 strength: adds wd * param to every gradient before the optimizer (a wd/2 |params|^2 loss term, "
+        "as Tai et al. 2015; not AdamW's decoupled decay)",
+    )
+    tp.add_argument(
+        "--lr-schedule",
+        default="warmup_cosine",
+        choices=["warmup_cosine", "constant"],
+        help="warmup_cosine: --warmup-steps then cosine decay; constant: --lr throughout (Tai et al.'s Adagrad)",
+    )
+    tp.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping: stop after this many dev evaluations without a better dev score "
+        "(root accuracy for SST, else accuracy over every node)",
+    )
+    tp.add_argument(
+        "--embeddings",
+        default=None,
+        metavar="PATH",
+        help="GloVe-format text file (word then floats per line, .gz allowed) whose vectors initialise the "
+        "embedding rows of the vocabulary's words; others keep their random values",
+    )
+    tp.add_argument("--embed", type=int, default=None, help="SST models: embedding size (default: --hidden)")
+    tp.add_argument(
+        "--vocab-size",
+        type=int,
+        default=5000,
+        help="SST models: vocabulary size, most frequent training words (0: every training word)",
+    )
     tp.add_argument("--checkpoint-dir", default=None, help="orbax checkpoint directory")
     tp.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints")
     tp.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")

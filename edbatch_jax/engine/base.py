@@ -330,6 +330,8 @@ class Engine(abc.ABC):
             op, fn = self.ops[name], self._unchecked[name]
             payload = None if payload_sig is None else signature_struct(payload_sig)
             operands = [signature_struct(s) for s in operand_sigs]
+            if op.edge is not None:  # fn receives the reduced messages of the edge function
+                operands = [op.message_struct(params, payload, o) for o in operands]
             try:
                 out = jax.eval_shape(lambda p, x, *o: fn(p, x, *o), op.select_params(params), payload, *operands)
             except Exception as e:  # re-raised with the op named

@@ -11,7 +11,9 @@ the stepwise engine (:mod:`edbatch_jax.engine.stepwise`), the fused engine
   :func:`zero_buffer`, :func:`buffer_structs`, :func:`take_rows`,
   :func:`read_rows`, :func:`write_rows`, :func:`add_rows`,
   :func:`sum_rows`, :func:`mask_rows`;
-* the batched op call: :func:`combine`;
+* the batched op call: :func:`combine` (and a variadic op's reduction of
+  its arguments, per-argument ``edge`` computations included:
+  :func:`reduce_arguments`);
 * lanes that must not poison gradients: :func:`lanes_with_cotangent`,
   :func:`guard_lanes`, :func:`zero_unless`;
 * gradients: :func:`instantiate_zeros`, :func:`assemble_grads`;
@@ -58,6 +60,7 @@ __all__ = [
     "output_nodes",
     "placement",
     "read_rows",
+    "reduce_arguments",
     "signature_bytes",
     "signature_struct",
     "state_signature",
@@ -210,7 +213,8 @@ def mask_rows(tree: PyTree, mask) -> PyTree:
 
 # ------------------------------------------------------------------ the batched op call
 def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree], segments, mask, live=None) -> PyTree:
-    """The batched op call: ``vmap(op.fn)`` over lanes, after aggregation for variadic ops; jittable.
+    """The batched op call: ``vmap(op.fn)`` over lanes, after aggregation for variadic ops
+    (:func:`reduce_arguments`); jittable.
 
     With ``live``, the lanes outside it (padding lanes, and lanes whose
     output no loss reads) compute on a copy of the first live lane's payload
@@ -239,21 +243,7 @@ def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree],
     """
     lanes = mask.shape[0]
     if op.variadic:
-        x = gathered[0]
-        count = jax.ops.segment_sum(jnp.ones(segments.shape, jnp.float32), segments, num_segments=lanes)
-        if op.aggregate == "max":
-            agg = jax.tree.map(lambda a: jax.ops.segment_max(a, segments, num_segments=lanes), x)
-        else:
-            agg = jax.tree.map(lambda a: jax.ops.segment_sum(a, segments, num_segments=lanes), x)
-            if op.aggregate == "mean":
-                agg = jax.tree.map(
-                    lambda a: a / jnp.maximum(count, 1).reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype), agg
-                )
-        # empty (padding) lanes: keep them finite so that masked gradients stay exact
-        agg = jax.tree.map(
-            lambda a: jnp.where((count > 0).reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), agg
-        )
-        gathered = (agg,)
+        gathered = (reduce_arguments(op, params, payload, gathered[0], segments, lanes, live),)
     if live is not None:
         payload, gathered = guard_lanes((payload, tuple(gathered)), live)
     mapped = [payload, *gathered]
@@ -261,6 +251,60 @@ def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree],
         y = op.fn(params, payload, *gathered)
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), y)
     return jax.vmap(lambda p, *xs: op.fn(params, p, *xs), in_axes=(0,) + (0,) * len(gathered))(payload, *gathered)
+
+
+def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segments, lanes: int, live=None) -> PyTree:
+    """A variadic op's combined operand per lane: its ``edge`` messages (if any) reduced by ``op.aggregate``;
+    jittable.
+
+    Args:
+      op: a variadic :class:`~edbatch_jax.engine.ops.Op`.
+      params: the parameters ``op.fn`` (and ``op.edge``) read.
+      payload: per-lane payloads, leaves ``[L, ...]``, or ``None``.
+      x: every argument's state, leaves ``[E, ...]``.
+      segments: int32 ``[E]``, the lane of every argument (``L`` for padding
+        rows, dropped).
+      lanes: the lane count ``L`` (static).
+      live: bool ``[L]`` or ``None``: with it, the edge function of an
+        argument of a lane outside ``live`` (and of a padding row) runs on
+        the first live argument's inputs, gradient stopped
+        (:func:`guard_lanes`).
+
+    Returns:
+      The combined operand per lane, leaves ``[L, ...]`` (zeros for lanes
+      without arguments).
+    """
+    lane = jnp.minimum(segments, lanes - 1)
+    real = segments < lanes
+    if op.edge is not None:
+        edge_payload = None if payload is None else jax.tree.map(lambda a: jnp.take(a, lane, axis=0), payload)
+        if live is not None:
+            edge_payload, x = guard_lanes((edge_payload, x), real & live[lane])
+        x = jax.vmap(lambda p, o: op.edge(params, p, o))(edge_payload, x)
+    count = jax.ops.segment_sum(real.astype(jnp.float32), segments, num_segments=lanes)
+    shape = lambda a, v: v.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
+    if op.aggregate == "softmax":
+        score, value = x
+        top = jax.ops.segment_max(jax.lax.stop_gradient(score), segments, num_segments=lanes)
+        top = jnp.where(jnp.isfinite(top), top, jnp.zeros_like(top))
+        weight = jnp.where(real, jnp.exp(score - top[lane]), jnp.zeros_like(score))
+        total = jax.ops.segment_sum(weight, segments, num_segments=lanes)
+        agg = jax.tree.map(
+            lambda a: (
+                jax.ops.segment_sum(a * shape(a, weight), segments, num_segments=lanes)
+                / shape(a, jnp.where(total > 0, total, jnp.ones_like(total)))
+            ),
+            value,
+        )
+    elif op.aggregate == "max":
+        agg = jax.tree.map(lambda a: jax.ops.segment_max(a, segments, num_segments=lanes), x)
+    else:
+        agg = jax.tree.map(lambda a: jax.ops.segment_sum(a, segments, num_segments=lanes), x)
+        if op.aggregate == "mean":
+            agg = jax.tree.map(lambda a: a / shape(a, jnp.maximum(count, 1)), agg)
+    # empty (padding) lanes: keep them finite so that masked gradients stay exact
+    some = count > 0
+    return jax.tree.map(lambda a: jnp.where(some.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), agg)
 
 
 # ------------------------------------------------------------------ lanes that must not poison gradients

@@ -16,24 +16,62 @@ from edbatch_jax.engine.ops import Op, OpError, as_ops, signature_arity
 __all__ = ["NNXCells", "linen_op", "nnx_op"]
 
 
-def linen_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
+def _edge_method(module, edge: bool | str) -> str | None:
+    """The name of the module's per-argument method (``edge=True``: ``"edge"``), checked to exist."""
+    if edge is False or edge is None:
+        return None
+    method = "edge" if edge is True else edge
+    if not isinstance(method, str) or not callable(getattr(type(module), method, None)):
+        raise OpError(
+            f"{type(module).__name__} has no method {method!r} for its per-argument (edge) computation; define "
+            f"{method}(self, payload, operand_state)"
+        )
+    return method
+
+
+def linen_op(
+    module,
+    params_key: str,
+    arity: int | None = None,
+    aggregate: str | None = None,
+    edge: bool | str = False,
+) -> Op:
     """Wraps a ``flax.linen`` module as an op.
 
     The node function is ``module.apply({"params": params[params_key]}, payload,
     *operand_states)``; the arity is read from ``module.__call__(self, payload,
-    *operand_states)`` unless given.
+    *operand_states)`` unless given. With ``edge`` (``True`` for a method
+    named ``edge``, or the method's name) and an ``aggregate``, the module's
+    ``edge(self, payload, operand_state)`` method is the op's per-argument
+    computation (:class:`~edbatch_jax.engine.ops.Op`'s ``edge``), sharing the
+    module's parameters; define the submodules both methods use in
+    ``setup``.
     """
 
     def fn(params, payload, *states):
         return module.apply({"params": params}, payload, *states)
 
+    method = _edge_method(module, edge)
+    edge_fn = None
+    if method is not None:
+
+        def edge_fn(params, payload, state):
+            return module.apply({"params": params}, payload, state, method=method)
+
+        edge_fn.__name__ = f"{type(module).__name__}.{method}[{params_key}]"
     if arity is None and aggregate is None:
         arity = signature_arity(type(module).__call__)  # (self, payload, *states)
     fn.__name__ = f"{type(module).__name__}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn)
 
 
-def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | None = None) -> Op:
+def nnx_op(
+    module,
+    params_key: str,
+    arity: int | None = None,
+    aggregate: str | None = None,
+    edge: bool | str = False,
+) -> Op:
     """Wraps a ``flax.nnx`` module instance as an op.
 
     The op reads ``params[params_key]``: the ``nnx.State`` of the module's
@@ -44,16 +82,27 @@ def nnx_op(module, params_key: str, arity: int | None = None, aggregate: str | N
     engine differentiates with respect to the ``nnx.State`` and an
     ``nnx.Optimizer`` can apply the gradients. The arity is read from
     ``type(module).__call__(self, payload, *operand_states)`` unless given.
+    ``edge`` (``True``: a method named ``edge``, or its name) makes that
+    method, ``edge(self, payload, operand_state)``, the per-argument
+    computation of a variable-arity op, as in :func:`linen_op`.
     """
     graphdef, _, rest = nnx.split(module, nnx.Param, ...)
 
     def fn(params, payload, *states):
         return nnx.merge(graphdef, params, rest)(payload, *states)
 
+    method = _edge_method(module, edge)
+    edge_fn = None
+    if method is not None:
+
+        def edge_fn(params, payload, state):
+            return getattr(nnx.merge(graphdef, params, rest), method)(payload, state)
+
+        edge_fn.__name__ = f"{type(module).__name__}.{method}[{params_key}]"
     if arity is None and aggregate is None:
         arity = signature_arity(type(module).__call__)
     fn.__name__ = f"{type(module).__name__}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key)
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn)
 
 
 class NNXCells(nnx.Module):
@@ -73,8 +122,11 @@ class NNXCells(nnx.Module):
       arity: op type name -> number of operand states, for cells whose
         ``__call__`` takes ``*operand_states`` (otherwise read from the
         signature).
-      aggregate: op type name -> ``"sum"``, ``"mean"`` or ``"max"`` for
-        variable-arity cells (see :class:`Op`).
+      aggregate: op type name -> ``"sum"``, ``"mean"``, ``"max"`` or
+        ``"softmax"`` for variable-arity cells (see :class:`Op`).
+      edge: op type name -> ``True`` (or a method name) for the cells whose
+        ``edge(payload, operand_state)`` method computes per argument
+        (:func:`nnx_op`).
       extra_ops: ops without parameters (e.g. a variadic sum node), passed
         through unchanged into :attr:`ops`.
     """
@@ -85,6 +137,7 @@ class NNXCells(nnx.Module):
         *,
         arity: Mapping[str, int] | None = None,
         aggregate: Mapping[str, str] | None = None,
+        edge: Mapping[str, bool | str] | None = None,
         extra_ops: Mapping[str, Op] | None = None,
     ):
         extra_ops = dict(extra_ops or {})
@@ -95,8 +148,11 @@ class NNXCells(nnx.Module):
             if not name.isidentifier() or hasattr(type(self), name):
                 raise OpError(f"op type name {name!r} cannot name an NNX cell attribute")
             setattr(self, name, cell)
-        arity, aggregate = dict(arity or {}), dict(aggregate or {})
-        ops = {name: nnx_op(cell, name, arity.get(name), aggregate.get(name)) for name, cell in cells.items()}
+        arity, aggregate, edge = dict(arity or {}), dict(aggregate or {}), dict(edge or {})
+        ops = {
+            name: nnx_op(cell, name, arity.get(name), aggregate.get(name), edge.get(name, False))
+            for name, cell in cells.items()
+        }
         # Built once, so every eb.run(cells.ops, ...) reuses the engine's compiled steps.
         self._ops = tuple({**ops, **extra_ops}.items())
 
@@ -104,8 +160,10 @@ class NNXCells(nnx.Module):
     def matching(cls, ops: Mapping[str, Any], cells: Mapping[str, Any]) -> NNXCells:
         """NNX ``cells`` for some of the op types of ``ops`` (say, a Linen model's).
 
-        Each cell's op takes the arity and aggregate of ``ops[name]``; the ops
-        of ``ops`` without a cell (parameter-free ones) are passed through.
+        Each cell's op takes the arity and aggregate of ``ops[name]`` (and,
+        where ``ops[name]`` has an ``edge`` function, the cell's method named
+        ``edge``); the ops of ``ops`` without a cell (parameter-free ones)
+        are passed through.
         """
         ops = as_ops(ops)
         missing = sorted(set(cells) - set(ops))
@@ -115,6 +173,7 @@ class NNXCells(nnx.Module):
             cells,
             arity={name: ops[name].arity for name in cells if ops[name].arity is not None},
             aggregate={name: ops[name].aggregate for name in cells if ops[name].aggregate is not None},
+            edge={name: True for name in cells if ops[name].edge is not None},
             extra_ops={name: op for name, op in ops.items() if name not in cells},
         )
 

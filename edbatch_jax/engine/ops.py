@@ -5,7 +5,11 @@ An op is a pure per-node function ``f(params, payload, *operand_states) -> state
 may be given as a bare function (its arity is read from its signature) or as an
 :class:`Op` that says more: a fixed arity, or a variable number of operands
 combined by an aggregate (``"sum"``, ``"mean"`` or ``"max"``) before ``f`` sees
-them, in which case ``f(params, payload, combined_state)``.
+them, in which case ``f(params, payload, combined_state)``. A variable-arity
+op may also compute per argument before the reduction (``edge=``): one
+computation per (node, argument) pair, such as the Child-Sum Tree-LSTM's
+forget gate per child or an attention score per child, batched over every
+argument of a batch as one vmapped call.
 
 Plain functions need nothing but JAX; Flax modules become ops through
 :mod:`edbatch_jax.engine.flax_ops`.
@@ -32,7 +36,8 @@ __all__ = [
     "signature_arity",
 ]
 
-AGGREGATES = ("sum", "mean", "max")
+AGGREGATES = ("sum", "mean", "max", "softmax")
+"""How a variable-arity op reduces its arguments (``"softmax"``: an attention-weighted sum, with ``edge=``)."""
 
 
 class OpError(EdbatchError):
@@ -48,7 +53,20 @@ class Op:
       arity: number of operand states, or ``None`` for a variable number
         (then ``aggregate`` must say how they combine).
       aggregate: ``"sum"``, ``"mean"`` or ``"max"`` over the operand states of
-        a variable-arity node; ``fn`` then receives one combined state.
+        a variable-arity node (or over their ``edge`` results); ``fn`` then
+        receives one combined state. ``"softmax"`` (with ``edge``): the
+        ``edge`` function returns ``(score, value)`` per argument, ``score``
+        a float scalar, and ``fn`` receives ``sum_k softmax(score)_k *
+        value_k`` (an attention over the arguments; a node's softmax runs
+        over its own arguments only).
+      edge: for a variable-arity op, ``edge(params, payload, operand_state) ->
+        message`` (a pytree), computed once per (node, argument) pair before
+        the reduction: ``params`` as ``fn`` gets them, ``payload`` the
+        node's, ``operand_state`` one argument's state. The engine runs it
+        for every argument of a batch as one vmapped call (no padding to the
+        largest arity) and reduces the messages per node with
+        ``aggregate``; ``fn`` then receives the reduced message. Every
+        argument of an op type must give messages of one structure.
       params_key: if set, ``fn`` receives ``params[params_key]`` instead of the
         whole parameter pytree (and only that subtree's gradient is
         accumulated per batch, which saves work in the backward sweep).
@@ -74,10 +92,25 @@ class Op:
     aggregate: str | None = None
     params_key: str | None = None
     payload_bounds: Any = dataclasses.field(default=None, hash=False)  # may be a mapping: equal, not hashed
+    edge: Callable[..., Any] | None = None
 
     def __post_init__(self):
+        name = getattr(self.fn, "__name__", self.fn)
         if self.aggregate is not None and self.aggregate not in AGGREGATES:
-            raise OpError(f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+            raise OpError(f"op {name!r}: aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        if self.edge is not None:
+            if not callable(self.edge):
+                raise OpError(f"op {name!r}: edge must be a function edge(params, payload, operand_state)")
+            if self.aggregate is None or self.arity is not None:
+                raise OpError(
+                    f"op {name!r}: an edge function needs a variable number of operands: give "
+                    "aggregate='sum' | 'mean' | 'max' | 'softmax' and no arity"
+                )
+        elif self.aggregate == "softmax":
+            raise OpError(
+                f"op {name!r}: aggregate='softmax' weighs the arguments by scores an edge function computes; "
+                "give edge=fn returning (score, value) per argument"
+            )
         for bound in _tree_leaves(self.payload_bounds):
             if isinstance(bound, bool) or not isinstance(bound, int) and not _is_np_int(bound) or bound < 1:
                 raise OpError(
@@ -91,6 +124,47 @@ class Op:
     def variadic(self) -> bool:
         """Whether the op takes a variable number of operands (``aggregate`` set)."""
         return self.aggregate is not None
+
+    def message_struct(self, params, payload, operand):
+        """The structure ``fn`` receives as its combined operand, from one node's payload and one argument's state.
+
+        Host-side (``jax.eval_shape``); for an op without ``edge`` the
+        operand's own structure. Raises :class:`OpError` if ``edge`` fails on
+        these shapes, or a ``"softmax"`` edge does not return ``(score,
+        value)`` with a float scalar score.
+        """
+        import jax
+        import numpy as np
+
+        if self.edge is None:
+            return operand
+        name = getattr(self.fn, "__name__", self.fn)
+        try:
+            out = jax.eval_shape(self.edge, self.select_params(params), payload, operand)
+        except OpError:
+            raise
+        except Exception as e:  # re-raised with the op named
+            raise OpError(f"op {name!r}: its edge function failed on one argument's shapes: {e}") from e
+        if out is None or not jax.tree.leaves(out):
+            raise OpError(f"op {name!r}: its edge function returned {out!r}; it must return a pytree of arrays")
+        if self.aggregate != "softmax":
+            return out
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise OpError(
+                f"op {name!r}: with aggregate='softmax' the edge function returns (score, value), got {out!r}"
+            )
+        score, value = out
+        if (
+            not hasattr(score, "shape")
+            or score.shape != ()
+            or not np.issubdtype(np.dtype(score.dtype), np.floating)
+            or not jax.tree.leaves(value)
+        ):
+            raise OpError(
+                f"op {name!r}: with aggregate='softmax' the edge function returns (score, value) with score a "
+                f"float scalar and value a pytree of arrays, got score {score!r}"
+            )
+        return value
 
     def select_params(self, params):
         """The part of ``params`` that ``fn`` receives."""

@@ -26,6 +26,10 @@ __all__ = ["run_unbatched"]
 
 
 def _aggregate(kind: str, states: list) -> PyTree:
+    if kind == "softmax":  # states: (score, value) per argument
+        scores = jnp.stack([score for score, _ in states])
+        weights = jax.nn.softmax(scores)
+        return jax.tree.map(lambda *xs: sum(w * x for w, x in zip(weights, xs)), *[value for _, value in states])
     if kind == "sum":
         return jax.tree.map(lambda *xs: functools.reduce(jnp.add, xs), *states)
     if kind == "mean":
@@ -34,9 +38,12 @@ def _aggregate(kind: str, states: list) -> PyTree:
 
 
 def _call(op: Op, params, payload, *states):
+    p = op.select_params(params)
     if op.variadic:
-        return op.fn(op.select_params(params), payload, _aggregate(op.aggregate, list(states)))
-    return op.fn(op.select_params(params), payload, *states)
+        if op.edge is not None:  # one edge call per argument, as written for one (node, argument) pair
+            states = tuple(op.edge(p, payload, s) for s in states)
+        return op.fn(p, payload, _aggregate(op.aggregate, list(states)))
+    return op.fn(p, payload, *states)
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,7 +8,17 @@ mini-batches after every epoch, logs metrics as JSON lines, and checkpoints
 (orbax finalises a step directory only when complete); with ``resume=True`` a
 run continues from the newest checkpoint and, on CPU with the same seed,
 reaches exactly the parameters of an uninterrupted run: the mini-batch order
-of every epoch is a pure function of ``(seed, epoch)``.
+of every epoch is a pure function of ``(seed, epoch)``. (The best-dev
+bookkeeping of early stopping and of the test evaluation is not
+checkpointed: a resumed run tracks the evaluations it makes itself.)
+
+The JSON-lines log holds one record per step (``step``, ``epoch``, ``loss``,
+``instances_per_s``), one ``{"eval": {...}}`` record per evaluation, whose
+``split`` is ``"dev"`` or ``"test"`` (fields ``loss``, ``accuracy`` over
+every loss node, ``majority``, ``step``, ``epoch``, and the workload's root
+metrics, e.g. ``root_accuracy``, ``root_binary_accuracy``), and with
+pretrained embeddings one ``{"embeddings": {...}}`` record of how many words
+were found.
 """
 
 from __future__ import annotations
@@ -26,13 +36,37 @@ import numpy as np
 import optax
 
 from edbatch_jax.engine import Engine
+from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph
 from edbatch_jax.scheduling import Policy
 from edbatch_jax.training.minibatch import MiniBatch, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.training.parallel import ShardedTrainer, make_shards, shard_devices
 from edbatch_jax.training.trainer import Trainer, make_engine
 
-__all__ = ["TrainConfig", "TrainResult", "TrainableModel", "TrainingWorkload", "evaluate_nodes", "train"]
+__all__ = [
+    "TRAIN_OPTIMIZERS",
+    "TrainConfig",
+    "TrainConfigError",
+    "TrainResult",
+    "TrainableModel",
+    "TrainingWorkload",
+    "evaluate_nodes",
+    "make_optimizer",
+    "train",
+]
+
+TRAIN_OPTIMIZERS: dict[str, Callable[..., optax.GradientTransformation]] = {
+    "adagrad": optax.adagrad,
+    "adam": optax.adam,
+    "sgd": optax.sgd,
+}
+"""Optimizers of :class:`TrainConfig` by name: optax constructors taking the learning rate (or schedule)."""
+
+LR_SCHEDULES = ("constant", "warmup_cosine")
+
+
+class TrainConfigError(EdbatchError):
+    """A :class:`TrainConfig` setting out of range: the message names the setting and what was expected."""
 
 
 class TrainableModel(Protocol):
@@ -49,8 +83,9 @@ class TrainableModel(Protocol):
 class TrainingWorkload(Protocol):
     """What :func:`train` needs of a workload (a bundled :class:`edbatch_jax.zoo.workloads.Workload` is one).
 
-    A model, instances split into training and held-out mini-batches, the
-    graph of a list of instances, and policies by name.
+    A model, instances split into training, dev and test mini-batches, the
+    graph of a list of instances, policies by name, the initial parameters
+    (with pretrained embeddings) and the metrics of evaluated roots.
     """
 
     model: TrainableModel
@@ -61,22 +96,84 @@ class TrainingWorkload(Protocol):
         """One batched graph of the given instances."""
 
     def minibatch_instances(
-        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+        self,
+        split: str,
+        batch_size: int | None = None,
+        count: int | None = None,
+        seed: int = 0,
+        keep_remainder: bool = False,
     ) -> list[list]:
-        """The instances of every mini-batch of shuffled ``split`` (``"train"`` or ``"held_out"``)."""
+        """The instances of every mini-batch of shuffled ``split`` (``"train"``, ``"dev"``, ``"test"``).
+
+        At most ``count`` mini-batches of ``batch_size``; the instances left
+        over make a last, smaller one if ``keep_remainder``; an empty split
+        (no test data) has none.
+        """
 
     def minibatches(
-        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+        self,
+        split: str,
+        batch_size: int | None = None,
+        count: int | None = None,
+        seed: int = 0,
+        keep_remainder: bool = False,
     ) -> list[Graph]:
-        """Batched graphs of shuffled ``split`` instances."""
+        """Batched graphs of :meth:`minibatch_instances`."""
 
     def resolve_policy(self, spec: str | Policy) -> str | Policy:
         """A policy for :func:`~edbatch_jax.schedule` from a name, a policy file or a policy."""
 
+    def initial_params(self, rng: jax.Array, embeddings: str | None = None) -> tuple[Any, dict]:
+        """``(params, report)``: the model's parameters for a PRNG key, with the pretrained word vectors of
+        the GloVe-format file ``embeddings`` in its embedding table when given (``report``: how many words
+        were found; ``{}`` without a file)."""
+
+    def root_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict:
+        """Extra metrics of the evaluated instances' roots from f32 ``[N, C]`` logits and int ``[N]``
+        labels (SST: ``root_accuracy``, ``root_binary_accuracy``); ``{}`` for none."""
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training run."""
+    """Settings of one training run.
+
+    Attributes:
+      steps: optimisation steps (mini-batches), unless ``epochs`` is given.
+      batch_size: instances per mini-batch (``None``: the workload's).
+      lr: the peak learning rate.
+      warmup_steps: linear warm-up steps of the ``"warmup_cosine"`` schedule.
+      policy: the batching policy (name, policy file or ``"fsm"``).
+      layout: ``"dynet"``, ``"planned"`` or ``"gather"``.
+      engine: an engine name (:data:`~edbatch_jax.training.trainer.ENGINES`).
+      eval_batches: dev (and test) mini-batches per evaluation; ``0`` or
+        ``None``: the whole split, its last smaller mini-batch included.
+      checkpoint_dir: orbax checkpoint directory (``None``: no checkpoints).
+      checkpoint_every: steps between checkpoints.
+      log_path: append JSON-lines metrics here (module docstring).
+      seed: parameter initialisation and mini-batch order.
+      shards: > 1: every training mini-batch split over that many devices
+        (:mod:`~edbatch_jax.training.parallel`).
+      precompile: compile the run's programs before the first step
+        (:meth:`~edbatch_jax.training.trainer.Trainer.precompile`; one device).
+      optimizer: a key of :data:`TRAIN_OPTIMIZERS` (``"adagrad"``: optax's, as Tai
+        et al. 2015 train).
+      weight_decay: L2 regularisation strength ``λ``: ``λ θ`` is added to the
+        gradient of every parameter before the optimizer
+        (``optax.add_decayed_weights`` chained in front), i.e. the loss gains
+        ``λ/2 ‖θ‖²``, the L2 term of Tai et al. (coupled, not AdamW's
+        decoupled decay). Embedding tables included.
+      lr_schedule: ``"warmup_cosine"`` (warm-up, then cosine decay to 0 at
+        the last step) or ``"constant"`` (Tai et al.'s Adagrad).
+      epochs: train this many passes over the training mini-batches
+        (``steps`` is then ``epochs`` times their number).
+      patience: stop after this many dev evaluations in a row without a new
+        best score (``None``: never). The score is the dev ``root_accuracy``
+        where the workload reports it, else the all-nodes ``accuracy``.
+      embeddings: a GloVe-format text file of pretrained word vectors for the
+        model's embedding table (:meth:`TrainingWorkload.initial_params`).
+      test: evaluate the workload's test split at the end, with the
+        parameters of the best dev evaluation.
+    """
 
     steps: int = 200
     batch_size: int | None = None
@@ -85,42 +182,134 @@ class TrainConfig:
     policy: str = "typewise"
     layout: str = "dynet"
     engine: str = "stepwise"
-    eval_batches: int = 4
+    eval_batches: int | None = 4
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     log_path: str | None = None
     seed: int = 0
-    shards: int = 1  # > 1: every training mini-batch split over that many devices (edbatch_jax.training.parallel)
-    precompile: bool = True  # compile the run's programs before the first step (Trainer.precompile; one device)
+    shards: int = 1
+    precompile: bool = True
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    lr_schedule: str = "warmup_cosine"
+    epochs: int | None = None
+    patience: int | None = None
+    embeddings: str | None = None
+    test: bool = True
+
+    def check(self) -> None:
+        """Raises :class:`TrainConfigError` naming the first setting out of range."""
+        if self.shards < 1:
+            raise TrainConfigError(f"shards must be at least 1, got {self.shards}")
+        if self.optimizer not in TRAIN_OPTIMIZERS:
+            raise TrainConfigError(f"optimizer must be one of {sorted(TRAIN_OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainConfigError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not self.weight_decay >= 0:
+            raise TrainConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.epochs is not None and self.epochs < 1:
+            raise TrainConfigError(f"epochs must be at least 1 (or None: use steps), got {self.epochs}")
+        if self.epochs is None and self.steps < 1:
+            raise TrainConfigError(f"steps must be at least 1, got {self.steps}")
+        if self.patience is not None and self.patience < 1:
+            raise TrainConfigError(f"patience must be at least 1 (or None: no early stopping), got {self.patience}")
+        if self.eval_batches is not None and self.eval_batches < 0:
+            raise TrainConfigError(f"eval_batches must be >= 0 (0: the whole split), got {self.eval_batches}")
+
+
+def make_optimizer(name: str, learning_rate: float | optax.Schedule, weight_decay: float = 0.0):
+    """The optax optimizer ``name`` (:data:`TRAIN_OPTIMIZERS`), with L2 weight decay chained in front when > 0.
+
+    ``weight_decay`` ``λ`` adds ``λ θ`` to every gradient before the optimizer
+    sees it (``optax.add_decayed_weights``): the gradient of ``λ/2 ‖θ‖²`` added
+    to the loss, as Tai et al. (2015) regularise.
+    """
+    if name not in TRAIN_OPTIMIZERS:
+        raise TrainConfigError(f"optimizer must be one of {sorted(TRAIN_OPTIMIZERS)}, got {name!r}")
+    optimizer = TRAIN_OPTIMIZERS[name](learning_rate)
+    return optax.chain(optax.add_decayed_weights(weight_decay), optimizer) if weight_decay else optimizer
 
 
 @dataclasses.dataclass
 class TrainResult:
-    """Final parameters and metrics."""
+    """Final parameters and metrics.
+
+    Attributes:
+      params: the parameters after the last step.
+      step: the last step.
+      losses: the training loss of every step this call ran.
+      evals: the dev evaluations (``split`` ``"dev"``), one per epoch and
+        one after the last step.
+      resumed_from: the checkpoint step resumed from, or ``None``.
+      precompiled: programs compiled ahead of the first step.
+      precompile_s: seconds spent compiling them.
+      best_params: the parameters of the best dev evaluation (``None``
+        without one).
+      best: that evaluation's metrics.
+      test: the test split's metrics with ``best_params`` (``split``
+        ``"test"``; ``step`` and ``epoch`` are the best dev evaluation's,
+        ``params`` says ``"best_dev"``, or ``"final"`` when this call made
+        no dev evaluation), or ``None``.
+      stopped_early: whether ``patience`` ended the run.
+      embeddings: the pretrained-embedding report (``found`` of ``words``),
+        ``{}`` without a file.
+    """
 
     params: dict
     step: int
     losses: list[float]
     evals: list[dict]
     resumed_from: int | None
-    precompiled: int = 0  # programs compiled ahead of the first step
+    precompiled: int = 0
     precompile_s: float = 0.0
+    best_params: dict | None = None
+    best: dict | None = None
+    test: dict | None = None
+    stopped_early: bool = False
+    embeddings: dict = dataclasses.field(default_factory=dict)
 
 
-def evaluate_nodes(engine: Engine, params, batches: list[MiniBatch]) -> dict:
-    """Mean loss per instance and accuracy over every loss node (argmax logits vs label)."""
+def evaluate_nodes(
+    engine: Engine,
+    params,
+    batches: list[MiniBatch],
+    root_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+) -> dict:
+    """Mean loss per instance and accuracy over every loss node (argmax logits vs label).
+
+    With ``root_metrics`` (a workload's :meth:`TrainingWorkload.root_metrics`),
+    the logits and labels of every instance's root loss node (those roots that
+    are loss nodes) over all ``batches`` go through it once, and its metrics
+    join the result.
+    """
     correct = total = 0
     loss_sum = 0.0
     instances = 0
+    root_logits, root_labels = [], []
     for b in batches:
         out = engine.run(params, b.graph, b.schedule, b.loss_nodes, layout=b.layout)
         labels = np.asarray(b.graph.payloads[b.graph.type_id("loss")])[b.graph.payload_row[b.loss_nodes]]
-        pred = np.asarray(jnp.argmax(out["logits"], axis=-1))
+        logits = np.asarray(out["logits"])
+        pred = logits.argmax(axis=-1)
         correct += int((pred == labels).sum())
         total += labels.size
         loss_sum += float(out["loss"].sum())
         instances += b.graph.num_instances
-    return {"loss": loss_sum / max(instances, 1), "accuracy": correct / max(total, 1)}
+        if root_metrics is not None:  # loss_nodes ascend (nodes_of_type): find the roots among them
+            at = np.minimum(np.searchsorted(b.loss_nodes, b.root_nodes), max(len(b.loss_nodes) - 1, 0))
+            is_loss = b.loss_nodes[at] == b.root_nodes if len(b.loss_nodes) else np.zeros(len(at), bool)
+            root_logits.append(logits[at[is_loss]])
+            root_labels.append(labels[at[is_loss]])
+    metrics = {"loss": loss_sum / max(instances, 1), "accuracy": correct / max(total, 1)}
+    if root_metrics is not None and root_logits:
+        metrics.update(root_metrics(np.concatenate(root_logits), np.concatenate(root_labels)))
+    return metrics
+
+
+def _selection_score(metrics: dict) -> float:
+    """What the best dev evaluation maximises: ``root_accuracy`` where reported, else ``accuracy``."""
+    score = metrics.get("root_accuracy")
+    return metrics["accuracy"] if score is None else score
 
 
 def _majority(batches: list[MiniBatch]) -> float:
@@ -157,10 +346,14 @@ def train(
       config: :class:`TrainConfig`.
       resume: continue from the newest checkpoint in ``config.checkpoint_dir``.
       progress: called after every step with ``(step, loss, instances_per_s)``.
-      epoch_end: called after every evaluation with ``(epoch, metrics)``.
+      epoch_end: called after every dev evaluation with ``(epoch, metrics)``.
+
+    Raises:
+      TrainConfigError: a setting of ``config`` out of range.
+      EdbatchError: the embedding file cannot be read (the workload's
+        error, naming its line).
     """
-    if config.shards < 1:
-        raise ValueError(f"shards must be at least 1, got {config.shards}")
+    config.check()
     size = config.batch_size or work.batch_size
     policy = work.resolve_policy(config.policy)
     train_sets = work.minibatch_instances("train", size, seed=config.seed)
@@ -173,23 +366,37 @@ def train(
         ]
     else:
         train_batches = _prepare(work, [work.batch_graph(x) for x in train_sets], policy, config.layout)
-    held = _prepare(
-        work, work.minibatches("held_out", size, config.eval_batches, seed=config.seed + 1), policy, config.layout
+    per_epoch = len(train_batches)
+    total = config.epochs * per_epoch if config.epochs is not None else config.steps
+    whole = not config.eval_batches  # 0 or None: every instance of the split
+    count = None if whole else config.eval_batches
+    dev = _prepare(
+        work, work.minibatches("dev", size, count, config.seed + 1, keep_remainder=whole), policy, config.layout
     )
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, config.lr, max(1, min(config.warmup_steps, config.steps // 2)), max(config.steps, 2)
+    test = (
+        _prepare(
+            work, work.minibatches("test", size, count, config.seed + 2, keep_remainder=whole), policy, config.layout
+        )
+        if config.test
+        else []
     )
+    if config.lr_schedule == "constant":
+        schedule = optax.constant_schedule(config.lr)
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, max(1, min(config.warmup_steps, total // 2)), max(total, 2)
+        )
+    optimizer = make_optimizer(config.optimizer, schedule, config.weight_decay)
     # every mini-batch's execution plan stays cached: epochs after the first do no host planning at all
-    engine = make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches) + len(held))
-    params = work.model.init(jax.random.PRNGKey(config.seed))
+    engine = make_engine(config.engine, work.model.ops, plan_cache_size=per_epoch + len(dev) + len(test))
+    params, embeddings = work.initial_params(jax.random.PRNGKey(config.seed), config.embeddings)
     if config.shards > 1:  # the first device's engine also evaluates
         engines = [engine] + [
-            make_engine(config.engine, work.model.ops, plan_cache_size=len(train_batches))
-            for _ in range(config.shards - 1)
+            make_engine(config.engine, work.model.ops, plan_cache_size=per_epoch) for _ in range(config.shards - 1)
         ]
-        trainer = ShardedTrainer(engines, params, optax.adam(schedule), shard_devices(config.shards))
+        trainer = ShardedTrainer(engines, params, optimizer, shard_devices(config.shards))
     else:
-        trainer = Trainer(engine, params, optax.adam(schedule))
+        trainer = Trainer(engine, params, optimizer)
     step, resumed_from = 0, None
     manager = _checkpointer(config.checkpoint_dir) if config.checkpoint_dir else None
     if resume and manager is not None and manager.latest_step() is not None:
@@ -213,17 +420,19 @@ def train(
         manager.save(at, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
 
-    per_epoch = len(train_batches)
     precompiled, precompile_s = 0, 0.0
-    if config.precompile and config.shards == 1 and step < config.steps:
+    if config.precompile and config.shards == 1 and step < total:
         t0 = time.perf_counter()
-        precompiled = _precompile(trainer, train_batches, held, step, config)
+        precompiled = _precompile(trainer, train_batches, dev + test, step, total, config.seed)
         precompile_s = time.perf_counter() - t0
     log = open(config.log_path, "a") if config.log_path else None
     losses: list[float] = []
     evals: list[dict] = []
+    best, best_params, since_best, stopped_early, test_metrics = None, None, 0, False, None
     try:
-        while step < config.steps:
+        if log and embeddings:
+            log.write(json.dumps({"embeddings": embeddings}) + "\n")
+        while step < total:
             epoch, k = divmod(step, per_epoch)
             order = _epoch_order(config.seed, epoch, per_epoch)
             t0 = time.perf_counter()
@@ -239,21 +448,51 @@ def train(
                 progress(step, loss, rate)
             if step % config.checkpoint_every == 0:
                 save(step)
-            if step % per_epoch == 0 or step == config.steps:
-                metrics = evaluate_nodes(engine, trainer.params, held)
-                metrics.update(step=step, epoch=epoch, majority=_majority(held))
+            if dev and (step % per_epoch == 0 or step == total):
+                metrics = evaluate_nodes(engine, trainer.params, dev, work.root_metrics)
+                metrics.update(split="dev", step=step, epoch=epoch, majority=_majority(dev))
+                if best is None or _selection_score(metrics) > _selection_score(best):
+                    best, since_best = metrics, 0
+                    best_params = jax.tree.map(jnp.copy, trainer.params)  # the trainer donates its params
+                else:
+                    since_best += 1
+                metrics.update(best_step=best["step"], best_epoch=best["epoch"])
                 evals.append(metrics)
                 if log:
                     log.write(json.dumps({"eval": metrics}) + "\n")
                 if epoch_end:
                     epoch_end(epoch, metrics)
+                if config.patience is not None and since_best >= config.patience and step < total:
+                    stopped_early = True
+                    break
         save(step)
+        if test:
+            chosen = trainer.params if best_params is None else best_params
+            test_metrics = evaluate_nodes(engine, chosen, test, work.root_metrics)
+            test_metrics.update(split="test", majority=_majority(test), params="final" if best is None else "best_dev")
+            at = (step, max(step - 1, 0) // per_epoch) if best is None else (best["step"], best["epoch"])
+            test_metrics.update(step=at[0], epoch=at[1])
+            if log:
+                log.write(json.dumps({"eval": test_metrics}) + "\n")
     finally:
         if log:
             log.close()
         if manager is not None:
             manager.close()
-    return TrainResult(trainer.params, step, losses, evals, resumed_from, precompiled, precompile_s)
+    return TrainResult(
+        trainer.params,
+        step,
+        losses,
+        evals,
+        resumed_from,
+        precompiled,
+        precompile_s,
+        best_params=best_params,
+        best=best,
+        test=test_metrics,
+        stopped_early=stopped_early,
+        embeddings=embeddings,
+    )
 
 
 def _epoch_order(seed: int, epoch: int, per_epoch: int) -> np.ndarray:
@@ -262,15 +501,15 @@ def _epoch_order(seed: int, epoch: int, per_epoch: int) -> np.ndarray:
 
 
 def _precompile(
-    trainer: Trainer, train_batches: list[MiniBatch], held: list[MiniBatch], step: int, config: TrainConfig
+    trainer: Trainer, train_batches: list[MiniBatch], held: list[MiniBatch], step: int, total: int, seed: int
 ) -> int:
-    """Plans the mini-batches that steps ``step`` to ``config.steps`` and the evaluations will run, then compiles
+    """Plans the mini-batches that steps ``step`` to ``total`` and the evaluations will run, then compiles
     their programs (:meth:`Trainer.precompile`, the evaluations' forward programs); returns the programs compiled."""
     engine, per_epoch = trainer.engine, len(train_batches)
     used: set[int] = set()
-    for epoch in range(step // per_epoch, (config.steps - 1) // per_epoch + 1):
-        first, last = max(step - epoch * per_epoch, 0), min(config.steps - epoch * per_epoch, per_epoch)
-        used.update(_epoch_order(config.seed, epoch, per_epoch)[first:last].tolist())
+    for epoch in range(step // per_epoch, (total - 1) // per_epoch + 1):
+        first, last = max(step - epoch * per_epoch, 0), min(total - epoch * per_epoch, per_epoch)
+        used.update(_epoch_order(seed, epoch, per_epoch)[first:last].tolist())
     held_plans = [engine.plan(trainer.params, b.graph, b.schedule, b.layout) for b in held]  # sizes first
     compiled = trainer.precompile([train_batches[i] for i in sorted(used)])
     return compiled + sum(engine.precompile(trainer.params, p) for p in held_plans)

@@ -4,6 +4,6 @@
 Tree-LSTM, lattice LSTM/GRU taggers, BiLSTM tagger, chain LM, N-d grids,
 random DAGs, binary trees), :mod:`~edbatch_jax.zoo.data` (SST trees, NER
 lattices, WikiNER tags, synthetic generators) and
-:mod:`~edbatch_jax.zoo.workloads` (13 workloads by name). Uses the core and
+:mod:`~edbatch_jax.zoo.workloads` (14 workloads by name). Uses the core and
 Flax; the core never imports it.
 """

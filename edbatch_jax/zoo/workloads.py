@@ -54,6 +54,12 @@ WORKLOADS: dict[str, _Spec] = {
     "double_treelstm": _Spec(
         "double-typed Tree-LSTM, SST (two internal cells, chosen per node)", 64, "double_treelstm.json", "trees"
     ),
+    "childsum_treelstm": _Spec(
+        "Child-Sum Tree-LSTM over n-ary trees (a forget gate per child), SST read as n-ary or 0-8 children",
+        64,
+        "childsum_treelstm.json",
+        "trees",
+    ),
     # lattices: the `sort` encoding, whose states need no type-wise frontier; `sort_complete` takes about 1 %
     # fewer batches but its frontier (maximal same-type ancestors) makes scheduling about 5x as long
     "lattice_lstm": _Spec(
@@ -103,6 +109,15 @@ class Workload:
       source: where the instances came from, for messages.
       vocab: the word vocabulary the graphs encode tokens with (SST and
         tagging workloads), built from the training split; ``None`` otherwise.
+      dev: the instances :func:`~edbatch_jax.training.loop.train` evaluates
+        after every epoch and selects parameters on; ``None``: ``held_out``.
+        SST: ``dev.txt``, or the first half of the synthetic held-out trees.
+      test: the instances evaluated once at the end, with the parameters of
+        the best dev evaluation; ``None``: none. SST: ``test.txt``, or the
+        second half of the synthetic held-out trees.
+      metrics: ``(root_logits, root_labels) -> dict``, extra metrics of the
+        evaluated instances' roots (:meth:`root_metrics`); ``None``: none.
+        SST: :func:`~edbatch_jax.zoo.data.sentiment.root_sentiment_metrics`.
     """
 
     name: str
@@ -113,6 +128,9 @@ class Workload:
     batch_size: int
     source: str
     vocab: Any = None
+    dev: list | None = None
+    test: list | None = None
+    metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None
 
     @property
     def op_types(self) -> tuple[str, ...]:
@@ -128,23 +146,96 @@ class Workload:
         """A policy by name (``"fsm"``: this workload's shipped policy); see :func:`~edbatch_jax.resolve_policy`."""
         return resolve_policy(spec, self.op_types, shipped=self.policy_path)
 
+    def split(self, name: str) -> list:
+        """The instances of a split: ``"train"``, ``"held_out"``, ``"dev"`` (``held_out`` when there is no
+        ``dev``) or ``"test"`` (empty when there is none).
+
+        Raises:
+          ValueError: another name.
+        """
+        splits = {"train": self.train, "held_out": self.held_out}
+        splits.update(dev=self.held_out if self.dev is None else self.dev, test=self.test or [])
+        if name not in splits:
+            raise ValueError(f"unknown split {name!r}; choose one of {sorted(splits)}")
+        return splits[name]
+
     def minibatch_instances(
-        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+        self,
+        split: str,
+        batch_size: int | None = None,
+        count: int | None = None,
+        seed: int = 0,
+        keep_remainder: bool = False,
     ) -> list[list]:
-        """The instances of every mini-batch of shuffled ``split`` (``"train"`` or ``"held_out"``)."""
-        items = {"train": self.train, "held_out": self.held_out}[split]
+        """The instances of every mini-batch of shuffled ``split`` (see :meth:`split`).
+
+        Mini-batches hold ``batch_size`` instances (a split smaller than that
+        is one mini-batch); the instances left over are dropped, unless
+        ``keep_remainder`` (then they make a last, smaller mini-batch).
+        ``count``: at most that many mini-batches. An empty split has none.
+        """
+        items = self.split(split)
         size = batch_size or self.batch_size
         order = np.random.default_rng(seed).permutation(len(items))
-        chunks = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
+        if keep_remainder:
+            chunks = [order[i : i + size] for i in range(0, len(order), size)]
+        else:
+            chunks = [order[i : i + size] for i in range(0, len(order) - size + 1, size)] or [order]
         if count is not None:
             chunks = chunks[:count]
-        return [[items[j] for j in c] for c in chunks]
+        return [[items[j] for j in c] for c in chunks if len(c)]
 
     def minibatches(
-        self, split: str, batch_size: int | None = None, count: int | None = None, seed: int = 0
+        self,
+        split: str,
+        batch_size: int | None = None,
+        count: int | None = None,
+        seed: int = 0,
+        keep_remainder: bool = False,
     ) -> list[Graph]:
-        """Batched graphs of shuffled ``split`` (``"train"`` or ``"held_out"``) instances."""
-        return [self.batch_graph(x) for x in self.minibatch_instances(split, batch_size, count, seed)]
+        """Batched graphs of shuffled ``split`` instances (:meth:`minibatch_instances`)."""
+        return [self.batch_graph(x) for x in self.minibatch_instances(split, batch_size, count, seed, keep_remainder)]
+
+    def root_metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict:
+        """Extra metrics of evaluated roots: f32 ``[N, C]`` root logits and int ``[N]`` labels -> a dict.
+
+        SST workloads: ``root_accuracy`` (fine-grained), ``root_binary_accuracy``
+        (neutral roots left out) and counts
+        (:func:`~edbatch_jax.zoo.data.sentiment.root_sentiment_metrics`);
+        other workloads: ``{}``.
+        """
+        return {} if self.metrics is None else self.metrics(logits, labels)
+
+    def initial_params(self, rng: Any, embeddings: str | os.PathLike | None = None) -> tuple[Any, dict]:
+        """The model's parameters for a PRNG key, with pretrained word vectors when ``embeddings`` names a file.
+
+        Args:
+          rng: a PRNG key (``model.init``'s).
+          embeddings: a GloVe-format text file: the vectors of the vocabulary's
+            words go into the model's embedding table
+            (:func:`~edbatch_jax.zoo.data.embeddings.load_embeddings`); words
+            the file lacks keep their random values.
+
+        Returns:
+          ``(params, report)``: ``report`` is ``{}`` without ``embeddings``, else
+          :meth:`~edbatch_jax.zoo.data.embeddings.EmbeddingReport.as_dict`
+          (``found`` of ``words``).
+
+        Raises:
+          EmbeddingFileError: the file cannot be read (names its line), or
+            the workload has no word vocabulary or embedding table.
+        """
+        params = self.model.init(rng)
+        if embeddings is None:
+            return params, {}
+        import jax
+
+        from edbatch_jax.zoo.data.embeddings import EmbeddingFileError, load_embeddings
+
+        if self.vocab is None:
+            raise EmbeddingFileError(f"{os.fspath(embeddings)}: {self.name} has no word vocabulary to load vectors for")
+        params, report = load_embeddings(params, self.vocab.id_to_token, embeddings)
+        return jax.tree.map(jax.numpy.asarray, params), report.as_dict()
 
 
 def fsm_settings(name: str) -> dict:
@@ -184,6 +275,8 @@ def load_workload(
     seed: int = 0,
     num_train: int = 4096,
     num_held_out: int = 1024,
+    embed: int | None = None,
+    vocab_size: int | None = 5000,
 ) -> Workload:
     """Loads a bundled workload.
 
@@ -194,32 +287,14 @@ def load_workload(
       hidden: hidden = embedding size.
       seed: seed of the synthetic data.
       num_train, num_held_out: synthetic instances to generate.
+      embed: the SST models' embedding size (default: ``hidden``), e.g. 300
+        for GloVe 840B vectors beside a hidden size of 150.
+      vocab_size: the SST vocabulary's size, the unknown token included (the
+        most frequent training words); ``None``: every training word.
     """
     spec = _spec(name)
-    if name in ("treelstm", "treegru", "mvrnn", "double_treelstm"):
-        from edbatch_jax.zoo.data.sst import Vocabulary, read_sst, synthetic_sst
-        from edbatch_jax.zoo.models.double_treelstm import DoubleTreeLSTM
-        from edbatch_jax.zoo.models.mvrnn import MVRNN
-        from edbatch_jax.zoo.models.treegru import TreeGRU
-        from edbatch_jax.zoo.models.treelstm import TreeLSTM
-
-        if data is None:
-            train, held, source = (
-                synthetic_sst(num_train, seed=seed),
-                synthetic_sst(num_held_out, seed=seed + 1),
-                "synthetic SST-like trees",
-            )
-        else:
-            files = _files(data, ("train", "dev", "test"))
-            train = read_sst(files[0])
-            held = [t for f in files[1:] for t in read_sst(f)] or train[-num_held_out:]
-            source = "SST " + "/".join(os.path.basename(f) for f in files)
-        vocab = Vocabulary.build(train, max_size=5000)
-        cls = {"treelstm": TreeLSTM, "treegru": TreeGRU, "mvrnn": MVRNN, "double_treelstm": DoubleTreeLSTM}[name]
-        model = cls(vocab_size=len(vocab), hidden=hidden, embed=hidden)
-        return Workload(
-            name, model, train, held, lambda xs: model.batch_graph(xs, vocab), spec.batch_size, source, vocab
-        )
+    if name in ("treelstm", "treegru", "mvrnn", "double_treelstm", "childsum_treelstm"):
+        return _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed or hidden, vocab_size)
     if name in ("bilstm_tagger", "chain_lstm"):
         return _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out)
     if name.startswith("grid_") or name in ("random_dag", "binary_tree"):
@@ -238,6 +313,69 @@ def load_workload(
         source = "lattices " + "/".join(os.path.basename(f) for f in files)
     model = LatticeTagger(hidden=hidden, embed=hidden, cell="gru" if name == "lattice_gru" else "lstm")
     return Workload(name, model, train, held, model.batch_graph, spec.batch_size, source)
+
+
+def _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed, vocab_size) -> Workload:
+    """An SST workload: train, dev and test trees (``held_out``: dev, then test), root sentiment metrics.
+
+    ``childsum_treelstm`` reads the same trees as n-ary ones
+    (:meth:`~edbatch_jax.zoo.data.nary.NaryTree.from_sst`); its synthetic
+    trees have 0 to 8 children per node
+    (:func:`~edbatch_jax.zoo.data.nary.synthetic_nary_trees`).
+    """
+    from edbatch_jax.zoo.data.nary import NaryTree, synthetic_nary_trees
+    from edbatch_jax.zoo.data.sentiment import root_sentiment_metrics
+    from edbatch_jax.zoo.data.sst import Vocabulary, read_sst, synthetic_sst
+    from edbatch_jax.zoo.models.childsum import ChildSumTreeLSTM
+    from edbatch_jax.zoo.models.double_treelstm import DoubleTreeLSTM
+    from edbatch_jax.zoo.models.mvrnn import MVRNN
+    from edbatch_jax.zoo.models.treegru import TreeGRU
+    from edbatch_jax.zoo.models.treelstm import TreeLSTM
+
+    nary = name == "childsum_treelstm"
+    if data is None:
+        make = synthetic_nary_trees if nary else synthetic_sst
+        train, held = make(num_train, seed=seed), make(num_held_out, seed=seed + 1)
+        half = (len(held) + 1) // 2
+        dev, test = held[:half], held[half:]
+        source = "synthetic n-ary trees (0-8 children)" if nary else "synthetic SST-like trees"
+    elif os.path.isfile(data):
+        train = read_sst(data)
+        held = dev = train[-num_held_out:]
+        test, source = None, f"SST {os.path.basename(data)}"
+    else:
+        files = _files(data, ("train", "dev", "test"))
+        train = read_sst(files[0])  # the first file found trains
+        split = {os.path.basename(f)[:-4]: read_sst(f) for f in files[1:]}
+        held = [t for f in ("dev", "test") for t in split.get(f, [])] or train[-num_held_out:]
+        dev, test = split.get("dev") or train[-num_held_out:], split.get("test")  # without dev.txt: train's tail
+        source = "SST " + "/".join(os.path.basename(f) for f in files)
+    if nary and data is not None:  # the SST trees read as n-ary
+        as_nary = lambda trees: None if trees is None else [NaryTree.from_sst(t) for t in trees]
+        train, held, dev, test = as_nary(train), as_nary(held), as_nary(dev), as_nary(test)
+        source += " read as n-ary trees"
+    vocab = Vocabulary.build(train, max_size=vocab_size)
+    cls = {
+        "treelstm": TreeLSTM,
+        "treegru": TreeGRU,
+        "mvrnn": MVRNN,
+        "double_treelstm": DoubleTreeLSTM,
+        "childsum_treelstm": ChildSumTreeLSTM,
+    }[name]
+    model = cls(vocab_size=len(vocab), hidden=hidden, embed=embed)
+    return Workload(
+        name,
+        model,
+        train,
+        held,
+        lambda xs: model.batch_graph(xs, vocab),
+        spec.batch_size,
+        source,
+        vocab,
+        dev=dev,
+        test=test or None,
+        metrics=root_sentiment_metrics,
+    )
 
 
 def _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out) -> Workload:

@@ -80,7 +80,11 @@ class CellSpec:
         with ``0``) or none (``None``).
       arity: number of operand states, for a cell whose ``__call__`` takes
         ``*operand_states`` (``None``: read from its signature).
-      aggregate: ``"sum"``, ``"mean"`` or ``"max"`` for a variable-arity cell.
+      aggregate: ``"sum"``, ``"mean"``, ``"max"`` or ``"softmax"`` for a
+        variable-arity cell.
+      edge: whether the cell's ``edge(payload, operand_state)`` method (Linen
+        and NNX alike) is its op's per-argument computation (then
+        ``operands`` holds the one argument state it is initialised with).
       payload_bounds: the number of rows the payload id indexes (a
         vocabulary or class count), checked at plan time
         (:class:`~edbatch_jax.engine.ops.Op`'s ``payload_bounds``); ``None``
@@ -94,6 +98,19 @@ class CellSpec:
     arity: int | None = None
     aggregate: str | None = None
     payload_bounds: int | None = None
+    edge: bool = False
+
+    def init_params(self, rng: jax.Array) -> dict:
+        """The Linen cell's parameters, initialised with :meth:`example_inputs` (through ``edge`` first for an
+        edge cell, so that both methods' layers are made)."""
+        if not self.edge:
+            return self.linen.init(rng, *self.example_inputs())["params"]
+
+        def edge_then_node(module, payload, operand):
+            message = module.edge(payload, operand)
+            return module(payload, message[1] if self.aggregate == "softmax" else message)
+
+        return self.linen.init(rng, *self.example_inputs(), method=edge_then_node)["params"]
 
     def example_inputs(self) -> tuple:
         """``(payload, *operand_states)`` to initialise :attr:`linen` with: int32 ``0`` or ``None``, f32 zeros."""
@@ -137,7 +154,8 @@ class CellModel(abc.ABC):
         table = self.cell_table()
         ops = {
             name: dataclasses.replace(
-                linen_op(s.linen, name, arity=s.arity, aggregate=s.aggregate), payload_bounds=s.payload_bounds
+                linen_op(s.linen, name, arity=s.arity, aggregate=s.aggregate, edge=s.edge),
+                payload_bounds=s.payload_bounds,
             )
             for name, s in table.items()
         }
@@ -163,10 +181,7 @@ class CellModel(abc.ABC):
         """
         table = self.cell_table()
         keys = jax.random.split(rng, len(table))
-        return {
-            name: spec.linen.init(key, *spec.example_inputs())["params"]
-            for (name, spec), key in zip(table.items(), keys)
-        }
+        return {name: spec.init_params(key) for (name, spec), key in zip(table.items(), keys)}
 
 
 @dataclasses.dataclass(frozen=True)
