@@ -382,7 +382,12 @@ def _prepare(
     if mode == "train":
         make, learning_rate = OPTIMIZERS[optimizer]
         opt = make(learning_rate)
-        trainer = ShardedTrainer(engines, params, opt, devices) if shards > 1 else Trainer(engines[0], params, opt)
+        step_keys = jax.random.PRNGKey(0)  # stochastic ops (dropout) draw from fold_in(key, step)
+        trainer = (
+            ShardedTrainer(engines, params, opt, devices)
+            if shards > 1
+            else Trainer(engines[0], params, opt, rng=step_keys)
+        )
     replicas = None if trainer else [jax.device_put(params, d) for d in devices]  # a trainer's: sync_params
     cfg = _Config(
         engine_name,

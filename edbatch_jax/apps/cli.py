@@ -250,15 +250,21 @@ def bench(args: argparse.Namespace) -> int:
     )
     results, sections, peer_rows = [], [], []
     ints = lambda s: [int(x) for x in split(str(s))] if s else [None]
-    for name, hidden, batch in itertools.product(split(args.model), ints(args.hidden), ints(args.batch_size)):
+    rates = [float(x) for x in split(str(args.dropout))] or [0.0]
+    configs = itertools.product(split(args.model), ints(args.hidden), ints(args.batch_size), rates)
+    for name, hidden, batch, rate in configs:
         if name not in WORKLOADS:
             raise SystemExit(f"unknown model {name!r}; bundled models: {sorted(WORKLOADS)}")
         data = args.data
         if args.data_root and WORKLOADS[name].data_dir:
             candidate = os.path.join(args.data_root, WORKLOADS[name].data_dir)
             data = candidate if os.path.isdir(candidate) else None
-        work = load_workload(name, data, hidden=hidden, seed=args.seed)
+        try:
+            work = load_workload(name, data, hidden=hidden, seed=args.seed, dropout=rate)
+        except ValueError as e:  # a model without dropout
+            raise SystemExit(f"edbatch bench: {e}") from e
         size = batch or work.batch_size
+        name = f"{name} (dropout {rate:g})" if rate else name
         print(
             f"edbatch bench: {name} on {work.source}, batch {size}, hidden {hidden}, "
             f"{args.batches} timed mini-batches; {machine}",
@@ -429,14 +435,18 @@ def train_command(args: argparse.Namespace) -> int:
         from edbatch_jax.training.parallel import use_cpu_devices
 
         use_cpu_devices(args.shards)  # before JAX starts: on a CPU, one host device per shard
-    work = load_workload(
-        args.model,
-        args.data,
-        hidden=args.hidden,
-        seed=args.seed,
-        embed=args.embed,
-        vocab_size=args.vocab_size or None,
-    )
+    try:
+        work = load_workload(
+            args.model,
+            args.data,
+            hidden=args.hidden,
+            seed=args.seed,
+            embed=args.embed,
+            vocab_size=args.vocab_size or None,
+            dropout=args.dropout,
+        )
+    except ValueError as e:  # a setting the model refuses (dropout out of range, a model without dropout)
+        raise SystemExit(f"edbatch train: {e}") from e
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -714,6 +724,12 @@ def build_parser() -> argparse.ArgumentParser:
         + "); sgd as DyNet's Tree-LSTM benchmark trains",
     )
     bp.add_argument(
+        "--dropout",
+        default="0",
+        help="comma-separated dropout rates of the models that have it (treelstm, childsum_treelstm), e.g. "
+        "'0,0.5': training steps then draw per-node masks (stochastic ops); inference is deterministic",
+    )
+    bp.add_argument(
         "--checks",
         default="on",
         help="comma-separated: on, off; 'on,off' measures every configuration with and without the input "
@@ -780,6 +796,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument(
         "--optimizer", default="adam", choices=["adagrad", "adam", "sgd"], help="the optax optimizer (default adam)"
+    )
+    tp.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="dropout rate of the leaf embeddings and the classifier input (treelstm, childsum_treelstm); "
+        "training steps draw per-node masks from the step key, evaluation is deterministic",
     )
     tp.add_argument(
         "--weight-decay",

@@ -40,6 +40,7 @@ from edbatch_jax.engine.common import (
     take_rows,
 )
 from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops, check_payload_bounds
+from edbatch_jax.engine.randomness import check_rng, split_identity, stochastic_types, with_node_identity
 from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
 from edbatch_jax.errors import input_checks_enabled
 from edbatch_jax.graph import Graph, GraphError, ensure_valid
@@ -92,8 +93,8 @@ def _checked_op(name: str, op: Op, derived: dict) -> Op:
     fn = op.fn
 
     @functools.wraps(fn)
-    def checked(params, payload, *operands):
-        out = fn(params, payload, *operands)
+    def checked(params, payload, *operands, **key):
+        out = fn(params, payload, *operands, **key)
         key = (
             name,
             _canonical_signature(params),
@@ -282,7 +283,11 @@ class Engine(abc.ABC):
             return hit[4]
         saved = self._snapshot()
         try:
-            plan = self._build_plan(params, params_sig, graph, schedule, layout)
+            if checks:
+                check_payload_bounds(graph, self.ops)
+            # stochastic ops: their nodes' identities ride in their payloads (engine/randomness.py)
+            run_graph = with_node_identity(graph, stochastic_types(graph, self.ops))
+            plan = self._build_plan(params, params_sig, run_graph, schedule, layout)
         except BaseException:
             self._restore(saved)  # no half-registered op types, capacities or tables survive a failed plan
             raise
@@ -329,11 +334,15 @@ class Engine(abc.ABC):
         if sig is None:
             op, fn = self.ops[name], self._unchecked[name]
             payload = None if payload_sig is None else signature_struct(payload_sig)
+            if op.stochastic:  # the node identities the engine added (engine/randomness.py) are not fn's
+                payload = split_identity(payload)[0]
             operands = [signature_struct(s) for s in operand_sigs]
             if op.edge is not None:  # fn receives the reduced messages of the edge function
                 operands = [op.message_struct(params, payload, o) for o in operands]
+            key = jax.ShapeDtypeStruct((2,), np.uint32)  # a step key: the output structure of a random draw
+            call = lambda p, x, k, *o: fn(p, x, *o, key=k) if op.stochastic else fn(p, x, *o)
             try:
-                out = jax.eval_shape(lambda p, x, *o: fn(p, x, *o), op.select_params(params), payload, *operands)
+                out = jax.eval_shape(call, op.select_params(params), payload, key, *operands)
             except Exception as e:  # re-raised with the op named
                 raise OpError(
                     f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}"
@@ -393,8 +402,6 @@ class Engine(abc.ABC):
                     "for this one with eb.plan_layout(graph, schedule)"
                 )
         check_graph_ops(graph, self.ops)
-        if checks:
-            check_payload_bounds(graph, self.ops)
         n, T = graph.num_nodes, graph.num_types
         order = schedule.node_order
         first_node = order[schedule.batch_ptr[:-1]]
@@ -485,25 +492,35 @@ class Engine(abc.ABC):
 
     # ------------------------------------------------------------------ execution (engine-specific)
     @abc.abstractmethod
-    def _forward(self, plan: ExecutionPlan, params: PyTree) -> tuple:
-        """All state buffers after running ``plan`` (one pytree per buffer, leaves ``[capacity, ...]``)."""
+    def _forward(self, plan: ExecutionPlan, params: PyTree, rng: Any = None) -> tuple:
+        """All state buffers after running ``plan`` (one pytree per buffer, leaves ``[capacity, ...]``);
+        ``rng``: the step key of stochastic ops, or ``None``."""
 
     @abc.abstractmethod
-    def _forward_saving(self, plan: ExecutionPlan, params: PyTree) -> tuple[tuple, Any]:
+    def _forward_saving(self, plan: ExecutionPlan, params: PyTree, rng: Any = None) -> tuple[tuple, Any]:
         """``(buffers, saved)``: the buffers and what the backward pass may reuse (``None``: nothing)."""
 
     @abc.abstractmethod
     def _backward(
-        self, plan: ExecutionPlan, params: PyTree, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None
+        self,
+        plan: ExecutionPlan,
+        params: PyTree,
+        bufs: tuple,
+        ct_bufs: tuple,
+        owned: bool = False,
+        saved: Any = None,
+        rng: Any = None,
     ) -> PyTree:
         """Gradient w.r.t. ``params`` of a plan's run, given one cotangent per buffer (``None``: zero).
 
         ``owned``: the cotangent arrays (and ``saved``) are the caller's to give up (donated or reused, not copied).
-        ``saved``: the second output of :meth:`_forward_saving`.
+        ``saved``: the second output of :meth:`_forward_saving`. ``rng``: the forward pass's step key.
         """
 
     @abc.abstractmethod
-    def precompile(self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None) -> int:
+    def precompile(
+        self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None, rng: Any = None
+    ) -> int:
         """Compiles, ahead of time and without running them, the programs that running ``plan`` needs.
 
         Plan every mini-batch first (:meth:`plan`: buffer capacities and the
@@ -522,10 +539,19 @@ class Engine(abc.ABC):
             the loss gives that buffer a cotangent, for training through
             :meth:`value_and_grad` (the forward programs that keep what the
             backward pass reuses, and the backward programs).
+          rng: a step key (any: only its type matters) to compile the
+            programs of runs with a step key (stochastic ops drawing), or
+            ``None`` for runs without one.
 
         Returns:
           The number of programs compiled by this call.
         """
+
+    def _step_key(self, rng: Any) -> Any:
+        """``rng`` checked (:func:`~edbatch_jax.engine.randomness.check_rng`); ``None`` when no op of the engine
+        is stochastic (a key would change no value, only the programs' signatures)."""
+        rng = check_rng(rng)
+        return rng if any(op.stochastic for op in self.ops.values()) else None
 
     def _check_differentiable(self, plan: ExecutionPlan) -> None:
         """Raises :class:`OpError` naming the op types whose states have integer or bool leaves (no gradient)."""
@@ -540,7 +566,7 @@ class Engine(abc.ABC):
                 )
 
     # ------------------------------------------------------------------ execution (shared)
-    def execute(self, plan: ExecutionPlan, params: PyTree) -> tuple:
+    def execute(self, plan: ExecutionPlan, params: PyTree, rng: Any = None) -> tuple:
         """All state buffers after running ``plan``; differentiable w.r.t. ``params``.
 
         With concrete ``params`` (nothing traces them: no ``jax.grad``, no
@@ -553,37 +579,44 @@ class Engine(abc.ABC):
         Args:
           plan: a plan of this engine (:meth:`plan`).
           params: the parameter pytree.
+          rng: the step key of stochastic ops (``jax.random.PRNGKey`` or
+            ``jax.random.key``; every node's key derives from it and the
+            node's identity: :mod:`edbatch_jax.engine.randomness`), or
+            ``None``: stochastic ops run with ``key=None`` (deterministic).
 
         Returns:
           One pytree per state buffer, leaves ``[capacity, ...]``.
         """
+        rng = self._step_key(rng)
         if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
-            return self._forward(plan, params)  # nothing to differentiate: skip the custom_vjp machinery
+            return self._forward(plan, params, rng)  # nothing to differentiate: skip the custom_vjp machinery
         self._check_differentiable(plan)
 
         @jax.custom_vjp
-        def buffers(p):
-            return self._forward(plan, p)
+        def buffers(p, r):
+            return self._forward(plan, p, r)
 
-        def fwd(p):
-            p = jax.tree.map(lambda x: x.value, p, is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
-            bufs, saved = self._forward_saving(plan, p)
-            return bufs, (p, bufs, saved)
+        def fwd(p, r):
+            p, r = jax.tree.map(lambda x: x.value, (p, r), is_leaf=lambda x: isinstance(x, CustomVJPPrimal))
+            bufs, saved = self._forward_saving(plan, p, r)
+            return bufs, (p, r, bufs, saved)
 
         def bwd(res, ct):
-            p, bufs, saved = res
-            grads = self._backward(plan, p, bufs, tuple(instantiate_zeros(c) for c in ct), saved=saved)
+            p, r, bufs, saved = res
+            grads = self._backward(plan, p, bufs, tuple(instantiate_zeros(c) for c in ct), saved=saved, rng=r)
             if self.checks:
                 _host_check(check_finite_grads, grads)
-            return (grads,)
+            return grads, None  # the step key has no gradient
 
         buffers.defvjp(fwd, bwd, symbolic_zeros=True)
-        return buffers(params)
+        return buffers(params, rng)
 
-    def value_and_grad(self, plan: ExecutionPlan, params: PyTree, loss_grad) -> tuple[jax.Array, PyTree]:
+    def value_and_grad(
+        self, plan: ExecutionPlan, params: PyTree, loss_grad, rng: Any = None
+    ) -> tuple[jax.Array, PyTree]:
         """A loss of the state buffers and its gradient w.r.t. ``params``, without tracing the schedule.
 
-        The same result as ``jax.value_and_grad`` of ``loss(execute(plan, p))``
+        The same result as ``jax.value_and_grad`` of ``loss(execute(plan, p, rng))``
         for concrete ``params``, without autodiff's per-call tracing and zero
         cotangents: the forward program, ``loss_grad``, then the backward
         program. Not jittable (use ``jax.value_and_grad`` over :meth:`run`
@@ -597,18 +630,20 @@ class Engine(abc.ABC):
             (e.g. a jitted ``jax.value_and_grad``). The cotangent arrays are
             handed over: the stepwise engine updates them in place (donated),
             so they must be fresh (the outputs of a jitted function are).
+          rng: the step key of stochastic ops, or ``None`` (see :meth:`execute`).
 
         Returns:
           ``(loss, grads)``, ``grads`` with the structure of ``params``.
         """
+        rng = self._step_key(rng)
         self._check_differentiable(plan)
-        bufs, saved = self._forward_saving(plan, params)
+        bufs, saved = self._forward_saving(plan, params, rng)
         if self.checks:
             self._check_states(plan, bufs)
         loss, ct = loss_grad(bufs)
         if len(ct) != len(bufs):
             raise ValueError(f"loss_grad returned {len(ct)} cotangents for {len(bufs)} buffers")
-        grads = self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved)
+        grads = self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved, rng=rng)
         if self.checks:
             check_finite_grads(grads)
         return loss, grads
@@ -626,6 +661,8 @@ class Engine(abc.ABC):
         outputs: Sequence[int] | np.ndarray | None = None,
         layout: LayoutPlan | Literal["gather"] | None = None,
         reduce: Literal["sum"] | None = None,
+        *,
+        rng: Any = None,
     ) -> PyTree:
         """Runs ``schedule`` and returns the stacked states of ``outputs``.
 
@@ -640,6 +677,8 @@ class Engine(abc.ABC):
           reduce: ``"sum"`` returns the sum over the outputs instead (no
             leading axis), computed on a bucketed index so that mini-batches
             with different output counts share one executable.
+          rng: the step key of stochastic ops, or ``None`` (deterministic;
+            see :meth:`execute`).
 
         Returns:
           The state pytree with a leading axis ``[K]`` (or summed). Differentiable with
@@ -649,7 +688,7 @@ class Engine(abc.ABC):
             raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
         plan = self.plan(params, graph, schedule, layout)  # checks the graph
         nodes = output_nodes(plan, graph, outputs)
-        bufs = self.execute(plan, params)
+        bufs = self.execute(plan, params, rng)
         if self.checks:
             self._check_states(plan, bufs)
         buf = bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0]

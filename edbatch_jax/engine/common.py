@@ -38,6 +38,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from edbatch_jax.engine.ops import Op, OpError
+from edbatch_jax.engine.randomness import node_key, split_identity
 from edbatch_jax.graph import Graph, check_node_ids
 
 if TYPE_CHECKING:
@@ -212,7 +213,9 @@ def mask_rows(tree: PyTree, mask) -> PyTree:
 
 
 # ------------------------------------------------------------------ the batched op call
-def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree], segments, mask, live=None) -> PyTree:
+def combine(
+    op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree], segments, mask, live=None, rng=None
+) -> PyTree:
     """The batched op call: ``vmap(op.fn)`` over lanes, after aggregation for variadic ops
     (:func:`reduce_arguments`); jittable.
 
@@ -227,7 +230,9 @@ def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree],
     Args:
       op: the op type's :class:`~edbatch_jax.engine.ops.Op`.
       params: the parameters ``op.fn`` reads (``op.select_params`` applied).
-      payload: per-lane payloads, leaves ``[L, ...]``, or ``None``.
+      payload: per-lane payloads, leaves ``[L, ...]``, or ``None``; for a
+        stochastic op the payload with the nodes' identities
+        (:func:`~edbatch_jax.engine.randomness.with_node_identity`).
       gathered: per operand position the operand states, leaves ``[L, ...]``;
         for a variadic op one entry, leaves ``[E, ...]`` (every argument of
         every lane).
@@ -237,20 +242,30 @@ def combine(op: Op, params: PyTree, payload: PyTree, gathered: Sequence[PyTree],
         count ``L``.
       live: bool ``[L]`` or ``None``: the lanes whose inputs are used as
         they are (the others get the first live lane's).
+      rng: the step key of a stochastic op (each lane's key derived from it
+        and the node's identity: :func:`~edbatch_jax.engine.randomness.node_key`),
+        or ``None`` (``key=None``: deterministic).
 
     Returns:
       The lanes' output states, leaves ``[L, ...]``.
     """
     lanes = mask.shape[0]
+    identity = None
+    if op.stochastic:
+        payload, identity = split_identity(payload)
     if op.variadic:
         gathered = (reduce_arguments(op, params, payload, gathered[0], segments, lanes, live),)
     if live is not None:
-        payload, gathered = guard_lanes((payload, tuple(gathered)), live)
-    mapped = [payload, *gathered]
-    if not jax.tree.leaves(mapped):  # nothing varies across lanes: compute once, broadcast
-        y = op.fn(params, payload, *gathered)
+        payload, gathered, identity = guard_lanes((payload, tuple(gathered), identity), live)
+    if identity is not None and rng is not None:
+        keys = jax.vmap(lambda i: node_key(rng, i))(identity)
+        call = lambda p, k, *xs: op.call(params, p, *xs, key=k)
+        return jax.vmap(call)(payload, keys, *gathered)
+    call = lambda p, *xs: op.call(params, p, *xs)
+    if not jax.tree.leaves([payload, *gathered]):  # nothing varies across lanes: compute once, broadcast
+        y = call(payload, *gathered)
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), y)
-    return jax.vmap(lambda p, *xs: op.fn(params, p, *xs), in_axes=(0,) + (0,) * len(gathered))(payload, *gathered)
+    return jax.vmap(call)(payload, *gathered)
 
 
 def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segments, lanes: int, live=None) -> PyTree:

@@ -6,7 +6,7 @@ when one of these names is first used).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flax import nnx
@@ -35,6 +35,7 @@ def linen_op(
     arity: int | None = None,
     aggregate: str | None = None,
     edge: bool | str = False,
+    stochastic: bool = False,
 ) -> Op:
     """Wraps a ``flax.linen`` module as an op.
 
@@ -45,11 +46,13 @@ def linen_op(
     ``edge(self, payload, operand_state)`` method is the op's per-argument
     computation (:class:`~edbatch_jax.engine.ops.Op`'s ``edge``), sharing the
     module's parameters; define the submodules both methods use in
-    ``setup``.
+    ``setup``. With ``stochastic``, ``__call__`` takes a keyword ``key``:
+    the node's PRNG key, or ``None`` (deterministic; see
+    :class:`~edbatch_jax.engine.ops.Op`).
     """
 
-    def fn(params, payload, *states):
-        return module.apply({"params": params}, payload, *states)
+    def fn(params, payload, *states, **key):
+        return module.apply({"params": params}, payload, *states, **key)
 
     method = _edge_method(module, edge)
     edge_fn = None
@@ -62,7 +65,7 @@ def linen_op(
     if arity is None and aggregate is None:
         arity = signature_arity(type(module).__call__)  # (self, payload, *states)
     fn.__name__ = f"{type(module).__name__}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn)
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn, stochastic=stochastic)
 
 
 def nnx_op(
@@ -71,6 +74,7 @@ def nnx_op(
     arity: int | None = None,
     aggregate: str | None = None,
     edge: bool | str = False,
+    stochastic: bool = False,
 ) -> Op:
     """Wraps a ``flax.nnx`` module instance as an op.
 
@@ -84,12 +88,13 @@ def nnx_op(
     ``type(module).__call__(self, payload, *operand_states)`` unless given.
     ``edge`` (``True``: a method named ``edge``, or its name) makes that
     method, ``edge(self, payload, operand_state)``, the per-argument
-    computation of a variable-arity op, as in :func:`linen_op`.
+    computation of a variable-arity op, as in :func:`linen_op`; so does
+    ``stochastic`` (a ``key`` keyword of ``__call__``).
     """
     graphdef, _, rest = nnx.split(module, nnx.Param, ...)
 
-    def fn(params, payload, *states):
-        return nnx.merge(graphdef, params, rest)(payload, *states)
+    def fn(params, payload, *states, **key):
+        return nnx.merge(graphdef, params, rest)(payload, *states, **key)
 
     method = _edge_method(module, edge)
     edge_fn = None
@@ -102,7 +107,7 @@ def nnx_op(
     if arity is None and aggregate is None:
         arity = signature_arity(type(module).__call__)
     fn.__name__ = f"{type(module).__name__}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn)
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn, stochastic=stochastic)
 
 
 class NNXCells(nnx.Module):
@@ -127,6 +132,8 @@ class NNXCells(nnx.Module):
       edge: op type name -> ``True`` (or a method name) for the cells whose
         ``edge(payload, operand_state)`` method computes per argument
         (:func:`nnx_op`).
+      stochastic: the op types whose cells draw random numbers (a ``key``
+        keyword of ``__call__``; :func:`nnx_op`).
       extra_ops: ops without parameters (e.g. a variadic sum node), passed
         through unchanged into :attr:`ops`.
     """
@@ -138,6 +145,7 @@ class NNXCells(nnx.Module):
         arity: Mapping[str, int] | None = None,
         aggregate: Mapping[str, str] | None = None,
         edge: Mapping[str, bool | str] | None = None,
+        stochastic: Sequence[str] = (),
         extra_ops: Mapping[str, Op] | None = None,
     ):
         extra_ops = dict(extra_ops or {})
@@ -150,7 +158,7 @@ class NNXCells(nnx.Module):
             setattr(self, name, cell)
         arity, aggregate, edge = dict(arity or {}), dict(aggregate or {}), dict(edge or {})
         ops = {
-            name: nnx_op(cell, name, arity.get(name), aggregate.get(name), edge.get(name, False))
+            name: nnx_op(cell, name, arity.get(name), aggregate.get(name), edge.get(name, False), name in stochastic)
             for name, cell in cells.items()
         }
         # Built once, so every eb.run(cells.ops, ...) reuses the engine's compiled steps.
@@ -174,6 +182,7 @@ class NNXCells(nnx.Module):
             arity={name: ops[name].arity for name in cells if ops[name].arity is not None},
             aggregate={name: ops[name].aggregate for name in cells if ops[name].aggregate is not None},
             edge={name: True for name in cells if ops[name].edge is not None},
+            stochastic=[name for name in cells if ops[name].stochastic],
             extra_ops={name: op for name, op in ops.items() if name not in cells},
         )
 

@@ -210,7 +210,9 @@ class FusedEngine(Engine):
                 f" or None, got {save_residuals!r}"
             )
         self.save_residuals = save_residuals
-        self._saved_layouts: dict[str, tuple] = {}  # op -> ((residual index, lane axis, one lane's struct), ...)
+        self._saved_layouts: dict[
+            tuple, tuple
+        ] = {}  # (op, draws) -> ((residual index, lane axis, one lane's struct), ...)
         self._spare_saved: dict = {}  # residual tables handed back after a backward pass, by shapes
         self._branches: dict[tuple, int] = {}  # branch key -> index in the program's switch
         self._branch_keys: tuple = ()  # the keys in switch order (branch_keys)
@@ -472,15 +474,16 @@ class FusedEngine(Engine):
         ]
         return mask, payload, segments, gathered
 
-    def _pullback(self, op: Op, params, payload, gathered, segments, mask):
+    def _pullback(self, op: Op, params, payload, gathered, segments, mask, rng=None):
         """``(outputs, pullback)`` of one chunk's batched op call, by ``jax.vjp``; under ``save_residuals`` the
-        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs."""
-        fn = lambda p, g: combine(op, p, payload, g, segments, mask)
+        pullback's residuals (its pytree leaves) are the values the policy saves, the rest recomputed when it runs.
+        ``rng``: the step key of a stochastic op (or ``None``)."""
+        fn = lambda p, g: combine(op, p, payload, g, segments, mask, rng=rng)
         if self.save_residuals is not None:
             fn = jax.checkpoint(fn, policy=self.save_residuals)
         return jax.vjp(fn, params, gathered)
 
-    def _saved_layout(self, key: tuple, params, signatures: tuple) -> tuple:
+    def _saved_layout(self, key: tuple, params, signatures: tuple, rng=None) -> tuple:
         """``((residual index, lane axis, one lane's ShapeDtypeStruct), ...)``: the residuals of op ``key[0]``'s
         pullback that the training forward program stores, one row per lane (cached per op type).
 
@@ -488,11 +491,15 @@ class FusedEngine(Engine):
         is stored if it is computed (not an input passed through: parameters, payloads and operands are at hand
         in the backward program) and exactly one of its axes follows the lane count, none the edge count.
         Whatever is not stored is recomputed by the backward program, so the layout decides speed, not values.
+        A stochastic op's layout depends on whether runs draw (``rng``: a step key or ``None``).
         """
         name, _, in_bufs, has_payload, _, erows = key
-        if name in self._saved_layouts:
-            return self._saved_layouts[name]
         op, variadic = self.ops[name], erows is not None
+        draws = op.stochastic and rng is not None
+        cache = (name, draws)
+        if cache in self._saved_layouts:
+            return self._saved_layouts[cache]
+        rng_struct = jax.ShapeDtypeStruct(jnp.shape(rng), jnp.result_type(rng)) if draws else None
         sub = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), op.select_params(params))
 
         def trace(lanes: int, rows: int) -> list:
@@ -507,6 +514,7 @@ class FusedEngine(Engine):
                 [signature_struct(signatures[b], (rows,)) for b in in_bufs],
                 jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
                 jax.ShapeDtypeStruct((lanes,), jnp.bool_),
+                rng_struct,
             )
             closed = jax.make_jaxpr(lambda *a: jax.tree.leaves(self._pullback(op, *a)[1]))(*args)
             inputs = set(closed.jaxpr.invars)
@@ -524,8 +532,8 @@ class FusedEngine(Engine):
                 if len(axes) == 1 and (a.shape[axes[0]], b.shape[axes[0]]) == (2, 3):
                     k = axes[0]
                     layout.append((i, k, jax.ShapeDtypeStruct(a.shape[:k] + a.shape[k + 1 :], a.dtype)))
-        self._saved_layouts[name] = tuple(layout)
-        return self._saved_layouts[name]
+        self._saved_layouts[cache] = tuple(layout)
+        return self._saved_layouts[cache]
 
     def _make_forward(self, keys: tuple, plan: FusedPlan, layout: tuple, store: bool):
         """The forward program; with ``store`` it also fills and returns ``saved``, the residual tables of every
@@ -536,23 +544,23 @@ class FusedEngine(Engine):
         def branch(key):
             op, slot = self.ops[key[0]], names.index(key[0])
             if key[4] > capacities[key[1]]:  # wider than its output buffer: no chunk can select it
-                return lambda params, d, carry, flat_idx, payloads: carry
+                return lambda params, rng, d, carry, flat_idx, payloads: carry
 
-            def run(params, d, carry, flat_idx, payloads):
+            def run(params, rng, d, carry, flat_idx, payloads):
                 bufs, saved = carry
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 sub = op.select_params(params)
                 if store:
                     # padding lanes compute on a real lane's inputs, so that their stored residuals are finite
-                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask)
+                    y, pullback = self._pullback(op, sub, payload, gathered, segments, mask, rng)
                     leaves, kept = jax.tree.leaves(pullback), list(saved[slot])
-                    for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, mask.shape[0]):
+                    for s, i, k in _stored(self._saved_layout(key, params, signatures, rng), leaves, mask.shape[0]):
                         kept[s] = jax.lax.dynamic_update_slice_in_dim(
                             kept[s], jnp.moveaxis(leaves[i], k, 0), d[_PAY], 0
                         )
                     saved = saved[:slot] + (tuple(kept),) + saved[slot + 1 :]
                 else:
-                    y = combine(op, sub, payload, gathered, segments, mask)
+                    y = combine(op, sub, payload, gathered, segments, mask, rng=rng)
 
                 bufs = list(bufs)
                 bufs[key[1]] = write_rows(bufs[key[1]], d[_OUT], y, mask)
@@ -562,7 +570,7 @@ class FusedEngine(Engine):
 
         branches = [branch(k) for k in keys]
 
-        def forward(params, ints, payloads, saved):
+        def forward(params, rng, ints, payloads, saved):
             self.trace_count += 1
             t = _unpack(ints, layout)
             desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
@@ -571,11 +579,11 @@ class FusedEngine(Engine):
 
             def body(i, carry):
                 d = desc[i]
-                return jax.lax.switch(d[_BRANCH], branches, params, d, carry, flat_idx, payloads)
+                return jax.lax.switch(d[_BRANCH], branches, params, rng, d, carry, flat_idx, payloads)
 
             return jax.lax.fori_loop(0, num_chunks, body, (bufs, saved))
 
-        return _jit(forward, donate_argnums=3)
+        return _jit(forward, donate_argnums=4)
 
     def _make_backward(self, keys: tuple, plan: FusedPlan, layout: tuple, isolate: bool = False):
         """The backward program. With ``isolate`` (:meth:`_isolate_if_needed`'s second try) every chunk
@@ -590,9 +598,9 @@ class FusedEngine(Engine):
             op = self.ops[key[0]]
             res_slot, defer = names.index(key[0]), key[0] in deferred
             if key[4] > plan.capacities[key[1]]:  # wider than its output buffer: no chunk can select it
-                return lambda params, d, carry, bufs, saved, flat_idx, payloads: carry
+                return lambda params, rng, d, carry, bufs, saved, flat_idx, payloads: carry
 
-            def run(params, d, carry, bufs, saved, flat_idx, payloads):
+            def run(params, rng, d, carry, bufs, saved, flat_idx, payloads):
                 ct_bufs, accs = carry
                 mask, payload, segments, gathered = self._branch_inputs(key, d, bufs, flat_idx, payloads)
                 lanes = mask.shape[0]
@@ -601,12 +609,14 @@ class FusedEngine(Engine):
                 if isolate:  # lanes without a cotangent compute on a live lane's inputs: they add exact zeros
                     live = lanes_with_cotangent(mask, ct_out)
                     sub = op.select_params(params)
-                    _, pullback = jax.vjp(lambda p, g: combine(op, p, payload, g, segments, mask, live), sub, gathered)
+                    _, pullback = jax.vjp(
+                        lambda p, g: combine(op, p, payload, g, segments, mask, live, rng), sub, gathered
+                    )
                     g_params, g_operands = pullback(ct_out)
                     g_params = zero_unless(jnp.any(live), g_params)
                 else:
                     pullback = self._stored_pullback(
-                        key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures
+                        key, params, payload, gathered, segments, mask, saved[res_slot], d[_PAY], plan.signatures, rng
                     )
                     g_params, g_operands = pullback(ct_out)
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
@@ -622,7 +632,7 @@ class FusedEngine(Engine):
 
             return run
 
-        def backward(params, bufs, ct_bufs, saved, ints, payloads):
+        def backward(params, rng, bufs, ct_bufs, saved, ints, payloads):
             self.trace_count += 1
             t = _unpack(ints, layout)
             desc, num_chunks, flat_idx = t["desc"], t["num_chunks"], t["flat"]
@@ -649,7 +659,7 @@ class FusedEngine(Engine):
 
             def body(j, carry):
                 d = desc[num_chunks - 1 - j]
-                fns = [lambda d, c, f=f: f(params, d, c, bufs, saved, flat_idx, payloads) for f in branches]
+                fns = [lambda d, c, f=f: f(params, rng, d, c, bufs, saved, flat_idx, payloads) for f in branches]
                 return jax.lax.switch(d[_BRANCH], fns, d, carry)
 
             ct_bufs, accs = jax.lax.fori_loop(0, num_chunks, body, (tuple(ct_bufs), accs))
@@ -665,6 +675,7 @@ class FusedEngine(Engine):
                         lane_rows[n],
                         payloads,
                         plan.signatures,
+                        rng,
                     )
                     key = self.ops[n].params_key
                     grads[key] = g if key not in grads else jax.tree.map(jnp.add, grads[key], g)
@@ -673,25 +684,25 @@ class FusedEngine(Engine):
         return _jit(backward)
 
     def _stored_pullback(
-        self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures, masked: bool = False
+        self, key, params, payload, gathered, segments, mask, saved: tuple, at, signatures, rng=None, masked=False
     ):
         """The pullback of a chunk's batched op call, its stored residuals (rows ``at``, ``at + 1``, ... of
         ``saved``) put in place of their recomputation, which XLA then drops. ``masked``: rows of lanes outside
         ``mask`` read as zeros (rows this step's forward pass did not write hold an earlier step's values)."""
         op = self.ops[key[0]]
-        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask)
+        _, pullback = self._pullback(op, op.select_params(params), payload, gathered, segments, mask, rng)
         if not saved:
             return pullback
         leaves, treedef = jax.tree.flatten(pullback)
         lanes = mask.shape[0]
-        for s, i, k in _stored(self._saved_layout(key, params, signatures), leaves, lanes):
+        for s, i, k in _stored(self._saved_layout(key, params, signatures, rng), leaves, lanes):
             rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
             if masked:
                 rows = mask_rows(rows, mask)
             leaves[i] = jnp.moveaxis(rows, 0, k)
         return jax.tree.unflatten(treedef, leaves)
 
-    def _param_grads(self, key, params, bufs, ct_bufs, saved: tuple, lane_rows: tuple, payloads, signatures):
+    def _param_grads(self, key, params, bufs, ct_bufs, saved: tuple, lane_rows: tuple, payloads, signatures, rng):
         """Gradient of op ``key[0]``'s parameters over every lane it ran, after the reverse loop: blocks of
         ``max_lanes`` lanes, each one pullback with the stored residuals in place, so that the weight-gradient
         matrix products contract over hundreds of lanes instead of one chunk's few."""
@@ -709,7 +720,7 @@ class FusedEngine(Engine):
             gathered = [take_rows(bufs[buf], rows[:, 2 + j]) for j, buf in enumerate(in_bufs)]
             ct_out = mask_rows(take_rows(ct_bufs[out_b], rows[:, 1]), mask)
             pullback = self._stored_pullback(
-                key, params, payload, gathered, None, mask, saved, at, signatures, masked=True
+                key, params, payload, gathered, None, mask, saved, at, signatures, rng, masked=True
             )
             g_params, _ = pullback(ct_out)
             return jax.tree.map(jnp.add, acc, g_params)
@@ -717,30 +728,31 @@ class FusedEngine(Engine):
         zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
         return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)
 
-    def precompile(self, params, plan: FusedPlan, cotangents=None) -> int:
+    def precompile(self, params, plan: FusedPlan, cotangents=None, rng=None) -> int:
         """:meth:`Engine.precompile`: the forward program (inference), or the forward program that stores
         residuals and the backward program (training), at the engine's current table lengths; the plan's tables
         are packed and put on the device now, and the zeroed residual tables of the first step allocated."""
         check_cotangents(plan, cotangents)
+        rng = self._step_key(rng)
         ints, payloads = self._device_tables(plan.tables)
         if cotangents is None or self.save_residuals is None:
             forward = self._program(plan, "forward")
-            compiled = compile_once(self._compiled, forward, params, ints, payloads, self._no_saved())
+            compiled = compile_once(self._compiled, forward, params, rng, ints, payloads, self._no_saved())
             saved = None
         else:
-            structs = self._saved_structs(params, plan)
+            structs = self._saved_structs(params, plan, rng)
             spare = (structs, placement(params))
             if spare not in self._spare_saved:  # what the first forward pass would allocate
                 self._spare_saved[spare] = zeros_of(structs)
             forward = self._program(plan, "forward_saving")
-            compiled = compile_once(self._compiled, forward, params, ints, payloads, structs)
+            compiled = compile_once(self._compiled, forward, params, rng, ints, payloads, structs)
             saved = structs
         if cotangents is None:
             return compiled
         bufs = buffer_structs(plan)
         ct_bufs = tuple(b if c else None for b, c in zip(bufs, cotangents))
         backward = self._program(plan, "backward")
-        compiled += compile_once(self._compiled, backward, params, bufs, ct_bufs, saved, ints, payloads)
+        compiled += compile_once(self._compiled, backward, params, rng, bufs, ct_bufs, saved, ints, payloads)
         if self._isolate_lanes:  # the finiteness test of the gradients (same structure as params)
             compiled += compile_once(self._compiled, _all_finite, params)
         return compiled
@@ -750,45 +762,47 @@ class FusedEngine(Engine):
         """The forward program's residual tables when it keeps none: one empty tuple per op type."""
         return tuple(() for _ in dict.fromkeys(k[0] for k in self.branch_keys))
 
-    def _forward(self, plan: FusedPlan, params) -> tuple:
+    def _forward(self, plan: FusedPlan, params, rng=None) -> tuple:
         forward = self._program(plan, "forward")
-        return forward(params, *self._device_tables(plan.tables), self._no_saved())[0]
+        return forward(params, rng, *self._device_tables(plan.tables), self._no_saved())[0]
 
-    def _saved_structs(self, params, plan: FusedPlan) -> tuple:
+    def _saved_structs(self, params, plan: FusedPlan, rng=None) -> tuple:
         """The residual tables at the engine's current row counts, per op type in the programs' order
         (``jax.ShapeDtypeStruct`` leaves)."""
         first_key = {k[0]: k for k in reversed(self.branch_keys)}
         return tuple(
             tuple(
                 jax.ShapeDtypeStruct((self._lengths[("rows", n)],) + sd.shape, sd.dtype)
-                for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures)
+                for _, _, sd in self._saved_layout(first_key[n], params, plan.signatures, rng)
             )
             for n in dict.fromkeys(k[0] for k in self.branch_keys)
         )
 
-    def _forward_saving(self, plan: FusedPlan, params) -> tuple[tuple, Any]:
+    def _forward_saving(self, plan: FusedPlan, params, rng=None) -> tuple[tuple, Any]:
         if self.save_residuals is None:
-            return self._forward(plan, params), None
-        structs = self._saved_structs(params, plan)
+            return self._forward(plan, params, rng), None
+        structs = self._saved_structs(params, plan, rng)
         # the last step's tables, handed back by _backward for parameters of the same placement
         saved = self._spare_saved.pop((structs, placement(params)), None)
         if saved is None:
             saved = zeros_of(structs)
         forward = self._program(plan, "forward_saving")
-        return forward(params, *self._device_tables(plan.tables), saved)
+        return forward(params, rng, *self._device_tables(plan.tables), saved)
 
-    def _backward(self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None):
+    def _backward(
+        self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None, rng=None
+    ):
         backward = self._program(plan, "backward")
         tables = self._device_tables(plan.tables)
-        grads = backward(params, tuple(bufs), tuple(ct_bufs), saved, *tables)
+        grads = backward(params, rng, tuple(bufs), tuple(ct_bufs), saved, *tables)
         if self._isolate_lanes:
-            grads = self._isolate_if_needed(plan, params, bufs, ct_bufs, tables, grads)
+            grads = self._isolate_if_needed(plan, params, bufs, ct_bufs, tables, grads, rng)
         if owned and saved:  # handed over: the next forward pass fills these tables instead of new zeroed ones
             structs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), saved)
             self._spare_saved = {(structs, placement(params)): saved}  # (it waits for this program's reads)
         return grads
 
-    def _isolate_if_needed(self, plan: FusedPlan, params, bufs, ct_bufs, tables, grads):
+    def _isolate_if_needed(self, plan: FusedPlan, params, bufs, ct_bufs, tables, grads, rng=None):
         """``grads``, or, when they are not all finite, the gradients of the backward program with every chunk's
         lanes isolated: lanes without a cotangent (padding, nodes no loss reads) add ``0 * x``, zero unless
         ``x`` is not finite (an op singular at their inputs, NaN values of an instance outside the loss); only
@@ -796,7 +810,9 @@ class FusedEngine(Engine):
         unbatched execution's. A NaN the loss does read stays NaN, as it does unbatched. With concrete arrays
         the choice is made on the host (one scalar read per step); under a trace by ``lax.cond``."""
         finite = _all_finite(grads)
-        again = lambda: self._program(plan, "backward_isolated")(params, tuple(bufs), tuple(ct_bufs), None, *tables)
+        again = lambda: self._program(plan, "backward_isolated")(
+            params, rng, tuple(bufs), tuple(ct_bufs), None, *tables
+        )
         if isinstance(finite, jax.core.Tracer):
             return jax.lax.cond(finite, lambda: grads, again)
         return grads if bool(finite) else again()

@@ -67,6 +67,13 @@ class Op:
         largest arity) and reduces the messages per node with
         ``aggregate``; ``fn`` then receives the reduced message. Every
         argument of an op type must give messages of one structure.
+      stochastic: the op draws random numbers: ``fn`` is called with a
+        keyword argument ``key``, the node's PRNG key derived from the step
+        key given to the engine and the node's identity (its instance and
+        position in it: the same whatever the batch, lane, policy or
+        layout; :mod:`edbatch_jax.engine.randomness`), or ``key=None`` when
+        the engine is run without a step key (deterministic: evaluation,
+        dropout off). ``edge`` functions get no key.
       params_key: if set, ``fn`` receives ``params[params_key]`` instead of the
         whole parameter pytree (and only that subtree's gradient is
         accumulated per batch, which saves work in the backward sweep).
@@ -93,6 +100,7 @@ class Op:
     params_key: str | None = None
     payload_bounds: Any = dataclasses.field(default=None, hash=False)  # may be a mapping: equal, not hashed
     edge: Callable[..., Any] | None = None
+    stochastic: bool = False
 
     def __post_init__(self):
         name = getattr(self.fn, "__name__", self.fn)
@@ -119,6 +127,12 @@ class Op:
                 )
         if self.arity is None and self.aggregate is None:
             object.__setattr__(self, "arity", signature_arity(self.fn))
+
+    def call(self, params, payload, *operands, key=None):
+        """``fn(params, payload, *operands)``, with ``key=key`` for a stochastic op (one node; jittable)."""
+        if self.stochastic:
+            return self.fn(params, payload, *operands, key=key)
+        return self.fn(params, payload, *operands)
 
     @property
     def variadic(self) -> bool:
@@ -179,12 +193,17 @@ class Op:
 
 
 def signature_arity(fn: Callable) -> int:
-    """Number of operand states a per-node function takes (after params, payload)."""
+    """Number of operand states a per-node function takes (after params, payload; parameters with a default,
+    such as a stochastic op's ``key=None``, are not operands)."""
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError):
         raise OpError(f"cannot read the signature of {fn!r}; wrap it as eb.Op(fn, arity=...)") from None
-    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [  # a parameter with a default (a stochastic op's ``key=None``) is no operand
+        p
+        for p in sig.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
+    ]
     if any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
         raise OpError(
             f"{getattr(fn, '__name__', fn)!r} takes a variable number of operands; say how they combine "

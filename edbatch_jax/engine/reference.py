@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edbatch_jax.engine.ops import Op, as_ops, check_graph_ops, check_payload_bounds
+from edbatch_jax.engine.randomness import check_rng, node_identity, node_key
 from edbatch_jax.graph import Graph, check_node_ids, validate_graph
 from edbatch_jax.graph.analysis import topological_order
 
@@ -37,13 +38,13 @@ def _aggregate(kind: str, states: list) -> PyTree:
     return jax.tree.map(lambda *xs: functools.reduce(jnp.maximum, xs), *states)
 
 
-def _call(op: Op, params, payload, *states):
+def _call(op: Op, params, payload, key, *states):
     p = op.select_params(params)
     if op.variadic:
         if op.edge is not None:  # one edge call per argument, as written for one (node, argument) pair
             states = tuple(op.edge(p, payload, s) for s in states)
-        return op.fn(p, payload, _aggregate(op.aggregate, list(states)))
-    return op.fn(p, payload, *states)
+        return op.call(p, payload, _aggregate(op.aggregate, list(states)), key=key)
+    return op.call(p, payload, *states, key=key)
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,23 +59,32 @@ def run_unbatched(
     outputs: Sequence[int] | np.ndarray | None = None,
     *,
     jit: bool = True,
+    rng: Any = None,
 ) -> PyTree:
     """Runs every node alone and returns the stacked states of ``outputs``.
 
     Same contract as :func:`edbatch_jax.run` without a schedule: ``outputs``
     are node ids of one state structure (``None``: every node). Differentiable
-    with ``jax.grad``. Slow by design: one call per node.
+    with ``jax.grad``. Slow by design: one call per node. A stochastic op's
+    node gets the key ``fold_in(fold_in(rng, instance), position)``
+    (:func:`~edbatch_jax.engine.randomness.node_key`), or ``None`` without
+    ``rng``.
     """
+    rng = check_rng(rng)
     validate_graph(graph)
     ops = as_ops(ops)
     check_graph_ops(graph, ops)
     check_payload_bounds(graph, ops)  # as the engines do: an id out of range is an error, not a clamped row
     states: list = [None] * graph.num_nodes
+    identity = node_identity(graph) if rng is not None else None
     for v in topological_order(graph):
         v = int(v)
         op = ops[graph.op_types[graph.node_type[v]]]
         args = [states[a] for a in graph.args(v)]
         payload = graph.payload(v)
-        states[v] = (_jitted(op) if jit else functools.partial(_call, op))(params, payload, *args)
+        key = node_key(rng, identity[v]) if op.stochastic and rng is not None else None
+        states[v] = (_jitted(op) if jit else functools.partial(_call, op))(params, payload, key, *args)
     picked = [states[v] for v in check_node_ids(graph, outputs)]
+    if not picked:  # no outputs: the states of none, leaves [0, ...] (of the first node's structure)
+        return jax.tree.map(lambda x: jnp.zeros((0,) + jnp.shape(x), jnp.result_type(x)), states[0])
     return jax.tree.map(lambda *xs: jnp.stack(xs), *picked)

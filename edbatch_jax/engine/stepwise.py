@@ -259,14 +259,14 @@ class StepwiseEngine(Engine):
         if fn is None:
             op = self.ops[step.op]
 
-            def forward(params, out_buf, read_bufs, payload, slots, segments, mask, offset):
+            def forward(params, rng, out_buf, read_bufs, payload, slots, segments, mask, offset):
                 self.trace_count += 1
                 rows = mask.shape[0] if segments is None else segments.shape[0]
                 gathered = [read_rows(out_buf if s < 0 else read_bufs[s], idx, rows) for s, idx in zip(src, slots)]
-                y = combine(op, params, payload, gathered, segments, mask)
+                y = combine(op, params, payload, gathered, segments, mask, rng=rng)
                 return write_rows(out_buf, offset, y, mask)
 
-            fn = self._fwd[key] = jax.jit(forward, donate_argnums=(1,))
+            fn = self._fwd[key] = jax.jit(forward, donate_argnums=(2,))
         return fn, read
 
     def _backward_step(self, step: BatchStep):
@@ -282,14 +282,16 @@ class StepwiseEngine(Engine):
         if fn is None:
             op = self.ops[step.op]
 
-            def backward(params, grad_acc, ct_bufs, fwd_bufs, payload, slots, segments, mask, offset):
+            def backward(params, rng, grad_acc, ct_bufs, fwd_bufs, payload, slots, segments, mask, offset):
                 self.trace_count += 1
                 lanes = mask.shape[0]
                 rows = lanes if segments is None else segments.shape[0]
                 gathered = [read_rows(fwd_bufs[s], idx, rows) for s, idx in zip(fwd_src, slots)]
                 ct_out = mask_rows(read_rows(ct_bufs[0], offset, lanes), mask)
                 live = lanes_with_cotangent(mask, ct_out) if isolate else None  # the others add exact zeros
-                _, pullback = jax.vjp(lambda p, g: combine(op, p, payload, g, segments, mask, live), params, gathered)
+                _, pullback = jax.vjp(
+                    lambda p, g: combine(op, p, payload, g, segments, mask, live, rng), params, gathered
+                )
                 g_params, g_operands = pullback(ct_out)
                 if live is not None:
                     g_params = zero_unless(jnp.any(live), g_params)
@@ -299,28 +301,37 @@ class StepwiseEngine(Engine):
                     ct_bufs[s] = add_rows(ct_bufs[s], idx, g)
                 return grad_acc, tuple(ct_bufs)
 
-            fn = self._bwd[key] = jax.jit(backward, donate_argnums=(1, 2))
+            fn = self._bwd[key] = jax.jit(backward, donate_argnums=(2, 3))
         return fn, fwd_read, ct_touch
 
     # ------------------------------------------------------------------ execution
-    def _forward(self, plan: ExecutionPlan, params: PyTree) -> tuple:
+    def _forward(self, plan: ExecutionPlan, params: PyTree, rng: Any = None) -> tuple:
         bufs = [zero_buffer(sig, cap) for sig, cap in zip(plan.signatures, plan.capacities)]
         for step in plan.steps:
             fn, read = self._forward_step(step)
+            op = self.ops[step.op]
             bufs[step.out_buffer] = fn(
-                self.ops[step.op].select_params(params),
+                op.select_params(params),
+                rng if op.stochastic else None,
                 bufs[step.out_buffer],
                 tuple(bufs[b] for b in read),
                 *step.index_args,
             )
         return tuple(bufs)
 
-    def _forward_saving(self, plan: ExecutionPlan, params: PyTree) -> tuple[tuple, Any]:
+    def _forward_saving(self, plan: ExecutionPlan, params: PyTree, rng: Any = None) -> tuple[tuple, Any]:
         """The buffers and what the backward pass may reuse (here nothing: it recomputes each batch)."""
-        return self._forward(plan, params), None
+        return self._forward(plan, params, rng), None
 
     def _backward(
-        self, plan: ExecutionPlan, params: PyTree, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None
+        self,
+        plan: ExecutionPlan,
+        params: PyTree,
+        bufs: tuple,
+        ct_bufs: tuple,
+        owned: bool = False,
+        saved: Any = None,
+        rng: Any = None,
     ) -> PyTree:
         """Gradient w.r.t. ``params`` of a plan's run, given one cotangent per buffer (``None``: zero).
 
@@ -342,6 +353,7 @@ class StepwiseEngine(Engine):
             fn, fwd_read, ct_touch = self._backward_step(step)
             grads[op.params_key], touched = fn(
                 sub,
+                rng if op.stochastic else None,
                 acc,
                 tuple(ct_bufs[b] for b in ct_touch),
                 tuple(bufs[b] for b in fwd_read),
@@ -351,7 +363,9 @@ class StepwiseEngine(Engine):
                 ct_bufs[b] = c
         return assemble_grads(params, grads)
 
-    def precompile(self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None) -> int:
+    def precompile(
+        self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None, rng: Any = None
+    ) -> int:
         """:meth:`Engine.precompile <edbatch_jax.engine.base.Engine.precompile>`: every batch's forward step
         (and, for training, backward step) at the plan's capacities.
 
@@ -363,20 +377,23 @@ class StepwiseEngine(Engine):
           params: the parameter pytree the plan will run with (concrete arrays).
           plan: a plan of this engine.
           cotangents: ``None`` for inference, else one bool per state buffer.
+          rng: a step key, for runs with one (stochastic ops), or ``None``.
 
         Returns:
           The number of programs compiled by this call.
         """
         check_cotangents(plan, cotangents)
+        rng = self._step_key(rng)
         bufs = buffer_structs(plan)
         for sig, cap in zip(plan.signatures, plan.capacities):  # the fills a run makes (eager: a program per shape)
             zero_buffer(sig, cap)
         compiled = 0
         for step in plan.steps:
-            sub = self.ops[step.op].select_params(params)
+            op = self.ops[step.op]
+            sub, r = op.select_params(params), rng if op.stochastic else None
             fn, read = self._forward_step(step)
             compiled += compile_once(
-                self._compiled, fn, sub, bufs[step.out_buffer], tuple(bufs[b] for b in read), *step.index_args
+                self._compiled, fn, sub, r, bufs[step.out_buffer], tuple(bufs[b] for b in read), *step.index_args
             )
             if cotangents is not None:
                 fn, fwd_read, ct_touch = self._backward_step(step)
@@ -384,6 +401,7 @@ class StepwiseEngine(Engine):
                     self._compiled,
                     fn,
                     sub,
+                    r,
                     sub,
                     tuple(bufs[b] for b in ct_touch),
                     tuple(bufs[b] for b in fwd_read),
@@ -426,6 +444,8 @@ def run(
     schedule: Schedule,
     outputs: Sequence[int] | np.ndarray | None = None,
     layout: LayoutPlan | Literal["gather"] | None = None,
+    *,
+    rng: Any = None,
 ) -> PyTree:
     """Batched execution of ``schedule``; see :meth:`Engine.run <edbatch_jax.engine.base.Engine.run>`.
 
@@ -442,8 +462,9 @@ def run(
       schedule: a valid schedule of ``graph``.
       outputs: node ids (int ``[K]``) of one state structure; ``None``: every node.
       layout: ``None``, ``"gather"`` or a :class:`~edbatch_jax.layout.LayoutPlan`.
+      rng: the step key of stochastic ops, or ``None`` (deterministic).
 
     Returns:
       The states of ``outputs``, leaves ``[K, ...]``.
     """
-    return engine_for(ops).run(params, graph, schedule, outputs, layout)
+    return engine_for(ops).run(params, graph, schedule, outputs, layout, rng=rng)

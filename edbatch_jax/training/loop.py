@@ -396,7 +396,8 @@ def train(
         ]
         trainer = ShardedTrainer(engines, params, optimizer, shard_devices(config.shards))
     else:
-        trainer = Trainer(engine, params, optimizer)
+        # step keys of the stochastic ops (dropout): fold_in(key, step), so a run (and a resumed one) is reproducible
+        trainer = Trainer(engine, params, optimizer, rng=jax.random.fold_in(jax.random.PRNGKey(config.seed), 1))
     step, resumed_from = 0, None
     manager = _checkpointer(config.checkpoint_dir) if config.checkpoint_dir else None
     if resume and manager is not None and manager.latest_step() is not None:
@@ -410,6 +411,8 @@ def train(
         uncommitted = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
         trainer.params, trainer.opt_state = uncommitted(state["params"]), uncommitted(state["opt_state"])
         step = resumed_from = int(state["step"])
+    if isinstance(trainer, Trainer):
+        trainer.steps = step  # the next step's key
 
     def save(at: int) -> None:
         if manager is None or manager.latest_step() == at:

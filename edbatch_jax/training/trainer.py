@@ -82,7 +82,7 @@ def _loss_grad(bufs: tuple, which: int, idx, mask, count):
 
 
 def loss_and_grads(
-    engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None
+    engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None, rng: jax.Array | None = None
 ) -> tuple[jax.Array, PyTree]:
     """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
 
@@ -100,13 +100,15 @@ def loss_and_grads(
       count: the divisor of the summed loss (default: ``batch``'s instances;
         a shard of a larger mini-batch passes the mini-batch's instances, so
         that the shards' losses and gradients add up to the whole one's).
+      rng: the step key of stochastic ops (dropout), or ``None``
+        (deterministic).
 
     Returns:
       ``(loss, grads)``: an f32 scalar and a pytree like ``params``.
     """
     plan = engine.plan(params, batch.graph, batch.schedule, batch.layout)
     which, args = _loss_args(plan, batch, count)
-    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args))
+    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args), rng=rng)
 
 
 def _loss_args(plan, batch: MiniBatch, count: int | None) -> tuple[int, tuple]:
@@ -139,13 +141,33 @@ class Trainer:
     backward program) and applies one jitted optax update.
     The trainer owns ``params``: updates donate the previous arrays, so keep a
     copy (``jax.tree.map(jnp.copy, params)``) if you need the initial values.
+
+    Args:
+      engine: the engine running the mini-batches.
+      params: the initial parameters.
+      optimizer: an optax optimizer.
+      rng: a PRNG key for the stochastic ops (dropout): step ``i`` (counted
+        from 0 by :attr:`steps`) runs with the step key ``fold_in(rng, i)``,
+        so a run is reproducible from it; evaluation runs deterministic (no
+        key). ``None``: training is deterministic too.
+
+    Attributes:
+      steps: optimisation steps taken (the next step's key index).
     """
 
-    def __init__(self, engine: Engine, params: PyTree, optimizer: optax.GradientTransformation):
+    def __init__(
+        self,
+        engine: Engine,
+        params: PyTree,
+        optimizer: optax.GradientTransformation,
+        rng: jax.Array | None = None,
+    ):
         self.engine = engine
         self.params = params
         self.optimizer = optimizer
         self.opt_state = optimizer.init(params)
+        self.rng = rng
+        self.steps = 0
 
         def update(grads, opt_state, params):
             updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -154,9 +176,14 @@ class Trainer:
         self._update = jax.jit(update, donate_argnums=(1, 2))
         self._compiled: set = set()  # programs compiled ahead of time (precompile)
 
+    def step_key(self, step: int) -> jax.Array | None:
+        """The step key of step ``step`` (``fold_in(rng, step)``), or ``None`` without ``rng``."""
+        return None if self.rng is None else jax.random.fold_in(self.rng, step)
+
     def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
-        """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params`` (:func:`loss_and_grads`)."""
-        return loss_and_grads(self.engine, params, batch)
+        """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params`` (:func:`loss_and_grads`), with
+        the next step's key."""
+        return loss_and_grads(self.engine, params, batch, rng=self.step_key(self.steps))
 
     def prepare(self, batch: MiniBatch) -> MiniBatch:
         """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""
@@ -186,7 +213,8 @@ class Trainer:
         compiled = 0
         for batch, plan in zip(batches, plans):
             which, args = _loss_args(plan, batch, None)
-            compiled += self.engine.precompile(self.params, plan, [b == which for b in range(len(plan.signatures))])
+            cotangents = [b == which for b in range(len(plan.signatures))]
+            compiled += self.engine.precompile(self.params, plan, cotangents, rng=self.step_key(0))
             compiled += compile_once(self._compiled, _loss_grad, buffer_structs(plan), which, *args, tag=which)
         return compiled + compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
 
@@ -194,6 +222,7 @@ class Trainer:
         """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""
         loss, grads = self.loss_and_grads(self.params, batch)
         self.params, self.opt_state = self._update(grads, self.opt_state, self.params)
+        self.steps += 1
         return float(loss)
 
     def evaluate(self, batches: Sequence[MiniBatch]) -> dict:

@@ -277,6 +277,7 @@ def load_workload(
     num_held_out: int = 1024,
     embed: int | None = None,
     vocab_size: int | None = 5000,
+    dropout: float = 0.0,
 ) -> Workload:
     """Loads a bundled workload.
 
@@ -291,10 +292,15 @@ def load_workload(
         for GloVe 840B vectors beside a hidden size of 150.
       vocab_size: the SST vocabulary's size, the unknown token included (the
         most frequent training words); ``None``: every training word.
+      dropout: dropout rate of the models that have it (``treelstm``,
+        ``childsum_treelstm``: leaf embeddings and classifier input), in
+        training steps given a PRNG key; others refuse a rate above 0.
     """
     spec = _spec(name)
     if name in ("treelstm", "treegru", "mvrnn", "double_treelstm", "childsum_treelstm"):
-        return _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed or hidden, vocab_size)
+        return _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed or hidden, vocab_size, dropout)
+    if dropout:
+        raise ValueError(f"{name} has no dropout (only treelstm and childsum_treelstm have); got dropout={dropout}")
     if name in ("bilstm_tagger", "chain_lstm"):
         return _load_sentences(name, spec, data, hidden, seed, num_train, num_held_out)
     if name.startswith("grid_") or name in ("random_dag", "binary_tree"):
@@ -315,7 +321,7 @@ def load_workload(
     return Workload(name, model, train, held, model.batch_graph, spec.batch_size, source)
 
 
-def _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed, vocab_size) -> Workload:
+def _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed, vocab_size, dropout) -> Workload:
     """An SST workload: train, dev and test trees (``held_out``: dev, then test), root sentiment metrics.
 
     ``childsum_treelstm`` reads the same trees as n-ary ones
@@ -362,7 +368,7 @@ def _load_sst(name, spec, data, hidden, seed, num_train, num_held_out, embed, vo
         "double_treelstm": DoubleTreeLSTM,
         "childsum_treelstm": ChildSumTreeLSTM,
     }[name]
-    model = cls(vocab_size=len(vocab), hidden=hidden, embed=embed)
+    model = cls(vocab_size=len(vocab), hidden=hidden, embed=embed, dropout=dropout)
     return Workload(
         name,
         model,

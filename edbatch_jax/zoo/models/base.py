@@ -85,6 +85,10 @@ class CellSpec:
       edge: whether the cell's ``edge(payload, operand_state)`` method (Linen
         and NNX alike) is its op's per-argument computation (then
         ``operands`` holds the one argument state it is initialised with).
+      stochastic: whether the cell draws random numbers (dropout): its
+        ``__call__`` takes a PRNG ``key`` keyword (``None``: deterministic),
+        which the engine derives per node
+        (:class:`~edbatch_jax.engine.ops.Op`'s ``stochastic``).
       payload_bounds: the number of rows the payload id indexes (a
         vocabulary or class count), checked at plan time
         (:class:`~edbatch_jax.engine.ops.Op`'s ``payload_bounds``); ``None``
@@ -99,6 +103,7 @@ class CellSpec:
     aggregate: str | None = None
     payload_bounds: int | None = None
     edge: bool = False
+    stochastic: bool = False
 
     def init_params(self, rng: jax.Array) -> dict:
         """The Linen cell's parameters, initialised with :meth:`example_inputs` (through ``edge`` first for an
@@ -154,7 +159,7 @@ class CellModel(abc.ABC):
         table = self.cell_table()
         ops = {
             name: dataclasses.replace(
-                linen_op(s.linen, name, arity=s.arity, aggregate=s.aggregate, edge=s.edge),
+                linen_op(s.linen, name, arity=s.arity, aggregate=s.aggregate, edge=s.edge, stochastic=s.stochastic),
                 payload_bounds=s.payload_bounds,
             )
             for name, s in table.items()
@@ -217,9 +222,19 @@ class SSTTreeModel(EmbeddingModel):
       hidden: hidden size H (default 128, as in the reference benchmark).
       embed: embedding size E (default 128).
       num_classes: sentiment classes (5 for SST).
+      dropout: dropout rate of the leaves' embeddings and of the classifier's
+        input, in training steps given a PRNG key (0: none); models whose
+        cells have no dropout refuse a rate above 0.
     """
 
     num_classes: int = 5
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dropout and not any(spec.stochastic for spec in self.cell_table().values()):
+            raise ValueError(f"{type(self).__name__} has no dropout; its cells are deterministic")
 
     op_types = ("leaf", "internal", "loss")
 

@@ -64,6 +64,7 @@ __all__ = [
     "lstm_arc_spec",
     "lstm_spec",
     "lstm_step",
+    "dropout",
     "tree_internal_spec",
     "tree_leaf_spec",
 ]
@@ -74,9 +75,20 @@ __all__ = [
 # ---------------------------------------------------------------------------
 
 
-def leaf_lstm(embed, iou, word):
-    """Tree-LSTM leaf equations, given the layers ``embed`` and ``iou`` (to ``3H``): ``{"h", "c"}`` f32 ``[H]``."""
-    i, o, u = jnp.split(iou(embed(word)), 3, axis=-1)
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout of ``x`` (f32, any shape) at ``rate`` with PRNG ``key``; ``x`` itself when ``key`` is
+    ``None`` or ``rate`` is 0 (deterministic: evaluation). Jittable."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def leaf_lstm(embed, iou, word, rate: float = 0.0, key: jax.Array | None = None):
+    """Tree-LSTM leaf equations, given the layers ``embed`` and ``iou`` (to ``3H``): ``{"h", "c"}`` f32 ``[H]``.
+
+    ``rate``, ``key``: dropout of the embedding (:func:`dropout`)."""
+    i, o, u = jnp.split(iou(dropout(embed(word), rate, key)), 3, axis=-1)
     c = jax.nn.sigmoid(i) * jnp.tanh(u)
     return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
 
@@ -90,9 +102,10 @@ def internal_lstm(iou, f_left, f_right, left, right):
     return {"h": jax.nn.sigmoid(o) * jnp.tanh(c), "c": c}
 
 
-def classify(out, label, h):
-    """``{"loss": f32[], "logits": f32[C]}`` of the output layer ``out`` on features ``h`` and an int32 label."""
-    logits = out(h)
+def classify(out, label, h, rate: float = 0.0, key: jax.Array | None = None):
+    """``{"loss": f32[], "logits": f32[C]}`` of the output layer ``out`` on features ``h`` and an int32 label
+    (``rate``, ``key``: dropout of ``h``, :func:`dropout`)."""
+    logits = out(dropout(h, rate, key))
     return {"loss": optax.softmax_cross_entropy_with_integer_labels(logits, label), "logits": logits}
 
 
@@ -114,16 +127,22 @@ def _features(state) -> jax.Array:
 
 
 class LeafCell(nn.Module):
-    """Preterminal cell: word id (int32 scalar) -> ``{"h", "c"}`` (f32 [H] each)."""
+    """Preterminal cell: word id (int32 scalar) -> ``{"h", "c"}`` (f32 [H] each); ``dropout`` on the embedding
+    when called with a PRNG ``key``."""
 
     vocab_size: int
     embed: int
     hidden: int
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, word):
+    def __call__(self, word, key=None):
         return leaf_lstm(
-            nn.Embed(self.vocab_size, self.embed, name="embed"), nn.Dense(3 * self.hidden, name="iou"), word
+            nn.Embed(self.vocab_size, self.embed, name="embed"),
+            nn.Dense(3 * self.hidden, name="iou"),
+            word,
+            self.dropout,
+            key,
         )
 
 
@@ -142,13 +161,15 @@ class InternalCell(nn.Module):
 
 
 class LossCell(nn.Module):
-    """Per-node classifier: label (int32 scalar), state -> ``{"loss": f32[], "logits": f32[C]}``."""
+    """Per-node classifier: label (int32 scalar), state -> ``{"loss": f32[], "logits": f32[C]}``; ``dropout``
+    on ``h`` when called with a PRNG ``key``."""
 
     num_classes: int = 5
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, label, state):
-        return classify(nn.Dense(self.num_classes, name="out"), label, state["h"])
+    def __call__(self, label, state, key=None):
+        return classify(nn.Dense(self.num_classes, name="out"), label, state["h"], self.dropout, key)
 
 
 class InitCell(nn.Module):
@@ -215,12 +236,13 @@ class LSTMCell(nn.Module):
 class NNXLeafCell(nnx.Module):
     """:class:`LeafCell` in ``flax.nnx``; the same parameter names."""
 
-    def __init__(self, vocab_size: int, embed: int, hidden: int, *, rngs: nnx.Rngs):
+    def __init__(self, vocab_size: int, embed: int, hidden: int, *, dropout: float = 0.0, rngs: nnx.Rngs):
         self.embed = nnx.Embed(vocab_size, embed, rngs=rngs)
         self.iou = nnx.Linear(embed, 3 * hidden, rngs=rngs)
+        self.dropout = dropout
 
-    def __call__(self, word):
-        return leaf_lstm(self.embed, self.iou, word)
+    def __call__(self, word, key=None):
+        return leaf_lstm(self.embed, self.iou, word, self.dropout, key)
 
 
 class NNXInternalCell(nnx.Module):
@@ -239,12 +261,13 @@ class NNXInternalCell(nnx.Module):
 class NNXLossCell(nnx.Module):
     """:class:`LossCell` in ``flax.nnx`` (reads ``state["h"]``, or ``state[key]``); the same parameter names."""
 
-    def __init__(self, hidden: int, num_classes: int = 5, *, key: str = "h", rngs: nnx.Rngs):
+    def __init__(self, hidden: int, num_classes: int = 5, *, key: str = "h", dropout: float = 0.0, rngs: nnx.Rngs):
         self.out = nnx.Linear(hidden, num_classes, rngs=rngs)
         self.key = key
+        self.dropout = dropout
 
-    def __call__(self, label, state):
-        return classify(self.out, label, state[self.key])
+    def __call__(self, label, state, key=None):
+        return classify(self.out, label, state[self.key], self.dropout, key)
 
 
 class NNXInitCell(nnx.Module):
@@ -300,12 +323,13 @@ class NNXLSTMCell(nnx.Module):
 # ---------------------------------------------------------------------------
 
 
-def tree_leaf_spec(vocab_size: int, embed: int, hidden: int) -> CellSpec:
-    """:class:`LeafCell` / :class:`NNXLeafCell`: payload the word id, no operands."""
+def tree_leaf_spec(vocab_size: int, embed: int, hidden: int, dropout: float = 0.0) -> CellSpec:
+    """:class:`LeafCell` / :class:`NNXLeafCell`: payload the word id, no operands; stochastic with ``dropout``."""
     return CellSpec(
-        LeafCell(vocab_size, embed, hidden),
-        lambda rngs: NNXLeafCell(vocab_size, embed, hidden, rngs=rngs),
+        LeafCell(vocab_size, embed, hidden, dropout),
+        lambda rngs: NNXLeafCell(vocab_size, embed, hidden, dropout=dropout, rngs=rngs),
         payload_bounds=vocab_size,
+        stochastic=dropout > 0,
     )
 
 
@@ -317,13 +341,15 @@ def tree_internal_spec(hidden: int) -> CellSpec:
     )
 
 
-def classifier_spec(hidden: int, num_classes: int) -> CellSpec:
-    """:class:`LossCell` / :class:`NNXLossCell` of ``num_classes`` on a state's ``h`` f32 ``[H]``; payload the label."""
+def classifier_spec(hidden: int, num_classes: int, dropout: float = 0.0) -> CellSpec:
+    """:class:`LossCell` / :class:`NNXLossCell` of ``num_classes`` on a state's ``h`` f32 ``[H]``; payload the label;
+    stochastic with ``dropout`` (on ``h``)."""
     return CellSpec(
-        LossCell(num_classes),
-        lambda rngs: NNXLossCell(hidden, num_classes, rngs=rngs),
+        LossCell(num_classes, dropout),
+        lambda rngs: NNXLossCell(hidden, num_classes, dropout=dropout, rngs=rngs),
         operands=(hidden_state(hidden),),
         payload_bounds=num_classes,
+        stochastic=dropout > 0,
     )
 
 

@@ -136,11 +136,17 @@ class ChildSumTreeLSTM(EmbeddingModel):
     """The Child-Sum Tree-LSTM sentiment classifier of n-ary trees: cells, ops, init, graph construction.
 
     Attributes: ``vocab_size``, ``hidden``, ``embed`` (those of
-    :class:`~edbatch_jax.zoo.models.base.EmbeddingModel`) and
-    ``num_classes`` (5).
+    :class:`~edbatch_jax.zoo.models.base.EmbeddingModel`), ``num_classes``
+    (5) and ``dropout`` (of the leaves' embeddings and the classifier's
+    input, in training steps given a PRNG key).
     """
 
     num_classes: int = 5
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     op_types = ("leaf", "node", "loss")
 
@@ -148,7 +154,7 @@ class ChildSumTreeLSTM(EmbeddingModel):
         """Op type name -> cell: the leaf cell, the Child-Sum node cell (sums per-child messages), the classifier."""
         state = lstm_state(self.hidden)
         return {
-            "leaf": tree_leaf_spec(self.vocab_size, self.embed, self.hidden),
+            "leaf": tree_leaf_spec(self.vocab_size, self.embed, self.hidden, self.dropout),
             "node": CellSpec(
                 ChildSumCell(self.hidden),
                 lambda rngs: NNXChildSumCell(self.hidden, rngs=rngs),
@@ -157,7 +163,7 @@ class ChildSumTreeLSTM(EmbeddingModel):
                 aggregate="sum",
                 edge=True,
             ),
-            "loss": classifier_spec(self.hidden, self.num_classes),
+            "loss": classifier_spec(self.hidden, self.num_classes, self.dropout),
         }
 
     def batch_graph(self, trees: Sequence[NaryTree], vocab: Vocabulary) -> Graph:

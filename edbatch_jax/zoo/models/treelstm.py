@@ -58,14 +58,14 @@ __all__ = [
 class TreeLSTM(SSTTreeModel):
     """The model: its cells, their ops, parameter init, and graph construction.
 
-    Attributes: ``vocab_size``, ``hidden``, ``embed``, ``num_classes``, those of
-    :class:`~edbatch_jax.zoo.models.base.SSTTreeModel`.
+    Attributes: ``vocab_size``, ``hidden``, ``embed``, ``num_classes``, ``dropout`` (of the leaves' embeddings
+    and the classifier's input), those of :class:`~edbatch_jax.zoo.models.base.SSTTreeModel`.
     """
 
     def cell_table(self) -> dict[str, CellSpec]:
         """Op type name -> cell: the Tree-LSTM leaf and internal cells and the classifier."""
         return {
-            "leaf": tree_leaf_spec(self.vocab_size, self.embed, self.hidden),
+            "leaf": tree_leaf_spec(self.vocab_size, self.embed, self.hidden, self.dropout),
             "internal": tree_internal_spec(self.hidden),
-            "loss": classifier_spec(self.hidden, self.num_classes),
+            "loss": classifier_spec(self.hidden, self.num_classes, self.dropout),
         }
