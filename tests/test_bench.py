@@ -237,3 +237,30 @@ def test_the_harness_counts_xla_compilations_not_only_traces():
     assert _xla_compiles() == before + 1
     fn(jax.device_put(np.arange(5.0), jax.devices()[0]))  # committed: XLA compiles again, nothing is traced again
     assert _xla_compiles() == before + 2
+
+
+def test_bench_runs_a_model_with_dropout_in_both_engines():
+    """Stochastic ops (dropout) through every phase the harness times, the engine's uncached plan included."""
+    from edbatch_jax.apps.bench import run_benchmarks
+    from edbatch_jax.zoo.workloads import load_workload
+
+    work = load_workload("childsum_treelstm", hidden=8, num_train=16, num_held_out=4, dropout=0.5)
+    res = run_benchmarks(
+        work,
+        ["agenda"],
+        ["dynet"],
+        ["infer", "train"],
+        batch_size=4,
+        num_batches=1,
+        warmup=1,
+        engines=["fused", "stepwise"],
+        max_lanes=8,
+        rounds=1,
+    )
+    assert sorted((r.engine, r.mode) for r in res) == [
+        ("fused", "infer"),
+        ("fused", "train"),
+        ("stepwise", "infer"),
+        ("stepwise", "train"),
+    ]
+    assert all(r.compiles_after_warmup == 0 and r.instances_per_s > 0 for r in res)

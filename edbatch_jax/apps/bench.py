@@ -293,7 +293,7 @@ class _Config:
             for ms in mbs:
                 for engine, device, m in zip(self.engines, self.devices, ms):
                     with jax.default_device(device):
-                        engine._build_plan(self.params[0], signature, m.graph, m.schedule, m.layout)
+                        engine._new_plan(self.params[0], signature, m.graph, m.schedule, m.layout)
         self.engine_plan_ms.append((time.perf_counter() - t0) / len(mbs) * 1e3)
         before = _xla_compiles()
         t0 = time.perf_counter()

@@ -285,9 +285,7 @@ class Engine(abc.ABC):
         try:
             if checks:
                 check_payload_bounds(graph, self.ops)
-            # stochastic ops: their nodes' identities ride in their payloads (engine/randomness.py)
-            run_graph = with_node_identity(graph, stochastic_types(graph, self.ops))
-            plan = self._build_plan(params, params_sig, run_graph, schedule, layout)
+            plan = self._new_plan(params, params_sig, graph, schedule, layout)
         except BaseException:
             self._restore(saved)  # no half-registered op types, capacities or tables survive a failed plan
             raise
@@ -314,6 +312,20 @@ class Engine(abc.ABC):
                 obj.clear()
                 obj.update(copy)
             setattr(self, k, obj)
+
+    def _new_plan(
+        self,
+        params: PyTree,
+        params_sig: tuple,
+        graph: Graph,
+        schedule: Schedule,
+        layout: LayoutPlan | Literal["gather"] | None,
+    ) -> ExecutionPlan:
+        """A new plan of ``graph`` (no cache, no input checks: :meth:`plan` makes those; the benchmark harness
+        times this): the graph with the node identities of stochastic ops in their payloads
+        (:func:`~edbatch_jax.engine.randomness.with_node_identity`), planned by :meth:`_build_plan`."""
+        run_graph = with_node_identity(graph, stochastic_types(graph, self.ops))
+        return self._build_plan(params, params_sig, run_graph, schedule, layout)
 
     @abc.abstractmethod
     def _build_plan(
