@@ -13,6 +13,7 @@ import pytest
 
 import edbatch_jax.training.loop as loop
 from edbatch_jax.apps.cli import main
+from edbatch_jax.engine.checks import NonFiniteError
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.training import make_engine, make_minibatch
 from edbatch_jax.training.loop import TrainConfig, TrainConfigError, evaluate_nodes, make_optimizer, train
@@ -278,3 +279,31 @@ def test_train_command_reports_dev_and_test_root_accuracy_with_the_recipe_option
     bad.write_text("good 1 2 3 4\nbad 1 2 3\n")
     with pytest.raises(SystemExit, match=r"bad\.txt:2: 3 values, expected 4"):
         main([*argv[: argv.index("--embeddings") + 1], str(bad), "--steps", "1", "--quiet"])
+
+
+def test_debug_checks_stop_a_run_at_the_first_non_finite_state(work):
+    """``TrainConfig(debug_checks=True)``: NaN embeddings are named by node, op type and instance."""
+    import jax
+
+    class NaNEmbeddings:  # the workload, its initial embedding table all NaN
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def initial_params(self, rng, embeddings=None):
+            params, report = self._inner.initial_params(rng, embeddings)
+            leaf = dict(params["leaf"])
+            leaf["embed"] = jax.tree.map(lambda a: a * np.nan, leaf["embed"])
+            return {**params, "leaf": leaf}, report
+
+    cfg = TrainConfig(steps=1, batch_size=4, eval_batches=1, precompile=False, debug_checks=True, test=False)
+    with pytest.raises(NonFiniteError, match=r"node \d+ \(op 'leaf', instance \d+\)"):
+        train(NaNEmbeddings(work), cfg)
+
+
+def test_sharded_training_of_a_model_with_dropout_is_refused(work):
+    dropped = dataclasses.replace(work, model=dataclasses.replace(work.model, dropout=0.5))
+    with pytest.raises(TrainConfigError, match="dropout"):
+        train(dropped, TrainConfig(steps=1, batch_size=4, shards=2, precompile=False))

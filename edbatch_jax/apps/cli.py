@@ -468,6 +468,7 @@ def train_command(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         patience=args.patience,
         embeddings=args.embeddings,
+        debug_checks=args.debug_checks,
     )
     try:
         config.check()
@@ -796,6 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument(
         "--optimizer", default="adam", choices=["adagrad", "adam", "sgd"], help="the optax optimizer (default adam)"
+    )
+    tp.add_argument(
+        "--debug-checks",
+        action="store_true",
+        help="the engine's debug checks: a NaN or inf state stops the run naming its node, op type and instance, "
+        "a non-finite gradient naming its parameter (slower: states are read back every step)",
     )
     tp.add_argument(
         "--dropout",

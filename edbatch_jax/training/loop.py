@@ -173,6 +173,11 @@ class TrainConfig:
         model's embedding table (:meth:`TrainingWorkload.initial_params`).
       test: evaluate the workload's test split at the end, with the
         parameters of the best dev evaluation.
+      debug_checks: run the engines with their debug checks
+        (:class:`~edbatch_jax.Engine`'s ``checks``): a non-finite state
+        stops the run naming the first node (op type, instance) in
+        schedule order, a non-finite gradient naming its parameter; every
+        step reads the states back to the host, so slower.
     """
 
     steps: int = 200
@@ -196,6 +201,7 @@ class TrainConfig:
     patience: int | None = None
     embeddings: str | None = None
     test: bool = True
+    debug_checks: bool = False
 
     def check(self) -> None:
         """Raises :class:`TrainConfigError` naming the first setting out of range."""
@@ -387,12 +393,20 @@ def train(
             0.0, config.lr, max(1, min(config.warmup_steps, total // 2)), max(total, 2)
         )
     optimizer = make_optimizer(config.optimizer, schedule, config.weight_decay)
+    if config.shards > 1 and any(op.stochastic for op in work.model.ops.values()):
+        raise TrainConfigError(
+            "shards > 1 with a stochastic model (dropout): sharded steps do not draw per-node keys yet, so dropout "
+            "would be silently off; train on one device, or without dropout"
+        )
     # every mini-batch's execution plan stays cached: epochs after the first do no host planning at all
-    engine = make_engine(config.engine, work.model.ops, plan_cache_size=per_epoch + len(dev) + len(test))
+    engine = make_engine(
+        config.engine, work.model.ops, plan_cache_size=per_epoch + len(dev) + len(test), checks=config.debug_checks
+    )
     params, embeddings = work.initial_params(jax.random.PRNGKey(config.seed), config.embeddings)
     if config.shards > 1:  # the first device's engine also evaluates
         engines = [engine] + [
-            make_engine(config.engine, work.model.ops, plan_cache_size=per_epoch) for _ in range(config.shards - 1)
+            make_engine(config.engine, work.model.ops, plan_cache_size=per_epoch, checks=config.debug_checks)
+            for _ in range(config.shards - 1)
         ]
         trainer = ShardedTrainer(engines, params, optimizer, shard_devices(config.shards))
     else:

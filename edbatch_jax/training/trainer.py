@@ -47,9 +47,11 @@ backward program recomputes each chunk); ``stepwise``:
 :class:`edbatch_jax.StepwiseEngine`, one jitted call per batch."""
 
 
-def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16) -> Engine:
+def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16, checks: bool = False) -> Engine:
     """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk;
-    ``plan_cache_size``: execution plans kept (one per mini-batch in use)."""
+    ``plan_cache_size``: execution plans kept (one per mini-batch in use); ``checks``: the engine's debug
+    checks (non-finite states and gradients named by node, rows outside their buffers; see
+    :class:`~edbatch_jax.Engine`)."""
     if name in ENGINES and name.startswith("fused"):
         kwargs = {"save_residuals": None} if name.endswith("_recompute") else {}
         return FusedEngine(
@@ -57,10 +59,11 @@ def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16)
             max_lanes=max_lanes,
             plan_cache_size=plan_cache_size,
             fine_lanes=name.startswith("fused_fine"),
+            checks=checks,
             **kwargs,
         )
     if name == "stepwise":
-        return StepwiseEngine(ops, plan_cache_size=plan_cache_size)
+        return StepwiseEngine(ops, plan_cache_size=plan_cache_size, checks=checks)
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
 
 
