@@ -239,7 +239,7 @@ def test_the_harness_counts_xla_compilations_not_only_traces():
     assert _xla_compiles() == before + 2
 
 
-def test_bench_runs_a_model_with_dropout_in_both_engines():
+def test_bench_runs_a_model_with_dropout_through_every_timed_phase():
     """Stochastic ops (dropout) through every phase the harness times, the engine's uncached plan included
     (both engines plan through Engine._new_plan; the fused one is measured here)."""
     from edbatch_jax.apps.bench import run_benchmarks
