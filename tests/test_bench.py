@@ -241,7 +241,10 @@ def test_the_harness_counts_xla_compilations_not_only_traces():
 
 def test_bench_runs_a_model_with_dropout_through_every_timed_phase():
     """Stochastic ops (dropout) through every phase the harness times, the engine's uncached plan included
-    (both engines plan through Engine._new_plan; the fused one is measured here)."""
+    (both engines plan through Engine._new_plan; the fused one is measured here); sharded training of such a
+    model is refused rather than measured without dropout."""
+    import pytest
+
     from edbatch_jax.apps.bench import run_benchmarks
     from edbatch_jax.zoo.workloads import load_workload
 
@@ -260,3 +263,5 @@ def test_bench_runs_a_model_with_dropout_through_every_timed_phase():
     )
     assert sorted((r.engine, r.mode) for r in res) == [("fused", "infer"), ("fused", "train")]
     assert all(r.compiles_after_warmup == 0 and r.instances_per_s > 0 for r in res)
+    with pytest.raises(ValueError, match="dropout would be silently off"):
+        run_benchmarks(work, ["agenda"], ["dynet"], ["train"], batch_size=4, shards=(1, 2))

@@ -489,6 +489,11 @@ def run_benchmarks(
         raise ValueError(f"checks must be 'on' and/or 'off', got {list(checks)}")
     check_modes = [c == "on" for c in dict.fromkeys(checks)]
     shard_devices(shards[-1])  # enough devices, or a clear error before anything runs
+    if "train" in modes and shards[-1] > 1 and any(op.stochastic for op in work.model.ops.values()):
+        raise ValueError(
+            "training over shards of a stochastic model (dropout): sharded steps draw no per-node keys yet, so "
+            "dropout would be silently off; measure it on one device (shards 1)"
+        )
     say = progress or (lambda s: None)
     model = work.model
     params0 = model.init(jax.random.PRNGKey(seed))
