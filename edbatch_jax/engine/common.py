@@ -297,7 +297,7 @@ def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segment
             edge_payload, x = guard_lanes((edge_payload, x), real & live[lane])
         x = jax.vmap(lambda p, o: op.edge(params, p, o))(edge_payload, x)
     count = jax.ops.segment_sum(real.astype(jnp.float32), segments, num_segments=lanes)
-    shape = lambda a, v: v.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)
+    per_row = lambda v, a: v.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)  # [R] against a leaf [R, ...]
     if op.aggregate == "softmax":
         score, value = x
         top = jax.ops.segment_max(jax.lax.stop_gradient(score), segments, num_segments=lanes)
@@ -306,8 +306,8 @@ def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segment
         total = jax.ops.segment_sum(weight, segments, num_segments=lanes)
         agg = jax.tree.map(
             lambda a: (
-                jax.ops.segment_sum(a * shape(a, weight), segments, num_segments=lanes)
-                / shape(a, jnp.where(total > 0, total, jnp.ones_like(total)))
+                jax.ops.segment_sum(a * per_row(weight, a), segments, num_segments=lanes)
+                / per_row(jnp.where(total > 0, total, jnp.ones_like(total)), a)
             ),
             value,
         )
@@ -316,10 +316,8 @@ def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segment
     else:
         agg = jax.tree.map(lambda a: jax.ops.segment_sum(a, segments, num_segments=lanes), x)
         if op.aggregate == "mean":
-            agg = jax.tree.map(lambda a: a / shape(a, jnp.maximum(count, 1)), agg)
-    # empty (padding) lanes: keep them finite so that masked gradients stay exact
-    some = count > 0
-    return jax.tree.map(lambda a: jnp.where(some.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), agg)
+            agg = jax.tree.map(lambda a: a / per_row(jnp.maximum(count, 1), a), agg)
+    return mask_rows(agg, count > 0)  # empty (padding) lanes: keep them finite so that masked gradients stay exact
 
 
 # ------------------------------------------------------------------ lanes that must not poison gradients

@@ -6,7 +6,7 @@ when one of these names is first used).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flax import nnx
@@ -27,6 +27,36 @@ def _edge_method(module, edge: bool | str) -> str | None:
             f"{method}(self, payload, operand_state)"
         )
     return method
+
+
+def _module_op(
+    module,
+    params_key: str,
+    arity: int | None,
+    aggregate: str | None,
+    edge: bool | str,
+    stochastic: bool,
+    apply: Callable[..., Any],
+) -> Op:
+    """The :class:`Op` of a Flax module, given ``apply(params, method, *args, **kwargs)``, which runs the module's
+    method ``method`` (``None``: ``__call__``) with the parameters ``params``."""
+    name = type(module).__name__
+
+    def fn(params, payload, *states, **key):
+        return apply(params, None, payload, *states, **key)
+
+    method = _edge_method(module, edge)
+    edge_fn = None
+    if method is not None:
+
+        def edge_fn(params, payload, state):
+            return apply(params, method, payload, state)
+
+        edge_fn.__name__ = f"{name}.{method}[{params_key}]"
+    if arity is None and aggregate is None:
+        arity = signature_arity(type(module).__call__)  # (self, payload, *states)
+    fn.__name__ = f"{name}[{params_key}]"
+    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn, stochastic=stochastic)
 
 
 def linen_op(
@@ -51,21 +81,10 @@ def linen_op(
     :class:`~edbatch_jax.engine.ops.Op`).
     """
 
-    def fn(params, payload, *states, **key):
-        return module.apply({"params": params}, payload, *states, **key)
+    def apply(params, method, *args, **kwargs):
+        return module.apply({"params": params}, *args, method=method, **kwargs)
 
-    method = _edge_method(module, edge)
-    edge_fn = None
-    if method is not None:
-
-        def edge_fn(params, payload, state):
-            return module.apply({"params": params}, payload, state, method=method)
-
-        edge_fn.__name__ = f"{type(module).__name__}.{method}[{params_key}]"
-    if arity is None and aggregate is None:
-        arity = signature_arity(type(module).__call__)  # (self, payload, *states)
-    fn.__name__ = f"{type(module).__name__}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn, stochastic=stochastic)
+    return _module_op(module, params_key, arity, aggregate, edge, stochastic, apply)
 
 
 def nnx_op(
@@ -93,21 +112,11 @@ def nnx_op(
     """
     graphdef, _, rest = nnx.split(module, nnx.Param, ...)
 
-    def fn(params, payload, *states, **key):
-        return nnx.merge(graphdef, params, rest)(payload, *states, **key)
+    def apply(params, method, *args, **kwargs):
+        merged = nnx.merge(graphdef, params, rest)
+        return (merged if method is None else getattr(merged, method))(*args, **kwargs)
 
-    method = _edge_method(module, edge)
-    edge_fn = None
-    if method is not None:
-
-        def edge_fn(params, payload, state):
-            return getattr(nnx.merge(graphdef, params, rest), method)(payload, state)
-
-        edge_fn.__name__ = f"{type(module).__name__}.{method}[{params_key}]"
-    if arity is None and aggregate is None:
-        arity = signature_arity(type(module).__call__)
-    fn.__name__ = f"{type(module).__name__}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn, stochastic=stochastic)
+    return _module_op(module, params_key, arity, aggregate, edge, stochastic, apply)
 
 
 class NNXCells(nnx.Module):

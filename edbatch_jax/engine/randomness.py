@@ -19,6 +19,7 @@ apart inside the batched call.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,17 +74,7 @@ def with_node_identity(graph: Graph, types: tuple[int, ...]) -> Graph:
             tree[_PAYLOAD] = jax.tree.map(lambda a: np.asarray(a)[rows], graph.payloads[t])
         payloads[t] = tree
         payload_row[nodes] = np.arange(nodes.size, dtype=np.int32)
-    out = Graph(
-        node_type=graph.node_type,
-        arg_ptr=graph.arg_ptr,
-        arg_idx=graph.arg_idx,
-        instance=graph.instance,
-        payload_row=payload_row,
-        payloads=tuple(payloads),
-        op_types=graph.op_types,
-        num_instances=graph.num_instances,
-        unbatchable=graph.unbatchable,
-    )
+    out = dataclasses.replace(graph, payloads=tuple(payloads), payload_row=payload_row)
     return mark_valid(out)
 
 
