@@ -285,3 +285,40 @@ def test_a_plan_made_before_the_tables_grew_runs_without_compiling_again():
         jax.monitoring.unregister_event_duration_listener(listener)
     assert list(packed) == [engine._layout]  # packed again
     assert engine.trace_count == before and compiles == []
+
+
+def test_plans_with_buffers_in_another_order_share_the_engine():
+    """A later plan whose state buffers are numbered otherwise (another op type met first) runs its own
+    branches; those registered for the first plan's buffers do not apply to it (values and gradients)."""
+    ops = {
+        "a": lambda p, x: jnp.tanh(p["E"][x]),
+        "b": lambda p, x: jnp.sin(p["F"][x]),
+        "ua": lambda p, payload, h: p["Wa"] @ h,
+        "ub": lambda p, payload, h: p["Wb"] @ h,
+    }
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    params = {
+        "E": jax.random.normal(k[0], (5, 4)),
+        "F": jax.random.normal(k[1], (5, 3)),
+        "Wa": jax.random.normal(k[2], (4, 4)),
+        "Wb": jax.random.normal(k[3], (3, 3)),
+    }
+
+    def graph(order):
+        b = eb.GraphBuilder()
+        for i, t in enumerate(order):
+            b.add("u" + t, b.add(t, payload=np.int32(i + 1)))
+        return b.build()
+
+    engine = eb.FusedEngine(ops)
+    for order in (["a"], ["b", "a"], ["a", "b"]):
+        g = graph(order)
+        sched = eb.schedule(g, "agenda")
+        outs = g.nodes_of_type("ua")
+
+        batched = lambda p: engine.run(p, g, sched, outputs=outs).sum()
+        plain = lambda p: eb.run_unbatched(ops, p, g, outputs=outs).sum()
+        vb, gb = jax.value_and_grad(batched)(params)
+        vp, gp = jax.value_and_grad(plain)(params)
+        np.testing.assert_allclose(vb, vp, rtol=1e-5)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), gb, gp)

@@ -81,6 +81,7 @@ from edbatch_jax.engine.common import (
     placement,
     read_rows,
     signature_struct,
+    state_signature,
     take_rows,
     write_rows,
     zero_buffer,
@@ -226,23 +227,25 @@ class FusedEngine(Engine):
 
     @property
     def branch_keys(self) -> tuple:
-        """``(op, out buffer, operand buffers, has payload, lanes, edge rows)`` of every branch, in switch order."""
+        """``(op, out buffer, operand buffers, has payload, lanes, edge rows, buffer signatures)`` of every branch,
+        in switch order (the signatures: of the out buffer and of each operand buffer when it was registered)."""
         if len(self._branch_keys) != len(self._branches):  # branches registered since: sort again
             self._branch_keys = tuple(sorted(self._branches, key=self._branches.get))
         return self._branch_keys
 
     # ------------------------------------------------------------------ planning
-    def _register(self, family: tuple, lanes: int, erows: int | None) -> int:
-        """Branch index of ``family`` (op, out buffer, operand buffers, payload?) at a lane bucket."""
-        if family not in self._families and erows is None:  # a new op type: all its lane buckets at once
-            self._families.add(family)
+    def _register(self, family: tuple, lanes: int, erows: int | None, sigs: tuple) -> int:
+        """Branch index of ``family`` (op, out buffer, operand buffers, payload?) at a lane bucket; ``sigs``: the
+        signatures of its out buffer and operand buffers in the plan registering it."""
+        if family + (sigs,) not in self._families and erows is None:  # a new op type: all its lane buckets at once
+            self._families.add(family + (sigs,))
             for lane in (
                 fine_ladder(self.max_lanes) if self.fine_lanes else [1 << k for k in range(self.max_lanes.bit_length())]
             ):
-                self._branches.setdefault(family + (lane, None), len(self._branches))
+                self._branches.setdefault(family + (lane, None, sigs), len(self._branches))
         if erows is not None:
             self._widest = max(self._widest, erows)
-        return self._branches.setdefault(family + (lanes, erows), len(self._branches))
+        return self._branches.setdefault(family + (lanes, erows, sigs), len(self._branches))
 
     def _length(self, name: Any, n: int) -> int:
         """Bucketed table length, at least the widest slice any branch takes of it."""
@@ -283,7 +286,8 @@ class FusedEngine(Engine):
             t, lane, er = int(chunk_type[c]), int(lanes[c]), int(erows[c])
             out_buffer = int(rows.out_buffer[chunk_batch[c]])
             family = (graph.op_types[t], out_buffer, operand_buffers[t], graph.payloads[t] is not None)
-            branch_of[u] = self._register(family, lane, er if var_c[c] else None)
+            sigs = (buffers.signatures[out_buffer], tuple(buffers.signatures[b] for b in operand_buffers[t]))
+            branch_of[u] = self._register(family, lane, er if var_c[c] else None, sigs)
         branch = branch_of[inverse.reshape(-1)]
 
         # --- descriptor rows and the flat index array: per chunk its segment ids, then one run per operand
@@ -461,7 +465,7 @@ class FusedEngine(Engine):
         return prog
 
     def _branch_inputs(self, key, d, bufs, flat_idx, payloads):
-        name, out_b, in_bufs, has_payload, lanes, erows = key
+        name, out_b, in_bufs, has_payload, lanes, erows = key[:6]
         rows = lanes if erows is None else erows
         mask = jnp.arange(lanes) < d[_VALID]
         payload = None
@@ -493,10 +497,11 @@ class FusedEngine(Engine):
         Whatever is not stored is recomputed by the backward program, so the layout decides speed, not values.
         A stochastic op's layout depends on whether runs draw (``rng``: a step key or ``None``).
         """
-        name, _, in_bufs, has_payload, _, erows = key
+        name, _, in_bufs, has_payload, _, erows = key[:6]
+        in_sigs = key[6][1]
         op, variadic = self.ops[name], erows is not None
         draws = op.stochastic and rng is not None
-        cache = (name, draws)
+        cache = (name, draws, state_signature(op.select_params(params)) if op.context else None)
         if cache in self._saved_layouts:
             return self._saved_layouts[cache]
         rng_struct = jax.ShapeDtypeStruct(jnp.shape(rng), jnp.result_type(rng)) if draws else None
@@ -511,7 +516,7 @@ class FusedEngine(Engine):
             args = (
                 sub,
                 payload,
-                [signature_struct(signatures[b], (rows,)) for b in in_bufs],
+                [signature_struct(sig, (rows,)) for sig in in_sigs],
                 jax.ShapeDtypeStruct((rows,), jnp.int32) if variadic else None,
                 jax.ShapeDtypeStruct((lanes,), jnp.bool_),
                 rng_struct,
@@ -543,7 +548,7 @@ class FusedEngine(Engine):
 
         def branch(key):
             op, slot = self.ops[key[0]], names.index(key[0])
-            if key[4] > capacities[key[1]]:  # wider than its output buffer: no chunk can select it
+            if not _fits(key, signatures) or key[4] > capacities[key[1]]:  # no chunk of this plan can select it
                 return lambda params, rng, d, carry, flat_idx, payloads: carry
 
             def run(params, rng, d, carry, flat_idx, payloads):
@@ -589,15 +594,15 @@ class FusedEngine(Engine):
         """The backward program. With ``isolate`` (:meth:`_isolate_if_needed`'s second try) every chunk
         recomputes its op call with its lanes isolated (:func:`~edbatch_jax.engine.common.combine`'s ``live``)
         and reads no stored residuals."""
-        grad_keys = tuple(dict.fromkeys(self.ops[k[0]].params_key for k in keys))
-        owner = {self.ops[k[0]].params_key: self.ops[k[0]] for k in keys}
+        grad_keys = tuple(dict.fromkeys(self.ops[k[0]].grad_key for k in keys))
+        owner = {self.ops[k[0]].grad_key: self.ops[k[0]] for k in keys}
         names = tuple(dict.fromkeys(k[0] for k in keys))
-        first_key = {k[0]: k for k in reversed(keys)}
+        first_key = {k[0]: k for k in reversed(keys) if _fits(k, plan.signatures)}  # of this plan's buffers
 
         def branch(key, deferred: frozenset, loop_keys: tuple):
             op = self.ops[key[0]]
             res_slot, defer = names.index(key[0]), key[0] in deferred
-            if key[4] > plan.capacities[key[1]]:  # wider than its output buffer: no chunk can select it
+            if not _fits(key, plan.signatures) or key[4] > plan.capacities[key[1]]:  # no chunk can select it
                 return lambda params, rng, d, carry, bufs, saved, flat_idx, payloads: carry
 
             def run(params, rng, d, carry, bufs, saved, flat_idx, payloads):
@@ -621,7 +626,7 @@ class FusedEngine(Engine):
                     g_params, g_operands = pullback(ct_out)
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
                     accs = list(accs)
-                    slot = loop_keys.index(op.params_key)
+                    slot = loop_keys.index(op.grad_key)
                     accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
                 ct_bufs = list(ct_bufs)
                 rows = lanes if key[5] is None else key[5]
@@ -649,10 +654,10 @@ class FusedEngine(Engine):
             deferred = frozenset(
                 n
                 for n, res in zip(names, saved)
-                if res and n in lane_rows and jax.tree.leaves(self.ops[n].select_params(params))
+                if res and n in lane_rows and n in first_key and jax.tree.leaves(self.ops[n].select_params(params))
             )
             loop_keys = tuple(
-                k for k in grad_keys if any(self.ops[n].params_key == k for n in names if n not in deferred)
+                k for k in grad_keys if any(self.ops[n].grad_key == k for n in names if n not in deferred)
             )
             accs = tuple(jax.tree.map(jnp.zeros_like, owner[k].select_params(params)) for k in loop_keys)
             branches = [branch(k, deferred, loop_keys) for k in keys]
@@ -677,7 +682,7 @@ class FusedEngine(Engine):
                         plan.signatures,
                         rng,
                     )
-                    key = self.ops[n].params_key
+                    key = self.ops[n].grad_key
                     grads[key] = g if key not in grads else jax.tree.map(jnp.add, grads[key], g)
             return assemble_grads(params, grads)  # in the program: no eager adds
 
@@ -706,7 +711,7 @@ class FusedEngine(Engine):
         """Gradient of op ``key[0]``'s parameters over every lane it ran, after the reverse loop: blocks of
         ``max_lanes`` lanes, each one pullback with the stored residuals in place, so that the weight-gradient
         matrix products contract over hundreds of lanes instead of one chunk's few."""
-        name, out_b, in_bufs, has_payload, _, _ = key
+        name, out_b, in_bufs, has_payload, _, _ = key[:6]
         count, table = lane_rows
         block = self.max_lanes
 
@@ -728,12 +733,15 @@ class FusedEngine(Engine):
         zeros = jax.tree.map(jnp.zeros_like, self.ops[name].select_params(params))
         return jax.lax.fori_loop(0, (count + block - 1) // block, body, zeros)
 
-    def precompile(self, params, plan: FusedPlan, cotangents=None, rng=None) -> int:
+    def precompile(
+        self, params, plan: FusedPlan, cotangents=None, rng=None, *, context=None, instance_context=None
+    ) -> int:
         """:meth:`Engine.precompile`: the forward program (inference), or the forward program that stores
         residuals and the backward program (training), at the engine's current table lengths; the plan's tables
         are packed and put on the device now, and the zeroed residual tables of the first step allocated."""
         check_cotangents(plan, cotangents)
         rng = self._step_key(rng)
+        params = self._inputs(params, context, instance_context, plan.graph.num_instances)
         ints, payloads = self._device_tables(plan.tables)
         if cotangents is None or self.save_residuals is None:
             forward = self._program(plan, "forward")
@@ -855,6 +863,19 @@ def _put_like(host, like: jax.Array | None):
         return jax.device_put(host, like.sharding)
     with jax.default_device(next(iter(like.devices()))):
         return jax.device_put(host)
+
+
+def _fits(key: tuple, signatures: tuple) -> bool:
+    """Whether branch ``key`` reads and writes buffers of a plan with buffer signatures ``signatures`` as it was
+    registered to (buffers are numbered per plan: another plan's buffer ``k`` may hold another state)."""
+    _, out_b, in_bufs = key[:3]
+    out_sig, in_sigs = key[6]
+    n = len(signatures)
+    return (
+        out_b < n
+        and signatures[out_b] == out_sig
+        and all(b < n and signatures[b] == sig for b, sig in zip(in_bufs, in_sigs))
+    )
 
 
 def _unpack(ints: jax.Array, layout: tuple) -> dict:
