@@ -30,6 +30,7 @@ import importlib
 
 from edbatch_jax import _compat, fsm
 from edbatch_jax.engine import (
+    Context,
     Engine,
     ExecutionPlan,
     FusedEngine,
@@ -116,6 +117,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AgendaPolicy",
+    "Context",
     "DepthPolicy",
     "EdbatchError",
     "Engine",

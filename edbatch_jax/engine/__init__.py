@@ -2,10 +2,13 @@
 
 Modules:
 
-* :mod:`~edbatch_jax.engine.ops`: :class:`Op` (one node's computation) and
-  its checks; :mod:`~edbatch_jax.engine.flax_ops`: the Flax adapters
-  (``linen_op``, ``nnx_op``, ``NNXCells``; imported on first use, the only
-  engine module that imports Flax);
+* :mod:`~edbatch_jax.engine.ops`: :class:`Op` (one node's computation),
+  :class:`Context` (what ops reading context see) and its checks;
+  :mod:`~edbatch_jax.engine.randomness` (a PRNG key per node) and
+  :mod:`~edbatch_jax.engine.context` (context checked where it enters);
+  :mod:`~edbatch_jax.engine.flax_ops`: the Flax adapters (``linen_op``,
+  ``nnx_op``, ``NNXCells``; imported on first use, the only engine module
+  that imports Flax);
 * :mod:`~edbatch_jax.engine.base`: :class:`Engine`, the abstract engine
   protocol (``plan``, ``execute``, ``value_and_grad``, ``precompile``,
   ``run``) and what both engines share (plan cache, buffer planning, the
@@ -35,7 +38,7 @@ from edbatch_jax.engine.base import Engine
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.compile_cache import enable_compile_cache
 from edbatch_jax.engine.fused import FusedEngine, FusedPlan
-from edbatch_jax.engine.ops import Op, OpError, as_op, as_ops
+from edbatch_jax.engine.ops import Context, Op, OpError, as_op, as_ops
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.engine.stepwise import ExecutionPlan, StepwiseEngine, engine_for, run, state_signature
 
@@ -49,6 +52,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Context",
     "Engine",
     "ExecutionPlan",
     "FusedEngine",

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import CustomVJPPrimal
 
@@ -39,8 +40,9 @@ from edbatch_jax.engine.common import (
     sum_rows,
     take_rows,
 )
-from edbatch_jax.engine.ops import Op, OpError, as_ops, check_graph_ops, check_payload_bounds
-from edbatch_jax.engine.randomness import check_rng, split_identity, stochastic_types, with_node_identity
+from edbatch_jax.engine.context import check_context
+from edbatch_jax.engine.ops import Context, EngineInputs, Op, OpError, as_ops, check_graph_ops, check_payload_bounds
+from edbatch_jax.engine.randomness import check_rng, identity_types, split_identity, with_node_identity
 from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
 from edbatch_jax.errors import input_checks_enabled
 from edbatch_jax.graph import Graph, GraphError, ensure_valid
@@ -93,13 +95,14 @@ def _checked_op(name: str, op: Op, derived: dict) -> Op:
     fn = op.fn
 
     @functools.wraps(fn)
-    def checked(params, payload, *operands, **key):
-        out = fn(params, payload, *operands, **key)
+    def checked(params, payload, *operands, **kw):
+        out = fn(params, payload, *operands, **kw)
         key = (
             name,
             _canonical_signature(params),
             _canonical_signature(payload),
             tuple(_canonical_signature(o) for o in operands),
+            _canonical_signature(kw.get("context")),
         )
         want = derived.get(key)
         if out is None or not jax.tree.leaves(out):
@@ -208,6 +211,8 @@ class Engine(abc.ABC):
         self._unchecked = {name: op.fn for name, op in given.items()}  # the ops' own functions (for eval_shape)
         self._derived: dict[tuple, tuple] = {}  # (op, input signatures) -> output signature, for _checked_op
         self.ops = {name: _checked_op(name, op, self._derived) for name, op in given.items()}
+        # with an op reading context, the engine runs on EngineInputs(params, Context) in place of params
+        self._contextual = any(op.context for op in given.values())
         self.min_capacity = int(min_capacity)
         self.checks = bool(checks)
         # lanes without a cotangent compute on a live lane's inputs (engine/common.combine); off only to measure
@@ -229,6 +234,9 @@ class Engine(abc.ABC):
         graph: Graph,
         schedule: Schedule,
         layout: LayoutPlan | Literal["gather"] | None = None,
+        *,
+        context: PyTree = None,
+        instance_context: PyTree = None,
     ) -> ExecutionPlan:
         """Host-side plan of one schedule: buffers, rows, index arrays (and the engine's own tables).
 
@@ -249,6 +257,10 @@ class Engine(abc.ABC):
             operands that happen to be consecutive are read as slices),
             ``"gather"`` (the same rows, every operand gathered), or a
             :class:`~edbatch_jax.layout.LayoutPlan` (rows in its order).
+          context, instance_context: for an engine with ops reading context,
+            the context the plan will run with (only its structure, shapes
+            and dtypes matter: they may decide the state structures); see
+            :meth:`execute`.
 
         Returns:
           The engine's plan (an :class:`~edbatch_jax.engine.stepwise.ExecutionPlan`;
@@ -266,6 +278,7 @@ class Engine(abc.ABC):
         graph = ensure_valid(graph, "one Graph")
         if not (layout is None or isinstance(layout, LayoutPlan) or (isinstance(layout, str) and layout == "gather")):
             raise ValueError(f"layout must be None, 'gather' or a LayoutPlan, got {layout!r}")
+        params = self._inputs(params, context, instance_context, graph.num_instances)
         key = (id(graph), id(schedule), layout if isinstance(layout, str) else id(layout))
         hit = self._plans.get(key)
         params_sig = state_signature(params)
@@ -324,7 +337,7 @@ class Engine(abc.ABC):
         """A new plan of ``graph`` (no cache, no input checks: :meth:`plan` makes those; the benchmark harness
         times this): the graph with the node identities of stochastic ops in their payloads
         (:func:`~edbatch_jax.engine.randomness.with_node_identity`), planned by :meth:`_build_plan`."""
-        run_graph = with_node_identity(graph, stochastic_types(graph, self.ops))
+        run_graph = with_node_identity(graph, identity_types(graph, self.ops))
         return self._build_plan(params, params_sig, run_graph, schedule, layout)
 
     @abc.abstractmethod
@@ -346,15 +359,21 @@ class Engine(abc.ABC):
         if sig is None:
             op, fn = self.ops[name], self._unchecked[name]
             payload = None if payload_sig is None else signature_struct(payload_sig)
-            if op.stochastic:  # the node identities the engine added (engine/randomness.py) are not fn's
+            if op.stochastic or op.context:  # the node identities the engine added (engine/randomness.py) are not fn's
                 payload = split_identity(payload)[0]
+            sub, context = op.select_params(params), None
+            if op.context:  # one node's context: the call's, and one row of the per-instance context
+                sub, whole = sub
+                row = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), whole.instance)
+                context = Context(whole.call, row)
             operands = [signature_struct(s) for s in operand_sigs]
             if op.edge is not None:  # fn receives the reduced messages of the edge function
-                operands = [op.message_struct(params, payload, o) for o in operands]
-            key = jax.ShapeDtypeStruct((2,), np.uint32)  # a step key: the output structure of a random draw
-            call = lambda p, x, k, *o: fn(p, x, *o, key=k) if op.stochastic else fn(p, x, *o)
+                operands = [op.message_struct(sub, payload, o, context) for o in operands]
+            step_key = jax.ShapeDtypeStruct((2,), np.uint32)  # a step key: the output structure of a random draw
+            kw = lambda k, c: {**({"key": k} if op.stochastic else {}), **({"context": c} if op.context else {})}
+            call = lambda p, x, k, c, *o: fn(p, x, *o, **kw(k, c))
             try:
-                out = jax.eval_shape(call, op.select_params(params), payload, key, *operands)
+                out = jax.eval_shape(call, sub, payload, step_key, context, *operands)
             except Exception as e:  # re-raised with the op named
                 raise OpError(
                     f"op {name!r} failed on one node's shapes (payload {payload_sig}, operands {operand_sigs}): {e}"
@@ -367,9 +386,10 @@ class Engine(abc.ABC):
             sig = self._signature_cache[key] = state_signature(out)
             derived_key = (
                 name,
-                _canonical_signature(op.select_params(params)),
+                _canonical_signature(sub),
                 _canonical_signature(payload),
                 tuple(_canonical_signature(o) for o in operands),
+                _canonical_signature(context),
             )
             self._derived[derived_key] = _canonical_signature(out)
         return sig
@@ -531,7 +551,14 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def precompile(
-        self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None, rng: Any = None
+        self,
+        params: PyTree,
+        plan: ExecutionPlan,
+        cotangents: Sequence[bool] | None = None,
+        rng: Any = None,
+        *,
+        context: PyTree = None,
+        instance_context: PyTree = None,
     ) -> int:
         """Compiles, ahead of time and without running them, the programs that running ``plan`` needs.
 
@@ -554,10 +581,28 @@ class Engine(abc.ABC):
           rng: a step key (any: only its type matters) to compile the
             programs of runs with a step key (stochastic ops drawing), or
             ``None`` for runs without one.
+          context, instance_context: the context the runs will have (any
+            values: only structures, shapes and dtypes matter; see
+            :meth:`execute`).
 
         Returns:
           The number of programs compiled by this call.
         """
+
+    def _inputs(self, params: PyTree, context: PyTree, instance_context: PyTree, num_instances: int) -> PyTree:
+        """What the programs run on: ``params``, or for an engine with ops reading context
+        :class:`~edbatch_jax.engine.ops.EngineInputs` of ``params`` and the checked context
+        (:func:`~edbatch_jax.engine.context.check_context`)."""
+        if isinstance(params, EngineInputs):
+            raise OpError("params must be the parameter pytree; give context as context= and instance_context=")
+        if not self._contextual:
+            if context is not None or instance_context is not None:
+                raise OpError(
+                    "context was given, but no op of this engine reads it: declare the ops that do as "
+                    "eb.Op(fn, context=True) (linen_op / nnx_op: context=True)"
+                )
+            return params
+        return EngineInputs(params, check_context(context, instance_context, num_instances))
 
     def _step_key(self, rng: Any) -> Any:
         """``rng`` checked (:func:`~edbatch_jax.engine.randomness.check_rng`); ``None`` when no op of the engine
@@ -578,8 +623,16 @@ class Engine(abc.ABC):
                 )
 
     # ------------------------------------------------------------------ execution (shared)
-    def execute(self, plan: ExecutionPlan, params: PyTree, rng: Any = None) -> tuple:
-        """All state buffers after running ``plan``; differentiable w.r.t. ``params``.
+    def execute(
+        self,
+        plan: ExecutionPlan,
+        params: PyTree,
+        rng: Any = None,
+        *,
+        context: PyTree = None,
+        instance_context: PyTree = None,
+    ) -> tuple:
+        """All state buffers after running ``plan``; differentiable w.r.t. ``params`` and the context.
 
         With concrete ``params`` (nothing traces them: no ``jax.grad``, no
         ``jax.jit`` around the call) the forward program runs directly;
@@ -595,11 +648,23 @@ class Engine(abc.ABC):
             ``jax.random.key``; every node's key derives from it and the
             node's identity: :mod:`edbatch_jax.engine.randomness`), or
             ``None``: stochastic ops run with ``key=None`` (deterministic).
+          context: the per-call context of ops reading context (a pytree of
+            float arrays, :class:`~edbatch_jax.engine.ops.Context`'s ``call``),
+            or ``None``.
+          instance_context: the per-instance context (a pytree of float
+            arrays, leaves ``[I, ...]`` with ``I`` the graph's
+            ``num_instances``; each node reads its instance's row), or ``None``.
 
         Returns:
           One pytree per state buffer, leaves ``[capacity, ...]``.
+
+        Raises:
+          OpError: context given to an engine none of whose ops reads it, a
+            context leaf that is not a float array, or a per-instance leaf
+            without one row per instance.
         """
         rng = self._step_key(rng)
+        params = self._inputs(params, context, instance_context, plan.graph.num_instances)
         if not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params)):
             return self._forward(plan, params, rng)  # nothing to differentiate: skip the custom_vjp machinery
         self._check_differentiable(plan)
@@ -624,7 +689,15 @@ class Engine(abc.ABC):
         return buffers(params, rng)
 
     def value_and_grad(
-        self, plan: ExecutionPlan, params: PyTree, loss_grad, rng: Any = None
+        self,
+        plan: ExecutionPlan,
+        params: PyTree,
+        loss_grad,
+        rng: Any = None,
+        *,
+        context: PyTree = None,
+        instance_context: PyTree = None,
+        context_grads: bool = False,
     ) -> tuple[jax.Array, PyTree]:
         """A loss of the state buffers and its gradient w.r.t. ``params``, without tracing the schedule.
 
@@ -643,11 +716,19 @@ class Engine(abc.ABC):
             handed over: the stepwise engine updates them in place (donated),
             so they must be fresh (the outputs of a jitted function are).
           rng: the step key of stochastic ops, or ``None`` (see :meth:`execute`).
+          context, instance_context: the context of ops reading it (see
+            :meth:`execute`).
+          context_grads: also return the context's gradients.
 
         Returns:
-          ``(loss, grads)``, ``grads`` with the structure of ``params``.
+          ``(loss, grads)``, ``grads`` with the structure of ``params``; with
+          ``context_grads``, ``(loss, (grads, context_grads))``,
+          ``context_grads`` an :class:`~edbatch_jax.engine.ops.Context` of the
+          gradients of ``context`` and ``instance_context`` (``None`` where
+          not given).
         """
         rng = self._step_key(rng)
+        params = self._inputs(params, context, instance_context, plan.graph.num_instances)
         self._check_differentiable(plan)
         bufs, saved = self._forward_saving(plan, params, rng)
         if self.checks:
@@ -658,7 +739,9 @@ class Engine(abc.ABC):
         grads = self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved, rng=rng)
         if self.checks:
             check_finite_grads(grads)
-        return loss, grads
+        if isinstance(grads, EngineInputs):
+            return loss, ((grads.params, grads.context) if context_grads else grads.params)
+        return loss, ((grads, Context()) if context_grads else grads)
 
     def _check_states(self, plan: ExecutionPlan, bufs: tuple) -> None:
         """The debug check of a forward pass's states (:func:`~edbatch_jax.engine.checks.check_finite_states`)."""
@@ -675,6 +758,8 @@ class Engine(abc.ABC):
         reduce: Literal["sum"] | None = None,
         *,
         rng: Any = None,
+        context: PyTree = None,
+        instance_context: PyTree = None,
     ) -> PyTree:
         """Runs ``schedule`` and returns the stacked states of ``outputs``.
 
@@ -691,16 +776,22 @@ class Engine(abc.ABC):
             with different output counts share one executable.
           rng: the step key of stochastic ops, or ``None`` (deterministic;
             see :meth:`execute`).
+          context: the per-call context of ops reading context, or ``None``
+            (see :meth:`execute`).
+          instance_context: the per-instance context (leaves ``[I, ...]``,
+            one row per instance of ``graph``), or ``None``.
 
         Returns:
           The state pytree with a leading axis ``[K]`` (or summed). Differentiable with
-          ``jax.grad`` w.r.t. ``params``; usable eagerly or under ``jax.jit``.
+          ``jax.grad`` w.r.t. ``params``, ``context`` and ``instance_context``;
+          usable eagerly or under ``jax.jit``.
         """
         if reduce not in (None, "sum"):
             raise ValueError(f"reduce must be None or 'sum', got {reduce!r}")
-        plan = self.plan(params, graph, schedule, layout)  # checks the graph
+        ctx = {"context": context, "instance_context": instance_context}
+        plan = self.plan(params, graph, schedule, layout, **ctx)  # checks the graph
         nodes = output_nodes(plan, graph, outputs)
-        bufs = self.execute(plan, params, rng)
+        bufs = self.execute(plan, params, rng, **ctx)
         if self.checks:
             self._check_states(plan, bufs)
         buf = bufs[int(plan.node_buffer[nodes[0]]) if nodes.size else 0]

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from edbatch_jax.engine.ops import Op, OpError
+from edbatch_jax.engine.ops import Context, EngineInputs, Op, OpError
 from edbatch_jax.engine.randomness import node_key, split_identity
 from edbatch_jax.graph import Graph, check_node_ids
 
@@ -250,25 +250,49 @@ def combine(
       The lanes' output states, leaves ``[L, ...]``.
     """
     lanes = mask.shape[0]
+    ctx = None
+    if op.context:  # params is (the op's params, the whole Context): see Op.select_params
+        params, ctx = params
     identity = None
-    if op.stochastic:
+    if op.stochastic or op.context:
         payload, identity = split_identity(payload)
     if op.variadic:
-        gathered = (reduce_arguments(op, params, payload, gathered[0], segments, lanes, live),)
+        gathered = (reduce_arguments(op, params, payload, gathered[0], segments, lanes, live, ctx, identity),)
     if live is not None:
         payload, gathered, identity = guard_lanes((payload, tuple(gathered), identity), live)
-    if identity is not None and rng is not None:
-        keys = jax.vmap(lambda i: node_key(rng, i))(identity)
-        call = lambda p, k, *xs: op.call(params, p, *xs, key=k)
-        return jax.vmap(call)(payload, keys, *gathered)
-    call = lambda p, *xs: op.call(params, p, *xs)
-    if not jax.tree.leaves([payload, *gathered]):  # nothing varies across lanes: compute once, broadcast
-        y = call(payload, *gathered)
+    per_lane = {}  # what each lane's call gets besides payload and operands, leaves [L, ...]
+    if op.stochastic and rng is not None:
+        per_lane["key"] = jax.vmap(lambda i: node_key(rng, i))(identity)
+    if ctx is not None and ctx.instance is not None:
+        per_lane["instance"] = instance_rows(ctx.instance, identity)
+
+    def call(p, lane, *xs):
+        context = None if ctx is None else Context(ctx.call, lane.get("instance"))
+        return op.call(params, p, *xs, key=lane.get("key"), context=context)
+
+    if not jax.tree.leaves([payload, per_lane, *gathered]):  # nothing varies across lanes: compute once, broadcast
+        y = call(payload, per_lane, *gathered)
         return jax.tree.map(lambda a: jnp.broadcast_to(a, (lanes,) + a.shape), y)
-    return jax.vmap(call)(payload, *gathered)
+    return jax.vmap(call)(payload, per_lane, *gathered)
 
 
-def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segments, lanes: int, live=None) -> PyTree:
+def instance_rows(instance: PyTree, identity) -> PyTree:
+    """Each lane's row of a per-instance context (leaves ``[I, ...]``), by the lanes' node identities (int32
+    ``[L, 2]``); leaves ``[L, ...]``; jittable (its gradient is a scatter-add into the instances' rows)."""
+    return jax.tree.map(lambda a: jnp.take(a, identity[:, 0], axis=0), instance)
+
+
+def reduce_arguments(
+    op: Op,
+    params: PyTree,
+    payload: PyTree,
+    x: PyTree,
+    segments,
+    lanes: int,
+    live=None,
+    ctx: Context | None = None,
+    identity=None,
+) -> PyTree:
     """A variadic op's combined operand per lane: its ``edge`` messages (if any) reduced by ``op.aggregate``;
     jittable.
 
@@ -284,6 +308,9 @@ def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segment
         argument of a lane outside ``live`` (and of a padding row) runs on
         the first live argument's inputs, gradient stopped
         (:func:`guard_lanes`).
+      ctx: an op reading context: the :class:`~edbatch_jax.engine.ops.Context`
+        (per-instance leaves ``[I, ...]``), else ``None``.
+      identity: int32 ``[L, 2]``, the lanes' node identities (with ``ctx``).
 
     Returns:
       The combined operand per lane, leaves ``[L, ...]`` (zeros for lanes
@@ -292,10 +319,16 @@ def reduce_arguments(op: Op, params: PyTree, payload: PyTree, x: PyTree, segment
     lane = jnp.minimum(segments, lanes - 1)
     real = segments < lanes
     if op.edge is not None:
-        edge_payload = None if payload is None else jax.tree.map(lambda a: jnp.take(a, lane, axis=0), payload)
+        take = lambda t: None if t is None else jax.tree.map(lambda a: jnp.take(a, lane, axis=0), t)
+        edge_payload, edge_identity = take(payload), take(identity)
         if live is not None:
-            edge_payload, x = guard_lanes((edge_payload, x), real & live[lane])
-        x = jax.vmap(lambda p, o: op.edge(params, p, o))(edge_payload, x)
+            edge_payload, x, edge_identity = guard_lanes((edge_payload, x, edge_identity), real & live[lane])
+        rows = None if ctx is None or ctx.instance is None else instance_rows(ctx.instance, edge_identity)
+
+        def edge(p, o, row):
+            return op.call_edge(params, p, o, None if ctx is None else Context(ctx.call, row))
+
+        x = jax.vmap(edge)(edge_payload, x, rows)
     count = jax.ops.segment_sum(real.astype(jnp.float32), segments, num_segments=lanes)
     per_row = lambda v, a: v.reshape((-1,) + (1,) * (a.ndim - 1)).astype(a.dtype)  # [R] against a leaf [R, ...]
     if op.aggregate == "softmax":
@@ -392,10 +425,25 @@ def assemble_grads(params: PyTree, grads: dict) -> PyTree:
 
     Returns:
       The summed gradients, with the structure, shapes and dtypes of ``params``.
+      Given :class:`~edbatch_jax.engine.ops.EngineInputs`, an ``EngineInputs``
+      of the parameters' and the context's gradients (the accumulators of
+      ops reading context, :attr:`Op.grad_key`, hold both).
 
     Raises:
       OpError: an accumulator's leaves do not match its parameters'.
     """
+    if isinstance(params, EngineInputs):
+        plain: dict = {}
+        context = None
+        for key, g in grads.items():
+            if isinstance(key, tuple):  # an op reading context: (its params' gradient, the Context's)
+                key, (g, g_context) = key[0], g
+                context = g_context if context is None else jax.tree.map(jnp.add, context, g_context)
+            plain[key] = g if key not in plain else jax.tree.map(jnp.add, plain[key], g)
+        grads.clear()
+        if context is None:
+            context = jax.tree.map(jnp.zeros_like, params.context)
+        return EngineInputs(assemble_grads(params.params, plain), context)
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     total = grads.pop(None, None)
     out = jax.tree.leaves(total) if total is not None else [jnp.zeros_like(x) for _, x in with_path]

@@ -37,26 +37,35 @@ def _module_op(
     edge: bool | str,
     stochastic: bool,
     apply: Callable[..., Any],
+    context: bool = False,
 ) -> Op:
     """The :class:`Op` of a Flax module, given ``apply(params, method, *args, **kwargs)``, which runs the module's
     method ``method`` (``None``: ``__call__``) with the parameters ``params``."""
     name = type(module).__name__
 
-    def fn(params, payload, *states, **key):
-        return apply(params, None, payload, *states, **key)
+    def fn(params, payload, *states, **kw):  # kw: a stochastic op's key, the context of an op reading it
+        return apply(params, None, payload, *states, **kw)
 
     method = _edge_method(module, edge)
     edge_fn = None
     if method is not None:
 
-        def edge_fn(params, payload, state):
-            return apply(params, method, payload, state)
+        def edge_fn(params, payload, state, **kw):
+            return apply(params, method, payload, state, **kw)
 
         edge_fn.__name__ = f"{name}.{method}[{params_key}]"
     if arity is None and aggregate is None:
         arity = signature_arity(type(module).__call__)  # (self, payload, *states)
     fn.__name__ = f"{name}[{params_key}]"
-    return Op(fn=fn, arity=arity, aggregate=aggregate, params_key=params_key, edge=edge_fn, stochastic=stochastic)
+    return Op(
+        fn=fn,
+        arity=arity,
+        aggregate=aggregate,
+        params_key=params_key,
+        edge=edge_fn,
+        stochastic=stochastic,
+        context=context,
+    )
 
 
 def linen_op(
@@ -66,6 +75,7 @@ def linen_op(
     aggregate: str | None = None,
     edge: bool | str = False,
     stochastic: bool = False,
+    context: bool = False,
 ) -> Op:
     """Wraps a ``flax.linen`` module as an op.
 
@@ -78,13 +88,15 @@ def linen_op(
     module's parameters; define the submodules both methods use in
     ``setup``. With ``stochastic``, ``__call__`` takes a keyword ``key``:
     the node's PRNG key, or ``None`` (deterministic; see
-    :class:`~edbatch_jax.engine.ops.Op`).
+    :class:`~edbatch_jax.engine.ops.Op`). With ``context``, ``__call__`` (and
+    ``edge``) take a keyword ``context``: an
+    :class:`~edbatch_jax.engine.ops.Context`.
     """
 
     def apply(params, method, *args, **kwargs):
         return module.apply({"params": params}, *args, method=method, **kwargs)
 
-    return _module_op(module, params_key, arity, aggregate, edge, stochastic, apply)
+    return _module_op(module, params_key, arity, aggregate, edge, stochastic, apply, context)
 
 
 def nnx_op(
@@ -94,6 +106,7 @@ def nnx_op(
     aggregate: str | None = None,
     edge: bool | str = False,
     stochastic: bool = False,
+    context: bool = False,
 ) -> Op:
     """Wraps a ``flax.nnx`` module instance as an op.
 
@@ -107,8 +120,9 @@ def nnx_op(
     ``type(module).__call__(self, payload, *operand_states)`` unless given.
     ``edge`` (``True``: a method named ``edge``, or its name) makes that
     method, ``edge(self, payload, operand_state)``, the per-argument
-    computation of a variable-arity op, as in :func:`linen_op`; so does
-    ``stochastic`` (a ``key`` keyword of ``__call__``).
+    computation of a variable-arity op, as in :func:`linen_op`; so do
+    ``stochastic`` (a ``key`` keyword of ``__call__``) and ``context`` (a
+    ``context`` keyword of ``__call__`` and ``edge``).
     """
     graphdef, _, rest = nnx.split(module, nnx.Param, ...)
 
@@ -116,7 +130,7 @@ def nnx_op(
         merged = nnx.merge(graphdef, params, rest)
         return (merged if method is None else getattr(merged, method))(*args, **kwargs)
 
-    return _module_op(module, params_key, arity, aggregate, edge, stochastic, apply)
+    return _module_op(module, params_key, arity, aggregate, edge, stochastic, apply, context)
 
 
 class NNXCells(nnx.Module):
@@ -143,6 +157,8 @@ class NNXCells(nnx.Module):
         (:func:`nnx_op`).
       stochastic: the op types whose cells draw random numbers (a ``key``
         keyword of ``__call__``; :func:`nnx_op`).
+      context: the op types whose cells read context (a ``context`` keyword
+        of ``__call__`` and ``edge``; :func:`nnx_op`).
       extra_ops: ops without parameters (e.g. a variadic sum node), passed
         through unchanged into :attr:`ops`.
     """
@@ -155,6 +171,7 @@ class NNXCells(nnx.Module):
         aggregate: Mapping[str, str] | None = None,
         edge: Mapping[str, bool | str] | None = None,
         stochastic: Sequence[str] = (),
+        context: Sequence[str] = (),
         extra_ops: Mapping[str, Op] | None = None,
     ):
         extra_ops = dict(extra_ops or {})
@@ -167,7 +184,15 @@ class NNXCells(nnx.Module):
             setattr(self, name, cell)
         arity, aggregate, edge = dict(arity or {}), dict(aggregate or {}), dict(edge or {})
         ops = {
-            name: nnx_op(cell, name, arity.get(name), aggregate.get(name), edge.get(name, False), name in stochastic)
+            name: nnx_op(
+                cell,
+                name,
+                arity.get(name),
+                aggregate.get(name),
+                edge.get(name, False),
+                name in stochastic,
+                name in context,
+            )
             for name, cell in cells.items()
         }
         # Built once, so every eb.run(cells.ops, ...) reuses the engine's compiled steps.
@@ -192,6 +217,7 @@ class NNXCells(nnx.Module):
             aggregate={name: ops[name].aggregate for name in cells if ops[name].aggregate is not None},
             edge={name: True for name in cells if ops[name].edge is not None},
             stochastic=[name for name in cells if ops[name].stochastic],
+            context=[name for name in cells if ops[name].context],
             extra_ops={name: op for name, op in ops.items() if name not in cells},
         )
 

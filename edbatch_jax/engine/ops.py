@@ -9,7 +9,10 @@ them, in which case ``f(params, payload, combined_state)``. A variable-arity
 op may also compute per argument before the reduction (``edge=``): one
 computation per (node, argument) pair, such as the Child-Sum Tree-LSTM's
 forget gate per child or an attention score per child, batched over every
-argument of a batch as one vmapped call.
+argument of a batch as one vmapped call. An op may also read context
+(``context=True``): a per-call pytree shared by every node and a
+per-instance pytree of which each node sees its own instance's row, given to
+the engine beside ``params`` (:class:`Context`) and differentiable like them.
 
 Plain functions need nothing but JAX; Flax modules become ops through
 :mod:`edbatch_jax.engine.flax_ops`.
@@ -21,12 +24,14 @@ import dataclasses
 import difflib
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from edbatch_jax.errors import EdbatchError
 
 __all__ = [
     "AGGREGATES",
+    "Context",
+    "EngineInputs",
     "Op",
     "OpError",
     "as_op",
@@ -42,6 +47,38 @@ AGGREGATES = ("sum", "mean", "max", "softmax")
 
 class OpError(EdbatchError):
     """An op type is missing, or does not fit the nodes that use it."""
+
+
+class Context(NamedTuple):
+    """The context a ``context=True`` op reads (a pytree).
+
+    Given to the engine (``run``, ``execute``, ``value_and_grad``, the
+    ``Trainer``) as ``context=`` (``call``) and ``instance_context=``
+    (``instance``); an op receives ``Context(call, its node's row of
+    instance)`` as its keyword argument ``context``.
+
+    Attributes:
+      call: a pytree of float arrays shared by every node of the run (a
+        temperature, a conditioning vector), or ``None``.
+      instance: given to the engine, a pytree of float arrays whose leaves
+        have a leading axis ``[I, ...]``, one row per instance of the
+        (batched) graph (a sentence encoding per instance); as an op sees
+        it, its own instance's row (leaves ``[...]``). ``None`` if not given.
+    """
+
+    call: Any = None
+    instance: Any = None
+
+
+class EngineInputs(NamedTuple):
+    """What an engine with ``context=True`` ops runs on, in place of ``params``: the parameters and the context.
+
+    Internal to the engines (a pytree, so that the programs and the custom
+    VJP take it as they take ``params``); its gradient has the same form.
+    """
+
+    params: Any
+    context: Context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +111,11 @@ class Op:
         layout; :mod:`edbatch_jax.engine.randomness`), or ``key=None`` when
         the engine is run without a step key (deterministic: evaluation,
         dropout off). ``edge`` functions get no key.
+      context: the op reads context: ``fn`` (and ``edge``) is called with a
+        keyword argument ``context``, a :class:`Context` of the call's
+        context and its node's instance's row of the per-instance context
+        (each ``None`` where the engine was given none). The engine
+        differentiates through both, as through ``params``.
       params_key: if set, ``fn`` receives ``params[params_key]`` instead of the
         whole parameter pytree (and only that subtree's gradient is
         accumulated per batch, which saves work in the backward sweep).
@@ -101,6 +143,7 @@ class Op:
     payload_bounds: Any = dataclasses.field(default=None, hash=False)  # may be a mapping: equal, not hashed
     edge: Callable[..., Any] | None = None
     stochastic: bool = False
+    context: bool = False
 
     def __post_init__(self):
         name = getattr(self.fn, "__name__", self.fn)
@@ -128,20 +171,33 @@ class Op:
         if self.arity is None and self.aggregate is None:
             object.__setattr__(self, "arity", signature_arity(self.fn))
 
-    def call(self, params, payload, *operands, key=None):
-        """``fn(params, payload, *operands)``, with ``key=key`` for a stochastic op (one node; jittable)."""
+    def call(self, params, payload, *operands, key=None, context=None):
+        """``fn(params, payload, *operands)``, with ``key=key`` for a stochastic op and ``context=context`` for an
+        op reading context (one node; jittable)."""
+        kw = {}
         if self.stochastic:
-            return self.fn(params, payload, *operands, key=key)
-        return self.fn(params, payload, *operands)
+            kw["key"] = key
+        if self.context:
+            kw["context"] = context if context is not None else Context()
+        return self.fn(params, payload, *operands, **kw)
+
+    def call_edge(self, params, payload, operand, context=None):
+        """``edge(params, payload, operand)``, with ``context=context`` for an op reading context (one (node,
+        argument) pair; jittable)."""
+        if self.context:
+            return self.edge(params, payload, operand, context=context if context is not None else Context())
+        return self.edge(params, payload, operand)
 
     @property
     def variadic(self) -> bool:
         """Whether the op takes a variable number of operands (``aggregate`` set)."""
         return self.aggregate is not None
 
-    def message_struct(self, params, payload, operand):
+    def message_struct(self, params, payload, operand, context=None):
         """The structure ``fn`` receives as its combined operand, from one node's payload and one argument's state.
 
+        ``params``: what ``fn`` receives (:meth:`select_params` applied, without
+        the context); ``context``: one node's :class:`Context` (or ``None``).
         Host-side (``jax.eval_shape``); for an op without ``edge`` the
         operand's own structure. Raises :class:`OpError` if ``edge`` fails on
         these shapes, or a ``"softmax"`` edge does not return ``(score,
@@ -154,7 +210,7 @@ class Op:
             return operand
         name = getattr(self.fn, "__name__", self.fn)
         try:
-            out = jax.eval_shape(self.edge, self.select_params(params), payload, operand)
+            out = jax.eval_shape(lambda p, x, o, c: self.call_edge(p, x, o, c), params, payload, operand, context)
         except OpError:
             raise
         except Exception as e:  # re-raised with the op named
@@ -180,8 +236,18 @@ class Op:
             )
         return value
 
+    @property
+    def grad_key(self):
+        """The key of this op's gradient accumulator in the engines' backward sweeps: ops with one key share one
+        (``params_key``; an op reading context accumulates the context's gradient too, under its own key)."""
+        return (self.params_key, "context") if self.context else self.params_key
+
     def select_params(self, params):
-        """The part of ``params`` that ``fn`` receives."""
+        """The part of ``params`` that ``fn`` receives; given :class:`EngineInputs`, for an op reading context
+        the pair ``(that part, the Context)``."""
+        if isinstance(params, EngineInputs):
+            sub = self.select_params(params.params)
+            return (sub, params.context) if self.context else sub
         if self.params_key is None:
             return params
         try:

@@ -11,7 +11,8 @@ is reproducible from its key. Without a step key ``k`` is ``None``: the op
 runs deterministically (evaluation; dropout off).
 
 The engine carries a node's identity as part of its op's payload: for the
-op types of stochastic ops, a plan's graph gets one payload row per node,
+op types of stochastic ops (and of ops reading context, whose nodes read
+their instance's row of the per-instance context), a plan's graph gets one payload row per node,
 ``{"node": int32[2] (instance, position), "payload": the node's own
 payload}`` (:func:`with_node_identity`); :func:`split_identity` takes it
 apart inside the batched call.
@@ -30,7 +31,7 @@ import numpy as np
 from edbatch_jax.engine.ops import Op, OpError
 from edbatch_jax.graph import Graph, mark_valid
 
-__all__ = ["check_rng", "node_identity", "node_key", "split_identity", "stochastic_types", "with_node_identity"]
+__all__ = ["check_rng", "identity_types", "node_identity", "node_key", "split_identity", "with_node_identity"]
 
 _NODE = "node"
 _PAYLOAD = "payload"
@@ -49,9 +50,12 @@ def node_identity(graph: Graph) -> np.ndarray:
     return np.stack([instance, position], axis=1).astype(np.int32)
 
 
-def stochastic_types(graph: Graph, ops: Mapping[str, Op]) -> tuple[int, ...]:
-    """The type ids of ``graph``'s op types whose op is stochastic."""
-    return tuple(t for t, name in enumerate(graph.op_types) if name in ops and ops[name].stochastic)
+def identity_types(graph: Graph, ops: Mapping[str, Op]) -> tuple[int, ...]:
+    """The type ids of ``graph``'s op types whose nodes need their identity: stochastic ops (a key per node) and
+    ops reading context (a row of the per-instance context per node)."""
+    return tuple(
+        t for t, name in enumerate(graph.op_types) if name in ops and (ops[name].stochastic or ops[name].context)
+    )
 
 
 def with_node_identity(graph: Graph, types: tuple[int, ...]) -> Graph:

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.engine.ops import Op, as_ops, check_graph_ops, check_payload_bounds
+from edbatch_jax.engine.context import check_context
+from edbatch_jax.engine.ops import Context, Op, OpError, as_ops, check_graph_ops, check_payload_bounds
 from edbatch_jax.engine.randomness import check_rng, node_identity, node_key
 from edbatch_jax.graph import Graph, check_node_ids, validate_graph
 from edbatch_jax.graph.analysis import topological_order
@@ -38,13 +39,13 @@ def _aggregate(kind: str, states: list) -> PyTree:
     return jax.tree.map(lambda *xs: functools.reduce(jnp.maximum, xs), *states)
 
 
-def _call(op: Op, params, payload, key, *states):
+def _call(op: Op, params, payload, key, context, *states):
     p = op.select_params(params)
     if op.variadic:
         if op.edge is not None:  # one edge call per argument, as written for one (node, argument) pair
-            states = tuple(op.edge(p, payload, s) for s in states)
-        return op.call(p, payload, _aggregate(op.aggregate, list(states)), key=key)
-    return op.call(p, payload, *states, key=key)
+            states = tuple(op.call_edge(p, payload, s, context) for s in states)
+        return op.call(p, payload, _aggregate(op.aggregate, list(states)), key=key, context=context)
+    return op.call(p, payload, *states, key=key, context=context)
 
 
 @functools.lru_cache(maxsize=256)
@@ -60,6 +61,8 @@ def run_unbatched(
     *,
     jit: bool = True,
     rng: Any = None,
+    context: PyTree = None,
+    instance_context: PyTree = None,
 ) -> PyTree:
     """Runs every node alone and returns the stacked states of ``outputs``.
 
@@ -68,11 +71,15 @@ def run_unbatched(
     with ``jax.grad``. Slow by design: one call per node. A stochastic op's
     node gets the key ``fold_in(fold_in(rng, instance), position)``
     (:func:`~edbatch_jax.engine.randomness.node_key`), or ``None`` without
-    ``rng``.
+    ``rng``. An op reading context gets ``eb.Context(context, its instance's
+    row of instance_context)``; differentiable w.r.t. both.
     """
     rng = check_rng(rng)
     validate_graph(graph)
     ops = as_ops(ops)
+    if not any(op.context for op in ops.values()) and (context is not None or instance_context is not None):
+        raise OpError("context was given, but no op reads it: declare the ops that do as eb.Op(fn, context=True)")
+    ctx = check_context(context, instance_context, graph.num_instances)
     check_graph_ops(graph, ops)
     check_payload_bounds(graph, ops)  # as the engines do: an id out of range is an error, not a clamped row
     states: list = [None] * graph.num_nodes
@@ -83,7 +90,11 @@ def run_unbatched(
         args = [states[a] for a in graph.args(v)]
         payload = graph.payload(v)
         key = node_key(rng, identity[v]) if op.stochastic and rng is not None else None
-        states[v] = (_jitted(op) if jit else functools.partial(_call, op))(params, payload, key, *args)
+        context = None
+        if op.context:
+            row = None if ctx.instance is None else jax.tree.map(lambda a: a[graph.instance[v]], ctx.instance)
+            context = Context(ctx.call, row)
+        states[v] = (_jitted(op) if jit else functools.partial(_call, op))(params, payload, key, context, *args)
     picked = [states[v] for v in check_node_ids(graph, outputs)]
     if not picked:  # no outputs: the states of none, leaves [0, ...] (of the first node's structure)
         return jax.tree.map(lambda x: jnp.zeros((0,) + jnp.shape(x), jnp.result_type(x)), states[0])

@@ -347,11 +347,11 @@ class StepwiseEngine(Engine):
         for step in reversed(plan.steps):
             op = self.ops[step.op]
             sub = op.select_params(params)
-            acc = grads.get(op.params_key)
+            acc = grads.get(op.grad_key)
             if acc is None:
                 acc = jax.tree.map(jnp.zeros_like, sub)
             fn, fwd_read, ct_touch = self._backward_step(step)
-            grads[op.params_key], touched = fn(
+            grads[op.grad_key], touched = fn(
                 sub,
                 rng if op.stochastic else None,
                 acc,
@@ -364,7 +364,14 @@ class StepwiseEngine(Engine):
         return assemble_grads(params, grads)
 
     def precompile(
-        self, params: PyTree, plan: ExecutionPlan, cotangents: Sequence[bool] | None = None, rng: Any = None
+        self,
+        params: PyTree,
+        plan: ExecutionPlan,
+        cotangents: Sequence[bool] | None = None,
+        rng: Any = None,
+        *,
+        context: PyTree = None,
+        instance_context: PyTree = None,
     ) -> int:
         """:meth:`Engine.precompile <edbatch_jax.engine.base.Engine.precompile>`: every batch's forward step
         (and, for training, backward step) at the plan's capacities.
@@ -378,12 +385,15 @@ class StepwiseEngine(Engine):
           plan: a plan of this engine.
           cotangents: ``None`` for inference, else one bool per state buffer.
           rng: a step key, for runs with one (stochastic ops), or ``None``.
+          context, instance_context: the context of the runs (see :meth:`Engine.execute
+            <edbatch_jax.engine.base.Engine.execute>`).
 
         Returns:
           The number of programs compiled by this call.
         """
         check_cotangents(plan, cotangents)
         rng = self._step_key(rng)
+        params = self._inputs(params, context, instance_context, plan.graph.num_instances)
         bufs = buffer_structs(plan)
         for sig, cap in zip(plan.signatures, plan.capacities):  # the fills a run makes (eager: a program per shape)
             zero_buffer(sig, cap)
@@ -409,9 +419,7 @@ class StepwiseEngine(Engine):
                 )
         if cotangents is not None:  # the accumulators' fills and their assembly into one gradient pytree
             ops = [self.ops[name] for name in dict.fromkeys(step.op for step in plan.steps)]
-            assemble_grads(
-                params, {op.params_key: jax.tree.map(jnp.zeros_like, op.select_params(params)) for op in ops}
-            )
+            assemble_grads(params, {op.grad_key: jax.tree.map(jnp.zeros_like, op.select_params(params)) for op in ops})
         return compiled
 
 
@@ -446,6 +454,8 @@ def run(
     layout: LayoutPlan | Literal["gather"] | None = None,
     *,
     rng: Any = None,
+    context: PyTree = None,
+    instance_context: PyTree = None,
 ) -> PyTree:
     """Batched execution of ``schedule``; see :meth:`Engine.run <edbatch_jax.engine.base.Engine.run>`.
 
@@ -463,8 +473,12 @@ def run(
       outputs: node ids (int ``[K]``) of one state structure; ``None``: every node.
       layout: ``None``, ``"gather"`` or a :class:`~edbatch_jax.layout.LayoutPlan`.
       rng: the step key of stochastic ops, or ``None`` (deterministic).
+      context: the per-call context of ops reading context, or ``None``.
+      instance_context: the per-instance context (leaves ``[I, ...]``), or ``None``.
 
     Returns:
       The states of ``outputs``, leaves ``[K, ...]``.
     """
-    return engine_for(ops).run(params, graph, schedule, outputs, layout, rng=rng)
+    return engine_for(ops).run(
+        params, graph, schedule, outputs, layout, rng=rng, context=context, instance_context=instance_context
+    )

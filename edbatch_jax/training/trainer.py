@@ -67,13 +67,31 @@ def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16,
     raise ValueError(f"unknown engine {name!r}; choose from {ENGINES}")
 
 
-def batched_loss(engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None) -> jax.Array:
+def batched_loss(
+    engine: Engine,
+    params: PyTree,
+    batch: MiniBatch,
+    count: int | None = None,
+    *,
+    context: PyTree = None,
+    instance_context: PyTree = None,
+) -> jax.Array:
     """Mean per-instance loss of ``batch`` through the batched engine (f32 scalar).
 
     ``count``: the divisor of the summed loss (default: ``batch``'s instances;
-    see :func:`loss_and_grads`).
+    see :func:`loss_and_grads`). ``context``, ``instance_context``: the
+    context of ops reading it (:meth:`~edbatch_jax.Engine.execute`).
     """
-    out = engine.run(params, batch.graph, batch.schedule, outputs=batch.loss_nodes, layout=batch.layout, reduce="sum")
+    out = engine.run(
+        params,
+        batch.graph,
+        batch.schedule,
+        outputs=batch.loss_nodes,
+        layout=batch.layout,
+        reduce="sum",
+        context=context,
+        instance_context=instance_context,
+    )
     return out["loss"] / (batch.graph.num_instances if count is None else count)
 
 
@@ -85,7 +103,15 @@ def _loss_grad(bufs: tuple, which: int, idx, mask, count):
 
 
 def loss_and_grads(
-    engine: Engine, params: PyTree, batch: MiniBatch, count: int | None = None, rng: jax.Array | None = None
+    engine: Engine,
+    params: PyTree,
+    batch: MiniBatch,
+    count: int | None = None,
+    rng: jax.Array | None = None,
+    *,
+    context: PyTree = None,
+    instance_context: PyTree = None,
+    context_grads: bool = False,
 ) -> tuple[jax.Array, PyTree]:
     """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params``.
 
@@ -105,13 +131,22 @@ def loss_and_grads(
         that the shards' losses and gradients add up to the whole one's).
       rng: the step key of stochastic ops (dropout), or ``None``
         (deterministic).
+      context: the per-call context of ops reading context, or ``None``.
+      instance_context: the per-instance context (leaves ``[I, ...]``, one
+        row per instance of ``batch``), or ``None``.
+      context_grads: also return the context's gradients.
 
     Returns:
-      ``(loss, grads)``: an f32 scalar and a pytree like ``params``.
+      ``(loss, grads)``: an f32 scalar and a pytree like ``params``; with
+      ``context_grads``, ``(loss, (grads, eb.Context of the context's
+      gradients))``.
     """
-    plan = engine.plan(params, batch.graph, batch.schedule, batch.layout)
+    ctx = {"context": context, "instance_context": instance_context}
+    plan = engine.plan(params, batch.graph, batch.schedule, batch.layout, **ctx)
     which, args = _loss_args(plan, batch, count)
-    return engine.value_and_grad(plan, params, lambda bufs: _loss_grad(bufs, which, *args), rng=rng)
+    return engine.value_and_grad(
+        plan, params, lambda bufs: _loss_grad(bufs, which, *args), rng=rng, context_grads=context_grads, **ctx
+    )
 
 
 def _loss_args(plan, batch: MiniBatch, count: int | None) -> tuple[int, tuple]:
@@ -154,6 +189,13 @@ class Trainer:
         so a run is reproducible from it; evaluation runs deterministic (no
         key). ``None``: training is deterministic too.
 
+    Ops reading context get it per step: ``step(batch, context=...,
+    instance_context=...)`` (and ``loss_and_grads``, ``evaluate``); the
+    graphs stay as they are. The trainer updates ``params`` only; a context
+    computed from trainable parameters is trained through
+    :func:`loss_and_grads` with ``context_grads=True`` or ``jax.grad`` over
+    :meth:`~edbatch_jax.Engine.run`.
+
     Attributes:
       steps: optimisation steps taken (the next step's key index).
     """
@@ -183,10 +225,19 @@ class Trainer:
         """The step key of step ``step`` (``fold_in(rng, step)``), or ``None`` without ``rng``."""
         return None if self.rng is None else jax.random.fold_in(self.rng, step)
 
-    def loss_and_grads(self, params: PyTree, batch: MiniBatch) -> tuple[jax.Array, PyTree]:
+    def loss_and_grads(
+        self, params: PyTree, batch: MiniBatch, *, context: PyTree = None, instance_context: PyTree = None
+    ) -> tuple[jax.Array, PyTree]:
         """:func:`batched_loss` of ``batch`` and its gradient w.r.t. ``params`` (:func:`loss_and_grads`), with
         the next step's key."""
-        return loss_and_grads(self.engine, params, batch, rng=self.step_key(self.steps))
+        return loss_and_grads(
+            self.engine,
+            params,
+            batch,
+            rng=self.step_key(self.steps),
+            context=context,
+            instance_context=instance_context,
+        )
 
     def prepare(self, batch: MiniBatch) -> MiniBatch:
         """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""
@@ -221,23 +272,34 @@ class Trainer:
             compiled += compile_once(self._compiled, _loss_grad, buffer_structs(plan), which, *args, tag=which)
         return compiled + compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
 
-    def step(self, batch: MiniBatch) -> float:
-        """One optimisation step on ``batch``; returns the loss (a host float: synchronises)."""
-        loss, grads = self.loss_and_grads(self.params, batch)
+    def step(self, batch: MiniBatch, *, context: PyTree = None, instance_context: PyTree = None) -> float:
+        """One optimisation step on ``batch`` (with the context of ops reading it); returns the loss (a host
+        float: synchronises)."""
+        loss, grads = self.loss_and_grads(self.params, batch, context=context, instance_context=instance_context)
         self.params, self.opt_state = self._update(grads, self.opt_state, self.params)
         self.steps += 1
         return float(loss)
 
-    def evaluate(self, batches: Sequence[MiniBatch]) -> dict:
-        """Root accuracy and mean loss over ``batches`` (batched engine)."""
+    def evaluate(
+        self,
+        batches: Sequence[MiniBatch],
+        *,
+        context: PyTree = None,
+        instance_contexts: Sequence[PyTree] | None = None,
+    ) -> dict:
+        """Root accuracy and mean loss over ``batches`` (batched engine); ``instance_contexts``: one per-instance
+        context per mini-batch (ops reading context), or ``None``."""
+        if instance_contexts is not None and len(instance_contexts) != len(batches):
+            raise ValueError(f"{len(instance_contexts)} instance contexts for {len(batches)} mini-batches")
         correct = total = 0
         losses = []
-        for b in batches:
-            out = self.engine.run(self.params, b.graph, b.schedule, outputs=b.root_nodes)
+        for i, b in enumerate(batches):
+            ctx = {"context": context, "instance_context": None if instance_contexts is None else instance_contexts[i]}
+            out = self.engine.run(self.params, b.graph, b.schedule, outputs=b.root_nodes, **ctx)
             pred = np.asarray(jnp.argmax(out["logits"], axis=-1))
             correct += int((pred == b.root_labels).sum())
             total += b.root_labels.size
-            losses.append(float(batched_loss(self.engine, self.params, b)))
+            losses.append(float(batched_loss(self.engine, self.params, b, **ctx)))
         return {"root_accuracy": correct / max(total, 1), "loss": float(np.mean(losses))}
 
 
