@@ -1,4 +1,5 @@
-"""Datasets of the bundled workloads: SST trees, NER lattices, WikiNER tags, synthetic generators; one vocabulary."""
+"""Datasets of the bundled workloads: SST trees, NER lattices, WikiNER tags, programs, synthetic generators; one
+vocabulary."""
 
 from edbatch_jax.zoo.data.lattice import (
     NUM_TAGS,

@@ -13,6 +13,8 @@ Modules: :mod:`~edbatch_jax.zoo.models.base` (the skeleton),
 module per model family: :mod:`~edbatch_jax.zoo.models.treelstm`,
 :mod:`~edbatch_jax.zoo.models.treegru`, :mod:`~edbatch_jax.zoo.models.mvrnn`,
 :mod:`~edbatch_jax.zoo.models.double_treelstm` (SST trees),
+:mod:`~edbatch_jax.zoo.models.childsum` (n-ary trees),
+:mod:`~edbatch_jax.zoo.models.program` (programs, a cell per node kind),
 :mod:`~edbatch_jax.zoo.models.lattice` (NER lattices),
 :mod:`~edbatch_jax.zoo.models.bilstm`, :mod:`~edbatch_jax.zoo.models.chain`
 (WikiNER sentences), :mod:`~edbatch_jax.zoo.models.synthetic` (grids, random
@@ -27,6 +29,7 @@ from edbatch_jax.zoo.models.chain import ChainLM
 from edbatch_jax.zoo.models.double_treelstm import DoubleTreeLSTM
 from edbatch_jax.zoo.models.lattice import LatticeTagger
 from edbatch_jax.zoo.models.mvrnn import MVRNN
+from edbatch_jax.zoo.models.program import ProgramModel
 from edbatch_jax.zoo.models.synthetic import BinaryTreeLSTM, DagLSTM, GridLSTM
 from edbatch_jax.zoo.models.treegru import TreeGRU
 from edbatch_jax.zoo.models.treelstm import TreeLSTM
@@ -45,6 +48,7 @@ __all__ = [
     "LeafCell",
     "LossCell",
     "MVRNN",
+    "ProgramModel",
     "SSTTreeModel",
     "TreeGRU",
     "TreeLSTM",
