@@ -23,7 +23,8 @@ ALLOWED = {
     "engine": {"graph", "scheduling", "layout", "engine", *BASE},
     "training": {*CORE, "training", *BASE},
     "zoo": {*CORE, "zoo", *BASE},
-    "apps": {*CORE, "training", "zoo", "apps", *BASE},
+    "dynamic": {*CORE, "dynamic", *BASE},
+    "apps": {*CORE, "training", "zoo", "dynamic", "apps", *BASE},
 }
 """Layer (a folder of ``edbatch_jax``) -> the layers its modules may import."""
 

@@ -4,13 +4,13 @@
 longer renders; a test checks that the committed pages equal what this module renders.
 
 The pages follow the conventions of mkdocstrings and pdoc for Google-style docstrings: one page per layer of the
-package (``graph``, ``scheduling``, ``layout``, ``fsm``, ``engine``, ``training``, ``zoo``, ``apps``), each opening
-with its layer package's docstring, then one section per module with that module's docstring and its public names
-(the module's ``__all__``, or the classes and functions it defines when it has none); ``index.md`` lists every name
-of ``edbatch_jax.__all__`` by layer. In the docstrings, the sections ``Args:``, ``Attributes:``, ``Raises:`` (lists,
-names in code), ``Returns:`` and ``Yields:`` become Markdown; reST roles (``:class:`~edbatch_jax.X```) become code,
-linked to the entry that documents the target; double backticks become single ones; literal blocks (``::``) become
-fenced code blocks.
+package (``graph``, ``scheduling``, ``layout``, ``fsm``, ``engine``, ``training``, ``zoo``, ``dynamic``, ``apps``),
+each opening with its layer package's docstring, then one section per module with that module's docstring and its
+public names (the module's ``__all__``, or the classes and functions it defines when it has none); ``index.md``
+lists every name of ``edbatch_jax.__all__`` by layer. In the docstrings, the sections ``Args:``, ``Attributes:``,
+``Raises:`` (lists, names in code), ``Returns:`` and ``Yields:`` become Markdown; reST roles
+(``:class:`~edbatch_jax.X```) become code, linked to the entry that documents the target; double backticks become
+single ones; literal blocks (``::``) become fenced code blocks.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ LAYERS = (
     ("engine", "Execution engines"),
     ("training", "Training"),
     ("zoo", "Model zoo"),
+    ("dynamic", "Structure decided while it runs"),
     ("apps", "Applications"),
 )
 """Layer packages of ``edbatch_jax``, in import order, with the title of their page."""

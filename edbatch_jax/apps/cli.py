@@ -620,6 +620,41 @@ def _add_compile_cache(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def bench_dynamic(args: argparse.Namespace) -> int:
+    """``edbatch bench-dynamic``: the dynamic runtime against one-at-a-time and padded decoding (Markdown table)."""
+    import platform
+
+    import jax
+
+    from edbatch_jax.apps import bench_dynamic as harness
+
+    split = lambda s: [x for x in str(s).split(",") if x]
+    machine = (
+        f"{platform.machine()} ({os.cpu_count()} CPUs), {platform.system()}, jax {jax.__version__} on "
+        f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
+    )
+    print(f"edbatch bench-dynamic: greedy decoding, hidden {args.hidden}, {args.repeats} timed runs; {machine}")
+    try:
+        rows = harness.run_dynamic_benchmarks(
+            [int(x) for x in split(args.instances)],
+            split(args.lengths),
+            hidden=args.hidden,
+            vocab=args.vocab,
+            repeats=args.repeats,
+            seed=args.seed,
+            policy=args.policy,
+            progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+        )
+    except ValueError as e:
+        raise SystemExit(f"edbatch bench-dynamic: {e}") from e
+    table = harness.format_dynamic_table(rows)
+    print(table, flush=True)
+    if args.markdown:
+        command = "edbatch bench-dynamic " + " ".join(args.argv)
+        write_text_atomic(args.markdown, f"# Dynamic runtime benchmark\n\n{machine}\n\n`{command}`\n\n{table}\n")
+    return 0 if all(r.same_tokens for r in rows) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edbatch", description="Automatic batching of dynamic neural networks in JAX."
@@ -765,6 +800,22 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--quiet", action="store_true")
     _add_compile_cache(bp, "off")
     bp.set_defaults(func=bench)
+
+    bd = sub.add_parser(
+        "bench-dynamic",
+        help="greedy decoding by the dynamic runtime against one instance at a time and a padded lax.scan",
+    )
+    bd.add_argument("--workload", default="decode", choices=["decode"], help="the dynamic workload (greedy decoding)")
+    bd.add_argument("--instances", default="64,256", help="comma-separated instance counts")
+    bd.add_argument("--lengths", default="low,high", help="comma-separated length distributions: low, high (variance)")
+    bd.add_argument("--hidden", type=int, default=128, help="hidden size of the decoder")
+    bd.add_argument("--vocab", type=int, default=16, help="vocabulary size of the decoder")
+    bd.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (reported: the median)")
+    bd.add_argument("--policy", default="agenda", help="the runtime's batching policy")
+    bd.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
+    bd.add_argument("--seed", type=int, default=0)
+    bd.add_argument("--quiet", action="store_true")
+    bd.set_defaults(func=bench_dynamic)
 
     tp = sub.add_parser("train", help="train a bundled model with optax, evaluation and orbax checkpoints")
     tp.add_argument(
