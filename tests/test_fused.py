@@ -149,7 +149,7 @@ def test_saved_residuals_are_the_matrix_products_and_the_backward_program_reads_
     plan = saving.plan(params, batch.graph, batch.schedule)
     bufs, saved = saving._forward_saving(plan, params)
     # one row per lane of each op type's matrix products: leaf W x, internal W [h_l; h_r], U_l h_l, U_r h_r, loss W_o h
-    stored = {name: sorted(sd.shape for _, _, sd in layout) for (name, _), layout in saving._saved_layouts.items()}
+    stored = {name: sorted(sd.shape for _, _, sd in layout) for (name, *_), layout in saving._saved_layouts.items()}
     assert stored == {"leaf": [(3 * hidden,)], "internal": [(hidden,), (hidden,), (3 * hidden,)], "loss": [(5,)]}
     for name, arrays in zip(dict.fromkeys(k[0] for k in saving.branch_keys), saved):
         rows = saving._lengths[("rows", name)]
@@ -189,7 +189,7 @@ def test_gradients_under_an_outer_jit_store_residuals_as_traced_values():
     loss = lambda p: jnp.sum(engine.run(p, graph, sched, outputs=nodes)["loss"])
     reference = lambda p: jnp.sum(eb.run_unbatched(model.ops, p, graph, outputs=nodes)["loss"])
     _assert_trees_close(jax.jit(jax.grad(loss))(params), jax.grad(reference)(params), **TOL)
-    assert engine._saved_layouts[("internal", False)]  # the traced forward stored its products
+    assert engine._saved_layouts[("internal", False, None)]  # the traced forward stored its products
 
 
 def test_planned_layout_gives_the_same_values():

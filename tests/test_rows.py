@@ -140,7 +140,7 @@ def test_fused_tables_agree_with_per_batch_definitions(seed, policy, layout_kind
         )
         for c0, n in pieces:
             d = desc[chunk]
-            op, out_b, in_bufs, has_payload, width, erows = keys[d[_BRANCH]]
+            op, out_b, in_bufs, has_payload, width, erows = keys[d[_BRANCH]][:6]
             assert op == name and width == rung(n) and out_b == plan.node_buffer[lanes[0]]
             assert (d[_OUT], d[_VALID]) == (first + c0, n)
             assert erows == (None if segments is None else bucket(segments.size))

@@ -49,7 +49,7 @@ def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
     work = load_workload("binary_tree", hidden=4)  # trees of one shape: compiled once
     num_train = len(work.minibatches("train", 1))
     assert num_train > 16  # more mini-batches than an engine caches plans by default
-    train(work, TrainConfig(steps=2 * num_train, batch_size=1, eval_batches=1))
+    train(work, TrainConfig(steps=2 * num_train, batch_size=1, eval_batches=1, precompile=False))
     # one plan per training mini-batch and one for the held-out batch, built in the first epoch only
     assert engines[0].plans_built == num_train + 1
 
@@ -198,7 +198,7 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
 def test_sharded_training_follows_the_unsharded_run():
     """``shards=2``: every step equals the unsharded step, up to float summation order."""
     work = load_workload("binary_tree", hidden=4, num_train=32, num_held_out=8)  # trees of one shape: few compiles
-    cfg = dict(steps=3, batch_size=4, eval_batches=1, lr=1e-2)
+    cfg = dict(steps=3, batch_size=4, eval_batches=1, lr=1e-2, precompile=False)  # programs as the steps need them
     plain = train(work, TrainConfig(**cfg))
     sharded = train(work, TrainConfig(shards=2, **cfg))
     np.testing.assert_allclose(sharded.losses, plain.losses, rtol=1e-4)

@@ -424,13 +424,50 @@ def _roots(m: dict) -> str:
     )
 
 
+def _process_group(args: argparse.Namespace):
+    """The process group of ``edbatch train`` from ``--coordinator``, ``--num-processes``, ``--process-id``, else
+    from the environment (``EDBATCH_COORDINATOR``, ...), else ``None``."""
+    from edbatch_jax.training.distributed import DistributedError, ProcessGroup
+
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    if all(f is None for f in flags):
+        return ProcessGroup.from_env()
+    if any(f is None for f in flags):
+        raise DistributedError("--coordinator, --num-processes and --process-id go together")
+    if args.processes > 1:
+        raise DistributedError("--processes spawns a local group: give it, or --coordinator and its options, not both")
+    return ProcessGroup(args.coordinator, args.num_processes, args.process_id)
+
+
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without the option ``name`` and its value (``--name V`` or ``--name=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
 def train_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from edbatch_jax.errors import EdbatchError
+    from edbatch_jax.training.distributed import DistributedError, initialize, launch_local
     from edbatch_jax.training.loop import TrainConfig, train
     from edbatch_jax.zoo.workloads import load_workload
 
+    try:
+        group = _process_group(args)
+        if group is None and args.processes > 1:  # spawn the group here; each process runs this command
+            return launch_local(["train", *_without_option(args.argv, "--processes")], args.processes)
+        if group is not None:
+            initialize(group)  # before JAX starts
+    except DistributedError as e:
+        raise SystemExit(f"edbatch train: {e}") from e
     if args.shards > 1:
         from edbatch_jax.training.parallel import use_cpu_devices
 
@@ -498,6 +535,11 @@ def train_command(args: argparse.Namespace) -> int:
 
     try:
         result = train(work, config, resume=args.resume, progress=progress, epoch_end=epoch_end)
+    except DistributedError as e:  # a peer process stopped: leave at once, without JAX's shutdown barrier
+        bar.close()
+        print(f"edbatch train: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
     except EdbatchError as e:  # a bad embedding file names its line
         bar.close()
         raise SystemExit(f"edbatch train: {e}") from e
@@ -906,6 +948,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="split every mini-batch over this many devices (data parallel; on a CPU, host devices)",
     )
+    tp.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="train as this many local processes (jax.distributed, gloo on CPUs): each builds, schedules and "
+        "runs its share of every mini-batch, one all-reduce of the gradients per step",
+    )
+    tp.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="HOST:PORT",
+        help="several hosts: process 0's address (with --num-processes, --process-id; or the EDBATCH_COORDINATOR, "
+        "EDBATCH_NUM_PROCESSES, EDBATCH_PROCESS_ID environment variables)",
+    )
+    tp.add_argument("--num-processes", type=int, default=None, help="several hosts: processes in the group")
+    tp.add_argument("--process-id", type=int, default=None, help="several hosts: this process, 0 .. N-1")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument(
         "--no-precompile",

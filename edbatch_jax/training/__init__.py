@@ -4,11 +4,13 @@ Built on the core (graph, scheduling, layout, engine); imports nothing of the
 model zoo or the applications. :mod:`~edbatch_jax.training.minibatch`
 (:class:`MiniBatch`, :func:`plan_ahead`), :mod:`~edbatch_jax.training.trainer`
 (:class:`Trainer`, :func:`loss_and_grads`, engines by name),
-:mod:`~edbatch_jax.training.parallel` (:class:`ShardedTrainer`) and
+:mod:`~edbatch_jax.training.parallel` (:class:`ShardedTrainer`, over devices),
+:mod:`~edbatch_jax.training.distributed` (:class:`ProcessTrainer`, over processes and hosts) and
 :mod:`~edbatch_jax.training.loop` (:func:`train` with checkpoints and exact
 resume).
 """
 
+from edbatch_jax.training.distributed import ProcessTrainer, process_share
 from edbatch_jax.training.minibatch import (
     MiniBatch,
     make_minibatch,
@@ -33,6 +35,7 @@ from edbatch_jax.training.trainer import (
 __all__ = [
     "ENGINES",
     "MiniBatch",
+    "ProcessTrainer",
     "ShardedTrainer",
     "Trainer",
     "batched_loss",
@@ -42,6 +45,7 @@ __all__ = [
     "make_shards",
     "node_labels",
     "plan_ahead",
+    "process_share",
     "resolve_layout",
     "root_accuracy",
     "root_loss_nodes",

@@ -12,6 +12,12 @@ of every epoch is a pure function of ``(seed, epoch)``. (The best-dev
 bookkeeping of early stopping and of the test evaluation is not
 checkpointed: a resumed run tracks the evaluations it makes itself.)
 
+In a group of processes (:mod:`~edbatch_jax.training.distributed`, joined
+before the call), each process trains its share of every mini-batch with a
+:class:`~edbatch_jax.training.distributed.ProcessTrainer`, evaluates the
+whole dev and test splits itself (every process reaches the same decisions),
+and saves the checkpoints with the others; process 0 alone writes the log.
+
 The JSON-lines log holds one record per step (``step``, ``epoch``, ``loss``,
 ``instances_per_s``), one ``{"eval": {...}}`` record per evaluation, whose
 ``split`` is ``"dev"`` or ``"test"`` (fields ``loss``, ``accuracy`` over
@@ -39,6 +45,7 @@ from edbatch_jax.engine import Engine
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph
 from edbatch_jax.scheduling import Policy
+from edbatch_jax.training.distributed import ProcessTrainer, process_share
 from edbatch_jax.training.minibatch import MiniBatch, make_minibatch, resolve_layout, variadic_ops
 from edbatch_jax.training.parallel import ShardedTrainer, make_shards, shard_devices
 from edbatch_jax.training.trainer import Trainer, make_engine
@@ -365,7 +372,15 @@ def train(
     train_sets = work.minibatch_instances("train", size, seed=config.seed)
     if not train_sets:
         raise ValueError(f"no training mini-batch of {size} instances in {work.source}")
-    if config.shards > 1:  # tuples of shards, one per device
+    processes = jax.process_count()  # > 1: this process trains its share of every mini-batch (distributed)
+    if processes > 1 and config.shards > 1:
+        raise TrainConfigError("shards > 1 in a group of processes: use one or the other")
+    if processes > 1:
+        if min(len(x) for x in train_sets) < processes:
+            raise TrainConfigError(f"mini-batches of {size} instances cannot be shared by {processes} processes")
+        counts = [len(x) for x in train_sets]
+        train_batches = _prepare(work, [work.batch_graph(process_share(x)) for x in train_sets], policy, config.layout)
+    elif config.shards > 1:  # tuples of shards, one per device
         variadic = variadic_ops(work.model.ops)
         train_batches = [
             make_shards(x, config.shards, work.batch_graph, policy, config.layout, variadic) for x in train_sets
@@ -403,7 +418,9 @@ def train(
         config.engine, work.model.ops, plan_cache_size=per_epoch + len(dev) + len(test), checks=config.debug_checks
     )
     params, embeddings = work.initial_params(jax.random.PRNGKey(config.seed), config.embeddings)
-    if config.shards > 1:  # the first device's engine also evaluates
+    if processes > 1:
+        trainer = ProcessTrainer(engine, params, optimizer)
+    elif config.shards > 1:  # the first device's engine also evaluates
         engines = [engine] + [
             make_engine(config.engine, work.model.ops, plan_cache_size=per_epoch, checks=config.debug_checks)
             for _ in range(config.shards - 1)
@@ -418,7 +435,8 @@ def train(
         import orbax.checkpoint as ocp
 
         latest = manager.latest_step()
-        template = {"params": trainer.params, "opt_state": trainer.opt_state, "step": np.array(0, np.int64)}
+        template = jax.device_get({"params": trainer.params, "opt_state": trainer.opt_state})
+        template["step"] = np.array(0, np.int64)
         state = manager.restore(latest, args=ocp.args.StandardRestore(template))
         # restored arrays are committed to a device, which changes jit's cache key: hand them back
         # uncommitted, as fresh ones are, so the executables compiled before the restart still apply
@@ -433,7 +451,9 @@ def train(
             return
         import orbax.checkpoint as ocp
 
-        state = {"params": trainer.params, "opt_state": trainer.opt_state, "step": np.array(at, np.int64)}
+        # host arrays: in a group of processes every process saves its (equal) copy, process 0 writes it
+        state = jax.device_get({"params": trainer.params, "opt_state": trainer.opt_state})
+        state["step"] = np.array(at, np.int64)
         manager.save(at, args=ocp.args.StandardSave(state), force=True)
         manager.wait_until_finished()
 
@@ -442,7 +462,7 @@ def train(
         t0 = time.perf_counter()
         precompiled = _precompile(trainer, train_batches, dev + test, step, total, config.seed)
         precompile_s = time.perf_counter() - t0
-    log = open(config.log_path, "a") if config.log_path else None
+    log = open(config.log_path, "a") if config.log_path and jax.process_index() == 0 else None
     losses: list[float] = []
     evals: list[dict] = []
     best, best_params, since_best, stopped_early, test_metrics = None, None, 0, False, None
@@ -453,9 +473,13 @@ def train(
             epoch, k = divmod(step, per_epoch)
             order = _epoch_order(config.seed, epoch, per_epoch)
             t0 = time.perf_counter()
-            loss = trainer.step(train_batches[order[k]])
-            shards = train_batches[order[k]]
-            count = sum(b.graph.num_instances for b in shards) if config.shards > 1 else shards.graph.num_instances
+            if processes > 1:
+                loss = trainer.step(train_batches[order[k]], counts[order[k]])
+                count = counts[order[k]]
+            else:
+                loss = trainer.step(train_batches[order[k]])
+                shards = train_batches[order[k]]
+                count = sum(b.graph.num_instances for b in shards) if config.shards > 1 else shards.graph.num_instances
             rate = count / (time.perf_counter() - t0)
             step += 1
             losses.append(loss)

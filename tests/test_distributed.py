@@ -1,0 +1,134 @@
+"""Training over processes (jax.distributed, gloo): two local processes against one, a killed process, resume.
+
+The processes are real: ``edbatch train --processes 2`` spawns two Python
+processes that meet in one all-reduce per step. The one-process run is
+:func:`~edbatch_jax.training.loop.train` in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from edbatch_jax.training.distributed import DistributedError, ProcessGroup, launch_local, process_share
+from edbatch_jax.training.loop import TrainConfig, train
+from edbatch_jax.zoo.workloads import load_workload
+
+STEPS, EVERY = 12, 2
+ARGS = ["--model", "treelstm", "--hidden", "4", "--batch-size", "4", "--steps", str(STEPS), "--eval-batches", "1"]
+ARGS += ["--checkpoint-every", str(EVERY), "--no-precompile", "--quiet", "--seed", "3"]
+
+
+def _edbatch(*argv: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edbatch_jax.apps.cli", "train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _params(directory: Path) -> tuple[int, dict]:
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(directory.resolve()) as manager:
+        step = manager.latest_step()
+        return step, manager.restore(step, args=ocp.args.StandardRestore())["params"]
+
+
+def _pids_of(marker: str) -> dict[int, int]:
+    """process id -> pid of the running processes whose command line holds ``marker`` and ``--process-id``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if marker in argv and "--process-id" in argv:
+            found[int(argv[argv.index("--process-id") + 1])] = int(entry.name)
+    return found
+
+
+def _assert_trees_close(a, b, **tol):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol), a, b)
+
+
+def test_process_groups_and_shares_are_checked():
+    assert ProcessGroup.from_env({}) is None
+    env = {"EDBATCH_COORDINATOR": "h:1", "EDBATCH_NUM_PROCESSES": "2", "EDBATCH_PROCESS_ID": "1"}
+    group = ProcessGroup.from_env(env)
+    assert group == ProcessGroup("h:1", 2, 1) and ProcessGroup.from_env(group.environ()) == group
+    with pytest.raises(DistributedError, match="EDBATCH_COORDINATOR set without EDBATCH_NUM_PROCESSES"):
+        ProcessGroup.from_env({"EDBATCH_COORDINATOR": "h:1"})
+    with pytest.raises(DistributedError, match="EDBATCH_PROCESS_ID must be an integer, got 'x'"):
+        ProcessGroup.from_env({**env, "EDBATCH_PROCESS_ID": "x"})
+    with pytest.raises(DistributedError, match=r"process_id must be in \[0, 2\), got 2"):
+        ProcessGroup("h:1", 2, 2)
+    with pytest.raises(DistributedError, match="coordinator must be 'host:port'"):
+        ProcessGroup("nohost", 2, 0)
+    shares = [process_share(list(range(7)), 3, k) for k in range(3)]
+    assert shares == [[0, 1, 2], [3, 4], [5, 6]]  # unequal shares: the first ones one longer
+
+
+def test_a_process_that_fails_is_named():
+    with pytest.raises(DistributedError, match=r"process [01] of 2 exited with code 2"):
+        launch_local(["train", "--no-such-option"], 2)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """Three runs of two processes: uninterrupted; killed (process 1) after a checkpoint; resumed."""
+    root = tmp_path_factory.mktemp("distributed")
+    whole, broken = root / "whole", root / "broken"
+    args = [*ARGS, "--processes", "2", "--compile-cache", str(root / "cache")]  # later runs load the programs
+    first = _edbatch(*args, "--checkpoint-dir", str(whole), "--log", str(root / "log.jsonl"))
+    first_out = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, first_out
+    killed = _edbatch(*args, "--checkpoint-dir", str(broken))
+    victim, deadline = None, time.monotonic() + 300
+    while victim is None and killed.poll() is None and time.monotonic() < deadline:
+        if (broken / str(EVERY) / "commit_success.txt").exists():  # a finished checkpoint: kill process 1
+            victim = _pids_of(str(broken)).get(1)
+            if victim is not None:
+                os.kill(victim, signal.SIGKILL)
+        time.sleep(0.005)
+    killed_out = killed.communicate(timeout=300)[0]
+    resumed = _edbatch(*args, "--checkpoint-dir", str(broken), "--resume")
+    resumed_out = resumed.communicate(timeout=300)[0]
+    killed, resumed = (killed.returncode, killed_out), (resumed.returncode, resumed_out)
+    return dict(root=root, victim=victim, killed=killed, resumed=resumed)
+
+
+def test_two_processes_train_to_the_parameters_of_one(two_processes):
+    step, params = _params(two_processes["root"] / "whole")
+    assert step == STEPS
+    work = load_workload("treelstm", hidden=4, seed=3)
+    config = TrainConfig(steps=STEPS, batch_size=4, eval_batches=1, seed=3, precompile=False, test=False)
+    one = train(work, config)
+    _assert_trees_close(params, one.params, rtol=2e-4, atol=2e-6)
+    log = [json.loads(line) for line in (two_processes["root"] / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "step" in r] == list(range(1, STEPS + 1))  # process 0 alone logs
+
+
+def test_a_killed_process_is_named_and_the_run_resumes_from_its_checkpoint(two_processes):
+    assert two_processes["victim"] is not None, "the run ended before its first checkpoint could be interrupted"
+    code, out = two_processes["killed"]
+    assert code != 0
+    assert "process 1 of 2 was killed by signal SIGKILL; the others were stopped" in out
+    code, out = two_processes["resumed"]
+    assert code == 0, out
+    assert "resumed from the checkpoint of step" in out
+    step, resumed = _params(two_processes["root"] / "broken")
+    _, whole = _params(two_processes["root"] / "whole")
+    assert step == STEPS
+    _assert_trees_close(resumed, whole, rtol=0, atol=0)  # exact: same processes, same sums
