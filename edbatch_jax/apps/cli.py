@@ -697,6 +697,39 @@ def bench_dynamic(args: argparse.Namespace) -> int:
     return 0 if all(r.same_tokens for r in rows) else 1
 
 
+def bench_processes(args: argparse.Namespace) -> int:
+    """``edbatch bench-processes``: training as 1 process against N in one run (Markdown table)."""
+    import platform
+
+    from edbatch_jax.apps import bench_processes as harness
+
+    machine = f"{platform.machine()} ({os.cpu_count()} CPUs), {platform.system()}"
+    print(
+        f"edbatch bench-processes: {args.model}, hidden {args.hidden}, {args.steps} steps "
+        f"({args.skip} not timed), engine {args.engine}; {machine}"
+    )
+    try:
+        rows = harness.run_process_benchmarks(
+            args.model,
+            [int(x) for x in str(args.processes).split(",") if x],
+            steps=args.steps,
+            skip=args.skip,
+            batch_size=args.batch_size,
+            hidden=args.hidden,
+            engine=args.engine,
+            seed=args.seed,
+            progress=None if args.quiet else (lambda s: print(f"  training as {s}", flush=True)),
+        )
+    except ValueError as e:
+        raise SystemExit(f"edbatch bench-processes: {e}") from e
+    table = harness.format_process_table(rows)
+    print(table, flush=True)
+    if args.markdown:
+        command = "edbatch bench-processes " + " ".join(args.argv)
+        write_text_atomic(args.markdown, f"# Training over processes\n\n{machine}\n\n`{command}`\n\n{table}\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edbatch", description="Automatic batching of dynamic neural networks in JAX."
@@ -858,6 +891,21 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--seed", type=int, default=0)
     bd.add_argument("--quiet", action="store_true")
     bd.set_defaults(func=bench_dynamic)
+
+    bq = sub.add_parser(
+        "bench-processes", help="training throughput as 1 process against N (jax.distributed), in one run"
+    )
+    bq.add_argument("--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME")
+    bq.add_argument("--processes", default="1,2", help="comma-separated process counts")
+    bq.add_argument("--steps", type=int, default=60, help="training steps per run")
+    bq.add_argument("--skip", type=int, default=10, help="first steps not timed")
+    bq.add_argument("--batch-size", type=int, default=None, help="instances per global mini-batch")
+    bq.add_argument("--hidden", type=int, default=128)
+    bq.add_argument("--engine", default="stepwise", choices=["stepwise", "fused", "fused_fine"])
+    bq.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
+    bq.add_argument("--seed", type=int, default=0)
+    bq.add_argument("--quiet", action="store_true")
+    bq.set_defaults(func=bench_processes)
 
     tp = sub.add_parser("train", help="train a bundled model with optax, evaluation and orbax checkpoints")
     tp.add_argument(

@@ -184,6 +184,10 @@ class ProcessTrainer(Trainer):
     same number of times with the same ``count``. In a group of one
     process it is a :class:`~edbatch_jax.training.Trainer`.
 
+    :attr:`collective_s` holds the last step's all-reduce time (from this
+    share's gradients being ready to the sums arriving: the wait for the
+    slowest share included).
+
     Stochastic ops are refused: their per-node keys number instances within
     a share, so dropout masks would differ from one process's run.
 
@@ -206,6 +210,7 @@ class ProcessTrainer(Trainer):
             firsts.setdefault(d.process_index, d)
         devices = [firsts[p] for p in range(self.num_processes)]
         self.device = devices[self.process_id]
+        self.collective_s = 0.0  # seconds the last step's all-reduce took (waiting for the slowest share included)
         mesh = jax.sharding.Mesh(np.array(devices), ("processes",))
         self._spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -234,7 +239,10 @@ class ProcessTrainer(Trainer):
         the global mini-batch's mean loss (a host float: synchronises)."""
         loss, grads = loss_and_grads(self.engine, self.params, batch, count=count)
         try:
-            total = self.all_reduce(self._flatten(loss, grads))
+            flat = jax.block_until_ready(self._flatten(loss, grads))  # this share's work done: time the collective
+            t0 = time.perf_counter()
+            total = jax.block_until_ready(self.all_reduce(flat))
+            self.collective_s = time.perf_counter() - t0
             loss, self.params, self.opt_state = self._apply(total, self.opt_state, self.params)
             value = float(loss)
         except (RuntimeError, ValueError) as e:

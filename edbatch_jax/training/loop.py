@@ -19,7 +19,8 @@ whole dev and test splits itself (every process reaches the same decisions),
 and saves the checkpoints with the others; process 0 alone writes the log.
 
 The JSON-lines log holds one record per step (``step``, ``epoch``, ``loss``,
-``instances_per_s``), one ``{"eval": {...}}`` record per evaluation, whose
+``instances`` (of the global mini-batch), ``instances_per_s``, and in a group of processes ``collective_s``, the
+all-reduce's seconds), one ``{"eval": {...}}`` record per evaluation, whose
 ``split`` is ``"dev"`` or ``"test"`` (fields ``loss``, ``accuracy`` over
 every loss node, ``majority``, ``step``, ``epoch``, and the workload's root
 metrics, e.g. ``root_accuracy``, ``root_binary_accuracy``), and with
@@ -484,7 +485,10 @@ def train(
             step += 1
             losses.append(loss)
             if log:
-                log.write(json.dumps({"step": step, "epoch": epoch, "loss": loss, "instances_per_s": rate}) + "\n")
+                record = {"step": step, "epoch": epoch, "loss": loss, "instances": count, "instances_per_s": rate}
+                if processes > 1:
+                    record["collective_s"] = trainer.collective_s
+                log.write(json.dumps(record) + "\n")
             if progress:
                 progress(step, loss, rate)
             if step % config.checkpoint_every == 0:
