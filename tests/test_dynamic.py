@@ -349,3 +349,18 @@ def test_benchmark_implementations_choose_the_same_tokens():
     rows = bd.run_dynamic_benchmarks(instances=(4,), lengths=("low",), hidden=8, vocab=12, repeats=1)
     assert rows[0].same_tokens and rows[0].compiles == 0 and rows[0].runtime_traces == 0
     assert "| 4 | low:" in bd.format_dynamic_table(rows)
+
+
+def test_the_fused_engine_runs_the_rounds_too():
+    """Rounds run as fused programs: the same tokens and values as one at a time; warm runs compile nothing."""
+    params = ex.decode_params(jax.random.PRNGKey(0))
+    instances = ex.decode_instances(4, seed=1)
+    runtime = ebd.DynamicRuntime(ex.decode_ops(), engine=lambda ops: eb.FusedEngine(ops, max_lanes=4))
+    for _ in range(2):  # the second run meets the capacities the first one grew
+        result = runtime.run(ex.greedy_decode, instances, params)
+    for inst, out in zip(instances, result.outputs):
+        chosen, logits = ex.decode_reference(params, inst)
+        assert out.chosen == chosen
+        _close([result.value(h) for h in out.logits], logits)
+    again = runtime.run(ex.greedy_decode, instances[::-1], params)
+    assert again.stats.traces == 0 and [o.chosen for o in again.outputs] == [o.chosen for o in result.outputs][::-1]

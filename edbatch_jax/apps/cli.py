@@ -675,7 +675,10 @@ def bench_dynamic(args: argparse.Namespace) -> int:
         f"{platform.machine()} ({os.cpu_count()} CPUs), {platform.system()}, jax {jax.__version__} on "
         f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
     )
-    print(f"edbatch bench-dynamic: greedy decoding, hidden {args.hidden}, {args.repeats} timed runs; {machine}")
+    print(
+        f"edbatch bench-dynamic: greedy decoding, hidden {args.hidden}, engine {args.engine}, {args.repeats} timed "
+        f"runs; {machine}"
+    )
     try:
         rows = harness.run_dynamic_benchmarks(
             [int(x) for x in split(args.instances)],
@@ -686,6 +689,7 @@ def bench_dynamic(args: argparse.Namespace) -> int:
             seed=args.seed,
             policy=args.policy,
             progress=None if args.quiet else (lambda s: print(f"  measuring {s}", flush=True)),
+            engine=args.engine,
         )
     except ValueError as e:
         raise SystemExit(f"edbatch bench-dynamic: {e}") from e
@@ -887,6 +891,12 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--vocab", type=int, default=16, help="vocabulary size of the decoder")
     bd.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (reported: the median)")
     bd.add_argument("--policy", default="agenda", help="the runtime's batching policy")
+    bd.add_argument(
+        "--engine",
+        default="stepwise",
+        choices=["stepwise", "fused"],
+        help="the runtime's engine: stepwise (a jitted call per batch) or fused (a round as one program)",
+    )
     bd.add_argument("--markdown", default=None, help="write the table (with machine and command) here")
     bd.add_argument("--seed", type=int, default=0)
     bd.add_argument("--quiet", action="store_true")
