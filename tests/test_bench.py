@@ -227,16 +227,16 @@ def test_the_harness_counts_xla_compilations_not_only_traces():
     import jax
     import numpy as np
 
-    from edbatch_jax.apps.bench import _xla_compiles
+    from edbatch_jax.apps.bench import xla_compiles
 
     fn = jax.jit(lambda x: x * 3 + 1)
-    before = _xla_compiles()
+    before = xla_compiles()
     fn(jax.device_put(np.arange(5.0)))
-    assert _xla_compiles() == before + 1
+    assert xla_compiles() == before + 1
     fn(jax.device_put(np.ones(5)))  # the same kind of input: cached
-    assert _xla_compiles() == before + 1
+    assert xla_compiles() == before + 1
     fn(jax.device_put(np.arange(5.0), jax.devices()[0]))  # committed: XLA compiles again, nothing is traced again
-    assert _xla_compiles() == before + 2
+    assert xla_compiles() == before + 2
 
 
 def test_bench_runs_a_model_with_dropout_through_every_timed_phase():

@@ -6,6 +6,7 @@ Also the atomic writer under them: killed saves leave no lasting temporaries, an
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
@@ -29,17 +30,23 @@ from edbatch_jax.fsm.policy_file import MAX_FILE_BYTES
 OP_TYPES = ("a", "b", "x")
 
 
+def _states(encoding: str, k: int) -> list[tuple[int, ...]]:
+    """Every reachable non-empty state over ``k`` op types, in a fixed order."""
+    states = {}
+    for counts in itertools.product(range(3), repeat=k):
+        for typewise in itertools.product(range(2), repeat=k):
+            if any(counts):
+                states.setdefault(enc.state_tuple(counts, encoding, np.add(counts, typewise)), None)
+    return sorted(states, key=lambda s: (len(s), s))
+
+
 def _policy(encoding: str = "sort") -> eb.FSMPolicy:
     """A small policy over ``OP_TYPES``: every other reachable state maps to its first ready type."""
     k = len(OP_TYPES)
-    avail, rank = enc.action_table(encoding, k)
-    actions = np.full(enc.num_states(encoding, k), -1, dtype=np.int32)
-    for s in range(0, len(actions), 2):
-        if avail[s].any() and enc._index_of_tuple(enc.decode(s, encoding, k), encoding, k) == s:
-            actions[s] = int(np.argmin(np.where(avail[s], rank[s], k)))
+    table = {state: enc.ready_types(state, encoding, k)[0] for state in _states(encoding, k)[::2]}
     settings_ = {"alpha": 0.4, "n_step": 10, "bootstrap": True}
     provenance = {"seed": 0, "lower_bound": 4.0, "curve": {"eval_episodes": [0, 50], "eval_batches": [9.0, 8.0]}}
-    return eb.FSMPolicy(OP_TYPES, encoding, actions, settings=settings_, provenance=provenance)
+    return eb.FSMPolicy(OP_TYPES, encoding, table, settings=settings_, provenance=provenance)
 
 
 def _graph() -> eb.Graph:
@@ -70,9 +77,9 @@ def _line_of(text: str, needle: str, occurrence: int = 0) -> int:
 def _assert_valid(policy: eb.FSMPolicy) -> None:
     """A loaded policy's table holds only legal actions, and it schedules a graph correctly."""
     k = len(policy.op_types)
-    avail, _ = enc.action_table(policy.encoding, k)
-    seen = np.flatnonzero(policy.actions >= 0)
-    assert avail[seen, policy.actions[seen]].all()
+    for state, action in policy.table.items():
+        assert enc.state_problem(state, policy.encoding, k) is None
+        assert action in enc.ready_types(state, policy.encoding, k)
     if sorted(policy.op_types) == sorted(GRAPH.op_types):
         eb.validate_schedule(GRAPH, eb.schedule(GRAPH, policy))
 
@@ -187,7 +194,7 @@ def test_conflicting_duplicate_entries_and_keys_are_refused(tmp_path):
     # an identical repeat says nothing new: accepted
     data["table"][-1] = dict(entry)
     p.write_text(_text(data))
-    np.testing.assert_array_equal(eb.FSMPolicy.load(p).actions, POLICIES["sort"].actions)
+    assert eb.FSMPolicy.load(p).table == POLICIES["sort"].table
 
     base = _text(POLICIES["sort"].to_dict())
     dup_top = base.replace('"fallback": "last",', '"fallback": "last",\n "fallback": "first",')
@@ -291,8 +298,8 @@ def test_non_finite_numbers_are_refused(tmp_path, old, new):
         (_set(("version",), True), "unsupported version True (expected an integer"),
         (_set(("format",), ["edbatch-fsm"]), "not an edbatch FSM policy"),
         (_set(("op_types",), ["a", "b", "a"]), "'op_types' has duplicates: 'a' appears twice"),
-        (_set(("op_types",), [f"t{i}" for i in range(40)]), "'op_types' lists 40 op types"),
-        (_set(("op_types",), [f"t{i}" for i in range(12)]), "states (limit"),
+        (_set(("op_types",), [f"t{i}" for i in range(5000)]), "'op_types' lists 5000 op types; a policy has at most"),
+        (_set(("op_types",), [f"t{i}" for i in range(300)]), "table entry 0: unknown op type 'a'"),
         (_set(("table", ENTRY, "state"), ["a", "b", "x", "a", "b"]), "is not a valid 'sort' state"),
         (_set(("table", ENTRY, "state"), ["a"] * 10_000), "is not a valid 'sort' state"),
         (_set(("table", ENTRY, "state"), ["a*"]), "unknown op type 'a*'"),
@@ -331,7 +338,7 @@ def test_encoding_specific_states_and_op_types_argument(tmp_path):
     for encoding, policy in POLICIES.items():  # every encoding round-trips, in any op type order
         policy.save(p)
         loaded = eb.FSMPolicy.load(p, op_types=("x", "a", "b"))
-        np.testing.assert_array_equal(loaded.actions, policy.actions)
+        assert loaded.table == policy.table
         assert loaded.encoding == encoding and loaded.settings == policy.settings
         _assert_valid(loaded)
 

@@ -78,6 +78,7 @@ __all__ = [
     "format_table",
     "resolve_policy",
     "run_benchmarks",
+    "xla_compiles",
 ]
 
 OPTIMIZERS = {"adam": (optax.adam, 1e-3), "sgd": (optax.sgd, 0.01)}
@@ -198,7 +199,7 @@ def _count_compile(event: str, duration: float, **kwargs) -> None:
         _compiles["count"] += 1
 
 
-def _xla_compiles() -> int:
+def xla_compiles() -> int:
     """XLA compilations in this process since the harness first asked (a ``jax.monitoring`` listener)."""
     if not _compiles["listening"]:
         jax.monitoring.register_event_duration_secs_listener(_count_compile)
@@ -295,13 +296,13 @@ class _Config:
                     with jax.default_device(device):
                         engine._new_plan(self.params[0], signature, m.graph, m.schedule, m.layout)
         self.engine_plan_ms.append((time.perf_counter() - t0) / len(mbs) * 1e3)
-        before = _xla_compiles()
+        before = xla_compiles()
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.execute"):
             for k in range(warmup, warmup + num_batches):
                 self.run_one(k)
         self.execute_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
-        self.compiles_after_warmup += _xla_compiles() - before
+        self.compiles_after_warmup += xla_compiles() - before
         self.sync_params()
         self.time_overlapped(warmup, num_batches)
         self.time_overlapped(warmup, num_batches, threaded=True)
@@ -324,7 +325,7 @@ class _Config:
     def time_overlapped(self, warmup: int, num_batches: int, threaded: bool = False) -> None:
         """Rebuilt mini-batches, each planned while the previous one executes (the first one's planning included);
         ``threaded``: construction, schedule and layout on a worker thread (``plan_ahead``'s ``background``)."""
-        before = _xla_compiles()
+        before = xla_compiles()
         t0 = time.perf_counter()
         sets = self.instance_sets[warmup : warmup + num_batches]
         batches = (
@@ -344,7 +345,7 @@ class _Config:
                     pending = out
             _block(self.trainer.params if self.trainer is not None else pending)
         (self.threaded_ms if threaded else self.overlapped_ms).append((time.perf_counter() - t0) / num_batches * 1e3)
-        self.compiles_after_warmup += _xla_compiles() - before
+        self.compiles_after_warmup += xla_compiles() - before
         self.sync_params()
 
 

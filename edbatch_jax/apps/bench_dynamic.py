@@ -47,6 +47,7 @@ import numpy as np
 
 import edbatch_jax as eb
 import edbatch_jax.dynamic as ebd
+from edbatch_jax.apps.bench import xla_compiles
 from edbatch_jax.dynamic import examples as ex
 
 __all__ = [
@@ -61,22 +62,6 @@ __all__ = [
 
 DISTRIBUTIONS = {"low": 20, "high": 64}
 """Length distribution name -> its largest length (the padded scan's length)."""
-
-_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-_compiles = {"count": 0, "listening": False}
-
-
-def _count_compile(event: str, duration: float, **kwargs) -> None:
-    if event == _BACKEND_COMPILE_EVENT:
-        _compiles["count"] += 1
-
-
-def _xla_compiles() -> int:
-    """XLA compilations in this process since first asked (a ``jax.monitoring`` listener)."""
-    if not _compiles["listening"]:
-        jax.monitoring.register_event_duration_secs_listener(_count_compile)
-        _compiles["listening"] = True
-    return _compiles["count"]
 
 
 def sample_lengths(kind: str, n: int, seed: int = 0) -> np.ndarray:
@@ -242,11 +227,11 @@ def run_dynamic_benchmarks(
 
             # compile everything first (the runtime twice: its second run meets the capacities the first grew)
             warm = [run_runtime(), run_runtime(), run_one(), run_padded()][1:]
-            compiles0 = _xla_compiles()
+            compiles0 = xla_compiles()
             rt_s, result = _median_time(run_runtime, repeats)
             one_s, one_out = _median_time(run_one, repeats)
             pad_s, pad_out = _median_time(run_padded, repeats)
-            compiles = _xla_compiles() - compiles0
+            compiles = xla_compiles() - compiles0
             same = list(result.outputs) == one_out == pad_out == list(warm[0].outputs)
             same = same and all(len(c) == k and c[-1] == ex.EOS for c, k in zip(one_out, lens))
             st = result.stats

@@ -178,7 +178,9 @@ def learn(args: argparse.Namespace) -> int:
         bar.update(int(episode) + 1 - bar.n)
         bar.set_postfix(greedy=f"{float(greedy):.1f}", best=f"{float(best):.1f}", lb=f"{float(lb):.1f}")
 
-    policy = eb.learn_fsm(train_graphs, encoding=encoding, seed=args.seed, progress=progress, **settings)
+    policy = eb.learn_fsm(
+        train_graphs, encoding=encoding, seed=args.seed, progress=progress, op_types=work.op_types, **settings
+    )
     bar.close()
     prov = policy.provenance
     prov.update(model=args.model, data=work.source, batch_size=size)
@@ -693,12 +695,16 @@ def bench_dynamic(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise SystemExit(f"edbatch bench-dynamic: {e}") from e
-    table = harness.format_dynamic_table(rows)
+    _table_out(args, "Dynamic runtime benchmark", machine, harness.format_dynamic_table(rows))
+    return 0 if all(r.same_tokens for r in rows) else 1
+
+
+def _table_out(args: argparse.Namespace, title: str, machine: str, table: str) -> None:
+    """Prints a command's Markdown table and, with ``--markdown``, writes it (title, machine, command) atomically."""
     print(table, flush=True)
     if args.markdown:
-        command = "edbatch bench-dynamic " + " ".join(args.argv)
-        write_text_atomic(args.markdown, f"# Dynamic runtime benchmark\n\n{machine}\n\n`{command}`\n\n{table}\n")
-    return 0 if all(r.same_tokens for r in rows) else 1
+        command = f"edbatch {args.command} " + " ".join(args.argv)
+        write_text_atomic(args.markdown, f"# {title}\n\n{machine}\n\n`{command}`\n\n{table}\n")
 
 
 def bench_processes(args: argparse.Namespace) -> int:
@@ -726,11 +732,7 @@ def bench_processes(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise SystemExit(f"edbatch bench-processes: {e}") from e
-    table = harness.format_process_table(rows)
-    print(table, flush=True)
-    if args.markdown:
-        command = "edbatch bench-processes " + " ".join(args.argv)
-        write_text_atomic(args.markdown, f"# Training over processes\n\n{machine}\n\n`{command}`\n\n{table}\n")
+    _table_out(args, "Training over processes", machine, harness.format_process_table(rows))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""State encodings of the batching MDP (ED-Batch section 4), as dense indices.
+"""State encodings of the batching MDP (ED-Batch section 4), as tuples of op type ids.
 
 A state is a tuple of op type ids built from the per-type ready counts
 ``|F_t|`` (counts themselves are not part of the state, so graphs of any size
@@ -14,27 +14,24 @@ share states):
   ``t`` is written ``t + K``. An extension of this library: it gives the
   policy the one fact that decides optimality (ED-Batch section 3).
 
-Every encoding has a finite state space over ``K`` op types, so a tuple is
-mapped to a dense index in ``[0, num_states)``:
+The state spaces are not enumerated: the Q-table holds the visited states
+only (:mod:`edbatch_jax.fsm.qlearning`), so every encoding works over any
+number of op types up to :data:`MAX_TYPES`.
 
-* ``set``: the bitmask of ready types;
-* ``max``: ``bitmask * K + argmax``;
-* ``sort``: the rank of a partial permutation (tuples grouped by length, then
-  lexicographic);
-* ``sort_complete``: ``sort_index * 2^K + marks`` (bit ``j``: position ``j``
-  is complete).
-
-:func:`encode` is the jittable JAX version, :func:`encode_np` the NumPy one,
-:func:`decode` turns an index back into its tuple. In every encoding the state
-determines the set of ready types, hence the available actions
-(:func:`action_table`).
+In every encoding the state determines the ready types, hence the available
+actions, and their *rank*, the order in which ties in Q are broken: the
+position in the state tuple (for ``max``: the appended argmax first, then the
+others in ascending id order). :func:`ready_types` gives them on the host;
+:func:`ranked_state` is the jittable JAX form the learning loop uses, the ready
+types in rank order (with ``sort_complete``'s marks) as a fixed-width int32
+vector padded with -1, computed with one ``argsort`` (no loop over the
+types). :func:`state_from_ranked` turns that back into the state tuple, and
+:func:`state_problem` checks a tuple given from outside (a policy file).
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import math
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -43,101 +40,41 @@ from edbatch_jax.errors import EdbatchError
 
 __all__ = [
     "ENCODINGS",
-    "MAX_STATES",
-    "max_types",
-    "num_states",
-    "encode",
-    "encode_np",
-    "decode",
+    "MAX_TYPES",
+    "check_encoding",
+    "needs_typewise",
     "state_tuple",
-    "action_table",
+    "ready_types",
+    "ranked_state",
+    "state_from_ranked",
+    "state_problem",
 ]
 
 ENCODINGS = ("set", "sort", "max", "sort_complete")
 """The supported state encodings."""
 
-MAX_STATES = 1 << 21
-"""Largest dense state space accepted (the Q-table has ``num_states * K`` entries); every encoding refuses more
-op types than fit (:func:`max_types`) with an :class:`~edbatch_jax.errors.EdbatchError`."""
+MAX_TYPES = 4096
+"""Most op types a policy may have (a sanity limit of policy files and :func:`~edbatch_jax.learn_fsm`; the
+sparse Q-table itself has no such bound). ``sort_complete``'s marked ids ``t + K`` stay below ``2 * MAX_TYPES``,
+which fits the learning loop's int16 keys."""
 
 
-def _check(encoding: str, num_types: int) -> None:
+def check_encoding(encoding: str, num_types: int) -> None:
+    """Refuses an unknown encoding, no op types, or more than :data:`MAX_TYPES`.
+
+    Raises:
+      ValueError: unknown encoding, or no op types.
+      EdbatchError: more than :data:`MAX_TYPES` op types.
+    """
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown state encoding {encoding!r}; choose one of {list(ENCODINGS)}")
     if num_types < 1:
         raise ValueError("a batching state needs at least one op type")
-
-
-def _perm(n: int, m: int) -> int:
-    """Number of ordered selections of ``m`` items out of ``n``."""
-    return math.perm(n, m) if 0 <= m <= n else 0
-
-
-@functools.cache
-def _sort_offsets(num_types: int) -> np.ndarray:
-    """int64 ``[K + 2]``: first index of the tuples of each length."""
-    sizes = [_perm(num_types, k) for k in range(num_types + 1)]
-    return np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-
-
-@functools.cache
-def _perm_table(num_types: int) -> np.ndarray:
-    """int64 ``[K + 1, K + 1]``: ``P(n, m)``."""
-    k = num_types
-    return np.array([[_perm(n, m) for m in range(k + 1)] for n in range(k + 1)], dtype=np.int64)
-
-
-def _size(encoding: str, num_types: int) -> int:
-    """Exact size of the dense state space (a Python int: no overflow however many op types)."""
-    k = num_types
-    if encoding == "set":
-        return 1 << k
-    if encoding == "max":
-        return (1 << k) * k
-    n_sort = sum(_perm(k, m) for m in range(k + 1))
-    return n_sort if encoding == "sort" else n_sort << k
-
-
-def _count(n: int) -> str:
-    """An exact count, or its order of magnitude when it has more than 12 digits."""
-    return str(n) if n < 10**12 else f"about {n:.2e}"
-
-
-@functools.cache
-def max_types(encoding: str) -> int:
-    """The most op types ``encoding`` fits in :data:`MAX_STATES` states.
-
-    ``set``: 21, ``max``: 16, ``sort``: 9, ``sort_complete``: 7.
-    """
-    _check(encoding, 1)
-    k = 1
-    while _size(encoding, k + 1) <= MAX_STATES:
-        k += 1
-    return k
-
-
-def num_states(encoding: str, num_types: int) -> int:
-    """Size of the dense state space of ``encoding`` over ``num_types`` op types.
-
-    Raises:
-      EdbatchError: a state space above :data:`MAX_STATES` (the message names
-        the encoding, the number of op types, the states and Q-table entries
-        it would need, and the limit).
-      ValueError: unknown encoding, or no op types.
-    """
-    _check(encoding, num_types)
-    k = num_types
-    n = _size(encoding, k)
-    if n > MAX_STATES:
-        fits = {e: max_types(e) for e in ENCODINGS}
-        larger = [f"{e!r} (up to {m})" for e, m in fits.items() if m >= k]
-        hint = f"use encoding {' or '.join(larger)}, or merge op types" if larger else "merge op types"
+    if num_types > MAX_TYPES:
         raise EdbatchError(
-            f"the {encoding!r} encoding over {k} op types has {_count(n)} states (limit {MAX_STATES}): its dense "
-            f"Q-table would need {_count(n * k)} entries; {encoding!r} fits at most {fits[encoding]} op types. "
-            f"{hint.capitalize()}"
+            f"{num_types} op types: an FSM policy has at most {MAX_TYPES} (merge op types, or use a heuristic "
+            "policy such as 'typewise')"
         )
-    return n
 
 
 def needs_typewise(encoding: str) -> bool:
@@ -171,128 +108,112 @@ def state_tuple(counts, encoding: str, typewise=None) -> tuple[int, ...]:
     raise ValueError(f"unknown state encoding {encoding!r}; choose one of {list(ENCODINGS)}")
 
 
-@functools.cache
-def _index_of_tuple(state: tuple[int, ...], encoding: str, num_types: int) -> int:
+def ready_types(state: Sequence[int], encoding: str, num_types: int) -> tuple[int, ...]:
+    """The ready op types of a (valid) state tuple in rank order: ties in Q go to the first.
+
+    The position in the tuple (marks of ``sort_complete`` removed); for ``max``
+    the appended argmax first, then the other ready types in ascending order.
+    """
     k = num_types
-    if encoding == "set":
-        return sum(1 << t for t in state)
     if encoding == "max":
         if not state:
-            return 0
-        return sum(1 << t for t in state[:-1]) * k + state[-1]
-    if encoding == "sort_complete":
-        marks = sum(1 << j for j, t in enumerate(state) if t >= k)
-        return (_index_of_tuple(tuple(t % k for t in state), "sort", k) << k) + marks
-    used = [False] * k
-    idx = int(_sort_offsets(k)[len(state)])
-    for j, t in enumerate(state):
-        r = sum(1 for u in range(t) if not used[u])
-        idx += r * _perm(k - j - 1, len(state) - j - 1)
-        used[t] = True
-    return idx
+            return ()
+        a = state[-1]
+        return (a,) + tuple(t for t in state[:-1] if t != a)
+    return tuple(t % k for t in state)
 
 
-def encode_np(counts: np.ndarray, encoding: str, typewise: np.ndarray | None = None) -> int:
-    """Dense state index of a frontier given its ready counts (NumPy, host)."""
-    counts = np.asarray(counts)
-    _check(encoding, counts.shape[-1])
-    return _index_of_tuple(state_tuple(counts, encoding, typewise), encoding, counts.shape[-1])
+def state_from_ranked(ranked: Sequence[int], encoding: str, num_types: int) -> tuple[int, ...]:
+    """The state tuple of the ready types in rank order (``sort_complete``: with marks), the inverse of
+    :func:`ready_types` (up to the marks); ``ranked`` may be padded with negative values."""
+    ranked = tuple(int(t) for t in ranked if t >= 0)
+    if encoding == "max":
+        return tuple(sorted(ranked)) + ranked[:1]
+    return ranked
 
 
-def encode(counts: jnp.ndarray, encoding: str, typewise: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Dense state index of a frontier given its ready counts.
+def ranked_state(counts: jnp.ndarray, encoding: str, typewise: jnp.ndarray | None = None, max_count: int | None = None):
+    """The ready types of a frontier in rank order, as fixed-width JAX arrays. Jittable and vmappable.
 
     Args:
       counts: int ``[K]`` ready nodes per op type.
       encoding: one of :data:`ENCODINGS` (static).
       typewise: int ``[K]`` ``|TF_t|``, needed by ``sort_complete``.
+      max_count: a bound on the counts (static, e.g. the graph's nodes), if
+        known: ``sort`` then packs count and type id into one uint32 key and
+        sorts one array (several times faster than an ``argsort`` over
+        hundreds of types).
 
     Returns:
-      int32 scalar in ``[0, num_states(encoding, K))``. Jittable and vmappable.
+      ``(ranked int32 [K], rank int32 [K], length int32)``: ``ranked[:length]``
+      are the ready types in rank order (``sort_complete``: a complete type
+      ``t`` as ``t + K``), the rest -1; ``rank[t]`` is the position of a ready
+      type ``t`` in it (meaningless for the others). The state tuple is
+      ``state_from_ranked(ranked)``; the cost is one sort of ``K`` keys.
     """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown state encoding {encoding!r}; choose one of {list(ENCODINGS)}")
     k = counts.shape[-1]
-    _check(encoding, k)
     ready = counts > 0
-    bits = jnp.sum(jnp.where(ready, 1 << jnp.arange(k), 0)).astype(jnp.int32)
-    if encoding == "set":
-        return bits
-    if encoding == "max":
-        return jnp.where(jnp.any(ready), bits * k + jnp.argmax(counts).astype(jnp.int32), 0)
+    m = jnp.sum(ready).astype(jnp.int32)
+    pos = jnp.arange(k, dtype=jnp.int32)
+    bits = max(1, (k - 1).bit_length())
+    if encoding in ("set", "max"):
+        # ready types ascending (max: its argmax first), then the others; keys are distinct, one plain sort
+        first = jnp.argmax(counts).astype(jnp.int32) if encoding == "max" else -2
+        key = jnp.sort(jnp.where(ready, jnp.where(pos == first, -1, pos), k + pos))
+        order = jnp.where(key < 0, first, jnp.where(key >= k, key - k, key))
+    elif max_count is not None and max_count < 1 << (32 - bits):
+        # (most ready first, then lower id) as one uint32: (2^(32-bits) - 1 - count) << bits | id; others last
+        top = jnp.uint32((1 << (32 - bits)) - 1)
+        packed = ((top - counts.astype(jnp.uint32)) << bits) | pos.astype(jnp.uint32)
+        key = jnp.sort(jnp.where(ready, packed, jnp.uint32(0xFFFFFFFF)))
+        order = jnp.where(pos < m, (key & jnp.uint32((1 << bits) - 1)).astype(jnp.int32), k)  # k: not ready
+    else:
+        order = jnp.argsort(jnp.where(ready, -counts, jnp.iinfo(jnp.int32).max), stable=True).astype(jnp.int32)
+    order = order.astype(jnp.int32)
+    live = pos < m
+    ranked = order
     if encoding == "sort_complete":
         if typewise is None:
             raise ValueError("the 'sort_complete' encoding needs the type-wise frontier counts")
-        base = encode(counts, "sort")
-        order = jnp.argsort(jnp.where(ready, -counts, jnp.iinfo(jnp.int32).max), stable=True)
-        complete = (counts == typewise)[order] & (jnp.arange(k) < jnp.sum(ready))
-        return (base << k) + jnp.sum(jnp.where(complete, 1 << jnp.arange(k), 0)).astype(jnp.int32)
-    # sort: rank of the partial permutation (t_0, ..., t_{m-1})
-    m = jnp.sum(ready).astype(jnp.int32)
-    key = jnp.where(ready, -counts, jnp.iinfo(jnp.int32).max)
-    order = jnp.argsort(key, stable=True).astype(jnp.int32)
-    perm = jnp.asarray(_perm_table(k), dtype=jnp.int32)
-    idx = jnp.asarray(_sort_offsets(k), dtype=jnp.int32)[m]
-    used = jnp.zeros(k, dtype=bool)
-    below = jnp.arange(k)[None, :] < jnp.arange(k)[:, None]  # below[t, u] = u < t
-    for j in range(k):
-        t = order[j]
-        r = jnp.sum(below[t] & ~used).astype(jnp.int32)
-        idx = idx + jnp.where(j < m, r * perm[k - j - 1, jnp.maximum(m - j - 1, 0)], 0)
-        used = used.at[t].set(True)
-    return idx
+        ranked = order + k * (counts == typewise)[jnp.minimum(order, k - 1)].astype(jnp.int32)
+    ranked = jnp.where(live, ranked, -1)
+    rank = jnp.zeros(k, jnp.int32).at[order].set(pos, mode="drop")
+    return ranked, rank, m
 
 
-@functools.cache
-def _all_tuples(encoding: str, num_types: int) -> tuple[tuple[int, ...], ...]:
-    k = num_types
-    n = num_states(encoding, k)
-    out: list = [None] * n
-    if encoding == "set":
-        for bits in range(n):
-            out[bits] = tuple(t for t in range(k) if bits >> t & 1)
-    elif encoding == "max":
-        for bits in range(1 << k):
-            ready = tuple(t for t in range(k) if bits >> t & 1)
-            for a in range(k):
-                # unreachable combinations (argmax not ready) decode to their set part
-                out[bits * k + a] = ready + (a,) if a in ready else ready
-    elif encoding == "sort_complete":
-        for s, base in enumerate(_all_tuples("sort", k)):
-            for marks in range(1 << k):
-                # marks beyond the tuple's length are unreachable; they decode without them
-                out[(s << k) + marks] = tuple(t + k * (marks >> j & 1) for j, t in enumerate(base))
-    else:
-        for m in range(k + 1):
-            for state in itertools.permutations(range(k), m):
-                out[_index_of_tuple(state, encoding, k)] = state
-    return tuple(out)
+def state_problem(state: Sequence, encoding: str, num_types: int) -> str | None:
+    """Why ``state`` is not a state tuple of ``encoding`` over ``num_types`` op types (None if it is one).
 
-
-def decode(index: int, encoding: str, num_types: int) -> tuple[int, ...]:
-    """The state tuple of a dense index (inverse of :func:`encode_np`)."""
-    return _all_tuples(encoding, num_types)[int(index)]
-
-
-@functools.cache
-def action_table(encoding: str, num_types: int) -> tuple[np.ndarray, np.ndarray]:
-    """Available actions and their tie-break rank for every state.
-
-    Returns:
-      ``(available bool [S, K], rank int32 [S, K])``: ``available[s, a]`` when
-      type ``a`` is ready in state ``s``; ``rank[s, a]`` is the position of
-      ``a`` in the state tuple (ties in Q go to the lowest rank: for ``sort``
-      the type with the most ready nodes, for ``max`` the appended argmax),
-      ``K`` where unavailable.
+    Checks the ids (ints in range: ``[0, K)``, ``[0, 2K)`` for ``sort_complete``)
+    and the encoding's shape: ``set`` strictly ascending; ``sort`` distinct;
+    ``sort_complete`` distinct once the marks are removed; ``max`` empty, or a
+    strictly ascending set followed by one of its members.
     """
     k = num_types
-    tuples = _all_tuples(encoding, k)
-    avail = np.zeros((len(tuples), k), dtype=bool)
-    rank = np.full((len(tuples), k), k, dtype=np.int32)
-    for s, state in enumerate(tuples):
-        if encoding == "max" and len(state) > 1 and state[-1] in state[:-1]:
-            ready = (state[-1],) + tuple(t for t in state[:-1] if t != state[-1])  # argmax first
-        else:
-            ready = tuple(t % k for t in state)
-        for pos, t in enumerate(ready):
-            avail[s, t] = True
-            rank[s, t] = pos
-    return avail, rank
+    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, (bool, np.bool_)) for t in state):
+        return "its items must be op type ids (integers)"
+    top = 2 * k if encoding == "sort_complete" else k
+    bad = next((int(t) for t in state if not 0 <= t < top), None)
+    if bad is not None:
+        return f"op type id {bad} is out of range (0 to {top - 1})"
+    ids = [int(t) for t in state]
+    if encoding == "max":
+        if not ids:
+            return None
+        body = ids[:-1]
+        if not body or any(a >= b for a, b in zip(body, body[1:])):
+            return "a 'max' state is its ready types in ascending order followed by the one with most ready nodes"
+        if ids[-1] not in body:
+            return "the last type of a 'max' state (the one with most ready nodes) must be among its ready types"
+        return None
+    if encoding == "set":
+        if any(a >= b for a, b in zip(ids, ids[1:])):
+            return "a 'set' state lists distinct types in ascending order"
+        return None
+    if encoding not in ("sort", "sort_complete"):
+        return f"unknown state encoding {encoding!r}"
+    if len({t % k for t in ids}) != len(ids):
+        return "a type appears twice"
+    return None

@@ -20,7 +20,9 @@ and the maximal same-type ancestors not yet run (``near_pending``), and per
 type the queue pointers and ``|TF_t|``. The action "type ``a``" runs every
 ready node of ``a`` in chunks of :data:`CHUNK` nodes: it decrements the
 counters of their children, appends the children that became ready to their
-queues, and counts the nodes that entered ``TF_a``. Its reward is
+queues (their places found by a one-hot over the types, or pairwise among the
+chunk's consumers when the types outnumber them: hundreds of op types cost a
+step no more), and counts the nodes that entered ``TF_a``. Its reward is
 ``-1 + |F_a| / |TF_a|`` (counts before the batch runs): 0 exactly for a batch
 that completes its type-wise frontier. Ready unbatchable nodes are forced
 moves, each one batch, taken before any decision.
@@ -434,11 +436,19 @@ def step(env: BatchingEnv, state: EnvState, action, num_batches=1) -> tuple[EnvS
         once, scratch = _one_of_each(ch, scratch)
         new = (pending[ch] == 0) & once
         ct = env.node_type[ch]
-        hot = (ct[:, None] == jnp.arange(k)[None, :]) & new[:, None]
-        rank = jnp.cumsum(hot, axis=0) - 1
-        pos = env.queue_offset[ct] + tail[ct] + jnp.take_along_axis(rank, ct[:, None], axis=1)[:, 0]
+        # each new node's rank among the new nodes of its type before it: one-hot over the types when they are
+        # few, pairwise over the chunk's consumers when the types outnumber them (hundreds of op types)
+        if k <= ch.shape[0]:
+            hot = (ct[:, None] == jnp.arange(k)[None, :]) & new[:, None]
+            before = jnp.take_along_axis(jnp.cumsum(hot, axis=0) - 1, ct[:, None], axis=1)[:, 0]
+            added = jnp.sum(hot, axis=0).astype(jnp.int32)
+        else:
+            earlier = jnp.arange(ch.shape[0])[None, :] < jnp.arange(ch.shape[0])[:, None]
+            before = jnp.sum((ct[:, None] == ct[None, :]) & new[None, :] & earlier, axis=1)
+            added = jnp.zeros(k, jnp.int32).at[ct].add(new.astype(jnp.int32))
+        pos = env.queue_offset[ct] + tail[ct] + before
         queue = queue.at[jnp.where(new, pos, sink)].set(ch)
-        tail = tail + jnp.sum(hot, axis=0).astype(jnp.int32)
+        tail = tail + added
         # same-type descendants: count down their maximal ancestors; count new TF members
         nc = env.near_children[nodes].reshape(-1)
         near_pending = near_pending.at[nc].add(-1)
@@ -498,8 +508,9 @@ class ReferenceEnv:
     def typewise_counts(self) -> np.ndarray:
         return self.frontier.typewise_counts.copy()
 
-    def state(self, encoding: str) -> int:
-        return enc.encode_np(self.frontier.ready_counts, encoding)
+    def state(self, encoding: str) -> tuple[int, ...]:
+        """The state tuple of the frontier (:func:`~edbatch_jax.fsm.encoding.state_tuple`)."""
+        return enc.state_tuple(self.frontier.ready_counts, encoding, self.frontier.typewise_counts)
 
     def force(self) -> bool:
         """Runs ready unbatchable nodes one at a time; True if any ran."""

@@ -1,8 +1,10 @@
 """The learned batching policy: a finite state machine (ED-Batch section 4).
 
 :class:`FSMPolicy` maps the encoded frontier (see :mod:`edbatch_jax.fsm.encoding`)
-to the op type to run next: one table lookup per decision. States never seen in
-learning fall back to a rule (``fallback``). :func:`learn_fsm` learns one with
+to the op type to run next: one dictionary lookup per decision, by the state
+tuple. The table holds the states visited in learning only (any number of op
+types, up to :data:`~edbatch_jax.fsm.encoding.MAX_TYPES`); other states fall
+back to a rule (``fallback``). :func:`learn_fsm` learns one with
 the jit-compiled Q-learning loop; :meth:`FSMPolicy.save` /
 :meth:`FSMPolicy.load` store it as a small versioned JSON file.
 
@@ -17,7 +19,8 @@ import datetime
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -32,7 +35,7 @@ from edbatch_jax.fsm.policy_file import (
     policy_from_data,
     read_policy_file,
 )
-from edbatch_jax.fsm.qlearning import QLearningSettings, greedy_actions, run_q_learning
+from edbatch_jax.fsm.qlearning import INITIAL_CAPACITY, QLearningSettings, run_q_learning
 from edbatch_jax.graph import Graph
 from edbatch_jax.io import write_text_atomic
 from edbatch_jax.scheduling.frontier import Frontier
@@ -41,6 +44,21 @@ from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 from edbatch_jax.scheduling.typewise import TypewiseFrontier
 
 __all__ = ["FSMDecision", "FSMPolicy", "PolicyFileError", "learn_fsm", "FALLBACKS"]
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _dumps(data: dict) -> str:
+    """The JSON text of a policy: indented, but each table entry on one line (a table may have many)."""
+    table = data["table"]
+    text = json.dumps({**data, "table": []}, indent=1)
+    if not table:
+        return text
+    rows = ",\n".join("  " + json.dumps(entry, separators=(", ", ": ")) for entry in table)
+    return text.replace('"table": []', '"table": [\n' + rows + "\n ]", 1)
 
 
 class FSMDecision(NamedTuple):
@@ -73,8 +91,7 @@ class FSMPolicy(FrontierPolicy):
 
     Attributes:
       op_types: op type names the policy was learned for.
-      encoding: ``"sort"``, ``"set"`` or ``"max"``.
-      actions: int32 ``[S]``, the action of every dense state; -1 where unseen.
+      encoding: ``"sort"``, ``"set"``, ``"max"`` or ``"sort_complete"``.
       fallback: rule for unseen states (see :data:`FALLBACKS`).
       settings: the Q-learning settings used (a dict).
       provenance: where the table came from (a dict: graphs, episodes, times...).
@@ -87,30 +104,57 @@ class FSMPolicy(FrontierPolicy):
         self,
         op_types: Sequence[str],
         encoding: str,
-        actions: np.ndarray,
+        table: Mapping[Sequence[int], int] | Iterable[tuple[Sequence[int], int]],
         fallback: str = "last",
         settings: dict | None = None,
         provenance: dict | None = None,
     ):
+        """A policy from its table.
+
+        Args:
+          op_types: op type names (distinct; at most :data:`~edbatch_jax.fsm.encoding.MAX_TYPES`).
+          encoding: one of :data:`~edbatch_jax.fsm.encoding.ENCODINGS`.
+          table: state tuple -> op type id (a mapping, or ``(state, action)``
+            pairs); every state must be a state tuple of ``encoding`` over the
+            op types, and its action one of its ready types.
+          fallback: rule for states missing from the table (:data:`FALLBACKS`).
+          settings, provenance: kept as they are (dicts).
+
+        Raises:
+          ValueError: an unknown encoding or fallback, repeated op types, or a
+            table entry that is no state or whose action is not ready (named).
+          EdbatchError: more than :data:`~edbatch_jax.fsm.encoding.MAX_TYPES` op types.
+          TypeError: ``table`` is not a mapping or pairs (e.g. the dense action
+            array of versions before the sparse table).
+        """
         self.op_types = tuple(op_types)
         k = len(self.op_types)
-        size = enc.num_states(encoding, k)
-        actions = np.asarray(actions, dtype=np.int32)
-        if actions.shape != (size,):
-            raise ValueError(f"actions must have shape ({size},) for {encoding!r} over {k} types, got {actions.shape}")
+        enc.check_encoding(encoding, k)
+        if len(set(self.op_types)) != k:
+            raise ValueError(f"op_types {list(self.op_types)} repeats a name")
         if fallback not in FALLBACKS:
             raise ValueError(f"unknown fallback {fallback!r}; choose one of {list(FALLBACKS)}")
-        avail, _ = enc.action_table(encoding, k)
-        seen = actions >= 0
-        bad = np.flatnonzero(seen & ~avail[np.arange(size), np.maximum(actions, 0)])
-        if bad.size:
-            s = int(bad[0])
-            raise ValueError(
-                f"state {self._names(enc.decode(s, encoding, k))} maps to "
-                f"{self.op_types[actions[s]]!r}, which is not ready in that state"
+        if isinstance(table, np.ndarray):
+            raise TypeError(
+                "table must map state tuples to op type ids (a dict), not an array: the dense action array is gone"
             )
+        items = table.items() if isinstance(table, Mapping) else table
+        checked: dict[tuple[int, ...], int] = {}
+        for state, action in items:
+            key = tuple(state)
+            problem = enc.state_problem(key, encoding, k)
+            if problem is not None:
+                raise ValueError(f"table state {_short(key)} is not a valid {encoding!r} state: {problem}")
+            key = tuple(int(t) for t in key)
+            if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer)):
+                raise ValueError(f"table state {self._names(key)} maps to {action!r}, not an op type id")
+            if int(action) not in enc.ready_types(key, encoding, k):
+                name = self.op_types[action] if 0 <= action < k else f"op type id {int(action)}"
+                raise ValueError(f"state {self._names(key)} maps to {name!r}, which is not ready in that state")
+            if checked.setdefault(key, int(action)) != int(action):
+                raise ValueError(f"state {self._names(key)} maps to two actions")
         self.encoding = encoding
-        self.actions = actions
+        self._table = checked
         self.fallback = fallback
         self.settings = dict(settings or {})
         self.provenance = dict(provenance or {})
@@ -126,9 +170,14 @@ class FSMPolicy(FrontierPolicy):
         return TypewiseFrontier if typewise else Frontier
 
     @property
+    def table(self) -> Mapping[tuple[int, ...], int]:
+        """The table, read-only: state tuple (over the policy's type ids) -> op type id."""
+        return types.MappingProxyType(self._table)
+
+    @property
     def num_entries(self) -> int:
         """Number of states in the table."""
-        return int((self.actions >= 0).sum())
+        return len(self._table)
 
     def _names(self, state) -> list[str]:
         """Type names of a state tuple; a complete type (``sort_complete``) gets a ``*``."""
@@ -163,7 +212,6 @@ class FSMPolicy(FrontierPolicy):
             "decisions": 0,
             "perm": perm,
             "perm_list": perm.tolist(),
-            "actions": self.actions.tolist(),
             "trace": [] if self._tracing else None,
         }
         return self._stats
@@ -177,16 +225,15 @@ class FSMPolicy(FrontierPolicy):
             typewise = frontier.typewise_counts.tolist() + [0]
             typewise = [typewise[p] for p in perm]
         state = enc.state_tuple([counts[p] for p in perm], self.encoding, typewise)
-        s = enc._index_of_tuple(state, self.encoding, len(perm))
         stats["decisions"] += 1
-        a = stats["actions"][s]
-        if a >= 0:
+        a = self._table.get(state)
+        if a is not None:
             stats["hits"] += 1
             choice = perm[a]
         else:
             choice = self._fallback_choice(state, frontier.ready_counts, frontier, perm)
         if stats["trace"] is not None:
-            stats["trace"].append((state, choice, a >= 0))
+            stats["trace"].append((state, choice, a is not None))
         return choice
 
     def _fallback_choice(self, state, counts, frontier, perm) -> int:
@@ -233,17 +280,12 @@ class FSMPolicy(FrontierPolicy):
 
     def with_fallback(self, fallback: str) -> FSMPolicy:
         """The same table with another fallback rule."""
-        return FSMPolicy(self.op_types, self.encoding, self.actions, fallback, self.settings, self.provenance)
+        return FSMPolicy(self.op_types, self.encoding, self._table, fallback, self.settings, self.provenance)
 
     # ---------------------------------------------------------------- io
     def to_dict(self) -> dict:
         """The JSON-ready form that :meth:`save` writes and :meth:`from_dict` reads."""
-        k = len(self.op_types)
-        table = [
-            {"state": self._names(enc.decode(s, self.encoding, k)), "action": self.op_types[a]}
-            for s, a in enumerate(self.actions.tolist())
-            if a >= 0
-        ]
+        table = [{"state": self._names(state), "action": self.op_types[a]} for state, a in self._table.items()]
         return {
             "format": FORMAT,
             "version": VERSION,
@@ -256,8 +298,8 @@ class FSMPolicy(FrontierPolicy):
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the policy as JSON, atomically (temporary file, then rename)."""
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1), prefix=".fsm-")
+        """Writes the policy as JSON, atomically (temporary file, then rename); one table entry per line."""
+        write_text_atomic(path, _dumps(self.to_dict()), prefix=".fsm-")
 
     @classmethod
     def from_dict(cls, data: Any, op_types: Sequence[str] | None = None, source: str = "<dict>") -> FSMPolicy:
@@ -309,6 +351,8 @@ def learn_fsm(
     seed: int = 0,
     fallback: str = "last",
     progress: Callable | None = None,
+    capacity: int = INITIAL_CAPACITY,
+    op_types: Sequence[str] = (),
     **settings,
 ) -> FSMPolicy:
     """Learns an FSM batching policy by Q-learning on one or several graphs.
@@ -321,6 +365,13 @@ def learn_fsm(
     same names in the same order keep that order), and each graph's type ids
     are mapped onto it.
 
+    The Q-table is sparse (:mod:`edbatch_jax.fsm.qlearning`): it holds the
+    states visited, so every encoding works over any number of op types (up
+    to :data:`~edbatch_jax.fsm.encoding.MAX_TYPES`), and the policy keeps the
+    states visited before its best greedy evaluation. Learning is one
+    jit-compiled loop; if the table fills up, it runs again from the start
+    with a larger one (same result, more time: ``provenance["learn_runs"]``).
+
     Args:
       graphs: training graphs (e.g. several mini-batches). One episode runs
         all of them.
@@ -329,6 +380,12 @@ def learn_fsm(
       seed: PRNG seed (learning is deterministic given it).
       fallback: rule for states missing from the table (:data:`FALLBACKS`).
       progress: optional callback ``(episode, greedy_mean, best_mean, lb_mean)``.
+      capacity: hash table slots to start with (a power of two; it grows as
+        needed, so this only trades memory for runs).
+      op_types: op type names the policy should know besides the graphs'
+        (e.g. every op type of the model, some of which the training graphs
+        may lack), listed first: a held-out graph with such a type is then
+        scheduled (its states fall back until learned) instead of refused.
       **settings: :class:`~edbatch_jax.fsm.qlearning.QLearningSettings` fields
         (``alpha``, ``gamma``, ``epsilon``, ``n_step``, ``max_episodes``, ...).
 
@@ -338,11 +395,11 @@ def learn_fsm(
       and the batch counts against the lower bound.
 
     Raises:
-      EdbatchError: more op types than ``encoding``'s dense table fits
-        (:data:`~edbatch_jax.fsm.encoding.MAX_STATES`; the message names the
-        encoding, the number of op types, the table size and the limit),
-        checked before any work.
-      ValueError: no graphs, an unknown encoding or fallback, or invalid settings.
+      EdbatchError: more than :data:`~edbatch_jax.fsm.encoding.MAX_TYPES` op
+        types (checked before any work), or a table that would exceed
+        :data:`~edbatch_jax.fsm.qlearning.MAX_TABLE_BYTES`.
+      ValueError: no graphs, an unknown encoding or fallback, invalid
+        settings, or a capacity that is not a power of two.
     """
     if isinstance(graphs, Graph):
         graphs = [graphs]
@@ -352,14 +409,16 @@ def learn_fsm(
     if fallback not in FALLBACKS:
         raise ValueError(f"unknown fallback {fallback!r}; choose one of {list(FALLBACKS)}")
     cfg = QLearningSettings(**settings)
-    names = union_op_types([g.op_types for g in graphs])
-    enc.num_states(encoding, len(names))  # refuses an unknown encoding or too many op types up front
+    if isinstance(op_types, str):
+        raise TypeError(f"op_types must be a sequence of op type names, got {op_types!r}")
+    names = union_op_types([tuple(op_types)] + [g.op_types for g in graphs])
+    enc.check_encoding(encoding, len(names))  # refuses an unknown encoding or too many op types up front
     t0 = time.perf_counter()
     envs = stack_envs([make_env(g, names) for g in graphs])
     t1 = time.perf_counter()
-    result = run_q_learning(envs, encoding, seed, cfg, progress)
+    result = run_q_learning(envs, encoding, seed, cfg, progress, capacity)
     t2 = time.perf_counter()
-    actions = np.where(result.seen, greedy_actions(result.q, encoding), -1)
+    table = dict(zip(result.states, result.actions.tolist()))
     provenance = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "num_graphs": len(graphs),
@@ -371,10 +430,11 @@ def learn_fsm(
         "best_ratio": result.best_batches / max(result.lower_bound, 1e-9),
         "setup_seconds": round(t1 - t0, 3),
         "learn_seconds": round(t2 - t1, 3),
+        "learn_runs": result.runs,
         "curve": {
             "train_batches": [round(float(x), 3) for x in result.train_batches],
             "eval_episodes": [int(x) for x in result.eval_episodes],
             "eval_batches": [round(float(x), 3) for x in result.eval_batches],
         },
     }
-    return FSMPolicy(names, encoding, actions, fallback, dict(vars(cfg)), provenance)
+    return FSMPolicy(names, encoding, table, fallback, dict(vars(cfg)), provenance)

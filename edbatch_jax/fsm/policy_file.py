@@ -14,7 +14,12 @@ and checks every field's type and range (the known ``settings`` and
 ``provenance`` fields included; unknown ones there are kept as they are):
 duplicate JSON keys, NaN or infinite numbers, unknown fields and two table
 entries giving one state different actions are refused with a
-:class:`PolicyFileError` naming the file, line and field. The line of a
+:class:`PolicyFileError` naming the file, line and field. A state is checked
+as a tuple (:func:`~edbatch_jax.fsm.encoding.state_problem`: its ids and the
+encoding's shape), with no state space enumerated: a policy may have up to
+:data:`~edbatch_jax.fsm.encoding.MAX_TYPES` op types. The table lists the
+visited states only; :meth:`~edbatch_jax.fsm.FSMPolicy.save` writes one
+entry per line. The line of a
 field is found by a position-tracking walk over the text, run only when
 there is an error to locate. Host-side; writing is
 :meth:`FSMPolicy.save <edbatch_jax.fsm.FSMPolicy.save>` (atomic).
@@ -31,11 +36,8 @@ import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.fsm import encoding as enc
-from edbatch_jax.fsm.encoding import MAX_STATES
 from edbatch_jax.fsm.qlearning import QLearningSettings
 
 if TYPE_CHECKING:
@@ -70,18 +72,6 @@ class PolicyFileError(EdbatchError):
     """A policy file is unreadable, corrupt, of another version, or for other op types."""
 
 
-def _valid_tuple(ids: tuple[int, ...], encoding: str, k: int) -> bool:
-    if encoding == "max":
-        return len(ids) == 0 or (
-            len(set(ids[:-1])) == len(ids) - 1 and ids[-1] in ids[:-1] and list(ids[:-1]) == sorted(ids[:-1])
-        )
-    if encoding == "sort_complete":
-        ids = tuple(t % k for t in ids)
-    if len(set(ids)) != len(ids):
-        return False
-    return encoding != "set" or list(ids) == sorted(ids)
-
-
 # ------------------------------------------------------------------ reading policy files
 SUPPORTED_VERSIONS = (1,)
 """The policy file versions :meth:`FSMPolicy.load` reads."""
@@ -89,7 +79,7 @@ SUPPORTED_VERSIONS = (1,)
 MAX_FILE_BYTES = 256 << 20
 """Largest policy file :meth:`FSMPolicy.load` reads (256 MiB; real ones are a few KiB)."""
 
-_MAX_TYPES = MAX_STATES.bit_length() - 1  # the most op types any encoding fits in (``set``: 2**K states)
+_MAX_TYPES = enc.MAX_TYPES
 _MAX_INT_DIGITS = 64
 _FIELDS = ("format", "version", "op_types", "encoding", "fallback", "table", "settings", "provenance")
 _REQUIRED = ("format", "version", "op_types", "encoding", "table")
@@ -444,18 +434,14 @@ class _Reader:
         encoding = data["encoding"]
         if not isinstance(encoding, str) or encoding not in enc.ENCODINGS:
             self.fail(("encoding",), f"unknown encoding {_short(encoding)} (expected one of {list(enc.ENCODINGS)})")
-        try:
-            size = enc.num_states(encoding, len(names))
-        except ValueError as e:
-            self.fail(("encoding",), str(e))
         fallback = data.get("fallback", "last")
         if not isinstance(fallback, str) or fallback not in FALLBACKS:
             self.fail(("fallback",), f"unknown fallback {_short(fallback)} (expected one of {list(FALLBACKS)})")
-        actions = self.table(data["table"], names, encoding, size)
+        table = self.table(data["table"], names, encoding)
         settings = self.settings(data.get("settings", {}))
         provenance = self.provenance(data.get("provenance", {}))
         try:
-            return cls(names, encoding, actions, fallback, settings, provenance)
+            return cls(names, encoding, table, fallback, settings, provenance)
         except ValueError as e:  # every check above should have caught it first
             self.fail((), f"inconsistent policy file ({e})")
 
@@ -482,7 +468,7 @@ class _Reader:
         if dup is not None:
             self.fail(path, f"'op_types' has duplicates: {_short(dup)} appears twice")
         if len(names) > _MAX_TYPES:
-            self.fail(path, f"'op_types' lists {len(names)} op types; no encoding fits more than {_MAX_TYPES}")
+            self.fail(path, f"'op_types' lists {len(names)} op types; a policy has at most {_MAX_TYPES}")
         if op_types is not None:
             # the policy schedules any graph whose op types it knows: the model may have fewer
             absent = sorted(set(op_types) - set(names))
@@ -501,7 +487,7 @@ class _Reader:
                 )
         return names
 
-    def table(self, table: Any, names: list[str], encoding: str, size: int) -> np.ndarray:
+    def table(self, table: Any, names: list[str], encoding: str) -> dict[tuple[int, ...], int]:
         if not isinstance(table, list):
             self.fail(("table",), f"'table' must be a list of entries, got {_kind(table)}")
         k = len(names)
@@ -515,8 +501,8 @@ class _Reader:
                     f"op types {clash!r} and {clash + '*'!r} cannot both be named in a 'sort_complete' table "
                     "(a trailing '*' marks a complete type)",
                 )
-        actions = np.full(size, -1, dtype=np.int32)
-        entry_of = {}  # state index -> table entry that set it
+        actions: dict[tuple[int, ...], int] = {}
+        entry_of = {}  # state -> table entry that set it
         for i, entry in enumerate(table):
             path = ("table", i)
             if not isinstance(entry, dict) or "state" not in entry or "action" not in entry:
@@ -548,15 +534,18 @@ class _Reader:
             if action not in index:
                 self.fail(path + ("action",), f"table entry {i}: unknown op type {_short(action)}")
             ids = tuple(ids)
-            s = enc._index_of_tuple(ids, encoding, k) if _valid_tuple(ids, encoding, k) else -1
-            if not 0 <= s < size or enc.decode(s, encoding, k) != ids:
-                self.fail(path + ("state",), f"table entry {i}: {_short(state)} is not a valid {encoding!r} state")
+            problem = enc.state_problem(ids, encoding, k)
+            if problem is not None:
+                self.fail(
+                    path + ("state",), f"table entry {i}: {_short(state)} is not a valid {encoding!r} state ({problem})"
+                )
             a = index[action]
-            if a not in [t % k for t in (ids[:-1] if encoding == "max" else ids)]:
+            if a not in enc.ready_types(ids, encoding, k):
                 self.fail(
                     path + ("action",), f"table entry {i}: action {action!r} is not ready in state {_short(state)}"
                 )
-            if actions[s] >= 0 and actions[s] != a:
+            s = ids
+            if actions.get(s, a) != a:
                 first = entry_of[s]
                 line = self.line_of(("table", first))
                 self.fail(

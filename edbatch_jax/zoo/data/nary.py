@@ -16,10 +16,30 @@ import numpy as np
 
 from edbatch_jax.zoo.data.sst import NUM_LABELS, Tree, word_polarity
 
-__all__ = ["MAX_CHILDREN", "NaryTree", "synthetic_nary_trees"]
+__all__ = ["MAX_CHILDREN", "NaryTree", "check_child_links", "synthetic_nary_trees"]
 
 MAX_CHILDREN = 8
 """Most children of a node in :func:`synthetic_nary_trees`."""
+
+
+def check_child_links(counts: np.ndarray, child_idx: np.ndarray) -> None:
+    """Checks that CSR child lists (``counts`` int ``[N]`` children per node, ``child_idx`` int ``[N - 1]``) make
+    one tree in post-order: children precede parents, every node but the root (the last) is a child once.
+
+    Raises:
+      ValueError: naming the first node that breaks it.
+    """
+    n = counts.shape[0]
+    if child_idx.size != n - 1:
+        raise ValueError(f"a tree of {n} nodes has {n - 1} parent links, got {child_idx.size}")
+    parent = np.repeat(np.arange(n), counts)
+    bad = np.flatnonzero((child_idx < 0) | (child_idx >= parent))
+    if bad.size:
+        raise ValueError(f"node {parent[bad[0]]} has child {child_idx[bad[0]]}: children precede parents")
+    seen = np.bincount(child_idx, minlength=n)
+    if np.any(seen[:-1] != 1) or seen[-1] != 0:
+        k = int(np.flatnonzero(np.r_[seen[:-1] != 1, seen[-1] != 0])[0])
+        raise ValueError(f"node {k} is a child {seen[k]} times; every node but the root (last) is one once")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,16 +83,7 @@ class NaryTree:
         counts = np.diff(self.child_ptr)
         if self.child_ptr[0] != 0 or np.any(counts < 0) or self.child_ptr[-1] != self.child_idx.size:
             raise ValueError("NaryTree.child_ptr must rise from 0 to len(child_idx)")
-        if self.child_idx.size != n - 1:
-            raise ValueError(f"a tree of {n} nodes has {n - 1} parent links, got {self.child_idx.size}")
-        parent = np.repeat(np.arange(n), counts)
-        bad = np.flatnonzero((self.child_idx < 0) | (self.child_idx >= parent))
-        if bad.size:
-            raise ValueError(f"node {parent[bad[0]]} has child {self.child_idx[bad[0]]}: children precede parents")
-        seen = np.bincount(self.child_idx, minlength=n)
-        if np.any(seen[:-1] != 1) or seen[-1] != 0:
-            k = int(np.flatnonzero(np.r_[seen[:-1] != 1, seen[-1] != 0])[0])
-            raise ValueError(f"node {k} is a child {seen[k]} times; every node but the root (last) is one once")
+        check_child_links(counts, self.child_idx)
         if np.any((self.labels < 0) | (self.labels >= NUM_LABELS)):
             raise ValueError(f"NaryTree labels must be in 0..{NUM_LABELS - 1}")
         leaf = counts == 0

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from edbatch_jax.errors import EdbatchError
+from edbatch_jax.zoo.data.nary import check_child_links
 
 __all__ = [
     "KINDS",
@@ -208,16 +209,7 @@ class ProgramTree:
         if bad.size:
             k = int(bad[0])
             raise ValueError(f"node {k} ({KINDS[self.kinds[k]]}) has payload {self.payloads[k]}")
-        if self.child_idx.size != n - 1:
-            raise ValueError(f"a tree of {n} nodes has {n - 1} parent links, got {self.child_idx.size}")
-        parent = np.repeat(np.arange(n), counts)
-        bad = np.flatnonzero((self.child_idx < 0) | (self.child_idx >= parent))
-        if bad.size:
-            raise ValueError(f"node {parent[bad[0]]} has child {self.child_idx[bad[0]]}: children precede parents")
-        seen = np.bincount(self.child_idx, minlength=n)
-        if np.any(seen[:-1] != 1) or seen[-1] != 0:
-            k = int(np.flatnonzero(np.r_[seen[:-1] != 1, seen[-1] != 0])[0])
-            raise ValueError(f"node {k} is a child {seen[k]} times; every node but the root (last) is one once")
+        check_child_links(counts, self.child_idx)
         if not 0 <= int(self.label) < NUM_VALUES:
             raise ValueError(f"ProgramTree.label must be in 0..{NUM_VALUES - 1}, got {self.label}")
         object.__setattr__(self, "label", int(self.label))
