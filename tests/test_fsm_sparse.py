@@ -93,7 +93,7 @@ def test_sparse_table_learns_what_the_dense_table_learned(case):
     name, encoding, capacity = case
     digest, best, entries, held = DENSE[case]
     kwargs = {} if capacity is None else {"capacity": capacity}
-    policy = eb.learn_fsm(SMALL, encoding=encoding, seed=3, **SETTINGS[name], **kwargs)
+    policy = eb.learn_fsm(SMALL, encoding=encoding, seed=3, guard=False, **SETTINGS[name], **kwargs)
     sched = eb.schedule(HELD, policy)
     eb.validate_schedule(HELD, sched)
     types = [HELD.op_types[t] for t in sched.batch_type]
@@ -127,7 +127,7 @@ def test_learning_over_many_op_types_schedules_held_out_graphs(tmp_path, k):
     train = [typed_dag(s, 600, k) for s in (1, 2)]
     envs = stack_envs([make_env(g, names) for g in train])
     cfg = QLearningSettings(max_episodes=30, eval_every=10)
-    policy = eb.learn_fsm(train, seed=0, op_types=names, capacity=1 << 16, **vars(cfg))
+    policy = eb.learn_fsm(train, seed=0, op_types=names, capacity=1 << 16, guard=False, **vars(cfg))
     # 64 types: the first frontier's types set the key width to start with, a wider state made it grow, and the
     # loop ran again; the same as a loop that starts wide enough
     assert policy.provenance["learn_runs"] == (2 if k == 64 else 1)
@@ -153,6 +153,29 @@ def test_learning_over_many_op_types_schedules_held_out_graphs(tmp_path, k):
     assert len(text) < 4096 + sum(24 + 8 * (len(s) + 1) for s in policy.table)
     loaded = eb.FSMPolicy.load(path, op_types=train[0].op_types)
     assert loaded.table == policy.table and loaded.op_types == names
+
+
+def test_the_guard_keeps_the_table_only_where_it_beats_typewise():
+    """Over 64 op types the table loses to typewise on its training graphs: the policy becomes typewise (an empty
+    table, the typewise fallback); on trees it ties and keeps its table."""
+    names = tuple(f"t{i}" for i in range(64))
+    train = [typed_dag(s, 300, 64) for s in (1, 2)]
+    policy = eb.learn_fsm(train, seed=0, op_types=names, max_episodes=20, eval_every=10)
+    guard = policy.provenance["guard"]
+    assert set(guard["batches"]) == {"table", "table, typewise fallback", "typewise"} and guard["graphs"] == 2
+    assert guard["batches"][guard["chosen"]] == min(guard["batches"].values())
+    typewise = np.mean([eb.schedule(g, "typewise").num_batches for g in train])
+    assert guard["batches"]["typewise"] == typewise and guard["batches"]["table"] > typewise
+    assert guard["chosen"] == "typewise" and policy.num_entries == 0 and policy.fallback == "typewise"
+    held = typed_dag(11, 300, 64)
+    mine, theirs = eb.schedule(held, policy), eb.schedule(held, "typewise")
+    assert np.array_equal(mine.batch_type, theirs.batch_type) and np.array_equal(mine.node_order, theirs.node_order)
+    tree = eb.GraphBuilder()
+    leaves = [tree.add("leaf") for _ in range(8)]
+    while len(leaves) > 1:
+        leaves = [tree.add("internal", a, b) for a, b in zip(leaves[::2], leaves[1::2])]
+    kept = eb.learn_fsm([tree.build()], seed=0, max_episodes=20, eval_every=10)
+    assert kept.provenance["guard"]["chosen"] == "table" and kept.num_entries > 0  # ties go to the table
 
 
 # ----------------------------------------------------------------------------- policies and their files

@@ -1,6 +1,6 @@
 """Learned FSM policy over many op types: learn time, table size, file size, held-out batches vs heuristics.
 
-Usage: python tools/fsm_many_types.py FAMILY [--episodes N] [--encoding E]
+Usage: python tools/fsm_many_types.py FAMILY [--episodes N] [--encoding E] [--no-guard]
 FAMILY: dag8 | dag64 | dag256 | program. Default settings of learn_fsm (1000 episodes) unless --episodes.
 """
 
@@ -45,11 +45,13 @@ def main():
     ap.add_argument("family")
     ap.add_argument("--episodes", type=int, default=None)
     ap.add_argument("--encoding", default="sort")
+    ap.add_argument("--no-guard", action="store_true", help="the learned table as is (learn_fsm guard=False)")
     args = ap.parse_args()
     train, held, names = family(args.family)
     settings = {} if args.episodes is None else {"max_episodes": args.episodes}
     t = time.perf_counter()
-    policy = eb.learn_fsm(train, encoding=args.encoding, seed=0, op_types=names, **settings)
+    guard = not args.no_guard
+    policy = eb.learn_fsm(train, encoding=args.encoding, seed=0, op_types=names, guard=guard, **settings)
     wall = time.perf_counter() - t
     path = os.path.join(tempfile.mkdtemp(), f"policy_{args.family}_{args.encoding}.json")
     policy.save(path)
@@ -68,7 +70,8 @@ def main():
         file_kib=round(os.path.getsize(path) / 1024, 1),
         train_best=policy.provenance["best_batches"],
         train_lb=policy.provenance["lower_bound"],
-        fsm_last=mean(policy),
+        guard=policy.provenance["guard"]["chosen"] if guard else "off",
+        fsm=mean(policy),
         hit_rate=round(policy.hit_rate(held), 3),
         fsm_typewise_fallback=mean(typewise_fb),
         agenda=mean("agenda"),

@@ -190,6 +190,10 @@ def learn(args: argparse.Namespace) -> int:
         f"incl. compilation), {prov['episodes']} episodes; training graphs: {prov['best_batches']:.1f} batches "
         f"= {prov['best_ratio']:.3f} x LB; {policy.num_entries} states in the table"
     )
+    guard = prov.get("guard")
+    if guard:
+        tried = ", ".join(f"{name} {b:.1f}" for name, b in guard["batches"].items())
+        print(f"guard, batches per training mini-batch: {tried}; the policy is: {guard['chosen']}")
     policy.save(out)
     print(f"saved {out}")
     if args.plot:

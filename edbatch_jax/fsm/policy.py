@@ -353,6 +353,7 @@ def learn_fsm(
     progress: Callable | None = None,
     capacity: int = INITIAL_CAPACITY,
     op_types: Sequence[str] = (),
+    guard: bool | Sequence[Graph] = True,
     **settings,
 ) -> FSMPolicy:
     """Learns an FSM batching policy by Q-learning on one or several graphs.
@@ -386,6 +387,14 @@ def learn_fsm(
         (e.g. every op type of the model, some of which the training graphs
         may lack), listed first: a held-out graph with such a type is then
         scheduled (its states fall back until learned) instead of refused.
+      guard: keep the learned table only where it pays: the policy returned
+        is the one of these that schedules the training graphs (or the
+        graphs given here, e.g. a validation split) in the fewest batches,
+        the first on ties: the learned table with ``fallback``; the table
+        with the ``"typewise"`` fallback; an empty table with the
+        ``"typewise"`` fallback, which schedules exactly as the typewise
+        heuristic. ``provenance["guard"]`` records the batches of each and
+        the choice. ``False``: the learned table with ``fallback``.
       **settings: :class:`~edbatch_jax.fsm.qlearning.QLearningSettings` fields
         (``alpha``, ``gamma``, ``epsilon``, ``n_step``, ``max_episodes``, ...).
 
@@ -437,4 +446,24 @@ def learn_fsm(
             "eval_batches": [round(float(x), 3) for x in result.eval_batches],
         },
     }
-    return FSMPolicy(names, encoding, table, fallback, dict(vars(cfg)), provenance)
+    policy = FSMPolicy(names, encoding, table, fallback, dict(vars(cfg)), provenance)
+    if guard is False:
+        return policy
+    return _guarded(policy, graphs if guard is True else list(guard))
+
+
+def _guarded(policy: FSMPolicy, graphs: Sequence[Graph]) -> FSMPolicy:
+    """The best of ``policy``, its table with the typewise fallback, and typewise alone on ``graphs`` (see
+    :func:`learn_fsm`'s ``guard``); host-side, three schedules per graph."""
+    if not graphs:
+        raise ValueError("learn_fsm: guard needs at least one graph to compare on")
+    candidates = {"table": policy}
+    if policy.fallback != "typewise":
+        candidates["table, typewise fallback"] = policy.with_fallback("typewise")
+    candidates["typewise"] = FSMPolicy(policy.op_types, policy.encoding, {}, "typewise", policy.settings)
+    batches = {name: float(np.mean([p.schedule(g).num_batches for g in graphs])) for name, p in candidates.items()}
+    chosen = min(batches, key=batches.get)  # the first of the smallest: the table wins ties
+    result = candidates[chosen]
+    result.provenance = copy.deepcopy(policy.provenance)
+    result.provenance["guard"] = {"graphs": len(graphs), "batches": batches, "chosen": chosen}
+    return result
