@@ -45,9 +45,12 @@ def release_wide(nodes: np.ndarray, ptr: np.ndarray, idx: np.ndarray, left: np.n
     if not total:
         return idx[:0]
     targets = idx[np.repeat(lo - ends + n, n) + np.arange(total)]
-    if total > 4 * WIDE:  # one pass over the counters beats ufunc.at's per-element cost
+    if total * 8 >= left.shape[0]:  # dense: one pass over the counters
         left -= np.bincount(targets, minlength=left.shape[0]).astype(left.dtype)
-    else:
+    elif total > 4 * WIDE:  # sparse: the counters fed only (a pass over all would make a schedule O(N * batches))
+        fed, times = np.unique(targets, return_counts=True)
+        left[fed] -= times.astype(left.dtype)
+    else:  # ufunc.at's per-element cost is lowest on a few targets
         np.subtract.at(left, targets, 1)
     done = targets[left[targets] == 0]  # a target fed twice by the batch is listed twice
     if done.shape[0] > 1:  # keep one occurrence (each in turn numbers its counter, the last one written wins)
