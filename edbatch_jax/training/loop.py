@@ -463,7 +463,8 @@ def train(
         t0 = time.perf_counter()
         precompiled = _precompile(trainer, train_batches, dev + test, step, total, config.seed)
         precompile_s = time.perf_counter() - t0
-    log = open(config.log_path, "a") if config.log_path and jax.process_index() == 0 else None
+    # line-buffered: a run that dies keeps its log up to its last step
+    log = open(config.log_path, "a", buffering=1) if config.log_path and jax.process_index() == 0 else None
     losses: list[float] = []
     evals: list[dict] = []
     best, best_params, since_best, stopped_early, test_metrics = None, None, 0, False, None
