@@ -268,7 +268,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_local(argv: Sequence[str], num_processes: int, *, poll_s: float = 0.1, grace_s: float = 20.0) -> int:
+def launch_local(argv: Sequence[str], num_processes: int, *, poll_s: float = 0.1, grace_s: float = 5.0) -> int:
     """Runs ``python -m edbatch_jax.apps.cli *argv`` as ``num_processes`` local processes of one group.
 
     Each process gets the group's options (:meth:`ProcessGroup.arguments`:
