@@ -376,10 +376,10 @@ def train(
     processes = jax.process_count()  # > 1: this process trains its share of every mini-batch (distributed)
     if processes > 1 and config.shards > 1:
         raise TrainConfigError("shards > 1 in a group of processes: use one or the other")
+    counts = [len(x) for x in train_sets]  # instances of each (global) mini-batch
     if processes > 1:
-        if min(len(x) for x in train_sets) < processes:
+        if min(counts) < processes:
             raise TrainConfigError(f"mini-batches of {size} instances cannot be shared by {processes} processes")
-        counts = [len(x) for x in train_sets]
         train_batches = _prepare(work, [work.batch_graph(process_share(x)) for x in train_sets], policy, config.layout)
     elif config.shards > 1:  # tuples of shards, one per device
         variadic = variadic_ops(work.model.ops)
@@ -475,13 +475,8 @@ def train(
             epoch, k = divmod(step, per_epoch)
             order = _epoch_order(config.seed, epoch, per_epoch)
             t0 = time.perf_counter()
-            if processes > 1:
-                loss = trainer.step(train_batches[order[k]], counts[order[k]])
-                count = counts[order[k]]
-            else:
-                loss = trainer.step(train_batches[order[k]])
-                shards = train_batches[order[k]]
-                count = sum(b.graph.num_instances for b in shards) if config.shards > 1 else shards.graph.num_instances
+            batch, count = train_batches[order[k]], counts[order[k]]
+            loss = trainer.step(batch, count) if processes > 1 else trainer.step(batch)
             rate = count / (time.perf_counter() - t0)
             step += 1
             losses.append(loss)
