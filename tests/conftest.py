@@ -13,8 +13,10 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 
+import atexit  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
 # Most of the suite's time is XLA compiling small programs on the CPU; tests check values, not speed, so on a
 # machine without a GPU they compile with LLVM's cheap pipeline (about a third less compile time). The
@@ -30,6 +32,16 @@ import pytest  # noqa: E402
 # The `edbatch` commands keep compiled programs in the user's cache folder by default; the tests that call
 # them do not (tests/test_compile_cache.py switches a cache on where it tests one).
 os.environ["EDBATCH_COMPILE_CACHE"] = "off"
+
+# Many tests build new engines for the same ops and graphs, whose programs are then traced again and, without a
+# cache, compiled again: a persistent compilation cache loads those instead (one folder per process, removed at
+# exit: JAX writes an entry without a lock, so workers do not share one). Counting tests count programs
+# compiled or loaded from it alike.
+_XLA_CACHE = tempfile.mkdtemp(prefix=f"edbatch-tests-xla-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+atexit.register(shutil.rmtree, _XLA_CACHE, True)
+jax.config.update("jax_compilation_cache_dir", _XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # Two host devices for the data-parallel tests (tests/test_parallel.py); set before JAX starts its CPU
 # backend. Every other test runs on the first device, as it would alone.

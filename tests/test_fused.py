@@ -278,11 +278,14 @@ def test_a_plan_made_before_the_tables_grew_runs_without_compiling_again():
     jax.block_until_ready(batched_loss(engine, params, large))
     assert engine._layout != first_layout  # the large mini-batch grew the tables: the small plan's packing is stale
     before = engine.trace_count
+    hits = lambda event, **kwargs: compiles.append(event) if event == "/jax/compilation_cache/cache_hits" else None
     jax.monitoring.register_event_duration_secs_listener(listener)
+    jax.monitoring.register_event_listener(hits)  # a program loaded from the persistent cache counts too
     try:
         jax.block_until_ready(batched_loss(engine, params, small))
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_listener(hits)
     assert list(packed) == [engine._layout]  # packed again
     assert engine.trace_count == before and compiles == []
 

@@ -17,18 +17,25 @@ from edbatch_jax.zoo.workloads import load_workload
 
 @contextlib.contextmanager
 def _xla_compiles():
-    """Counts XLA compilations inside the block (a list: one entry per compilation)."""
+    """Counts the programs XLA compiles, or loads from the persistent compilation cache, inside the block (a list:
+    one entry per program)."""
     seen = []
 
     def listener(event, duration, **kwargs):
         if event == "/jax/core/compile/backend_compile_duration":
             seen.append(duration)
 
+    def hits(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_hits":
+            seen.append(0.0)
+
     jax.monitoring.register_event_duration_secs_listener(listener)
+    jax.monitoring.register_event_listener(hits)
     try:
         yield seen
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+        jax.monitoring.unregister_event_listener(hits)
 
 
 def _batches(work, layout: str):

@@ -34,7 +34,12 @@ of batching policy, memory layout and mode (inference or training):
   nodes (XLA's cost analysis, forward or forward + backward) at the
   machine's matmul rate measured in the same run, and the measured
   throughput as a fraction of it (a figure that does not depend on the
-  machine's speed).
+  machine's speed);
+* with ``profile=N``, where the time of a cached mini-batch goes: the
+  arithmetic of each op type, operand gathers, output writes, cotangent
+  accumulation, residual stores, loop and branch overhead, other device
+  work and host time, from a ``jax.profiler`` trace of N mini-batches
+  (:mod:`edbatch_jax.apps.profile`).
 
 Each phase is wrapped in a ``jax.profiler.TraceAnnotation`` so that a
 ``jax.profiler`` trace shows it. Speeds are only comparable within one run.
@@ -57,6 +62,8 @@ import optax
 
 import edbatch_jax as eb
 from edbatch_jax.apps.op_calls import matmul_gflops, op_calls_ms, plan_flops
+from edbatch_jax.apps.profile import StepProfile, profile_calls
+from edbatch_jax.apps.profile import format_profiles as format_profile_table
 from edbatch_jax.engine.stepwise import state_signature
 from edbatch_jax.training import (
     Trainer,
@@ -132,6 +139,7 @@ class BenchResult:
     shards: int = 1
     optimizer: str = "adam"
     checks: str = "on"
+    profile: StepProfile | None = None  # where a step's time goes (``profile=``), shards 1 only
 
     @property
     def engine_label(self) -> str:
@@ -191,6 +199,7 @@ def _block(x):
 
 
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 _compiles = {"count": 0, "listening": False}
 
 
@@ -199,10 +208,17 @@ def _count_compile(event: str, duration: float, **kwargs) -> None:
         _compiles["count"] += 1
 
 
+def _count_cache_hit(event: str, **kwargs) -> None:
+    if event == _CACHE_HIT_EVENT:
+        _compiles["count"] += 1
+
+
 def xla_compiles() -> int:
-    """XLA compilations in this process since the harness first asked (a ``jax.monitoring`` listener)."""
+    """Programs XLA compiled, or loaded from the persistent compilation cache instead, in this process since the
+    harness first asked (``jax.monitoring`` listeners): each is a program that was not ready."""
     if not _compiles["listening"]:
         jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        jax.monitoring.register_event_listener(_count_cache_hit)
         _compiles["listening"] = True
     return _compiles["count"]
 
@@ -440,6 +456,7 @@ def run_benchmarks(
     shards: Sequence[int] = (1,),
     optimizer: str = "adam",
     checks: Sequence[str] = ("on",),
+    profile: int = 0,
 ) -> list[BenchResult]:
     """Measures every (policy, layout, mode) on ``num_batches`` training mini-batches.
 
@@ -478,6 +495,11 @@ def run_benchmarks(
       checks: ``"on"`` and/or ``"off"``: measure every configuration with
         the library's input checks, without them, or both
         (:func:`checks_cost` then gives their share of a rebuilt step).
+      profile: if > 0, after the timed rounds, profile this many cached
+        mini-batches of every one-device configuration
+        (:func:`edbatch_jax.apps.profile.profile_calls`; needs
+        :func:`~edbatch_jax.apps.profile.start_hlo_dump` before JAX
+        compiled anything) into :attr:`BenchResult.profile`.
     """
     if rounds < 1 or num_batches < 1:
         raise ValueError(f"rounds and num_batches must be at least 1, got {rounds} and {num_batches}")
@@ -565,6 +587,17 @@ def run_benchmarks(
         for cfg in turn:
             cfg.time_round(warmup, num_batches)
 
+    profiles: dict[int, StepProfile] = {}
+    if profile:  # after the timed rounds: a trace slows what it watches
+        for cfg in configs:
+            if cfg.shards == 1:
+                say(f"profiling {cfg.engine_name} {cfg.label}/{cfg.layout} {cfg.mode}")
+                turn = itertools.cycle(range(warmup, warmup + num_batches))
+                label = f"{work.name} {cfg.engine_name} {cfg.label}/{cfg.layout} {cfg.mode}"
+                with eb.input_checks(cfg.checks):
+                    profiles[id(cfg)] = profile_calls(lambda: cfg.run_one(next(turn)), profile, label)
+                cfg.sync_params()
+
     gflops = matmul_gflops() if floor else 0.0
     flops: dict[str, float] = {}  # mode -> FLOPs per instance: the real nodes do not depend on policy or layout
     for cfg in configs:
@@ -639,6 +672,7 @@ def run_benchmarks(
                 shards=cfg.shards,
                 optimizer=optimizer if cfg.mode == "train" else "",
                 checks="on" if cfg.checks else "off",
+                profile=profiles.get(id(cfg)),
             )
         )
 
@@ -817,6 +851,21 @@ def plot_results(results: Sequence[BenchResult], path: str, title: str = "") -> 
     plt.close(fig)
 
 
+def format_profiles(results: Sequence[BenchResult]) -> str:
+    """The profiles of ``results`` (those that have one) as a Markdown table, with the host's planning of a rebuilt
+    mini-batch (construction, schedule, layout, engine plan) as a share of a rebuilt step beside them."""
+    rows = [r for r in results if r.profile is not None]
+    if not rows:
+        return ""
+    table = format_profile_table([r.profile for r in rows]).splitlines()
+    table[0] += " planning ms | planning share of a rebuilt step |"
+    table[1] += "---|---|"
+    for k, r in enumerate(rows):
+        planning = r.construct_ms + r.schedule_ms + r.layout_ms + r.engine_plan_ms
+        table[k + 2] += f" {planning:.2f} | {100 * planning / (planning + r.execute_ms):.0f} % |"
+    return "\n".join(table)
+
+
 def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
     """The ``--json`` objects (one per configuration)."""
     out = []
@@ -828,5 +877,6 @@ def to_json(results: Sequence[BenchResult]) -> list[dict[str, Any]]:
         d["op_calls_fraction"] = r.op_calls_fraction
         d["floor_fraction"] = r.floor_fraction
         d["spread_pct"] = r.spread_pct
+        d["profile"] = r.profile.to_json() if r.profile is not None else None
         out.append(d)
     return out

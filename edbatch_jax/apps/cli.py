@@ -246,6 +246,17 @@ def bench(args: argparse.Namespace) -> int:
 
     split = lambda s: [x for x in s.split(",") if x]
     shards = [int(x) for x in split(str(args.shards))]
+    if args.profile:
+        if getattr(args, "compile_cache_dir", None):
+            raise SystemExit(
+                "edbatch bench: --profile attributes time by the HLO XLA dumps as it compiles; programs loaded "
+                "from the persistent compile cache are not compiled: use --compile-cache off"
+            )
+        if args.profile < 1:
+            raise SystemExit(f"edbatch bench: --profile takes a number of mini-batches (1 or more), got {args.profile}")
+        from edbatch_jax.apps.profile import start_hlo_dump
+
+        start_hlo_dump()  # before JAX starts: XLA reads its flags once
     if max(shards, default=1) > 1:
         from edbatch_jax.training.parallel import use_cpu_devices
 
@@ -305,6 +316,7 @@ def bench(args: argparse.Namespace) -> int:
                 shards=shards,
                 optimizer=args.optimizer,
                 checks=split(args.checks),
+                profile=args.profile,
             )
         except ValueError as e:  # one impossible configuration does not lose the others
             print(f"  skipped: {e}", flush=True)
@@ -314,6 +326,9 @@ def bench(args: argparse.Namespace) -> int:
         cost = harness.format_checks_cost(res)
         if cost:
             table += "\n\n" + cost
+        profiled = harness.format_profiles(res)
+        if profiled:
+            table += "\n\nWhere a cached mini-batch's time goes (% of instruction + host time):\n" + profiled
         print(table, flush=True)
         results += res
         sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
@@ -355,6 +370,16 @@ def bench(args: argparse.Namespace) -> int:
             "; MFLOP: FLOPs per instance of the real nodes (XLA cost analysis; training: forward + "
             "backward); floor: inst/s if every FLOP ran at the matmul rate measured in this run; "
             "%flr: inst/s over floor"
+        )
+    if args.profile:
+        legend += (
+            f"; profile ({args.profile} cached mini-batches per configuration, a jax.profiler trace, each XLA "
+            "instruction's own time attributed by the engine's named scopes): op = each op type's arithmetic, "
+            "gather = operand and cotangent reads, aggregate = variadic ops' reduction of their arguments, "
+            "write = output writes, accumulate = operand cotangents added, "
+            "store = residuals stored and read, loop/branch = while/conditional/call instructions' own time, "
+            "other device = instructions in no scope, host = wall time with no instruction running; planning = "
+            "build + sched + layout + eplan of a rebuilt mini-batch"
         )
     if args.op_calls:
         legend += (
@@ -829,6 +854,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also measure the compute floor: FLOPs per instance at this machine's matmul rate "
         "(columns MFLOP, floor, %%flr)",
+    )
+    bp.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N cached mini-batches of every configuration: the share of op arithmetic (per op "
+        "type), gathers, argument aggregation, writes, cotangent accumulation, residual stores, loop and branch "
+        "overhead and host time, from a jax.profiler trace (needs --compile-cache off, the default)",
     )
     bp.add_argument(
         "--shards",

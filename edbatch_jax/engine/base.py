@@ -34,6 +34,7 @@ from edbatch_jax.engine.common import (
     PyTree,
     instantiate_zeros,
     output_nodes,
+    scope,
     signature_bytes,
     signature_struct,
     state_signature,
@@ -84,7 +85,8 @@ def _canonical_signature(tree: PyTree) -> tuple:
 
 
 def _checked_op(name: str, op: Op, derived: dict) -> Op:
-    """``op`` whose ``fn`` checks, when traced by an engine, that it returns the state structure planned for it.
+    """``op`` whose ``fn`` checks, when traced by an engine, that it returns the state structure planned for it,
+    and whose ``fn`` and ``edge`` run inside ``scope("op." + name)`` (named in the compiled programs).
 
     ``derived`` maps ``(name, params, payload, operand signatures)`` to the
     output signature that planning derived with ``jax.eval_shape``; a trace
@@ -96,7 +98,8 @@ def _checked_op(name: str, op: Op, derived: dict) -> Op:
 
     @functools.wraps(fn)
     def checked(params, payload, *operands, **kw):
-        out = fn(params, payload, *operands, **kw)
+        with scope("op." + name):  # the op's own arithmetic, named in the compiled program
+            out = fn(params, payload, *operands, **kw)
         key = (
             name,
             _canonical_signature(params),
@@ -121,7 +124,16 @@ def _checked_op(name: str, op: Op, derived: dict) -> Op:
             )
         return out
 
-    return dataclasses.replace(op, fn=checked)
+    if op.edge is None:
+        return dataclasses.replace(op, fn=checked)
+    edge = op.edge
+
+    @functools.wraps(edge)
+    def scoped_edge(*args, **kw):
+        with scope("op." + name):
+            return edge(*args, **kw)
+
+    return dataclasses.replace(op, fn=checked, edge=scoped_edge)
 
 
 def _host_check(check, *args) -> None:

@@ -80,6 +80,7 @@ from edbatch_jax.engine.common import (
     mask_rows,
     placement,
     read_rows,
+    scope,
     signature_struct,
     state_signature,
     take_rows,
@@ -560,9 +561,10 @@ class FusedEngine(Engine):
                     y, pullback = self._pullback(op, sub, payload, gathered, segments, mask, rng)
                     leaves, kept = jax.tree.leaves(pullback), list(saved[slot])
                     for s, i, k in _stored(self._saved_layout(key, params, signatures, rng), leaves, mask.shape[0]):
-                        kept[s] = jax.lax.dynamic_update_slice_in_dim(
-                            kept[s], jnp.moveaxis(leaves[i], k, 0), d[_PAY], 0
-                        )
+                        with scope("store"):
+                            kept[s] = jax.lax.dynamic_update_slice_in_dim(
+                                kept[s], jnp.moveaxis(leaves[i], k, 0), d[_PAY], 0
+                            )
                     saved = saved[:slot] + (tuple(kept),) + saved[slot + 1 :]
                 else:
                     y = combine(op, sub, payload, gathered, segments, mask, rng=rng)
@@ -701,10 +703,11 @@ class FusedEngine(Engine):
         leaves, treedef = jax.tree.flatten(pullback)
         lanes = mask.shape[0]
         for s, i, k in _stored(self._saved_layout(key, params, signatures, rng), leaves, lanes):
-            rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
-            if masked:
-                rows = mask_rows(rows, mask)
-            leaves[i] = jnp.moveaxis(rows, 0, k)
+            with scope("store"):
+                rows = jax.lax.dynamic_slice_in_dim(saved[s], at, lanes, 0)
+                if masked:
+                    rows = mask_rows(rows, mask)
+                leaves[i] = jnp.moveaxis(rows, 0, k)
         return jax.tree.unflatten(treedef, leaves)
 
     def _param_grads(self, key, params, bufs, ct_bufs, saved: tuple, lane_rows: tuple, payloads, signatures, rng):
