@@ -105,3 +105,24 @@ def test_train_precompiles_every_mini_batch_it_will_run():
     assert len(steps) == 4 and steps[0] > 0  # precompilation compiled before the first step
     # after the first step's progress call, nothing compiles until the evaluation after the last step
     assert [c for c in compiles[steps[0] : steps[-1]] if not isinstance(c, tuple)] == []
+
+
+def test_a_process_trainer_precompiles_its_own_update_programs_and_its_steps_compile_nothing():
+    """``ProcessTrainer.precompile`` compiles the programs its steps run (flatten for the all-reduce, apply the
+    reduced vector) in place of the one-process update, which its steps never call (a group of one process)."""
+    from edbatch_jax.training.distributed import ProcessTrainer
+
+    work = load_workload("treelstm", hidden=4, num_train=16, num_held_out=4)
+    batches = _batches(work, "dynet")
+    engine = make_engine("stepwise", work.model.ops, max_lanes=4)
+    trainer = ProcessTrainer(engine, work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2))
+    plain = Trainer(
+        make_engine("stepwise", work.model.ops, max_lanes=4), work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2)
+    )
+    assert trainer.precompile(batches) == plain.precompile(batches) + 1  # two update programs instead of one
+    assert trainer.precompile(batches) == 0
+    with _xla_compiles() as during:
+        losses = [trainer.step(b) for b in batches]
+    assert during == []
+    assert not any(key[0] == id(trainer._update) for key in trainer._compiled)  # not compiled for nothing
+    np.testing.assert_allclose(losses, [plain.step(b) for b in batches], rtol=1e-6)

@@ -47,6 +47,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from edbatch_jax.engine.base import Engine
+from edbatch_jax.engine.common import compile_once
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.training.minibatch import MiniBatch
 from edbatch_jax.training.parallel import split_instances
@@ -214,22 +215,23 @@ class ProcessTrainer(Trainer):
         mesh = jax.sharding.Mesh(np.array(devices), ("processes",))
         self._spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        self._all_sum = jax.jit(lambda x: jnp.sum(x, axis=0), out_shardings=replicated)
+        self._all_sum = jax.jit(lambda x: jnp.sum(x, axis=0, keepdims=True), out_shardings=replicated)
         flat, unravel = ravel_pytree((jnp.zeros((), jnp.float32), params))
         self.size = int(flat.size)
         self._flatten = jax.jit(lambda loss, grads: ravel_pytree((loss, grads))[0].astype(jnp.float32)[None])
 
         def apply(total, opt_state, params):
-            loss, grads = unravel(total)
+            loss, grads = unravel(total[0])
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return loss, optax.apply_updates(params, updates), opt_state
 
         self._apply = jax.jit(apply, donate_argnums=(1, 2))
 
     def all_reduce(self, flat: jax.Array) -> jax.Array:
-        """The sum over processes of every process's ``flat`` (float32 ``[1, size]``, this device) -> ``[size]``."""
+        """The sum over processes of every process's ``flat`` (float32 ``[1, size]``, this device) -> ``[1, size]``
+        (in a group of one process, ``flat`` itself: no program runs)."""
         if self.num_processes == 1:
-            return flat[0]
+            return flat
         shape = (self.num_processes, self.size)
         whole = jax.make_array_from_single_device_arrays(shape, self._spread, [jax.device_put(flat, self.device)])
         return self._all_sum(whole).addressable_data(0)
@@ -254,12 +256,16 @@ class ProcessTrainer(Trainer):
         return value
 
     def precompile(self, batches: Sequence[MiniBatch]) -> int:
-        """:meth:`Trainer.precompile` for this process's shares, and the all-reduce and update programs."""
-        compiled = super().precompile(batches)
-        flat = jax.ShapeDtypeStruct((self.size,), jnp.float32)
-        self._flatten.lower(jnp.zeros((), jnp.float32), self.params).compile()
-        self._apply.lower(flat, self.opt_state, self.params).compile()
-        return compiled + 2
+        """:meth:`Trainer.precompile` for this process's shares, with the programs that flatten the loss and
+        gradients for the all-reduce and apply the reduced vector (in place of the one-process update)."""
+        return super().precompile(batches)
+
+    def _precompile_update(self) -> int:
+        flat = jax.ShapeDtypeStruct((1, self.size), jnp.float32)
+        loss = jnp.zeros((), jnp.float32)
+        return compile_once(self._compiled, self._flatten, loss, self.params) + compile_once(
+            self._compiled, self._apply, flat, self.opt_state, self.params
+        )
 
 
 def _free_port() -> int:

@@ -270,7 +270,11 @@ class Trainer:
             cotangents = [b == which for b in range(len(plan.signatures))]
             compiled += self.engine.precompile(self.params, plan, cotangents, rng=self.step_key(0))
             compiled += compile_once(self._compiled, _loss_grad, buffer_structs(plan), which, *args, tag=which)
-        return compiled + compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
+        return compiled + self._precompile_update()
+
+    def _precompile_update(self) -> int:
+        """Compiles the program(s) that apply a step's gradients (here the optax update); returns how many."""
+        return compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
 
     def step(self, batch: MiniBatch, *, context: PyTree = None, instance_context: PyTree = None) -> float:
         """One optimisation step on ``batch`` (with the context of ops reading it); returns the loss (a host
