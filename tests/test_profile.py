@@ -89,7 +89,9 @@ def test_bench_profile_splits_inference_and_training_steps_by_op_type(tmp_path):
     profile whose instructions all come from dumped programs, whose op types are the model's, and whose training
     step accumulates cotangents."""
     out = tmp_path / "bench.json"
-    env = dict(os.environ, EDBATCH_COMPILE_CACHE="off", JAX_PLATFORMS="cpu")
+    scratch = tmp_path / "tmp"  # the run's temporary folders: its HLO dump must not outlive it
+    scratch.mkdir()
+    env = dict(os.environ, EDBATCH_COMPILE_CACHE="off", JAX_PLATFORMS="cpu", TMPDIR=str(scratch))
     args = ["bench", "--model", "binary_tree", "--batch-size", "8", "--hidden", "8", "--batches", "2"]
     args += ["--warmup", "1", "--rounds", "1", "--policy", "typewise", "--layout", "dynet", "--max-lanes", "4"]
     args += ["--mode", "infer,train", "--engine", "fused", "--profile", "3", "--json", str(out), "--quiet"]
@@ -110,3 +112,4 @@ def test_bench_profile_splits_inference_and_training_steps_by_op_type(tmp_path):
         assert sum(prof["shares"][c] for c in CATEGORIES) == pytest.approx(1.0)
     assert rows["train"]["profile"]["device_ms"].get("accumulate", 0) > 0
     assert "accumulate" not in rows["infer"]["profile"]["device_ms"]
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("edbatch-hlo-")]

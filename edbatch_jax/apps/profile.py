@@ -36,11 +36,13 @@ Host-side; a profile of one process's CPU or GPU programs. Used by
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import glob
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,14 +72,16 @@ class ProfileError(EdbatchError):
 
 
 def start_hlo_dump(directory: str | None = None) -> str:
-    """Makes XLA write the optimised HLO of every program it compiles from now on to ``directory`` (a new
-    temporary folder by default); returns it.
+    """Makes XLA write the optimised HLO of every program it compiles from now on to ``directory`` (by default a
+    new temporary folder, removed when the process exits); returns it.
 
     Must run before JAX's backend starts (before the first computation): XLA
     reads its flags once. Programs loaded from the persistent compilation
     cache are not compiled, so not dumped: keep that cache off while profiling.
     """
-    directory = directory or tempfile.mkdtemp(prefix="edbatch-hlo-")
+    if directory is None:  # a folder of our own: removed when the process exits
+        directory = tempfile.mkdtemp(prefix="edbatch-hlo-")
+        atexit.register(shutil.rmtree, directory, True)
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = f"{flags} --xla_dump_to={directory} --xla_dump_hlo_as_text".strip()
     _state["dir"] = directory
