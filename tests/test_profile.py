@@ -111,5 +111,6 @@ def test_bench_profile_splits_inference_and_training_steps_by_op_type(tmp_path):
         assert prof["device_ms"].get("gather", 0) > 0
         assert sum(prof["shares"][c] for c in CATEGORIES) == pytest.approx(1.0)
     assert rows["train"]["profile"]["device_ms"].get("accumulate", 0) > 0
+    assert rows["train"]["profile"]["device_ms"].get("update", 0) > 0  # the loss's cotangent and the adam step
     assert "accumulate" not in rows["infer"]["profile"]["device_ms"]
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("edbatch-hlo-")]

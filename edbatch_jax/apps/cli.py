@@ -376,8 +376,9 @@ def bench(args: argparse.Namespace) -> int:
             f"; profile ({args.profile} cached mini-batches per configuration, a jax.profiler trace, each XLA "
             "instruction's own time attributed by the engine's named scopes): op = each op type's arithmetic, "
             "gather = operand and cotangent reads, aggregate = variadic ops' reduction of their arguments, "
-            "write = output writes, accumulate = operand cotangents added, "
-            "store = residuals stored and read, loop/branch = while/conditional/call instructions' own time, "
+            "write = output writes, accumulate = operand cotangents and parameter gradients added, "
+            "store = residuals stored and read, lanes = lane masks and guards, update = loss, its cotangent and the "
+            "optimizer update, loop/branch = while/conditional/call instructions' own time, "
             "other device = instructions in no scope, host = wall time with no instruction running; planning = "
             "build + sched + layout + eplan of a rebuilt mini-batch"
         )

@@ -6,8 +6,9 @@ instruction's metadata: an op's own computation (``edbatch.op.<op type>``),
 the reads of operands and cotangents (``edbatch.gather``: gathers, or slices
 where the layout made operands contiguous), the writes of outputs
 (``edbatch.write``), a variadic op's reduction of its arguments
-(``edbatch.aggregate``), the accumulation of operand cotangents
-(``edbatch.accumulate``) and the fused engine's residual stores and reads
+(``edbatch.aggregate``), the accumulation of operand cotangents and
+parameter gradients (``edbatch.accumulate``), lane masks and guards
+(``edbatch.lanes``), the loss and optimizer update (``edbatch.update``) and the fused engine's residual stores and reads
 (``edbatch.store``). :func:`profile_calls` runs a function under
 ``jax.profiler.trace``, reads the executed instructions' times from the trace
 (each instruction's own time: a loop's or a branch's time less the
@@ -24,10 +25,13 @@ Categories (:data:`CATEGORIES`), each in milliseconds per call:
 * ``aggregate``: a variadic op's reduction of its arguments per node
   (segment sums, means, maxima, softmax weights; its ``edge`` function
   counts as the op's arithmetic);
+* ``lanes``: lane masks and guards (padding lanes and lanes without a
+  cotangent kept from poisoning values and gradients);
+* ``update``: the loss and its cotangent, and the optimizer update;
 * ``loop/branch``: the own time of ``while``, ``conditional`` and ``call``
   instructions (the loop's bookkeeping and the branch dispatch);
 * ``other device``: instructions in no scope (loop counters, the tables'
-  unpacking, masks, zero buffers, the optimizer update, copies);
+  unpacking, zero buffers, copies);
 * ``host``: wall time with no instruction running.
 
 Host-side; a profile of one process's CPU or GPU programs. Used by
@@ -62,7 +66,19 @@ __all__ = [
     "start_hlo_dump",
 ]
 
-CATEGORIES = ("op", "gather", "aggregate", "write", "accumulate", "store", "loop/branch", "other device", "host")
+CATEGORIES = (
+    "op",
+    "gather",
+    "aggregate",
+    "write",
+    "accumulate",
+    "store",
+    "lanes",
+    "update",
+    "loop/branch",
+    "other device",
+    "host",
+)
 _LOOP_OPCODES = frozenset({"while", "conditional", "call"})
 _state: dict[str, str | None] = {"dir": None}
 

@@ -22,7 +22,8 @@ the stepwise engine (:mod:`edbatch_jax.engine.stepwise`), the fused engine
 * outputs: :func:`output_nodes`;
 * names in the compiled programs: :func:`scope` (what a profile attributes
   time to: ``edbatch.gather``, ``edbatch.aggregate``, ``edbatch.write``,
-  ``edbatch.accumulate``, ``edbatch.store``, ``edbatch.op.<op type>``).
+  ``edbatch.accumulate``, ``edbatch.store``, ``edbatch.lanes``,
+  ``edbatch.op.<op type>``), :func:`in_scope`.
 
 A *signature* is the hashable ``(treedef, ((shape, dtype), ...))`` of one
 node's state; a *buffer* of a signature is that pytree with a leading row
@@ -59,6 +60,7 @@ __all__ = [
     "combine",
     "compile_once",
     "guard_lanes",
+    "in_scope",
     "instantiate_zeros",
     "lanes_with_cotangent",
     "mask_rows",
@@ -85,9 +87,24 @@ SCOPE_PREFIX = "edbatch."
 def scope(part: str):
     """``jax.named_scope("edbatch." + part)``: a name every instruction traced inside carries in the compiled
     program's metadata, so that a profile can attribute its time (``edbatch bench --profile``). Changes no value
-    and no compiled code. ``part``: ``"gather"``, ``"aggregate"``, ``"write"``, ``"accumulate"``, ``"store"`` or
-    ``"op.<op type>"`` (characters other than letters, digits, ``_``, ``-`` and ``.`` become ``_``)."""
+    and no compiled code. ``part``: ``"gather"``, ``"aggregate"``, ``"write"``, ``"accumulate"``, ``"store"``,
+    ``"lanes"`` (lane masks and guards), ``"update"`` (loss and optimizer update) or ``"op.<op type>"``
+    (characters other than letters, digits, ``_``, ``-`` and ``.`` become ``_``)."""
     return jax.named_scope(SCOPE_PREFIX + _SCOPE_CHARS.sub("_", part))
+
+
+def in_scope(part: str):
+    """Decorator: the function's body runs inside :func:`scope` ``(part)``."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def scoped(*args, **kwargs):
+            with scope(part):
+                return fn(*args, **kwargs)
+
+        return scoped
+
+    return wrap
 
 
 _SCOPE_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -230,6 +247,7 @@ def sum_rows(tree: PyTree, idx, mask) -> PyTree:
     return jax.tree.map(one, tree)
 
 
+@in_scope("lanes")
 def mask_rows(tree: PyTree, mask) -> PyTree:
     """``tree`` (leaves ``[L, ...]``) with the rows outside ``mask`` (bool ``[L]``) set to zero; jittable."""
     return jax.tree.map(lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, jnp.zeros_like(a)), tree)
@@ -378,6 +396,7 @@ def reduce_arguments(
 
 
 # ------------------------------------------------------------------ lanes that must not poison gradients
+@in_scope("lanes")
 def lanes_with_cotangent(mask, ct: PyTree):
     """bool ``[L]``: the real lanes (``mask``, bool ``[L]``) whose output cotangent (leaves ``[L, ...]``) is not
     all zero (a NaN counts as not zero); jittable."""
@@ -390,6 +409,7 @@ def lanes_with_cotangent(mask, ct: PyTree):
     return live & mask
 
 
+@in_scope("lanes")
 def guard_lanes(tree: PyTree, live) -> PyTree:
     """``tree`` (leaves ``[L, ...]``) with the rows of lanes outside ``live`` (bool ``[L]``) replaced by the first
     live lane's row, its gradient stopped; jittable.
@@ -410,6 +430,7 @@ def guard_lanes(tree: PyTree, live) -> PyTree:
     return jax.tree.map(one, tree)
 
 
+@in_scope("lanes")
 def zero_unless(flag, tree: PyTree) -> PyTree:
     """``tree`` where ``flag`` (bool scalar), else zeros of its shapes and dtypes (exact, even for NaN); jittable."""
     return jax.tree.map(lambda a: jnp.where(flag, a, jnp.zeros_like(a)), tree)

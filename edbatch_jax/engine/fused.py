@@ -629,7 +629,8 @@ class FusedEngine(Engine):
                 if not defer:  # a deferred op's parameter gradients are left to one pass after the loop
                     accs = list(accs)
                     slot = loop_keys.index(op.grad_key)
-                    accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
+                    with scope("accumulate"):
+                        accs[slot] = jax.tree.map(jnp.add, accs[slot], g_params)
                 ct_bufs = list(ct_bufs)
                 rows = lanes if key[5] is None else key[5]
                 for j, (b, g) in enumerate(zip(in_bufs, g_operands)):

@@ -53,6 +53,7 @@ from edbatch_jax.engine.common import (
     lanes_with_cotangent,
     mask_rows,
     read_rows,
+    scope,
     state_signature,
     write_rows,
     zero_buffer,
@@ -295,7 +296,8 @@ class StepwiseEngine(Engine):
                 g_params, g_operands = pullback(ct_out)
                 if live is not None:
                     g_params = zero_unless(jnp.any(live), g_params)
-                grad_acc = jax.tree.map(jnp.add, grad_acc, g_params)
+                with scope("accumulate"):
+                    grad_acc = jax.tree.map(jnp.add, grad_acc, g_params)
                 ct_bufs = list(ct_bufs)
                 for s, idx, g in zip(ct_src, slots, g_operands):
                     ct_bufs[s] = add_rows(ct_bufs[s], idx, g)

@@ -47,7 +47,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from edbatch_jax.engine.base import Engine
-from edbatch_jax.engine.common import compile_once
+from edbatch_jax.engine.common import compile_once, in_scope
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.training.minibatch import MiniBatch
 from edbatch_jax.training.parallel import split_instances
@@ -220,6 +220,7 @@ class ProcessTrainer(Trainer):
         self.size = int(flat.size)
         self._flatten = jax.jit(lambda loss, grads: ravel_pytree((loss, grads))[0].astype(jnp.float32)[None])
 
+        @in_scope("update")
         def apply(total, opt_state, params):
             loss, grads = unravel(total[0])
             updates, opt_state = optimizer.update(grads, opt_state, params)

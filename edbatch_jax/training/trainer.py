@@ -19,7 +19,7 @@ import optax
 
 from edbatch_jax.engine.base import Engine
 from edbatch_jax.engine.buckets import bucket
-from edbatch_jax.engine.common import buffer_structs, compile_once, output_nodes, sum_rows
+from edbatch_jax.engine.common import buffer_structs, compile_once, in_scope, output_nodes, sum_rows
 from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.engine.stepwise import StepwiseEngine
@@ -96,6 +96,7 @@ def batched_loss(
 
 
 @functools.partial(jax.jit, static_argnums=1)
+@in_scope("update")
 def _loss_grad(bufs: tuple, which: int, idx, mask, count):
     """:func:`batched_loss` from the state buffers and its cotangent (``None`` for the buffers it does not read)."""
     loss, ct = jax.value_and_grad(lambda b: sum_rows(b, idx, mask)["loss"] / count)(bufs[which])
@@ -214,6 +215,7 @@ class Trainer:
         self.rng = rng
         self.steps = 0
 
+        @in_scope("update")
         def update(grads, opt_state, params):
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
