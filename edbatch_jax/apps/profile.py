@@ -43,6 +43,7 @@ from __future__ import annotations
 import atexit
 import collections
 import dataclasses
+import functools
 import glob
 import os
 import re
@@ -170,9 +171,11 @@ def _label(op_name: str) -> str | None:
     return "op:" + part[3:] if part.startswith("op.") else part
 
 
+@functools.cache
 def _read_module(path: str) -> dict[str, tuple[str, str | None]]:
     """``{instruction: (opcode, category or None)}`` of one dumped module; a fusion without a scope of its own
-    takes the most frequent scope among the instructions it fuses."""
+    takes the most frequent scope among the instructions it fuses. Read once per path: XLA writes a module's
+    file once, when it compiles it (do not modify the result)."""
     info: dict[str, tuple[str, str | None]] = {}
     calls: dict[str, str] = {}
     members: dict[str, list] = collections.defaultdict(list)
@@ -207,12 +210,7 @@ def _read_module(path: str) -> dict[str, tuple[str, str | None]]:
 def _modules(directory: str) -> dict[int, dict]:
     out = {}
     for path in glob.glob(os.path.join(directory, "module_*after_optimizations.txt")):
-        base = os.path.basename(path)
-        if "buffer-assignment" in base or "memory-usage" in base or "live-range" in base:
-            continue
-        m = re.match(r"module_(\d+)\.", base)
-        if m:
-            out[int(m.group(1))] = _read_module(path)
+        out[int(os.path.basename(path).split(".")[0][len("module_") :])] = _read_module(path)
     return out
 
 

@@ -32,6 +32,7 @@ from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.checks import check_finite_grads, check_finite_states, check_plan_rows, finite_rows
 from edbatch_jax.engine.common import (
     PyTree,
+    in_scope,
     instantiate_zeros,
     output_nodes,
     scope,
@@ -124,16 +125,8 @@ def _checked_op(name: str, op: Op, derived: dict) -> Op:
             )
         return out
 
-    if op.edge is None:
-        return dataclasses.replace(op, fn=checked)
-    edge = op.edge
-
-    @functools.wraps(edge)
-    def scoped_edge(*args, **kw):
-        with scope("op." + name):
-            return edge(*args, **kw)
-
-    return dataclasses.replace(op, fn=checked, edge=scoped_edge)
+    edge = None if op.edge is None else in_scope("op." + name)(op.edge)
+    return dataclasses.replace(op, fn=checked, edge=edge)
 
 
 def _host_check(check, *args) -> None:

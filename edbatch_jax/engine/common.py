@@ -168,12 +168,13 @@ def buffer_structs(plan: ExecutionPlan) -> tuple:
     return tuple(signature_struct(sig, (cap,)) for sig, cap in zip(plan.signatures, plan.capacities))
 
 
+@in_scope("gather")
 def take_rows(tree: PyTree, idx) -> PyTree:
     """Rows ``idx`` (int32 ``[M]``) of every leaf (``[R, ...]`` -> ``[M, ...]``), a gather; jittable."""
-    with scope("gather"):
-        return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
+    return jax.tree.map(lambda a: jnp.take(a, idx, axis=0), tree)
 
 
+@in_scope("gather")
 def read_rows(tree: PyTree, idx, length: int) -> PyTree:
     """Rows of every leaf: ``idx`` (int32 ``[M]``: a gather) or ``idx .. idx + length`` (int32 scalar: a slice).
 
@@ -188,11 +189,11 @@ def read_rows(tree: PyTree, idx, length: int) -> PyTree:
       The rows, leaves ``[M, ...]`` or ``[length, ...]``.
     """
     if jnp.ndim(idx) == 0:
-        with scope("gather"):
-            return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, idx, length, 0), tree)
+        return jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, idx, length, 0), tree)
     return take_rows(tree, idx)
 
 
+@in_scope("write")
 def write_rows(tree: PyTree, offset, values: PyTree, mask) -> PyTree:
     """``tree`` with rows ``offset .. offset + L`` replaced by ``values`` where ``mask``; jittable.
 
@@ -214,22 +215,21 @@ def write_rows(tree: PyTree, offset, values: PyTree, mask) -> PyTree:
         keep = mask.reshape((-1,) + (1,) * (v.ndim - 1))
         return jax.lax.dynamic_update_slice_in_dim(b, jnp.where(keep, v.astype(b.dtype), old), offset, 0)
 
-    with scope("write"):
-        return jax.tree.map(write, tree, values)
+    return jax.tree.map(write, tree, values)
 
 
+@in_scope("accumulate")
 def add_rows(tree: PyTree, idx, values: PyTree) -> PyTree:
     """Adds ``values`` (leaves ``[M, ...]``) into rows ``idx`` (int32 ``[M]``, scatter-add) or into the slice
     starting at ``idx`` (int32 scalar), cast to the buffer's dtypes; jittable."""
-    with scope("accumulate"):
-        if jnp.ndim(idx) == 0:
+    if jnp.ndim(idx) == 0:
 
-            def add(c, x):
-                cur = jax.lax.dynamic_slice_in_dim(c, idx, x.shape[0], 0)
-                return jax.lax.dynamic_update_slice_in_dim(c, cur + x.astype(c.dtype), idx, 0)
+        def add(c, x):
+            cur = jax.lax.dynamic_slice_in_dim(c, idx, x.shape[0], 0)
+            return jax.lax.dynamic_update_slice_in_dim(c, cur + x.astype(c.dtype), idx, 0)
 
-            return jax.tree.map(add, tree, values)
-        return jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), tree, values)
+        return jax.tree.map(add, tree, values)
+    return jax.tree.map(lambda c, x: c.at[idx].add(x.astype(c.dtype)), tree, values)
 
 
 @jax.jit

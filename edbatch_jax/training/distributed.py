@@ -256,12 +256,9 @@ class ProcessTrainer(Trainer):
         self.steps += 1
         return value
 
-    def precompile(self, batches: Sequence[MiniBatch]) -> int:
-        """:meth:`Trainer.precompile` for this process's shares, with the programs that flatten the loss and
-        gradients for the all-reduce and apply the reduced vector (in place of the one-process update)."""
-        return super().precompile(batches)
-
     def _precompile_update(self) -> int:
+        """:meth:`Trainer.precompile` compiles, in place of the one-process update, the programs that flatten the
+        loss and gradients for the all-reduce and apply the reduced vector."""
         flat = jax.ShapeDtypeStruct((1, self.size), jnp.float32)
         loss = jnp.zeros((), jnp.float32)
         return compile_once(self._compiled, self._flatten, loss, self.params) + compile_once(
