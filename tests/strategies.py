@@ -17,13 +17,11 @@ Strategies (all produce :class:`edbatch_jax.Graph` objects built with
 
 Helpers: :func:`node_records` (a graph as plain Python per-node records, for
 node-for-node comparisons), :func:`assert_graphs_equal` (array-exact
-equality), :func:`chain`, :func:`perfect_tree`, :func:`graph_from_records`,
-:func:`wide_from` (the frontier's array path from a given batch width on).
+equality), :func:`chain`, :func:`perfect_tree`, :func:`graph_from_records`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import hypothesis.strategies as st
@@ -31,7 +29,6 @@ import jax
 import numpy as np
 
 import edbatch_jax as eb
-from edbatch_jax.scheduling import frontier as frontier_module
 
 __all__ = [
     "DAG_TYPES",
@@ -46,7 +43,6 @@ __all__ = [
     "node_records",
     "perfect_tree",
     "trees",
-    "wide_from",
 ]
 
 TREE_TYPES = ("leaf", "internal", "loss")
@@ -264,14 +260,3 @@ def perfect_tree(depth: int) -> eb.Graph:
     while len(level) > 1:
         level = [b.add("internal", level[i], level[i + 1]) for i in range(0, len(level), 2)]
     return b.build()
-
-
-@contextlib.contextmanager
-def wide_from(width: int):
-    """Frontier batches of ``width`` nodes or more released by its array path (normally only wide ones)."""
-    saved = frontier_module.WIDE
-    frontier_module.WIDE = width
-    try:
-        yield
-    finally:
-        frontier_module.WIDE = saved

@@ -66,26 +66,3 @@ def test_the_page_names_phases_over_2x_and_the_plot_is_written(probe, tmp_path):
     assert probe.sizes_for("dag", 1e6, 1e5) == [1000, 10**4, 10**5, 10**6]
     assert probe.sizes_for("chain", 1e6, 1e5) == [1000, 10**4, 10**5]
     assert probe.sizes_for("treelstm", 1e3, 1e3) == list(probe.TREE_SIZES)
-
-
-@pytest.mark.parametrize("num_nodes, wide", [(50, 40), (4000, 300), (4000, 1200), (100_000, 800)])
-def test_release_wide_matches_one_edge_at_a_time_on_every_path(num_nodes, wide):
-    """ufunc.at (few targets), the fed counters only (sparse), one pass over all counters (dense)."""
-    import numpy as np
-
-    from edbatch_jax.scheduling.frontier import release_wide
-
-    rng = np.random.default_rng(num_nodes + wide)
-    degree = rng.integers(0, 4, num_nodes)
-    ptr = np.concatenate([[0], np.cumsum(degree)])
-    idx = rng.integers(0, num_nodes, ptr[-1]).astype(np.int32)
-    left = (np.bincount(idx, minlength=num_nodes) + rng.integers(0, 2, num_nodes)).astype(np.int32)
-    nodes = rng.choice(num_nodes, min(wide, num_nodes), replace=False)
-    expected = left.copy()
-    for v in nodes:
-        for w in idx[ptr[v] : ptr[v + 1]]:
-            expected[w] -= 1
-    fed = np.unique(idx[np.concatenate([np.arange(ptr[v], ptr[v + 1]) for v in nodes])])
-    done = release_wide(nodes, ptr, idx, left)
-    assert np.array_equal(np.sort(done), fed[expected[fed] == 0])  # each target reaching 0 once
-    assert np.array_equal(left, expected)

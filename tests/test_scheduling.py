@@ -24,7 +24,6 @@ from strategies import (
     graph_from_records,
     perfect_tree,
     trees,
-    wide_from,
 )
 
 import edbatch_jax as eb
@@ -460,34 +459,26 @@ def test_frontier_policy_choosing_a_type_with_no_ready_node_fails():
 
 
 @settings(max_examples=80, deadline=None)
-@given(any_graph, st.sampled_from([1, 2, 3]))
-def test_wide_batches_are_released_like_narrow_ones(g, width):
-    """The array path of the frontier (a tree's leaves or losses) gives the schedules the list path gives."""
-    narrow = {
-        name: as_lists(eb.schedule(g, p))
-        for name, p in [("agenda", "agenda"), ("most_ready", MostReady()), ("typewise", "typewise")]
-    }
-    assert narrow["agenda"] == reference_agenda(g)
-    with wide_from(width):
-        assert as_lists(eb.schedule(g, "agenda")) == reference_agenda(g)
-        assert as_lists(eb.schedule(g, MostReady())) == narrow["most_ready"]
-        assert as_lists(eb.schedule(g, "typewise")) == narrow["typewise"]
+@given(any_graph)
+def test_agenda_in_one_kernel_call_equals_its_choices_step_by_step(g):
+    """The agenda's whole schedule in one compiled call: the schedule its ``choose`` makes one batch at a
+    time through the frontier, and the reference agenda's."""
+    one_call = as_lists(eb.schedule(g, "agenda"))
+    assert one_call == as_lists(eb.FrontierPolicy._schedule(eb.AgendaPolicy(), g)) == reference_agenda(g)
 
 
-def test_frontier_take_with_limit_on_either_path():
+def test_frontier_take_with_limit_and_a_node_reading_one_argument_twice():
     g = graph_from_records([("a", [])] * 5 + [("b", [0, 1]), ("b", [2, 2]), ("c", [5, 6])])
-    for width in (1, 100):
-        with wide_from(width):
-            f = eb.Frontier(g)
-            np.testing.assert_array_equal(f.take(0, limit=3), [0, 1, 2])
-            assert f.ready_counts.tolist() == [2, 2, 0] and f.remaining == 5
-            np.testing.assert_array_equal(f.ready(0), [3, 4])
-            np.testing.assert_array_equal(f.ready(1), [5, 6])  # node 6 reads node 2 twice: ready once
-            np.testing.assert_array_equal(f.take(1), [5, 6])
-            np.testing.assert_array_equal(f.take(0), [3, 4])
-            assert f.ready_counts.tolist() == [0, 0, 1]
-            np.testing.assert_array_equal(f.take(2), [7])
-            assert f.done
+    f = eb.Frontier(g)
+    np.testing.assert_array_equal(f.take(0, limit=3), [0, 1, 2])
+    assert f.ready_counts.tolist() == [2, 2, 0] and f.remaining == 5
+    np.testing.assert_array_equal(f.ready(0), [3, 4])
+    np.testing.assert_array_equal(f.ready(1), [5, 6])  # node 6 reads node 2 twice: ready once
+    np.testing.assert_array_equal(f.take(1), [5, 6])
+    np.testing.assert_array_equal(f.take(0), [3, 4])
+    assert f.ready_counts.tolist() == [0, 0, 1]
+    np.testing.assert_array_equal(f.take(2), [7])
+    assert f.done
 
 
 def test_frontier_take_with_limit():

@@ -3,10 +3,9 @@
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import random_typed_dag, wide_from
+from strategies import random_typed_dag
 
 import edbatch_jax as eb
-from edbatch_jax.scheduling import frontier as frontier_module
 from edbatch_jax.zoo.data.sst import Vocabulary, synthetic_sst
 from edbatch_jax.zoo.models.treelstm import TreeLSTM
 
@@ -33,12 +32,10 @@ def _brute_typewise_counts(graph, remaining, anc):
     st.integers(0, 10**6),
     st.integers(1, 30),
     st.integers(1, 3),
-    st.sampled_from(["maximal", "nearest"]),
-    st.sampled_from([1, 2, frontier_module.WIDE]),
+    st.sampled_from(["closure", "maximal", "nearest"]),
 )
-def test_typewise_counts_match_brute_force_as_batches_run(seed, n, n_types, edges, wide):
-    with wide_from(wide):  # batches this wide or wider: the frontier's array path
-        _check_typewise_counts(seed, n, n_types, edges)
+def test_typewise_counts_match_brute_force_as_batches_run(seed, n, n_types, edges):
+    _check_typewise_counts(seed, n, n_types, edges)
 
 
 def _check_typewise_counts(seed, n, n_types, edges):

@@ -1,8 +1,8 @@
 """Host-side graph analysis: topological levels, depth, type-wise depth, lower bound.
 
-Everything here is vectorised NumPy over the CSR arrays of a
-:class:`~edbatch_jax.graph.Graph`; the only Python loop runs once per
-topological level (the longest path), never once per node.
+Vectorised NumPy over the CSR arrays of a :class:`~edbatch_jax.graph.Graph`
+(the type-wise depths: one NumPy step per topological level); the depth
+itself, a sequential walk, is a compiled kernel (:mod:`edbatch_jax.graph.kernels`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 
 from edbatch_jax.graph.csr import csr_by_source, csr_rows
 from edbatch_jax.graph.graph import Graph, GraphError
+from edbatch_jax.graph.kernels import kahn_depth
 
 __all__ = [
     "children",
@@ -46,54 +47,17 @@ def _find_cycle(graph: Graph, remaining: np.ndarray) -> list[int]:
     return path[seen[v] :] + [v]
 
 
-_NARROW_LEVEL = 128  # below this many edges out, a Kahn level costs less on lists than in NumPy calls
-
-
-def _levels_on_lists(ptr, child_idx, indeg, depth, frontier, level) -> np.ndarray:
-    """Kahn's levels from ``frontier`` (at ``level``) on, on plain lists; returns the completed depths."""
-    ptr, child_idx, indeg, depth = ptr.tolist(), child_idx.tolist(), indeg.tolist(), depth.tolist()
-    current = frontier.tolist()
-    while current:
-        ready = []
-        for v in current:
-            depth[v] = level
-            for c in child_idx[ptr[v] : ptr[v + 1]]:
-                indeg[c] -= 1
-                if not indeg[c]:
-                    ready.append(c)
-        current = ready
-        level += 1
-    return np.asarray(depth, dtype=np.int32)
-
-
 def node_depth(graph: Graph) -> np.ndarray:
     """int32 ``[N]``: longest path (in edges) from a node without arguments.
 
-    Kahn's algorithm, level by level: one vectorised step per wide level; once
-    levels are narrow (chains, lattices: hundreds of levels of a few dozen
-    nodes, where a NumPy call costs more than the level's work), the rest on
-    plain lists.
+    Kahn's algorithm in one compiled pass over the reverse adjacency
+    (:func:`~edbatch_jax.graph.kernels.kahn_depth`), O(N + E).
 
     Raises:
       GraphError: the graph has a cycle; the message lists the nodes on it.
     """
-    n = graph.num_nodes
     ptr, child_idx = children(graph)
-    indeg = graph.arity.astype(np.int64)
-    depth = np.full(n, -1, dtype=np.int32)
-    frontier = np.flatnonzero(indeg == 0)
-    level = 0
-    while frontier.size:
-        ch, _ = csr_rows(ptr, child_idx, frontier)
-        if ch.size < _NARROW_LEVEL:
-            break
-        depth[frontier] = level
-        uniq, cnt = np.unique(ch, return_counts=True)
-        indeg[uniq] -= cnt
-        frontier = uniq[indeg[uniq] == 0]
-        level += 1
-    if frontier.size:
-        depth = _levels_on_lists(ptr, child_idx, indeg, depth, frontier, level)
+    depth = kahn_depth(ptr, child_idx, graph.arity.astype(np.int32))
     remaining = np.flatnonzero(depth < 0)
     if remaining.size:
         cycle = _find_cycle(graph, remaining)

@@ -1,11 +1,13 @@
 """Compressed-sparse-row helpers over node ids: the one home of the library's adjacency arithmetic.
 
-All host-side, vectorised NumPy (no loop over nodes); none is jittable.
+All host-side, vectorised NumPy or a compiled kernel (no Python loop over nodes); none is jittable.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from edbatch_jax.graph.kernels import concat_rows
 
 __all__ = ["csr_by_source", "csr_rows", "payload_rows"]
 
@@ -29,16 +31,14 @@ def payload_rows(node_type: np.ndarray, num_types: int) -> np.ndarray:
 def csr_rows(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenated CSR rows ``values[ptr[r]:ptr[r+1]]`` for ``r`` in ``rows``.
 
-    Returns ``(flat, segment)`` where ``segment[k]`` is the position in ``rows``
-    that ``flat[k]`` came from. Vectorised, no Python loop.
+    Returns ``(flat, segment)`` where ``segment[k]`` (int32) is the position in ``rows``
+    that ``flat[k]`` came from. One compiled pass
+    (:func:`~edbatch_jax.graph.kernels.concat_rows`).
     """
     rows = np.asarray(rows)
-    starts = ptr[rows]
-    counts = ptr[rows + 1] - starts
-    segment = np.repeat(np.arange(rows.shape[0], dtype=np.int32), counts)
-    first = np.cumsum(counts) - counts
-    pos = np.repeat(starts - first, counts) + np.arange(segment.shape[0])
-    return values[pos], segment
+    if rows.dtype.kind not in "iu":
+        rows = rows.astype(np.int64)
+    return concat_rows(np.asarray(ptr), np.asarray(values), rows)
 
 
 def csr_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:

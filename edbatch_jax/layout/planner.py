@@ -50,6 +50,7 @@ import numpy as np
 
 from edbatch_jax.graph import Graph, ensure_valid
 from edbatch_jax.graph.csr import csr_rows
+from edbatch_jax.layout.kernels import align_batches
 from edbatch_jax.layout.pqtree import PQTree
 from edbatch_jax.scheduling.schedule import Schedule, graph_fingerprint, schedule_fingerprint
 
@@ -379,9 +380,6 @@ def plan_layout(graph: Graph, schedule: Schedule, variadic: Collection[str] | No
     )
 
 
-_WIDE = 100  # mean entries read per batch above which alignment works on arrays rather than lists
-
-
 def _align(position, schedule, lists, accepted, one_producer, lane_rank) -> np.ndarray:
     """Step 3: lane orders and operand orders, batch by batch in schedule order.
 
@@ -394,117 +392,27 @@ def _align(position, schedule, lists, accepted, one_producer, lane_rank) -> np.n
     read them pin them, and those come later).
 
     A batch that reads no accepted operand has no anchor and permutes
-    nothing, so all such batches are ordered at once first. The others go
-    one by one, with one of two implementations of the same steps: on plain
-    lists when batches are narrow (lattices, sequences: a NumPy call costs
-    more than a step), on arrays when they are wide (trees, random DAGs).
-    They give the same order.
+    nothing, so all such batches are ordered at once first (vectorised). The
+    others go one by one in a compiled kernel
+    (:func:`~edbatch_jax.layout.kernels.align_batches`).
     """
     pos = position.copy()
     reads = np.bincount(lists.batch, minlength=schedule.num_batches) > 0
     reads_accepted = np.bincount(lists.batch, weights=accepted, minlength=schedule.num_batches) > 0
     _order_lanes(pos, schedule, lane_rank, reads & ~reads_accepted)
-    wide = lists.arg.size > _WIDE * max(schedule.num_batches, 1)
-    batches = np.flatnonzero(reads_accepted).tolist()
-    return (_align_arrays if wide else _align_lists)(pos, schedule, lists, accepted, one_producer, lane_rank, batches)
-
-
-def _align_lists(position, schedule, lists, accepted, one_producer, lane_rank, batches) -> np.ndarray:
-    """The batch-by-batch part of :func:`_align`, on plain lists, for ``batches`` (in order)."""
-    pos = position.tolist()
-    pinned = [False] * len(pos)
-    lane_rank = lane_rank.tolist()
-    node_order = schedule.node_order.tolist()
-    batch_ptr = schedule.batch_ptr.tolist()
-    ptr = lists.ptr.tolist()
-    lane_of, arg_of = lists.lane.tolist(), lists.arg.tolist()
-    accepted, one_producer = accepted.tolist(), one_producer.tolist()
-    first_list = np.searchsorted(lists.batch, np.arange(schedule.num_batches + 1)).tolist()
-    for b in batches:
-        own = [i for i in range(first_list[b], first_list[b + 1]) if accepted[i]]
-        nodes = node_order[batch_ptr[b] : batch_ptr[b + 1]]
-        anchor, most = -1, 0.0
-        for i in own:
-            args = arg_of[ptr[i] : ptr[i + 1]]
-            share = sum(map(pinned.__getitem__, args)) / len(args)
-            if share > most:
-                rows = [pos[a] for a in args]
-                if max(rows) - min(rows) == len(rows) - 1:
-                    anchor, most = i, share
-        if anchor >= 0:
-            lane_key = [len(pos)] * len(nodes)
-            for lane, a in zip(lane_of[ptr[anchor] : ptr[anchor + 1]], arg_of[ptr[anchor] : ptr[anchor + 1]]):
-                lane_key[lane] = min(lane_key[lane], pos[a])
-                pinned[a] = True
-        else:
-            lane_key = [lane_rank[v] for v in nodes]
-        rows = [pos[v] for v in nodes]
-        for (_, _, v), row in zip(sorted(zip(lane_key, rows, nodes)), sorted(rows)):
-            pos[v] = row
-        base = min(rows)
-        lane_pos = [pos[v] - base for v in nodes]  # a batch's rows are consecutive
-        changed = anchor >= 0
-        for i in own:
-            if not one_producer[i]:
-                continue
-            args = arg_of[ptr[i] : ptr[i + 1]]
-            if any(map(pinned.__getitem__, args)):
-                continue
-            lane_order = [lane_pos[lane] for lane in lane_of[ptr[i] : ptr[i + 1]]]
-            for (_, _, a), row in zip(sorted(zip(lane_order, range(len(args)), args)), sorted(pos[a] for a in args)):
-                pos[a] = row
-                pinned[a] = True
-            changed = True
-        if changed:
-            for v in nodes:
-                pinned[v] = True
-    return np.asarray(pos, dtype=np.int64)
-
-
-def _align_arrays(position, schedule, lists, accepted, one_producer, lane_rank, batches) -> np.ndarray:
-    """The batch-by-batch part of :func:`_align`, on arrays, for ``batches`` (in order); in place."""
-    pos = position
-    pinned = np.zeros(pos.size, bool)
-    ptr = lists.ptr.tolist()
-    arg_of = [lists.arg[s:e] for s, e in zip(ptr[:-1], ptr[1:])]  # views, one per list
-    lane_of = [lists.lane[s:e] for s, e in zip(ptr[:-1], ptr[1:])]
-    first_list = np.searchsorted(lists.batch, np.arange(schedule.num_batches + 1)).tolist()
-    batch_ptr = schedule.batch_ptr.tolist()
-    accepted, permutable = accepted.tolist(), (accepted & one_producer).tolist()
-    for b in batches:
-        own = [i for i in range(first_list[b], first_list[b + 1]) if accepted[i]]
-        nodes = schedule.node_order[batch_ptr[b] : batch_ptr[b + 1]]
-        anchor, most = -1, 0.0  # the first of the most pinned accepted operands whose rows are a run
-        for i in own:
-            share = np.count_nonzero(pinned[arg_of[i]]) / arg_of[i].size
-            if share > most:
-                rows = pos[arg_of[i]]
-                if rows.max() - rows.min() == rows.size - 1:
-                    anchor, most = i, share
-        if anchor >= 0:
-            lane_key = np.full(nodes.size, pos.size, np.int64)
-            np.minimum.at(lane_key, lane_of[anchor], pos[arg_of[anchor]])
-            pinned[arg_of[anchor]] = True
-        else:
-            lane_key = lane_rank[nodes]
-        node_rows = pos[nodes]
-        base = int(node_rows.min())
-        # the batch's rows (consecutive) in lane_key order, ties by row
-        node_rows[_argsort(lane_key * nodes.size + (node_rows - base), (pos.size + 1) * nodes.size)] = np.arange(
-            base, base + nodes.size
-        )
-        pos[nodes] = node_rows
-        changed = anchor >= 0
-        for i in own:
-            a = arg_of[i]
-            if not permutable[i] or pinned[a].any():
-                continue
-            pos[a[np.argsort(node_rows[lane_of[i]], kind="stable")]] = np.sort(pos[a])
-            pinned[a] = True
-            changed = True
-        if changed:
-            pinned[nodes] = True
-    return pos
+    return align_batches(
+        pos,
+        np.flatnonzero(reads_accepted),
+        schedule.node_order,
+        schedule.batch_ptr,
+        np.searchsorted(lists.batch, np.arange(schedule.num_batches + 1)),
+        lists.ptr,
+        lists.lane,
+        lists.arg,
+        accepted,
+        accepted & one_producer,
+        lane_rank.astype(np.int64),
+    )
 
 
 def _order_lanes(pos: np.ndarray, schedule: Schedule, lane_rank: np.ndarray, batches: np.ndarray) -> None:

@@ -172,6 +172,19 @@ class AgendaPolicy(FrontierPolicy):
         ready = frontier.ready_counts > 0
         return int(np.argmin(np.where(ready, avg_depth, np.inf)))
 
+    def _schedule(self, graph: Graph) -> Schedule:
+        """The frontier run in one compiled call (the same schedule as :meth:`choose` step by step); a
+        subclass that overrides :meth:`choose` is run step by step."""
+        if type(self).choose is not AgendaPolicy.choose:
+            return super()._schedule(graph)
+        frontier = self.frontier_class(graph)
+        batch_type, batch_ptr, order = frontier.run_by_priority(self.start(graph))
+        if not frontier.done:
+            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
+        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
+            graph
+        )
+
 
 _REGISTRY: dict[str, Policy] = {"depth": DepthPolicy(), "agenda": AgendaPolicy()}
 

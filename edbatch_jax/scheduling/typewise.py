@@ -15,8 +15,8 @@ import numpy as np
 from edbatch_jax.graph import Graph
 from edbatch_jax.graph.analysis import topological_order
 from edbatch_jax.graph.csr import csr_by_source
-from edbatch_jax.scheduling import frontier as frontier_module
-from edbatch_jax.scheduling.frontier import Frontier, release_wide
+from edbatch_jax.scheduling.frontier import Frontier
+from edbatch_jax.scheduling.kernels import clear_type, closure_counters, release_pairs
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
 
 __all__ = ["nearest_same_type_edges", "maximal_same_type_edges", "TypewiseFrontier", "TypewisePolicy"]
@@ -53,8 +53,8 @@ def _any_topological_order(graph: Graph):
     """Node ids with arguments first: the ids themselves when every argument precedes its reader
     (as :class:`~edbatch_jax.GraphBuilder` numbers them), else by depth."""
     if bool(np.all(graph.arg_idx < graph.edge_dst())):
-        return range(graph.num_nodes)
-    return topological_order(graph).tolist()
+        return np.arange(graph.num_nodes, dtype=np.int32)
+    return topological_order(graph)
 
 
 def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +74,7 @@ def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     maximal: list[dict[int, tuple[int, ...]]] = [dict() for _ in range(graph.num_nodes)]
     below = [0] * graph.num_nodes  # bitset of same-type ancestors of each node
     src, dst = [], []
-    for v in _any_topological_order(graph):
+    for v in _any_topological_order(graph).tolist():
         lo, hi = arg_ptr[v], arg_ptr[v + 1]
         if hi - lo == 1:  # one operand (most nodes): its sets, with itself as the nearest of its type
             a = arg_idx[lo]
@@ -106,22 +106,6 @@ def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(src, np.int32), np.asarray(dst, np.int32)
 
 
-def _types_at_or_above(graph: Graph) -> list[int]:
-    """Per node, the op types of it and its ancestors, as a bitset (a Python int; bit ``t``: type ``t``)."""
-    types = graph.node_type.tolist()
-    arg_ptr, arg_idx = graph.arg_ptr.tolist(), graph.arg_idx.tolist()
-    above = [1 << t for t in types]
-    for v in _any_topological_order(graph):
-        lo, hi = arg_ptr[v], arg_ptr[v + 1]
-        if lo == hi:
-            continue
-        bits = above[v]
-        for a in arg_idx[lo:hi]:
-            bits |= above[a]
-        above[v] = bits
-    return above
-
-
 def _closure_counters(graph: Graph) -> np.ndarray:
     """int32 ``[T, N]``: per type ``t`` and node ``x``, its arguments with a type-``t`` node at or above them.
 
@@ -129,22 +113,11 @@ def _closure_counters(graph: Graph) -> np.ndarray:
     every type-``t`` ancestor of ``x`` has run: a type-``t`` argument clears
     when it runs, any other argument when its own counter for ``t`` reaches
     0. A node of type ``t`` is in ``TF_t`` exactly when its counter for ``t``
-    is 0. One sweep over the edges in topological order (type bitsets), then
-    one array pass per type.
+    is 0. One compiled sweep over the edges in topological order
+    (:func:`~edbatch_jax.scheduling.kernels.closure_counters`).
     """
-    n, num_types = graph.num_nodes, graph.num_types
-    above = _types_at_or_above(graph)
-    dst = graph.edge_dst()
-    counters = np.zeros((num_types, n), np.int32)
-    for first in range(0, num_types, 62):  # 62 type bits per int64 word
-        if num_types <= 62:
-            word = np.asarray(above, np.int64)
-        else:
-            word = np.asarray([bits >> first & (1 << 62) - 1 for bits in above], np.int64)
-        word = word[graph.arg_idx]
-        for t in range(first, min(first + 62, num_types)):
-            counters[t] = np.bincount(dst, weights=(word >> (t - first)) & 1, minlength=n)
-    return counters
+    order = _any_topological_order(graph)
+    return closure_counters(order, graph.arg_ptr, graph.arg_idx, graph.node_type.astype(np.int32), graph.num_types)
 
 
 class TypewiseFrontier(Frontier):
@@ -164,7 +137,7 @@ class TypewiseFrontier(Frontier):
         self._closure = edges == "closure"
         if self._closure:
             self._clear_np = _closure_counters(graph)
-            self._clear = memoryview(self._clear_np.reshape(-1))
+            self._stack = np.empty(graph.num_nodes, np.int32)
             top = self._clear_np[graph.node_type, np.arange(graph.num_nodes)] == 0
         else:
             src, dst = (maximal_same_type_edges if edges == "maximal" else nearest_same_type_edges)(graph)
@@ -172,59 +145,19 @@ class TypewiseFrontier(Frontier):
             near_indeg = np.bincount(dst, minlength=graph.num_nodes)
             self._near_ptr_np, self._near_dst_np = near_ptr, near_dst
             self._near_indeg_np = near_indeg.astype(np.int32)
-            self._near_ptr, self._near_dst = near_ptr.tolist(), near_dst.tolist()
-            self._near_indeg = memoryview(self._near_indeg_np)
             top = near_indeg == 0
         self.typewise_counts = np.bincount(graph.node_type[top], minlength=graph.num_types).astype(np.int64)
 
-    def _take(self, t: int, limit: int | None) -> list[int] | np.ndarray:
-        nodes = super()._take(t, limit)
-        gained = self._clear_type(t, nodes) if self._closure else self._release_pairs(nodes)
-        self.typewise_counts[t] += gained - len(nodes)
-        return nodes
-
-    def _release_pairs(self, nodes: list[int] | np.ndarray) -> int:
-        """Fires the same-type pairs out of ``nodes``; returns the nodes that joined their ``TF_t``."""
-        if not isinstance(nodes, list):
-            return release_wide(nodes, self._near_ptr_np, self._near_dst_np, self._near_indeg_np).shape[0]
-        ptr, dst, indeg = self._near_ptr, self._near_dst, self._near_indeg
-        gained = 0
-        for v in nodes:
-            for w in dst[ptr[v] : ptr[v + 1]]:
-                left = indeg[w] - 1
-                indeg[w] = left
-                gained += left == 0  # its last maximal same-type ancestor ran: w joins TF_t
-        return gained
-
-    def _clear_type(self, t: int, nodes: list[int] | np.ndarray) -> int:
-        """Type ``t`` clears from the nodes of type ``t`` that ran, down through the nodes of other types
-        whose arguments all cleared it; returns the type-``t`` nodes whose arguments all cleared it (they
-        joined ``TF_t``). Each (node, type) clears once, so a whole schedule costs ``O(T * E)``."""
-        types, ptr, idx = self._types, self._child_ptr, self._child_idx
-        if not isinstance(nodes, list):  # wide: array steps while the cleared set stays wide
-            counters = self._clear_np[t]
-            gained = 0
-            while nodes.shape[0] >= frontier_module.WIDE:
-                done = release_wide(nodes, self._child_ptr_np, self._child_idx_np, counters)
-                same = self.graph.node_type[done] == t
-                gained += int(np.count_nonzero(same))
-                nodes = done[~same]
-            stack = nodes.tolist()
+    def take(self, t: int, limit: int | None = None) -> np.ndarray:
+        nodes = super().take(t, limit)
+        if self._closure:
+            gained = clear_type(
+                t, nodes, self._child_ptr, self._child_idx, self._node_type, self._clear_np[t], self._stack
+            )
         else:
-            gained, stack = 0, list(nodes)
-        clear, base = self._clear, t * len(types)
-        while stack:
-            v = stack.pop()
-            for c in idx[ptr[v] : ptr[v + 1]]:
-                k = base + c
-                left = clear[k] - 1
-                clear[k] = left
-                if not left:
-                    if types[c] == t:
-                        gained += 1  # its type-t ancestors all ran: c joins TF_t
-                    else:
-                        stack.append(c)  # every type-t node at or above c ran
-        return gained
+            gained = release_pairs(nodes, self._near_ptr_np, self._near_dst_np, self._near_indeg_np)
+        self.typewise_counts[t] += gained - nodes.shape[0]
+        return nodes
 
 
 class TypewisePolicy(FrontierPolicy):

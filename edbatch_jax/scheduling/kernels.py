@@ -1,0 +1,162 @@
+"""Compiled kernels of the frontier simulation (Numba): the per-batch walks every dynamic policy drives.
+
+The ready nodes of every op type live in one int32 array ``slots`` of ``N``
+entries: type ``t`` owns the segment that starts where the counts of the
+types before it end (a node is listed once, when it becomes ready), its
+ready nodes are ``slots[head[t]:tail[t]]`` and those it already ran lie
+before ``head[t]``. A batch costs work proportional to it and its consumers.
+Kernels run without the GIL (``nogil``) and are cached on disk; nothing here
+is jittable by JAX.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["clear_type", "priority_schedule", "release_pairs", "take_ready"]
+
+
+@numba.njit(cache=True, nogil=True)
+def take_ready(t, limit, child_ptr, child_idx, node_type, left, slots, head, tail, counts, out):
+    """Runs the ready nodes of type ``t`` (the ``limit`` lowest ids; ``limit < 0``: all of them).
+
+    Writes their ids, ascending, to ``out[:k]`` and returns ``k``. Updates in
+    place ``left`` (int32 ``[N]``: arguments not run yet), ``slots``, ``head``,
+    ``tail`` (int64 ``[T]``) and ``counts`` (int64 ``[T]``: ready nodes per type).
+    """
+    h, e = head[t], tail[t]
+    slots[h:e].sort()
+    k = e - h if limit < 0 or limit > e - h else limit
+    for i in range(k):
+        out[i] = slots[h + i]
+    head[t] = h + k
+    counts[t] -= k
+    for i in range(k):
+        v = out[i]
+        for j in range(child_ptr[v], child_ptr[v + 1]):
+            c = child_idx[j]
+            left[c] -= 1
+            if left[c] == 0:  # its last argument ran
+                ct = node_type[c]
+                slots[tail[ct]] = c
+                tail[ct] += 1
+                counts[ct] += 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def priority_schedule(
+    priority,
+    unbatchable,
+    child_ptr,
+    child_idx,
+    node_type,
+    left,
+    slots,
+    head,
+    tail,
+    counts,
+    batch_type,
+    batch_ptr,
+    order,
+):
+    """A whole schedule by a fixed priority per type: the ready type with the lowest ``priority`` (float64
+    ``[T]``; ties to the lower id) runs all its ready nodes; a ready unbatchable type (bool ``[T]``) runs first,
+    its lowest id alone. Writes ``batch_type[:B]``, ``batch_ptr[:B + 1]`` and ``order[:N]``; returns ``B``
+    (fewer nodes than ``N`` were run when the graph has a cycle)."""
+    n, num_types = node_type.shape[0], priority.shape[0]
+    done, b = 0, 0
+    batch_ptr[0] = 0
+    while done < n:
+        t = -1
+        limit = -1
+        for u in range(num_types):
+            if unbatchable[u] and counts[u] > 0:
+                t, limit = u, 1
+                break
+        if t < 0:
+            best = np.inf
+            for u in range(num_types):
+                if counts[u] > 0 and (t < 0 or priority[u] < best):
+                    t, best = u, priority[u]
+        if t < 0:
+            break
+        k = take_ready(t, limit, child_ptr, child_idx, node_type, left, slots, head, tail, counts, order[done:])
+        done += k
+        batch_type[b] = t
+        b += 1
+        batch_ptr[b] = done
+    return b
+
+
+@numba.njit(cache=True, nogil=True)
+def clear_type(t, nodes, child_ptr, child_idx, node_type, clear, stack):
+    """Type ``t`` clears from ``nodes`` (of type ``t``, just run) down through the nodes of other types whose
+    arguments all cleared it; returns how many type-``t`` nodes had all their arguments clear it.
+
+    ``clear``: int32 ``[N]``, per node the arguments that have not cleared ``t`` (decremented in place);
+    ``stack``: int32 ``[N]`` scratch. Each node clears a type once, so a schedule costs ``O(T * E)``.
+    """
+    sp = 0
+    for i in range(nodes.shape[0]):
+        stack[sp] = nodes[i]
+        sp += 1
+    gained = 0
+    while sp:
+        sp -= 1
+        v = stack[sp]
+        for j in range(child_ptr[v], child_ptr[v + 1]):
+            c = child_idx[j]
+            clear[c] -= 1
+            if clear[c] == 0:
+                if node_type[c] == t:
+                    gained += 1  # its type-t ancestors all ran: c joins TF_t
+                else:
+                    stack[sp] = c  # every type-t node at or above c ran
+                    sp += 1
+    return gained
+
+
+@numba.njit(cache=True, nogil=True)
+def release_pairs(nodes, ptr, dst, left):
+    """Fires the pairs ``(v, dst[ptr[v]:ptr[v + 1]])`` of ``nodes``; returns the targets whose ``left``
+    (int32 ``[N]``, decremented in place) reached 0."""
+    gained = 0
+    for i in range(nodes.shape[0]):
+        v = nodes[i]
+        for j in range(ptr[v], ptr[v + 1]):
+            w = dst[j]
+            left[w] -= 1
+            if left[w] == 0:
+                gained += 1
+    return gained
+
+
+@numba.njit(cache=True, nogil=True)
+def closure_counters(order, arg_ptr, arg_idx, node_type, num_types):
+    """int32 ``[T, N]``: per type ``t`` and node ``x``, the arguments of ``x`` with a type-``t`` node at or
+    above them. ``order``: int ``[N]``, a topological order (arguments first). One sweep over the edges
+    carrying per node the types at or above it as bitsets (64 types per word)."""
+    n = node_type.shape[0]
+    words = (num_types + 63) // 64
+    above = np.zeros((n, words), np.uint64)
+    counters = np.zeros((num_types, n), np.int32)
+    one = np.uint64(1)
+    for i in range(n):
+        v = order[i]
+        t = node_type[v]
+        above[v, t // 64] |= one << np.uint64(t % 64)
+        for e in range(arg_ptr[v], arg_ptr[v + 1]):
+            a = arg_idx[e]
+            for w in range(words):
+                bits = above[a, w]
+                above[v, w] |= bits
+                while bits:
+                    low = bits & (~bits + one)  # the lowest set bit
+                    k = 0
+                    while (low >> np.uint64(k)) != one:
+                        k += 1
+                    counters[w * 64 + k, v] += 1
+                    bits ^= low
+    return counters
