@@ -2,7 +2,8 @@
 
 An execution plan gives every node's state a row of its buffer; a batch reads
 its operands' rows and writes one contiguous range of rows. This module
-computes, for a whole schedule at once with NumPy (no loop over batches):
+computes, for a whole schedule at once (NumPy, and one compiled pass over the batches:
+:func:`~edbatch_jax.engine.kernels.operand_rows`):
 each batch's lanes in row order and its first output row, the rows of every
 operand, which operand lists are consecutive (read as one slice) and which are
 gathered, and the rows each buffer needs. The stepwise engine cuts these
@@ -23,8 +24,8 @@ import dataclasses
 import numpy as np
 
 from edbatch_jax.engine.buckets import bucket_array
+from edbatch_jax.engine.kernels import operand_rows
 from edbatch_jax.graph import Graph
-from edbatch_jax.graph.csr import csr_rows
 from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 
 __all__ = ["ScheduleRows", "schedule_rows"]
@@ -147,33 +148,25 @@ def schedule_rows(
     need = np.zeros(num_buffers, np.int64)
     np.maximum.at(need, out_buffer, offset + lanes)
 
-    # operand rows, lane by lane
-    flat, edge_node = csr_rows(graph.arg_ptr, graph.arg_idx, lane_nodes)
-    deg = (graph.arg_ptr[lane_nodes + 1] - graph.arg_ptr[lane_nodes]).astype(np.int64)
-    edge_ptr = np.concatenate([[0], np.cumsum(deg)])[ptr]
-    edge_rows = node_slot[flat].astype(np.int32)
-    edge_batch = batch_of[edge_node]
-    edge_lane = (edge_node - ptr[edge_batch]).astype(np.int32)
-
-    # operand groups: one per argument position (fixed arity), one per batch (variable arity)
+    # operand rows lane by lane, and operand groups: one per argument position (fixed arity), one per batch
+    # (variable arity), each read as a slice when its rows are consecutive and increasing
     var_b = variadic[batch_type]
-    groups = np.where(var_b, 1, arity[batch_type]).astype(np.int64)
-    group_ptr = np.concatenate([[0], np.cumsum(groups)])
+    edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, consecutive, first_edge = operand_rows(
+        graph.arg_ptr,
+        graph.arg_idx,
+        lane_nodes,
+        ptr,
+        batch_type,
+        node_slot,
+        node_buffer,
+        np.asarray(variadic, np.bool_),
+        np.asarray(arity, np.int64),
+    )
+    groups = np.diff(group_ptr)
     num_groups = int(group_ptr[-1])
-    stride = np.where(var_b, 1, np.maximum(arity[batch_type], 1))[edge_batch]
-    local = np.arange(edge_rows.shape[0]) - edge_ptr[edge_batch]
-    edge_group = group_ptr[edge_batch] + local % stride
-    # consecutive and increasing: each row one past the previous row of its group
-    nxt = np.arange(edge_rows.shape[0]) + stride
-    has_next = nxt < edge_ptr[edge_batch + 1]
-    step = edge_rows[np.minimum(nxt, max(edge_rows.shape[0] - 1, 0))].astype(np.int64) - edge_rows
-    not_slice = np.zeros(num_groups, bool)
-    not_slice[edge_group[has_next & (step != 1)]] = True
-    group_slice = ~not_slice if allow_slices else np.zeros(num_groups, bool)
+    group_slice = consecutive if allow_slices else np.zeros(num_groups, bool)
 
     group_batch = np.repeat(np.arange(num_batches), groups)
-    first_edge = edge_ptr[group_batch] + (np.arange(num_groups) - group_ptr[group_batch])
-    group_buffer = node_buffer[flat[first_edge]].astype(np.int64)
     num_edges = np.diff(edge_ptr)
     group_var = var_b[group_batch]
     group_size = np.where(group_var, num_edges[group_batch], width[group_batch])

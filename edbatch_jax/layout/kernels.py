@@ -1,4 +1,4 @@
-"""Compiled kernel of the layout planner (Numba): the batch-by-batch alignment of step 3.
+"""Compiled kernels of the layout planner (Numba): the operand lists and the batch-by-batch alignment of step 3.
 
 Runs without the GIL and is cached on disk; nothing here is jittable by JAX.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["align_batches"]
+__all__ = ["align_batches", "flat_operand_lists"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -99,3 +99,53 @@ def align_batches(
             for lane in range(width):
                 pinned[node_order[s + lane]] = True
     return pos
+
+
+@numba.njit(cache=True, nogil=True)
+def flat_operand_lists(arg_ptr, arg_idx, node_order, batch_ptr, batch_type, variadic):
+    """Every batch's operand lists, flat (:func:`~edbatch_jax.layout.planner.operand_lists`): for a fixed-arity
+    batch one list per argument position (the lanes that have it, in order), for a variable-arity one (every
+    argument, lane by lane); batches in order, positions ascending; empty lists left out.
+
+    Returns ``(batch int64 [L], ptr int64 [L + 1], lane int32 [M], arg int32 [M])``.
+    """
+    num_batches = batch_type.shape[0]
+    total = 0
+    for k in range(node_order.shape[0]):
+        v = node_order[k]
+        total += arg_ptr[v + 1] - arg_ptr[v]
+    batch = np.empty(total, np.int64)
+    ptr = np.zeros(total + 1, np.int64)
+    lane = np.empty(total, np.int32)
+    arg = np.empty(total, np.int32)
+    m, num_lists = 0, 0
+    for b in range(num_batches):
+        s, e = batch_ptr[b], batch_ptr[b + 1]
+        if variadic[batch_type[b]]:
+            start = m
+            for k in range(s, e):
+                v = node_order[k]
+                for j in range(arg_ptr[v], arg_ptr[v + 1]):
+                    lane[m] = k - s
+                    arg[m] = arg_idx[j]
+                    m += 1
+            if m > start:
+                batch[num_lists] = b
+                num_lists += 1
+                ptr[num_lists] = m
+            continue
+        most = 0
+        for k in range(s, e):
+            v = node_order[k]
+            most = max(most, arg_ptr[v + 1] - arg_ptr[v])
+        for p in range(most):
+            for k in range(s, e):
+                v = node_order[k]
+                if arg_ptr[v + 1] - arg_ptr[v] > p:
+                    lane[m] = k - s
+                    arg[m] = arg_idx[arg_ptr[v] + p]
+                    m += 1
+            batch[num_lists] = b
+            num_lists += 1
+            ptr[num_lists] = m
+    return batch[:num_lists], ptr[: num_lists + 1], lane, arg

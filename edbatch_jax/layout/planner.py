@@ -49,8 +49,7 @@ from typing import NamedTuple
 import numpy as np
 
 from edbatch_jax.graph import Graph, ensure_valid
-from edbatch_jax.graph.csr import csr_rows
-from edbatch_jax.layout.kernels import align_batches
+from edbatch_jax.layout.kernels import align_batches, flat_operand_lists
 from edbatch_jax.layout.pqtree import PQTree
 from edbatch_jax.scheduling.schedule import Schedule, graph_fingerprint, schedule_fingerprint
 
@@ -141,7 +140,8 @@ class _OperandLists(NamedTuple):
 
 
 def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[str] | None) -> _OperandLists:
-    """The operand lists of :func:`operand_lists`, vectorised: no loop over batches."""
+    """The operand lists of :func:`operand_lists`, flat (one compiled pass:
+    :func:`~edbatch_jax.layout.kernels.flat_operand_lists`)."""
     arity = graph.arity
     if variadic is None:  # types with more than one distinct (type, arity) pair
         span = int(arity.max(initial=0)) + 1
@@ -150,22 +150,10 @@ def _flat_operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[s
         var = seen.reshape(graph.num_types, span).sum(axis=1) > 1
     else:
         var = np.array([t in variadic for t in graph.op_types], dtype=bool)
-    nodes = schedule.node_order
-    arg, slot = csr_rows(graph.arg_ptr, graph.arg_idx, nodes)  # slot: index into node_order
-    batch = np.repeat(np.arange(schedule.num_batches), schedule.widths)[slot]
-    lane = slot - schedule.batch_ptr[batch]
-    counts = arity[nodes]
-    position = np.arange(arg.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    position[var[graph.node_type[nodes[slot]]]] = 0  # one flat list per variable-arity batch
-    # entries come batch by batch (node_order is), so one stable sort by (batch, position) keeps lanes in
-    # order inside a list
-    span = int(position.max(initial=0)) + 1
-    order = _argsort(batch * span + position, schedule.num_batches * span)
-    batch, position, lane, arg = batch[order], position[order], lane[order], arg[order]
-    new_list = np.ones(arg.size, bool)
-    new_list[1:] = (batch[1:] != batch[:-1]) | (position[1:] != position[:-1])
-    starts = np.flatnonzero(new_list)
-    return _OperandLists(batch[starts], np.append(starts, arg.size), lane.astype(np.int32), arg.astype(np.int32))
+    batch, ptr, lane, arg = flat_operand_lists(
+        graph.arg_ptr, graph.arg_idx, schedule.node_order, schedule.batch_ptr, schedule.batch_type, var
+    )
+    return _OperandLists(batch, ptr, lane, arg)
 
 
 def operand_lists(graph: Graph, schedule: Schedule, variadic: Collection[str] | None = None):

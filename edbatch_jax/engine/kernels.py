@@ -1,0 +1,72 @@
+"""Compiled kernel of the engines' plans (Numba): every batch's operand rows and groups in one pass.
+
+Runs without the GIL and is cached on disk; nothing here is jittable by JAX.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["operand_rows"]
+
+
+@numba.njit(cache=True, nogil=True)
+def operand_rows(arg_ptr, arg_idx, lane_nodes, batch_ptr, batch_type, node_slot, node_buffer, variadic, arity):
+    """Every batch's operand rows and operand groups (:func:`~edbatch_jax.engine.rows.schedule_rows`), in one pass.
+
+    Args:
+      arg_ptr, arg_idx: the graph's arguments (CSR).
+      lane_nodes: int32 ``[K]``, each batch's nodes in row order; batch_ptr: int64 ``[B + 1]``.
+      batch_type: int ``[B]``; node_slot, node_buffer: int ``[N]``, each node's row and buffer.
+      variadic: bool ``[T]``; arity: int64 ``[T]``, operands of a fixed-arity type.
+
+    Returns:
+      ``(edge_ptr int64 [B + 1], edge_rows int32 [E], edge_lane int32 [E], group_ptr int64 [B + 1],
+      group_buffer int64 [G], group_consecutive bool [G], first_edge int64 [G])``: the operand rows lane by
+      lane, the lane reading each, the operand groups (one per argument position of a fixed-arity batch, one
+      per variable-arity batch), the buffer each reads, whether each group's rows are consecutive and
+      increasing, and each group's first entry.
+    """
+    num_batches = batch_type.shape[0]
+    edge_ptr = np.zeros(num_batches + 1, np.int64)
+    group_ptr = np.zeros(num_batches + 1, np.int64)
+    for b in range(num_batches):
+        total = 0
+        for k in range(batch_ptr[b], batch_ptr[b + 1]):
+            v = lane_nodes[k]
+            total += arg_ptr[v + 1] - arg_ptr[v]
+        edge_ptr[b + 1] = edge_ptr[b] + total
+        t = batch_type[b]
+        group_ptr[b + 1] = group_ptr[b] + (1 if variadic[t] else arity[t])
+    num_edges, num_groups = edge_ptr[num_batches], group_ptr[num_batches]
+    edge_rows = np.empty(num_edges, np.int32)
+    edge_lane = np.empty(num_edges, np.int32)
+    edge_node = np.empty(num_edges, np.int64)
+    group_buffer = np.zeros(num_groups, np.int64)
+    consecutive = np.ones(num_groups, np.bool_)
+    first_edge = np.zeros(num_groups, np.int64)
+    e = 0
+    for b in range(num_batches):
+        for k in range(batch_ptr[b], batch_ptr[b + 1]):
+            v = lane_nodes[k]
+            for j in range(arg_ptr[v], arg_ptr[v + 1]):
+                a = arg_idx[j]
+                edge_rows[e] = node_slot[a]
+                edge_lane[e] = k - batch_ptr[b]
+                edge_node[e] = a
+                e += 1
+        t = batch_type[b]
+        stride = 1 if variadic[t] else max(arity[t], 1)
+        lo, hi = edge_ptr[b], edge_ptr[b + 1]
+        for g in range(group_ptr[b], group_ptr[b + 1]):
+            first = lo + (g - group_ptr[b])
+            first_edge[g] = first
+            group_buffer[g] = node_buffer[edge_node[first]]
+            x = first
+            while x + stride < hi:
+                if edge_rows[x + stride] - edge_rows[x] != 1:
+                    consecutive[g] = False
+                    break
+                x += stride
+    return edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, consecutive, first_edge
