@@ -124,6 +124,39 @@ def test_plan_ahead_prepares_each_item_after_the_previous_one_is_handed_out():
         next(it)
 
 
+def test_fit_builds_each_mini_batch_on_a_worker_and_trains_as_the_step_by_step_loop():
+    """Trainer.fit: mini-batches built every step (new graphs, schedules, layouts), the next one on a worker
+    thread while the current step runs; the same losses and parameters as building each before its step."""
+    import threading
+
+    import optax
+
+    import edbatch_jax as eb
+    from edbatch_jax.training import Trainer, make_minibatch, resolve_layout, variadic_ops
+
+    work = _work()
+    sets = work.minibatch_instances("train", 16, count=4)
+    variadic = variadic_ops(work.model.ops)
+    threads = []
+
+    def build(xs):
+        threads.append(threading.get_ident())
+        return resolve_layout("planned", make_minibatch(work.batch_graph(xs), "agenda"), variadic)
+
+    params = work.model.init(jax.random.PRNGKey(0))
+    results = {}
+    for overlap in (True, False):
+        trainer = Trainer(eb.FusedEngine(work.model.ops), jax.tree.map(np.copy, params), optax.adam(1e-2))
+        threads.clear()
+        losses = trainer.fit(sets, build, overlap=overlap)
+        results[overlap] = (losses, trainer.params, set(threads))
+    (overlapped, p1, workers), (sequential, p2, callers) = results[True], results[False]
+    assert len(overlapped) == 4 and overlapped == sequential and np.all(np.isfinite(overlapped))
+    assert workers.isdisjoint({threading.get_ident()}) and callers == {threading.get_ident()}
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_plan_ahead_in_the_background_runs_the_next_item_on_a_worker_while_the_consumer_works():
     import threading
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -23,7 +23,7 @@ from edbatch_jax.engine.common import buffer_structs, compile_once, in_scope, ou
 from edbatch_jax.engine.fused import FusedEngine
 from edbatch_jax.engine.reference import run_unbatched
 from edbatch_jax.engine.stepwise import StepwiseEngine
-from edbatch_jax.training.minibatch import MiniBatch
+from edbatch_jax.training.minibatch import MiniBatch, plan_ahead
 
 PyTree = Any
 
@@ -285,6 +285,33 @@ class Trainer:
         self.params, self.opt_state = self._update(grads, self.opt_state, self.params)
         self.steps += 1
         return float(loss)
+
+    def fit(self, items: Iterable[Any], build: Callable[[Any], MiniBatch], *, overlap: bool = True) -> list[float]:
+        """One :meth:`step` per item, on the mini-batch ``build(item)`` made for it; returns the losses.
+
+        The loop of a model whose mini-batches are built every step (shuffled
+        instances, graphs built as DyNet builds them). With ``overlap`` (the
+        default) the host's work on the next mini-batch runs while the device
+        runs the current step (:func:`~edbatch_jax.training.minibatch.plan_ahead`):
+        ``build`` (graph construction, scheduling, layout; it must not use
+        the engine) on a worker thread one item ahead, the engine's plan
+        (:meth:`prepare`) on the calling thread. ``overlap=False`` builds and
+        plans each mini-batch before its step. Both take the same steps, so
+        they give the same parameters. Host-side loop; each step as
+        :meth:`step`.
+
+        Args:
+          items: what one mini-batch is made of (e.g. lists of instances),
+            drawn on the calling thread.
+          build: ``item -> MiniBatch`` (e.g. ``lambda xs: resolve_layout("planned",
+            make_minibatch(batch_graph(xs), policy), variadic)``).
+          overlap: plan the next mini-batch while the current step runs.
+        """
+        if overlap:
+            batches = plan_ahead(items, self.prepare, background=build)
+        else:
+            batches = (self.prepare(build(item)) for item in items)
+        return [self.step(batch) for batch in batches]
 
     def evaluate(
         self,
