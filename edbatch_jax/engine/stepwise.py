@@ -120,7 +120,12 @@ class ExecutionPlan:
       gathered_bytes: bytes those gathers read (real lanes only).
       graph: the graph the plan was made for: what :attr:`steps` are cut from.
       steps_on_device: whether the steps' index arrays are put on the device
-        (the stepwise engine's calls read them there) or kept on the host.
+        when they are cut (an accelerator's calls then read them there) or
+        kept as host arrays, which each call passes along. The stepwise
+        engine keeps them on the host when it plans for a CPU, where device
+        memory is host memory: a plan then costs no transfer of a few
+        thousand small arrays (about 25 us each through ``jax.device_put``),
+        and a call no more.
       steps: one :class:`BatchStep` per batch, in schedule order (the
         stepwise engine's calls; a fused plan cuts them only when asked).
     """
@@ -162,6 +167,14 @@ class ExecutionPlan:
         if self.graph is None:
             raise ValueError("this plan was made without its graph: it has no steps to cut")
         return _cut_steps(self.rows, self.graph, self.steps_on_device)
+
+
+def _default_platform() -> str:
+    """The platform of the device JAX puts new arrays on (``jax.default_device`` honoured): ``"cpu"``, ``"gpu"``..."""
+    device = jax.config.jax_default_device
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
 
 
 def _padded(rows: np.ndarray, length: int, fill: int = 0) -> np.ndarray:
@@ -246,8 +259,9 @@ class StepwiseEngine(Engine):
         schedule: Schedule,
         layout: LayoutPlan | Literal["gather"] | None,
     ) -> ExecutionPlan:
-        plan = ExecutionPlan.from_buffers(self._plan_buffers(params, params_sig, graph, schedule, layout), graph)
-        plan.steps  # cut into steps now: their index arrays go to the device once per plan, not once per call
+        buffers = self._plan_buffers(params, params_sig, graph, schedule, layout)
+        plan = ExecutionPlan.from_buffers(buffers, graph, steps_on_device=_default_platform() != "cpu")
+        plan.steps  # cut into steps now: on an accelerator their index arrays go to it once per plan, not per call
         return plan
 
     # ------------------------------------------------------------- step functions
