@@ -38,6 +38,40 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_pat
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_rebuilt_mini_batches_change_every_epoch_and_resume_exactly(tmp_path, monkeypatch):
+    """rebuild: epoch 0 runs the cached run's mini-batches, later epochs new ones (planned during the run, on a
+    worker thread); an interrupted run resumes to exactly the uninterrupted parameters."""
+    import edbatch_jax.training.loop as train_module
+
+    work = _work()
+    per_epoch = len(work.minibatch_instances("train", 16))
+    cfg = dict(steps=2 * per_epoch + 2, batch_size=16, checkpoint_every=per_epoch + 1, eval_batches=1, lr=1e-2)
+    cfg.update(test=False, precompile=False)
+    cached = train(_work(), TrainConfig(**cfg))
+    engines = []
+    make_engine = train_module.make_engine
+    monkeypatch.setattr(
+        train_module, "make_engine", lambda *a, **k: engines.append(make_engine(*a, **k)) or engines[-1]
+    )
+    full = train(_work(), TrainConfig(rebuild=True, checkpoint_dir=str(tmp_path / "a"), **cfg))
+    assert full.losses[:per_epoch] == cached.losses[:per_epoch]  # epoch 0: the same mini-batches, same order
+    assert full.losses[per_epoch:] != cached.losses[per_epoch:]  # then new ones
+    assert engines[0].plans_built == cfg["steps"] + 1  # one plan per step (and one for the dev batch)
+
+    def crash(step, loss, rate):
+        if step == per_epoch + 3:  # in the second epoch, after the checkpoint at per_epoch + 1
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(_work(), TrainConfig(rebuild=True, checkpoint_dir=str(tmp_path / "b"), **cfg), progress=crash)
+    resumed = train(_work(), TrainConfig(rebuild=True, checkpoint_dir=str(tmp_path / "b"), **cfg), resume=True)
+    assert resumed.resumed_from == per_epoch + 1 and resumed.losses == full.losses[per_epoch + 1 :]
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(train_module.TrainConfigError, match="rebuild with shards"):
+        TrainConfig(rebuild=True, shards=2).check()
+
+
 def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
     import edbatch_jax.training.loop as train_module
 

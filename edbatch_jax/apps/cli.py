@@ -538,6 +538,7 @@ def train_command(args: argparse.Namespace) -> int:
         patience=args.patience,
         embeddings=args.embeddings,
         debug_checks=args.debug_checks,
+        rebuild=args.rebuild,
     )
     try:
         config.check()
@@ -1070,6 +1071,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="compile during the first steps instead of ahead of them, at the sizes of the mini-batches "
         "seen so far (by default: every program the run needs, at its final sizes, before step 1)",
+    )
+    tp.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="draw new mini-batches every epoch (the training split shuffled again), each built, scheduled, laid "
+        "out and planned while the previous step runs (by default the first shuffle's mini-batches are built once "
+        "and every epoch runs them in a new order)",
     )
     tp.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_compile_cache(tp, "auto")

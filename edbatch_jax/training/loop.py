@@ -2,13 +2,14 @@
 
 :func:`train` runs Adam with a warm-up + cosine learning-rate schedule over
 shuffled mini-batches of the workload's training split (graphs, schedules and
-layouts are built once and reused across epochs), evaluates on held-out
+layouts are built once and reused across epochs; with ``rebuild``, every epoch
+draws new mini-batches, each built while the previous step runs), evaluates on held-out
 mini-batches after every epoch, logs metrics as JSON lines, and checkpoints
 ``(params, opt_state, step)`` with orbax. Checkpoints are written atomically
 (orbax finalises a step directory only when complete); with ``resume=True`` a
 run continues from the newest checkpoint and, on CPU with the same seed,
 reaches exactly the parameters of an uninterrupted run: the mini-batch order
-of every epoch is a pure function of ``(seed, epoch)``. (The best-dev
+of every epoch (and with ``rebuild`` its mini-batches) is a pure function of ``(seed, epoch)``. (The best-dev
 bookkeeping of early stopping and of the test evaluation is not
 checkpointed: a resumed run tracks the evaluations it makes itself.)
 
@@ -34,7 +35,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -47,7 +48,7 @@ from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph
 from edbatch_jax.scheduling import Policy
 from edbatch_jax.training.distributed import ProcessTrainer, process_share
-from edbatch_jax.training.minibatch import MiniBatch, make_minibatch, resolve_layout, variadic_ops
+from edbatch_jax.training.minibatch import MiniBatch, make_minibatch, plan_ahead, resolve_layout, variadic_ops
 from edbatch_jax.training.parallel import ShardedTrainer, make_shards, shard_devices
 from edbatch_jax.training.trainer import Trainer, make_engine
 
@@ -181,6 +182,14 @@ class TrainConfig:
         model's embedding table (:meth:`TrainingWorkload.initial_params`).
       test: evaluate the workload's test split at the end, with the
         parameters of the best dev evaluation.
+      rebuild: every epoch draws new mini-batches (the training split
+        shuffled again, a pure function of ``(seed, epoch)``), whose graphs,
+        schedules, layouts and plans are built during the run: each on a
+        worker thread while the previous step runs (the pipeline of
+        :meth:`~edbatch_jax.training.trainer.Trainer.fit`). ``False``: the
+        mini-batches of the first shuffle are built once and every epoch
+        runs them in a new order (no host planning after the first epoch).
+        One process and one device only.
       debug_checks: run the engines with their debug checks
         (:class:`~edbatch_jax.Engine`'s ``checks``): a non-finite state
         stops the run naming the first node (op type, instance) in
@@ -210,11 +219,14 @@ class TrainConfig:
     embeddings: str | None = None
     test: bool = True
     debug_checks: bool = False
+    rebuild: bool = False
 
     def check(self) -> None:
         """Raises :class:`TrainConfigError` naming the first setting out of range."""
         if self.shards < 1:
             raise TrainConfigError(f"shards must be at least 1, got {self.shards}")
+        if self.rebuild and self.shards > 1:
+            raise TrainConfigError("rebuild with shards > 1: mini-batches are rebuilt on one device only")
         if self.optimizer not in TRAIN_OPTIMIZERS:
             raise TrainConfigError(f"optimizer must be one of {sorted(TRAIN_OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -376,6 +388,8 @@ def train(
     processes = jax.process_count()  # > 1: this process trains its share of every mini-batch (distributed)
     if processes > 1 and config.shards > 1:
         raise TrainConfigError("shards > 1 in a group of processes: use one or the other")
+    if processes > 1 and config.rebuild:
+        raise TrainConfigError("rebuild in a group of processes: mini-batches are rebuilt by one process only")
     counts = [len(x) for x in train_sets]  # instances of each (global) mini-batch
     if processes > 1:
         if min(counts) < processes:
@@ -468,14 +482,15 @@ def train(
     losses: list[float] = []
     evals: list[dict] = []
     best, best_params, since_best, stopped_early, test_metrics = None, None, 0, False, None
+    rebuilt = _rebuilt_batches(work, config, size, policy, trainer, step, total, per_epoch) if config.rebuild else None
     try:
         if log and embeddings:
             log.write(json.dumps({"embeddings": embeddings}) + "\n")
         while step < total:
             epoch, k = divmod(step, per_epoch)
             order = _epoch_order(config.seed, epoch, per_epoch)
-            t0 = time.perf_counter()
-            batch, count = train_batches[order[k]], counts[order[k]]
+            t0 = time.perf_counter()  # with rebuild, the wait for the step's mini-batch counts too
+            batch, count = next(rebuilt) if rebuilt is not None else (train_batches[order[k]], counts[order[k]])
             loss = trainer.step(batch, count) if processes > 1 else trainer.step(batch)
             rate = count / (time.perf_counter() - t0)
             step += 1
@@ -516,6 +531,8 @@ def train(
             if log:
                 log.write(json.dumps({"eval": test_metrics}) + "\n")
     finally:
+        if rebuilt is not None:
+            rebuilt.close()  # waits for the mini-batch in flight
         if log:
             log.close()
         if manager is not None:
@@ -534,6 +551,42 @@ def train(
         stopped_early=stopped_early,
         embeddings=embeddings,
     )
+
+
+def _rebuilt_batches(
+    work: TrainingWorkload,
+    config: TrainConfig,
+    size: int,
+    policy: Any,
+    trainer: Trainer,
+    start: int,
+    total: int,
+    per_epoch: int,
+) -> Iterator[tuple[MiniBatch, int]]:
+    """``(mini-batch, instances)`` of steps ``start`` to ``total - 1`` with ``rebuild``: epoch 0 runs the first
+    shuffle's mini-batches in the order of :func:`_epoch_order`, epoch ``e > 0`` those of a shuffle seeded by
+    ``(seed, e)``; each is built on a worker thread while the previous step runs and planned on the calling
+    thread (:func:`~edbatch_jax.training.minibatch.plan_ahead`)."""
+    variadic = variadic_ops(work.model.ops)
+    shuffles: dict[int, list] = {}
+
+    def instance_sets() -> Iterator[list]:
+        for step in range(start, total):
+            epoch, k = divmod(step, per_epoch)
+            if epoch not in shuffles:
+                shuffles.clear()
+                seed = (
+                    config.seed if epoch == 0 else int(np.random.default_rng([config.seed, epoch, 1]).integers(2**31))
+                )
+                sets = work.minibatch_instances("train", size, seed=seed)
+                shuffles[epoch] = sets if epoch else [sets[i] for i in _epoch_order(config.seed, 0, per_epoch)]
+            yield shuffles[epoch][k]
+
+    def build(instances: list) -> tuple[MiniBatch, int]:
+        graph = work.batch_graph(instances)
+        return resolve_layout(config.layout, make_minibatch(graph, policy), variadic), len(instances)
+
+    return plan_ahead(instance_sets(), lambda built: (trainer.prepare(built[0]), built[1]), background=build)
 
 
 def _epoch_order(seed: int, epoch: int, per_epoch: int) -> np.ndarray:
