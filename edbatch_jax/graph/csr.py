@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edbatch_jax.graph.kernels import concat_rows
+from edbatch_jax.graph.kernels import concat_rows, group_by_source
 
 __all__ = ["csr_by_source", "csr_rows", "payload_rows"]
 
@@ -44,8 +44,12 @@ def csr_rows(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.
 def csr_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Groups pairs ``(src[k], dst[k])`` by source: ``(ptr int32 [num_nodes+1], dst int32 [M])``.
 
-    The targets of ``u`` are ``dst[ptr[u]:ptr[u+1]]`` in their original order.
+    The targets of ``u`` are ``dst[ptr[u]:ptr[u+1]]`` in their original order
+    (a stable counting sort, compiled: :func:`~edbatch_jax.graph.kernels.group_by_source`).
     """
-    order = np.argsort(src, kind="stable")
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(src, minlength=num_nodes))]).astype(np.int32)
-    return ptr, np.asarray(dst)[order].astype(np.int32)
+    src, dst = np.asarray(src), np.asarray(dst)
+    if src.dtype.kind not in "iu":
+        src = src.astype(np.int64)
+    if dst.dtype.kind not in "iu":
+        dst = dst.astype(np.int64)
+    return group_by_source(src, dst, int(num_nodes))

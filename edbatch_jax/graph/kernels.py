@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["concat_rows", "kahn_depth"]
+__all__ = ["concat_rows", "group_by_source", "kahn_depth"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -66,3 +66,20 @@ def concat_rows(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[
             segment[k] = i
             k += 1
     return flat, segment
+
+
+@numba.njit(cache=True, nogil=True)
+def group_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(src[k], dst[k])`` grouped by source, each group in the pairs' order (a stable counting sort):
+    ``(ptr int32 [num_nodes + 1], dst int32 [M])``, :func:`~edbatch_jax.graph.csr.csr_by_source`. O(M + N)."""
+    ptr = np.zeros(num_nodes + 1, np.int32)
+    for k in range(src.shape[0]):
+        ptr[src[k] + 1] += 1
+    for v in range(num_nodes):
+        ptr[v + 1] += ptr[v]
+    at = ptr[:-1].copy()
+    out = np.empty(src.shape[0], np.int32)
+    for k in range(src.shape[0]):
+        out[at[src[k]]] = dst[k]
+        at[src[k]] += 1
+    return ptr, out
