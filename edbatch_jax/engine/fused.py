@@ -89,6 +89,7 @@ from edbatch_jax.engine.common import (
     zero_unless,
     zeros_of,
 )
+from edbatch_jax.engine.kernels import fill_operand_index
 from edbatch_jax.engine.ops import Op, OpError
 from edbatch_jax.engine.stepwise import ExecutionPlan
 from edbatch_jax.graph import Graph
@@ -307,21 +308,20 @@ class FusedEngine(Engine):
         for j in range(k_ops):
             desc[:num_chunks, _IDX + j] = np.where(j < num_ops, start + seg_len + j * run, 0)
         flat_idx = np.zeros(self._length("flat", int(length.sum())), np.int32)
-        vc = np.flatnonzero(var_c)  # segment ids past the real arguments: the out-of-range lane, dropped
-        fill = np.repeat(start[vc], erows[vc]) + _ramp(erows[vc])
-        flat_idx[fill] = np.repeat(lanes[vc], erows[vc])
-        edge_batch = np.repeat(np.arange(rows.num_batches), np.diff(rows.edge_ptr))
-        local = np.arange(rows.edge_rows.shape[0]) - rows.edge_ptr[edge_batch]
-        e_var = rows.variadic[rows.batch_type[edge_batch]]
-        a = np.maximum(rows.arity[rows.batch_type[edge_batch]], 1)
-        lane, j = np.where(e_var, 0, local // a), np.where(e_var, 0, local % a)
-        chunk = chunk_ptr[edge_batch] + lane // self.max_lanes
-        pos = np.where(
-            e_var, start[chunk] + erows[chunk] + local, start[chunk] + j * lanes[chunk] + lane % self.max_lanes
+        fill_operand_index(
+            flat_idx,
+            start,
+            erows,
+            lanes,
+            chunk_ptr,
+            rows.edge_ptr,
+            rows.edge_rows,
+            rows.edge_lane,
+            rows.batch_type,
+            np.asarray(rows.variadic, np.bool_),
+            np.asarray(rows.arity, np.int64),
+            self.max_lanes,
         )
-        flat_idx[pos] = rows.edge_rows
-        ve = np.flatnonzero(e_var)
-        flat_idx[start[chunk[ve]] + local[ve]] = rows.edge_lane[ve]
 
         # --- rows of every chunk within its op type, chunk after chunk: its payload rows (padding lanes repeat
         # the batch's first lane), the rows of the residuals it stores for the backward program and, for fixed

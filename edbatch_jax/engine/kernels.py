@@ -1,4 +1,4 @@
-"""Compiled kernel of the engines' plans (Numba): every batch's operand rows and groups in one pass.
+"""Compiled kernels of the engines' plans (Numba): operand rows and groups, the fused engine's flat index.
 
 Runs without the GIL and is cached on disk; nothing here is jittable by JAX.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["operand_rows"]
+__all__ = ["fill_operand_index", "operand_rows"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -70,3 +70,42 @@ def operand_rows(arg_ptr, arg_idx, lane_nodes, batch_ptr, batch_type, node_slot,
                     break
                 x += stride
     return edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, consecutive, first_edge
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_operand_index(
+    flat_idx, start, erows, lanes, chunk_ptr, edge_ptr, edge_rows, edge_lane, batch_type, variadic, arity, max_lanes
+):
+    """Writes every batch's operand rows into the fused engine's flat index array, in place.
+
+    A fixed-arity batch's chunk ``c`` (``max_lanes`` lanes each) holds one run of ``lanes[c]`` rows per operand
+    position from ``start[c]``; a variable-arity batch's single chunk holds its ``erows[c]`` segment ids (the
+    lane of every argument; the padding ones the out-of-range lane ``lanes[c]``) and then its argument rows.
+
+    Args:
+      flat_idx: int32, the flat index array (written).
+      start, erows, lanes: int ``[chunks]``, each chunk's first entry, argument rows (variable arity) and lanes.
+      chunk_ptr: int ``[B]``, each batch's first chunk.
+      edge_ptr, edge_rows, edge_lane: the schedule's operand rows (:class:`~edbatch_jax.engine.rows.ScheduleRows`).
+      batch_type: int ``[B]``; variadic: bool ``[T]``; arity: int ``[T]``.
+      max_lanes: lanes of a full chunk.
+    """
+    for b in range(batch_type.shape[0]):
+        t = batch_type[b]
+        lo, hi = edge_ptr[b], edge_ptr[b + 1]
+        if variadic[t]:
+            c = chunk_ptr[b]
+            s = start[c]
+            for i in range(erows[c]):
+                flat_idx[s + i] = lanes[c]
+            for e in range(lo, hi):
+                local = e - lo
+                flat_idx[s + local] = edge_lane[e]
+                flat_idx[s + erows[c] + local] = edge_rows[e]
+        else:
+            a = max(arity[t], 1)
+            for e in range(lo, hi):
+                local = e - lo
+                lane, j = local // a, local % a
+                c = chunk_ptr[b] + lane // max_lanes
+                flat_idx[start[c] + j * lanes[c] + lane % max_lanes] = edge_rows[e]
