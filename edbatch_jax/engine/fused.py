@@ -431,13 +431,15 @@ class FusedEngine(Engine):
                 host[("count", name)], host[("lanes", name)] = count, rows
             for name, tree in tables.payloads.items():
                 host.update({("payload", name, i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))})
-            parts = []
-            for entry, shape in layout[0]:
+            sizes = [int(np.prod(shape)) if shape else 1 for _, shape in layout[0]]
+            packed = _aligned_zeros(sum(sizes))  # 64-byte aligned: the device can take it without a copy
+            at = 0
+            for (entry, shape), size in zip(layout[0], sizes):
                 a = host.get(entry)
-                if a is None:  # an op type this plan does not run: no lanes
-                    a = np.zeros((0,) + shape[1:] if shape else ())
-                a = np.asarray(a, np.int32)
-                parts.append(_pad_host(a, shape[0]).reshape(-1) if shape else a.reshape(1))
+                if a is not None:  # (an op type this plan does not run has no lanes: zeros)
+                    a = np.asarray(a, np.int32).reshape(-1)
+                    packed[at : at + a.shape[0]] = a  # rows past the array's own stay zero (padding)
+                at += size
             payloads = {}
             for name, rows in layout[1]:
                 payloads[name] = (
@@ -445,7 +447,7 @@ class FusedEngine(Engine):
                     if name in tables.payloads
                     else jax.tree.map(lambda sd: np.zeros((rows,) + sd.shape, sd.dtype), self._payload_structs[name])
                 )
-            hit = _put_like((np.concatenate(parts), payloads), before)
+            hit = _put_like((packed, payloads), before)
             tables.packed.clear()
             tables.packed[layout] = hit
         return hit
@@ -847,6 +849,13 @@ def _same_structs(a, b) -> bool:
     la, ta = jax.tree.flatten(a)
     lb, tb = jax.tree.flatten(b)
     return ta == tb and all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(la, lb))
+
+
+def _aligned_zeros(size: int) -> np.ndarray:
+    """int32 ``[size]`` zeros whose data starts on a 64-byte boundary."""
+    raw = np.zeros(size + 16, np.int32)
+    skip = (-raw.ctypes.data % 64) // 4
+    return raw[skip : skip + size]
 
 
 def _pad_host(a: np.ndarray, rows: int) -> np.ndarray:
