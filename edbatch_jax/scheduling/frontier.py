@@ -55,6 +55,21 @@ class Frontier:
         self._out = np.empty(graph.num_nodes, np.int32)
 
     @property
+    def _state(self) -> tuple[np.ndarray, ...]:
+        """The arrays the kernels read and update, in their argument order: the consumers (CSR), node types,
+        arguments not run yet, the ready slots with each type's head and tail, and the ready counts."""
+        return (
+            self._child_ptr,
+            self._child_idx,
+            self._node_type,
+            self._left,
+            self._slots,
+            self._head,
+            self._tail,
+            self._counts,
+        )
+
+    @property
     def ready_counts(self) -> np.ndarray:
         """int64 ``[T]``: ready nodes per op type (|F_t|)."""
         return self._counts
@@ -81,14 +96,7 @@ class Frontier:
         k = take_ready(
             t,
             -1 if limit is None else limit,
-            self._child_ptr,
-            self._child_idx,
-            self._node_type,
-            self._left,
-            self._slots,
-            self._head,
-            self._tail,
-            self._counts,
+            *self._state,
             self._out,
         )
         self.remaining -= k
@@ -108,14 +116,7 @@ class Frontier:
         b = priority_schedule(
             np.asarray(priority, np.float64),
             self.graph.type_is_unbatchable.astype(np.bool_),
-            self._child_ptr,
-            self._child_idx,
-            self._node_type,
-            self._left,
-            self._slots,
-            self._head,
-            self._tail,
-            self._counts,
+            *self._state,
             batch_type,
             batch_ptr,
             order,

@@ -567,7 +567,6 @@ def _rebuilt_batches(
     shuffle's mini-batches in the order of :func:`_epoch_order`, epoch ``e > 0`` those of a shuffle seeded by
     ``(seed, e)``; each is built on a worker thread while the previous step runs and planned on the calling
     thread (:func:`~edbatch_jax.training.minibatch.plan_ahead`)."""
-    variadic = variadic_ops(work.model.ops)
     shuffles: dict[int, list] = {}
 
     def instance_sets() -> Iterator[list]:
@@ -583,8 +582,7 @@ def _rebuilt_batches(
             yield shuffles[epoch][k]
 
     def build(instances: list) -> tuple[MiniBatch, int]:
-        graph = work.batch_graph(instances)
-        return resolve_layout(config.layout, make_minibatch(graph, policy), variadic), len(instances)
+        return _prepare(work, [work.batch_graph(instances)], policy, config.layout)[0], len(instances)
 
     return plan_ahead(instance_sets(), lambda built: (trainer.prepare(built[0]), built[1]), background=build)
 
