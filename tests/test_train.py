@@ -189,6 +189,9 @@ def test_fit_builds_each_mini_batch_on_a_worker_and_trains_as_the_step_by_step_l
     assert workers.isdisjoint({threading.get_ident()}) and callers == {threading.get_ident()}
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for overlap in (True, False):  # a build that returns no MiniBatch is named, not an AttributeError
+        with pytest.raises(TypeError, match=r"build\(item 1\) returned a Graph"):
+            trainer.fit(sets[:2], lambda xs: build(xs) if xs is sets[0] else work.batch_graph(xs), overlap=overlap)
 
 
 def test_plan_ahead_in_the_background_runs_the_next_item_on_a_worker_while_the_consumer_works():

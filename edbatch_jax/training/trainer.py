@@ -306,11 +306,26 @@ class Trainer:
           build: ``item -> MiniBatch`` (e.g. ``lambda xs: resolve_layout("planned",
             make_minibatch(batch_graph(xs), policy), variadic)``).
           overlap: plan the next mini-batch while the current step runs.
+
+        Raises:
+          TypeError: ``build`` returned something other than a ``MiniBatch``
+            (naming the item's position).
         """
+        position = iter(range(1 << 62))
+
+        def prepare(batch: MiniBatch) -> MiniBatch:
+            k = next(position)
+            if not isinstance(batch, MiniBatch):
+                raise TypeError(
+                    f"Trainer.fit: build(item {k}) returned a {type(batch).__name__}, expected an "
+                    "edbatch_jax.training.MiniBatch (make_minibatch(graph, policy))"
+                )
+            return self.prepare(batch)
+
         if overlap:
-            batches = plan_ahead(items, self.prepare, background=build)
+            batches = plan_ahead(items, prepare, background=build)
         else:
-            batches = (self.prepare(build(item)) for item in items)
+            batches = (prepare(build(item)) for item in items)
         return [self.step(batch) for batch in batches]
 
     def evaluate(
