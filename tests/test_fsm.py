@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 import edbatch_jax as eb
 from edbatch_jax.fsm import encoding as enc
 from edbatch_jax.fsm.env import _pad_env
+from edbatch_jax.fsm.policy import refine_table
 from edbatch_jax.fsm.qlearning import QLearningSettings, _n_step_update
 
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -228,7 +229,7 @@ def test_learning_reaches_the_lower_bound_where_heuristics_do_not():
 
 def test_sort_complete_policy_round_trips_and_matches_its_learning(tmp_path, lattice_minibatch):
     policy = eb.learn_fsm(
-        [lattice_minibatch], encoding="sort_complete", seed=0, max_episodes=40, bootstrap=False, guard=False
+        [lattice_minibatch], encoding="sort_complete", seed=0, max_episodes=40, bootstrap=False, guard=False, refine=0
     )
     assert eb.schedule(lattice_minibatch, policy).num_batches == policy.provenance["best_batches"]
     path = tmp_path / "p.json"
@@ -236,6 +237,25 @@ def test_sort_complete_policy_round_trips_and_matches_its_learning(tmp_path, lat
     assert any(name.endswith("*") for e in policy.to_dict()["table"] for name in e["state"])
     loaded = eb.FSMPolicy.load(path, op_types=lattice_minibatch.op_types)
     assert loaded.table == policy.table
+
+    # refinement (the default): the same Q-learning, then greedy local search on the table; it keeps only
+    # changes that take fewer batches on the training graph, so it never ends above the learned table
+    refined = eb.learn_fsm(
+        [lattice_minibatch], encoding="sort_complete", seed=0, max_episodes=40, bootstrap=False, guard=False
+    )
+    report = refined.provenance["refine"]
+    assert report["batches_before"] == policy.provenance["best_batches"]
+    assert eb.schedule(lattice_minibatch, refined).num_batches == report["batches_after"]
+    assert report["batches_after"] < report["batches_before"]  # 40 episodes leave room on a lattice
+    assert report["improvements"] >= 1 and report["trials"] <= eb.fsm.REFINE_BUDGET
+    table, again = refine_table(policy, [lattice_minibatch])
+    assert table == dict(refined.table) and dict(again, seconds=report["seconds"]) == report  # deterministic
+    table, small = refine_table(policy, [lattice_minibatch], budget=3)
+    assert small["trials"] == 3 and small["batches_after"] <= small["batches_before"]
+    assert (
+        eb.schedule(lattice_minibatch, eb.FSMPolicy(policy.op_types, "sort_complete", table)).num_batches
+        == (small["batches_after"])
+    )
 
 
 def test_learned_table_reproduces_the_greedy_evaluation(sst_minibatches):
@@ -352,6 +372,74 @@ def test_learn_command_saves_a_policy_and_prints_the_comparison(tmp_path, capsys
     policy = eb.FSMPolicy.load(out, op_types=("leaf", "internal", "loss"))
     assert policy.provenance["model"] == "treelstm"
     assert plot.stat().st_size > 1000
+    held = policy.provenance["held_out"]  # the held-out comparison printed is in the saved provenance
+    assert held["graphs"] == 2 and set(held["batches"]) == {"depth", "agenda", "typewise", "fsm"}
+    assert f"{held['batches']['fsm'] / held['lower_bound']:.3f}" in text
+    assert "refinement:" in text and "batches_after" in policy.provenance["refine"]
+
+
+def _step_by_step(policy, graph):
+    """The schedule and (hits, decisions) of ``policy.choose`` decision by decision (the traced path)."""
+    policy._tracing = True
+    try:
+        return policy.schedule(graph), policy.last_stats
+    finally:
+        policy._tracing = False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    graph=strategies.dags(min_nodes=1, max_nodes=30, max_types=4, unbatchable=True),
+    encoding=st.sampled_from(enc.ENCODINGS),
+    fallback=st.sampled_from(eb.fsm.FALLBACKS),
+    data=st.data(),
+)
+def test_compiled_fsm_schedule_equals_choose_decision_by_decision(graph, encoding, fallback, data):
+    """A table of random entries (states of the graph's own walk and others): the one-call compiled schedule
+    equals the step-by-step one, batches and table hits alike."""
+    k = graph.num_types
+    pool = [i for i in range(k) if graph.op_types[i] != strategies.UNBATCHABLE]
+    table = {}
+    for _ in range(data.draw(st.integers(0, 12))):
+        ready = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=len(pool), unique=True))
+        counts = np.zeros(k, np.int64)
+        counts[ready] = data.draw(st.lists(st.integers(1, 4), min_size=len(ready), max_size=len(ready)))
+        typewise = counts + np.asarray(data.draw(st.lists(st.integers(0, 1), min_size=k, max_size=k)))
+        state = enc.state_tuple(counts, encoding, typewise)
+        table[state] = data.draw(st.sampled_from(sorted(enc.ready_types(state, encoding, k))))
+    policy = eb.FSMPolicy(graph.op_types, encoding, table, fallback)
+    _step_by_step(policy, graph)
+    visited = list(dict.fromkeys(state for state, _, _ in policy._stats["trace"]))
+    for state in visited[: data.draw(st.integers(0, 3))]:  # some states the walk meets, too
+        policy._table[state] = enc.ready_types(state, encoding, k)[-1]
+    policy._rule = None
+    compiled, stats = policy.schedule(graph), policy.last_stats
+    stepwise, step_stats = _step_by_step(policy, graph)
+    for field in ("batch_type", "batch_ptr", "node_order"):
+        np.testing.assert_array_equal(getattr(compiled, field), getattr(stepwise, field))
+    assert stats == step_stats
+
+
+def test_compiled_schedules_equal_step_by_step_on_lattices(lattice_minibatch):
+    from edbatch_jax.scheduling.typewise import TypewisePolicy
+
+    class StepByStep(TypewisePolicy):
+        def choose(self, frontier, context):
+            return super().choose(frontier, context)
+
+    a, b = eb.schedule(lattice_minibatch, "typewise"), StepByStep().schedule(lattice_minibatch)
+    np.testing.assert_array_equal(a.node_order, b.node_order)
+    np.testing.assert_array_equal(a.batch_ptr, b.batch_ptr)
+    from edbatch_jax.zoo.workloads import default_policy_path
+
+    shipped = eb.FSMPolicy.load(default_policy_path("lattice_lstm"))
+    for fallback in eb.fsm.FALLBACKS:
+        policy = shipped.with_fallback(fallback)
+        compiled, stats = policy.schedule(lattice_minibatch), policy.last_stats
+        stepwise, step_stats = _step_by_step(policy, lattice_minibatch)
+        np.testing.assert_array_equal(compiled.node_order, stepwise.node_order)
+        np.testing.assert_array_equal(compiled.batch_ptr, stepwise.batch_ptr)
+        assert stats == step_stats and stats[1] > 0
 
 
 @pytest.mark.parametrize("name", ["treelstm", "lattice_lstm"])

@@ -93,7 +93,7 @@ def test_sparse_table_learns_what_the_dense_table_learned(case):
     name, encoding, capacity = case
     digest, best, entries, held = DENSE[case]
     kwargs = {} if capacity is None else {"capacity": capacity}
-    policy = eb.learn_fsm(SMALL, encoding=encoding, seed=3, guard=False, **SETTINGS[name], **kwargs)
+    policy = eb.learn_fsm(SMALL, encoding=encoding, seed=3, guard=False, refine=0, **SETTINGS[name], **kwargs)
     sched = eb.schedule(HELD, policy)
     eb.validate_schedule(HELD, sched)
     types = [HELD.op_types[t] for t in sched.batch_type]
@@ -127,7 +127,7 @@ def test_learning_over_many_op_types_schedules_held_out_graphs(tmp_path, k):
     train = [typed_dag(s, 600, k) for s in (1, 2)]
     envs = stack_envs([make_env(g, names) for g in train])
     cfg = QLearningSettings(max_episodes=30, eval_every=10)
-    policy = eb.learn_fsm(train, seed=0, op_types=names, capacity=1 << 16, guard=False, **vars(cfg))
+    policy = eb.learn_fsm(train, seed=0, op_types=names, capacity=1 << 16, guard=False, refine=0, **vars(cfg))
     # 64 types: the first frontier's types set the key width to start with, a wider state made it grow, and the
     # loop ran again; the same as a loop that starts wide enough
     assert policy.provenance["learn_runs"] == (2 if k == 64 else 1)

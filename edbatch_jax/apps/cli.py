@@ -184,32 +184,45 @@ def learn(args: argparse.Namespace) -> int:
     bar.close()
     prov = policy.provenance
     prov.update(model=args.model, data=work.source, batch_size=size)
+    refine = prov.get("refine") or {}
+    total = prov["setup_seconds"] + prov["learn_seconds"] + refine.get("seconds", 0.0)
     print(
-        f"learned in {prov['setup_seconds'] + prov['learn_seconds']:.1f}s from a cold start "
-        f"({prov['setup_seconds']:.1f}s graph analysis, {prov['learn_seconds']:.1f}s jit-compiled Q-learning "
-        f"incl. compilation), {prov['episodes']} episodes; training graphs: {prov['best_batches']:.1f} batches "
+        f"learned in {total:.1f}s from a cold start ({prov['setup_seconds']:.1f}s graph analysis, "
+        f"{prov['learn_seconds']:.1f}s jit-compiled Q-learning incl. compilation"
+        + (f", {refine['seconds']:.1f}s refinement" if refine else "")
+        + f"), {prov['episodes']} episodes; training graphs: {prov['best_batches']:.1f} batches "
         f"= {prov['best_ratio']:.3f} x LB; {policy.num_entries} states in the table"
     )
+    if refine:
+        print(
+            f"refinement: {refine['batches_before']:.1f} -> {refine['batches_after']:.1f} batches per training "
+            f"mini-batch ({refine['improvements']} changes kept of {refine['trials']} tried)"
+        )
     guard = prov.get("guard")
     if guard:
         tried = ", ".join(f"{name} {b:.1f}" for name, b in guard["batches"].items())
         print(f"guard, batches per training mini-batch: {tried}; the policy is: {guard['chosen']}")
+    # the held-out comparison goes into the policy's provenance before it is saved
+    lb = float(np.mean([eb.lower_bound(g) for g in held]))
+    batches = {
+        name: float(np.mean([eb.schedule(g, policy if name == "fsm" else name).num_batches for g in held]))
+        for name in ("depth", "agenda", "typewise", "fsm")
+    }
+    hit_rate = policy.hit_rate(held)
+    prov["held_out"] = {"graphs": len(held), "lower_bound": lb, "batches": batches, "fsm_hit_rate": hit_rate}
     policy.save(out)
     print(f"saved {out}")
     if args.plot:
         _plot_curve(prov, args.plot)
         print(f"learning curve: {args.plot}")
 
-    lb = float(np.mean([eb.lower_bound(g) for g in held]))
     print(f"\nheld-out: {len(held)} mini-batches of {size} ({work.source}, not used in learning); LB {lb:.1f}")
     header = f"{'policy':<10} {'batches/mb':>11} {'x LB':>7} {'hit rate':>9}"
     print(header)
     print("-" * len(header))
-    for name in ("depth", "agenda", "typewise", "fsm"):
-        pol = policy if name == "fsm" else name
-        batches = float(np.mean([eb.schedule(g, pol).num_batches for g in held]))
-        hit = f"{policy.hit_rate(held):>9.3f}" if name == "fsm" else f"{'':>9}"
-        print(f"{name:<10} {batches:>11.1f} {batches / lb:>7.3f} {hit}")
+    for name, b in batches.items():
+        hit = f"{hit_rate:>9.3f}" if name == "fsm" else f"{'':>9}"
+        print(f"{name:<10} {b:>11.1f} {b / lb:>7.3f} {hit}")
     return 0
 
 
@@ -676,6 +689,13 @@ def _plot_curve(provenance: dict, path: str) -> None:
     ax.plot(curve["train_batches"], lw=0.8, label="exploring episode")
     ax.plot(curve["eval_episodes"], curve["eval_batches"], "o-", label="greedy evaluation")
     ax.axhline(provenance["lower_bound"], color="k", ls="--", lw=0.8, label="lower bound")
+    refine = provenance.get("refine")
+    if refine:
+        ax.axhline(refine["batches_after"], color="C2", ls=":", lw=1.2, label="after refinement")
+    held = provenance.get("held_out")
+    if held:
+        ratios = ", ".join(f"{name} {b / held['lower_bound']:.3f}x" for name, b in held["batches"].items())
+        ax.set_title(f"held out ({held['graphs']} mini-batches), x LB: {ratios}", fontsize=8)
     ax.set_xlabel("episode")
     ax.set_ylabel("batches per mini-batch")
     ax.legend()

@@ -18,7 +18,15 @@ from edbatch_jax.fsm.encoding import (
     state_tuple,
 )
 from edbatch_jax.fsm.env import CHUNK, BatchingEnv, EnvState, ReferenceEnv, make_env, observe, reset, stack_envs, step
-from edbatch_jax.fsm.policy import FALLBACKS, FSMDecision, FSMPolicy, PolicyFileError, learn_fsm
+from edbatch_jax.fsm.policy import (
+    FALLBACKS,
+    REFINE_BUDGET,
+    FSMDecision,
+    FSMPolicy,
+    PolicyFileError,
+    learn_fsm,
+    refine_table,
+)
 from edbatch_jax.fsm.qlearning import LearningResult, QLearningSettings, greedy_actions, run_q_learning
 from edbatch_jax.fsm.resolve import resolve_policy
 
@@ -33,6 +41,7 @@ __all__ = [
     "LearningResult",
     "PolicyFileError",
     "QLearningSettings",
+    "REFINE_BUDGET",
     "ReferenceEnv",
     "greedy_actions",
     "learn_fsm",
@@ -40,6 +49,7 @@ __all__ = [
     "observe",
     "ranked_state",
     "ready_types",
+    "refine_table",
     "reset",
     "resolve_policy",
     "run_q_learning",

@@ -43,7 +43,7 @@ from edbatch_jax.scheduling.policies import FrontierPolicy
 from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 from edbatch_jax.scheduling.typewise import TypewiseFrontier
 
-__all__ = ["FSMDecision", "FSMPolicy", "PolicyFileError", "learn_fsm", "FALLBACKS"]
+__all__ = ["FSMDecision", "FSMPolicy", "PolicyFileError", "learn_fsm", "refine_table", "FALLBACKS", "REFINE_BUDGET"]
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -161,6 +161,7 @@ class FSMPolicy(FrontierPolicy):
         self.last_stats = (0, 0)
         self._stats = {"hits": 0, "decisions": 0}
         self._tracing = False
+        self._rule: tuple[np.ndarray, np.ndarray] | tuple[()] | None = None  # the compiled schedule's table
 
     # ------------------------------------------------------------- policy
     @property
@@ -235,6 +236,47 @@ class FSMPolicy(FrontierPolicy):
         if stats["trace"] is not None:
             stats["trace"].append((state, choice, a is not None))
         return choice
+
+    def _rule_table(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The table as sorted int64 keys and their actions for the compiled schedule
+        (:func:`~edbatch_jax.scheduling.kernels.rule_schedule`: a state tuple's ids plus one as base-``(2K + 1)``
+        digits), built once; ``None`` when the longest state's key would not fit in an int64."""
+        if self._rule is None:
+            k = len(self.op_types)
+            base = 2 * k + 1
+            if self._table and base ** (k + 1) >= 1 << 63:
+                self._rule = ()  # (an empty table needs no keys: every state falls back, however long)
+            else:
+                keys = np.empty(len(self._table), np.int64)
+                for i, state in enumerate(self._table):
+                    key = 0
+                    for t in state:
+                        key = key * base + t + 1
+                    keys[i] = key
+                actions = np.fromiter(self._table.values(), np.int64, count=len(self._table))
+                order = np.argsort(keys, kind="stable")
+                self._rule = (keys[order], actions[order])
+        return self._rule or None
+
+    def _schedule(self, graph: Graph) -> Schedule:
+        """The whole schedule in one compiled call where the table's keys fit (the same as :meth:`choose`
+        step by step); step by step when tracing, for a subclass that overrides :meth:`choose`, or over
+        too many op types for int64 keys."""
+        rule = self._rule_table()
+        if self._tracing or rule is None or type(self).choose is not FSMPolicy.choose:
+            return super()._schedule(graph)
+        stats = self.start(graph)
+        perm = np.where(stats["perm"] < graph.num_types, stats["perm"], -1)
+        frontier = self.frontier_class(graph)
+        batch_type, batch_ptr, order, hits, decisions = frontier.run_by_rule(
+            perm, _ENCODING_CODES[self.encoding], rule[0], rule[1], _FALLBACK_CODES[self.fallback]
+        )
+        if not frontier.done:
+            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
+        stats["hits"], stats["decisions"] = hits, decisions
+        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
+            graph
+        )
 
     def _fallback_choice(self, state, counts, frontier, perm) -> int:
         """The graph type id the fallback rule picks for a state missing from the table."""
@@ -345,6 +387,13 @@ class FSMPolicy(FrontierPolicy):
         )
 
 
+_ENCODING_CODES = {"set": 0, "sort": 1, "max": 2, "sort_complete": 3}
+_FALLBACK_CODES = {"last": 0, "first": 1, "typewise": 2}
+
+REFINE_BUDGET = 400
+"""Trial schedules of the training graphs :func:`learn_fsm` spends at most on :func:`refine_table`."""
+
+
 def learn_fsm(
     graphs: Graph | Sequence[Graph],
     encoding: str = "sort",
@@ -354,6 +403,7 @@ def learn_fsm(
     capacity: int = INITIAL_CAPACITY,
     op_types: Sequence[str] = (),
     guard: bool | Sequence[Graph] = True,
+    refine: int = REFINE_BUDGET,
     **settings,
 ) -> FSMPolicy:
     """Learns an FSM batching policy by Q-learning on one or several graphs.
@@ -395,6 +445,12 @@ def learn_fsm(
         ``"typewise"`` fallback, which schedules exactly as the typewise
         heuristic. ``provenance["guard"]`` records the batches of each and
         the choice. ``False``: the learned table with ``fallback``.
+      refine: after Q-learning, improve the best table by greedy local
+        search on the training graphs (:func:`refine_table`) with at most this
+        many trial schedules of them (0: none). Q-learning's greedy tables
+        are noisy from one evaluation to the next; this keeps a change of one
+        state's action only when it takes fewer batches on the training
+        graphs. ``provenance["refine"]`` records the batches before and after.
       **settings: :class:`~edbatch_jax.fsm.qlearning.QLearningSettings` fields
         (``alpha``, ``gamma``, ``epsilon``, ``n_step``, ``max_episodes``, ...).
 
@@ -447,9 +503,85 @@ def learn_fsm(
         },
     }
     policy = FSMPolicy(names, encoding, table, fallback, dict(vars(cfg)), provenance)
+    if refine:
+        t3 = time.perf_counter()
+        policy._table, report = refine_table(policy, graphs, refine)
+        policy._rule = None
+        policy.provenance["refine"] = dict(report, seconds=round(time.perf_counter() - t3, 3))
     if guard is False:
         return policy
     return _guarded(policy, graphs if guard is True else list(guard))
+
+
+def refine_table(
+    policy: FSMPolicy, graphs: Sequence[Graph], budget: int = REFINE_BUDGET, max_sweeps: int = 3
+) -> tuple[dict[tuple[int, ...], int], dict]:
+    """Greedy local search over a policy's table: fewer batches on ``graphs``, one state at a time.
+
+    A sweep takes the states that scheduling ``graphs`` decides in (table hits
+    and fallbacks alike), most often decided first, and tries each other ready
+    type there: a change is kept when all graphs together take strictly fewer
+    batches (so the result never takes more than the table given). Sweeps
+    repeat until one changes nothing, ``max_sweeps`` are done, or ``budget``
+    trial schedules of all of ``graphs`` are spent. Host-side and deterministic.
+
+    Returns:
+      ``(table, report)``: the new table (state tuple -> op type id) and
+      ``{"batches_before", "batches_after"}`` (means per graph),
+      ``"improvements"`` (changes kept), ``"trials"`` and ``"sweeps"``.
+    """
+    k = len(policy.op_types)
+    trial = FSMPolicy(policy.op_types, policy.encoding, {}, policy.fallback)
+    trial._table = table = dict(policy.table)
+
+    def total() -> int:
+        return sum(trial.schedule(g).num_batches for g in graphs)
+
+    def decided() -> list[tuple[int, ...]]:
+        """The states decided in, most frequent first (ties: first decided first)."""
+        trial._tracing = True
+        seen: dict[tuple[int, ...], int] = {}
+        try:
+            for g in graphs:
+                trial.schedule(g)
+                for state, _, _ in trial._stats["trace"]:
+                    seen[state] = seen.get(state, 0) + 1
+        finally:
+            trial._tracing = False
+        return sorted(seen, key=seen.get, reverse=True)  # stable: ties keep the first-visit order
+
+    best = before = total()
+    trials = sweeps = improvements = 0
+    while sweeps < max_sweeps and trials < budget:
+        sweeps += 1
+        improved = False
+        for state in decided():
+            current = table.get(state)
+            for action in enc.ready_types(state, policy.encoding, k):
+                if action == current or trials >= budget:
+                    continue
+                table[state] = action
+                trial._rule = None  # the table changed: its compiled keys are built again
+                trials += 1
+                batches = total()
+                if batches < best:
+                    best, current, improved = batches, action, True
+                    improvements += 1
+            if current is None:
+                table.pop(state, None)
+            else:
+                table[state] = current
+            trial._rule = None
+        if not improved:
+            break
+    n = max(len(graphs), 1)
+    return table, {
+        "batches_before": before / n,
+        "batches_after": best / n,
+        "improvements": improvements,
+        "trials": trials,
+        "sweeps": sweeps,
+    }
 
 
 def _guarded(policy: FSMPolicy, graphs: Sequence[Graph]) -> FSMPolicy:

@@ -9,7 +9,8 @@ The simulation is inherently sequential (each decision depends on the last),
 so a batch is run by a compiled kernel
 (:func:`~edbatch_jax.scheduling.kernels.take_ready`) over the ready nodes kept
 per type in one array; a policy whose choice is a fixed priority per type
-(:class:`~edbatch_jax.scheduling.policies.AgendaPolicy`) runs its whole
+(:class:`~edbatch_jax.scheduling.policies.AgendaPolicy`), the type-wise
+rule, and a learned table (:class:`~edbatch_jax.FSMPolicy`) run their whole
 schedule in one kernel call.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from edbatch_jax.graph import Graph
 from edbatch_jax.graph.analysis import children
-from edbatch_jax.scheduling.kernels import priority_schedule, take_ready
+from edbatch_jax.scheduling.kernels import priority_schedule, rule_schedule, take_ready
 
 __all__ = ["Frontier"]
 
@@ -123,3 +124,43 @@ class Frontier:
         )
         self.remaining -= int(batch_ptr[b])
         return batch_type[:b], batch_ptr[: b + 1], order[: batch_ptr[b]]
+
+    def _typewise_arrays(self) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+        """``(track, clear, stack, typewise_counts)`` for :func:`~edbatch_jax.scheduling.kernels.rule_schedule`:
+        a plain frontier tracks no type-wise counts (placeholders)."""
+        return False, np.zeros((1, 1), np.int32), np.zeros(1, np.int32), np.zeros(self.graph.num_types, np.int64)
+
+    def run_by_rule(
+        self,
+        perm: np.ndarray,
+        encoding: int,
+        keys: np.ndarray,
+        actions: np.ndarray,
+        fallback: int,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """Runs every remaining node by a table from encoded states to op types, or by the type-wise rule
+        (``encoding`` -1), in one compiled call (:func:`~edbatch_jax.scheduling.kernels.rule_schedule`, which
+        documents the arguments). The type-wise rule and ``sort_complete`` need a
+        :class:`~edbatch_jax.scheduling.typewise.TypewiseFrontier`.
+
+        Returns ``(batch_type int32 [B], batch_ptr int32 [B + 1], node_order int32 [N], hits, decisions)``.
+        """
+        n = self.remaining
+        batch_type = np.empty(n, np.int32)
+        batch_ptr = np.empty(n + 1, np.int32)
+        order = np.empty(n, np.int32)
+        b, hits, decisions = rule_schedule(
+            self.graph.type_is_unbatchable.astype(np.bool_),
+            np.asarray(perm, np.int64),
+            encoding,
+            np.asarray(keys, np.int64),
+            np.asarray(actions, np.int64),
+            fallback,
+            *self._typewise_arrays(),
+            *self._state,
+            batch_type,
+            batch_ptr,
+            order,
+        )
+        self.remaining -= int(batch_ptr[b])
+        return batch_type[:b], batch_ptr[: b + 1], order[: batch_ptr[b]], int(hits), int(decisions)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["clear_type", "priority_schedule", "release_pairs", "take_ready"]
+__all__ = ["clear_type", "priority_schedule", "release_pairs", "rule_schedule", "take_ready"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -160,3 +160,128 @@ def closure_counters(order, arg_ptr, arg_idx, node_type, num_types):
                     counters[w * 64 + k, v] += 1
                     bits ^= low
     return counters
+
+
+@numba.njit(cache=True, nogil=True)
+def _typewise_choice(counts, tw_counts):
+    """The ready type with the largest ``|F_t| / |TF_t|`` (ties: larger ``|F_t|``, then lower id)."""
+    best, best_ratio, best_ready = -1, -1.0, 0
+    for t in range(counts.shape[0]):
+        ready = counts[t]
+        if ready > 0:
+            ratio = ready / max(tw_counts[t], 1)
+            if ratio > best_ratio or (ratio == best_ratio and ready > best_ready):
+                best, best_ratio, best_ready = t, ratio, ready
+    return best
+
+
+@numba.njit(cache=True, nogil=True)
+def rule_schedule(
+    unbatchable,
+    perm,
+    encoding,
+    keys,
+    actions,
+    fallback,
+    track,
+    clear,
+    stack,
+    tw_counts,
+    child_ptr,
+    child_idx,
+    node_type,
+    left,
+    slots,
+    head,
+    tail,
+    counts,
+    batch_type,
+    batch_ptr,
+    order,
+):
+    """A whole schedule by a table from encoded states to op types (an FSM policy), or by the type-wise rule.
+
+    A ready unbatchable type (bool ``[T]``, graph type ids) runs first, its
+    lowest id alone. Otherwise the state of the ready counts is encoded in the
+    policy's type ids (``perm``: int64 ``[K]``, the graph type id of each policy
+    type, -1 for a type the graph lacks) as ``encoding`` says (0 ``set``, 1
+    ``sort``, 2 ``max``, 3 ``sort_complete``; -1: no table, the type-wise rule
+    decides), as the integer whose base-``(2K + 1)`` digits are the state
+    tuple's ids plus one; it is looked up in ``keys`` (int64 ``[M]``, sorted),
+    and a hit runs ``actions`` (int64 ``[M]``, policy type ids). A miss runs the
+    fallback: 0 the last type of the state, 1 the first, 2 the type-wise rule.
+    ``track``: maintain ``tw_counts`` (``|TF_t|``, int64 ``[T]``) with ``clear``
+    (int32 ``[T, N]``) and ``stack`` as :func:`clear_type` does.
+
+    Writes ``batch_type[:B]``, ``batch_ptr[:B + 1]`` and ``order[:N]``; returns
+    ``(B, hits, decisions)``.
+    """
+    n, num_types, k = node_type.shape[0], counts.shape[0], perm.shape[0]
+    base = 2 * k + 1
+    state = np.empty(k + 1, np.int64)
+    cp = np.zeros(k, np.int64)
+    done, b, hits, decisions = 0, 0, 0, 0
+    batch_ptr[0] = 0
+    while done < n:
+        t, limit = -1, -1
+        for u in range(num_types):
+            if unbatchable[u] and counts[u] > 0:
+                t, limit = u, 1
+                break
+        if t < 0:
+            if encoding < 0:
+                t = _typewise_choice(counts, tw_counts)
+            else:
+                decisions += 1
+                m = 0
+                for i in range(k):
+                    cp[i] = counts[perm[i]] if perm[i] >= 0 else 0
+                    if cp[i] > 0:
+                        state[m] = i
+                        m += 1
+                if m == 0:
+                    break
+                if encoding == 1 or encoding == 3:  # by count, largest first; ties: lower id (insertion sort)
+                    for i in range(1, m):
+                        x = state[i]
+                        j = i - 1
+                        while j >= 0 and cp[state[j]] < cp[x]:
+                            state[j + 1] = state[j]
+                            j -= 1
+                        state[j + 1] = x
+                    if encoding == 3:
+                        for i in range(m):
+                            g = perm[state[i]]
+                            if counts[g] == tw_counts[g]:
+                                state[i] += k
+                elif encoding == 2:  # the set, then the first type of the largest count
+                    a = 0
+                    for i in range(k):
+                        if cp[i] > cp[a]:
+                            a = i
+                    state[m] = a
+                    m += 1
+                key = 0
+                for i in range(m):
+                    key = key * base + state[i] + 1
+                j = np.searchsorted(keys, key)
+                if j < keys.shape[0] and keys[j] == key:
+                    hits += 1
+                    t = perm[actions[j]]
+                elif fallback == 2:
+                    t = _typewise_choice(counts, tw_counts)
+                elif fallback == 1:
+                    t = perm[state[0] % k]
+                else:
+                    t = perm[state[m - 1] % k]
+        if t < 0:
+            break
+        got = take_ready(t, limit, child_ptr, child_idx, node_type, left, slots, head, tail, counts, order[done:])
+        if track:
+            gained = clear_type(t, order[done : done + got], child_ptr, child_idx, node_type, clear[t], stack)
+            tw_counts[t] += gained - got
+        done += got
+        batch_type[b] = t
+        b += 1
+        batch_ptr[b] = done
+    return b, hits, decisions

@@ -18,6 +18,7 @@ from edbatch_jax.graph.csr import csr_by_source
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.kernels import clear_type, closure_counters, release_pairs
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
+from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 
 __all__ = ["nearest_same_type_edges", "maximal_same_type_edges", "TypewiseFrontier", "TypewisePolicy"]
 
@@ -148,6 +149,11 @@ class TypewiseFrontier(Frontier):
             top = near_indeg == 0
         self.typewise_counts = np.bincount(graph.node_type[top], minlength=graph.num_types).astype(np.int64)
 
+    def _typewise_arrays(self) -> tuple[bool, np.ndarray, np.ndarray, np.ndarray]:
+        if not self._closure:
+            raise NotImplementedError("the compiled schedule tracks |TF_t| with the 'closure' counters only")
+        return True, self._clear_np, self._stack, self.typewise_counts
+
     def take(self, t: int, limit: int | None = None) -> np.ndarray:
         nodes = super().take(t, limit)
         if self._closure:
@@ -175,6 +181,20 @@ class TypewisePolicy(FrontierPolicy):
                 if ratio > best_ratio or (ratio == best_ratio and ready > best_ready):
                     best, best_ratio, best_ready = t, ratio, ready
         return best
+
+    def _schedule(self, graph: Graph) -> Schedule:
+        """The whole schedule in one compiled call (the same as :meth:`choose` step by step); a subclass
+        that overrides :meth:`choose` is run step by step."""
+        if type(self).choose is not TypewisePolicy.choose:
+            return super()._schedule(graph)
+        frontier = self.frontier_class(graph)
+        no_table = np.zeros(0, np.int64)
+        batch_type, batch_ptr, order, _, _ = frontier.run_by_rule(no_table, -1, no_table, no_table, 2)
+        if not frontier.done:
+            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
+        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
+            graph
+        )
 
 
 register_policy("typewise", TypewisePolicy())
