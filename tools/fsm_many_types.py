@@ -70,6 +70,7 @@ def main():
         file_kib=round(os.path.getsize(path) / 1024, 1),
         train_best=policy.provenance["best_batches"],
         train_lb=policy.provenance["lower_bound"],
+        refine=policy.provenance.get("refine"),
         guard=policy.provenance["guard"]["chosen"] if guard else "off",
         fsm=mean(policy),
         hit_rate=round(policy.hit_rate(held), 3),
