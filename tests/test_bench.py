@@ -41,13 +41,13 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
                 "--model",
                 "binary_tree",
                 "--batch-size",
-                "4,8",
+                "2,4",  # two sizes, small graphs: few width buckets to compile
                 "--hidden",
                 "8",
                 "--batches",
-                "2",
-                "--warmup",
                 "1",
+                "--warmup",
+                "0",  # the timed mini-batch alone is warmed up (and compiled) before the rounds
                 "--policy",
                 "typewise",
                 "--layout",
@@ -78,7 +78,7 @@ def test_bench_cli_writes_json_markdown_and_plot(tmp_path, capsys):
     rows = json.loads(out.read_text())
     batched = [r for r in rows if r["policy"] != "none"]
     assert len(batched) == 2 * 2 * 2  # batch sizes x engines x layouts
-    assert {r["batch_size"] for r in rows} == {4, 8}
+    assert {r["batch_size"] for r in rows} == {2, 4}
     for r in batched:
         assert REQUIRED <= r.keys()
         assert r["compiles_after_warmup"] == 0  # across both timed rounds
@@ -154,7 +154,7 @@ def test_bench_labels_a_policy_file_by_its_name(tmp_path, capsys):
                 "--batches",
                 "1",
                 "--warmup",
-                "1",
+                "0",
                 "--policy",
                 f"fsm,{mine}",
                 "--layout",
@@ -163,6 +163,8 @@ def test_bench_labels_a_policy_file_by_its_name(tmp_path, capsys):
                 "infer",
                 "--engine",
                 "fused",
+                "--max-lanes",
+                "4",  # few lane buckets: faster compilation
                 "--rounds",
                 "1",
                 f"--json={out}",
@@ -256,9 +258,9 @@ def test_bench_runs_a_model_with_dropout_through_every_timed_phase():
         ["infer", "train"],
         batch_size=4,
         num_batches=1,
-        warmup=1,
+        warmup=0,
         engines=["fused"],
-        max_lanes=8,
+        max_lanes=4,
         rounds=1,
     )
     assert sorted((r.engine, r.mode) for r in res) == [("fused", "infer"), ("fused", "train")]

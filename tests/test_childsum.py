@@ -132,7 +132,8 @@ def test_graph_matches_the_trees(setup):
 def engines(setup):
     """One engine of each kind for the module (its compiled programs serve every schedule of the graph)."""
     model = setup[2]
-    return {"stepwise": eb.StepwiseEngine(model.ops), "fused": eb.FusedEngine(model.ops)}
+    # max_lanes=4: few lane buckets, faster compilation (wider batches run as chunks)
+    return {"stepwise": eb.StepwiseEngine(model.ops), "fused": eb.FusedEngine(model.ops, max_lanes=4)}
 
 
 # every engine, policy and layout, each pair of them together (pairwise covering: 4 runs instead of 8)

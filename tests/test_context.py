@@ -154,7 +154,9 @@ CASES = [  # every engine, policy, layout and step key, each pair of engine, lay
 
 
 def _engine(name):
-    return eb.StepwiseEngine(OPS) if name == "stepwise" else eb.FusedEngine(OPS)
+    return (
+        eb.StepwiseEngine(OPS) if name == "stepwise" else eb.FusedEngine(OPS, max_lanes=4)
+    )  # few lane buckets: faster compilation
 
 
 @pytest.mark.parametrize("engine_name,policy,layout,keyed", CASES)
@@ -208,7 +210,7 @@ def test_new_context_reuses_the_plan_and_programs():
     params = _params()
     sched = eb.schedule(graph, "agenda")
     roots = _roots(graph)
-    for engine in (eb.StepwiseEngine(OPS), eb.FusedEngine(OPS)):
+    for engine in (eb.StepwiseEngine(OPS), eb.FusedEngine(OPS, max_lanes=4)):
         outs = []
         for seed in (1, 2, 3):
             call, inst = _contexts(graph.num_instances, seed)
@@ -227,7 +229,7 @@ def test_jit_of_grad_through_the_context():
     params = _params()
     sched = eb.schedule(graph, "agenda")
     roots = _roots(graph)
-    engine = eb.FusedEngine(OPS)
+    engine = eb.FusedEngine(OPS, max_lanes=4)  # few lane buckets: faster compilation
     call, inst = _contexts(graph.num_instances)
 
     @jax.jit
@@ -278,7 +280,9 @@ def test_trainer_steps_with_a_context():
     params = {**_params(), "W": jnp.zeros((2, H))}
     call = {"scale": jnp.float32(1.0)}
     inst = {"u": jax.random.normal(jax.random.PRNGKey(3), (8, H))}
-    trainer = Trainer(eb.FusedEngine(ops), params, optax.adam(0.05))
+    trainer = Trainer(
+        eb.FusedEngine(ops, max_lanes=4), params, optax.adam(0.05)
+    )  # few lane buckets: faster compilation
     first = trainer.step(batch, context=call, instance_context=inst)
     for _ in range(15):
         last = trainer.step(batch, context=call, instance_context=inst)

@@ -27,7 +27,7 @@ from edbatch_jax.training.distributed import DistributedError, ProcessGroup, lau
 from edbatch_jax.training.loop import TrainConfig, train
 from edbatch_jax.zoo.workloads import load_workload
 
-STEPS, EVERY = 12, 2
+STEPS, EVERY = 6, 2  # checkpoints at 2 and 4: one to kill after, one the run may still reach
 ARGS = ["--model", "treelstm", "--hidden", "4", "--batch-size", "5", "--steps", str(STEPS), "--eval-batches", "1"]
 ARGS += ["--checkpoint-every", str(EVERY), "--no-precompile", "--quiet", "--seed", "3"]
 

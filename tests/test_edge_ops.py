@@ -90,7 +90,7 @@ def test_softmax_is_an_attention_over_each_nodes_own_children():
     top = b.add("node", *kids, payload=np.int32(5))
     b.add("node", other, kids[0], payload=np.int32(6))  # another node in the same batch
     graph = b.build()
-    got = eb.FusedEngine(ops).run(params, graph, eb.schedule(graph, "agenda"), outputs=[top])["h"][0]
+    got = eb.FusedEngine(ops, max_lanes=4).run(params, graph, eb.schedule(graph, "agenda"), outputs=[top])["h"][0]
     hs = [jnp.tanh(params["emb"][w]) for w in (1, 2, 3)]
     scores = jnp.array([jnp.dot(params["a"], h) + params["emb"][5][0] for h in hs])
     values = [jnp.tanh(params["U"] @ h) for h in hs]
@@ -118,7 +118,7 @@ def test_singular_edge_function_on_lanes_without_cotangent_keeps_gradients_exact
     graph = b.build()
     sched = eb.schedule(graph, "agenda")
     want = jax.grad(lambda p: eb.run_unbatched(ops, p, graph, outputs=[read])["h"].sum())(params)
-    for engine in (eb.StepwiseEngine(ops), eb.FusedEngine(ops)):
+    for engine in (eb.StepwiseEngine(ops), eb.FusedEngine(ops, max_lanes=4)):  # few lane buckets: faster compilation
         got = jax.grad(lambda p: engine.run(p, graph, sched, outputs=[read])["h"].sum())(params)
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(got))
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)

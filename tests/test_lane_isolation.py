@@ -83,8 +83,9 @@ def _batch(sizes, seed: int = 0):
 
 ENGINES = {
     "stepwise": lambda ops: eb.StepwiseEngine(ops),
-    "fused": lambda ops: eb.FusedEngine(ops),
-    "fused_recompute": lambda ops: eb.FusedEngine(ops, save_residuals=None),
+    # max_lanes=4: few lane buckets, faster compilation; batches wider than 4 lanes run as chunks
+    "fused": lambda ops: eb.FusedEngine(ops, max_lanes=4),
+    "fused_recompute": lambda ops: eb.FusedEngine(ops, max_lanes=4, save_residuals=None),
 }
 
 

@@ -91,7 +91,7 @@ def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_pat
                 "--batches",
                 "1",
                 "--warmup",
-                "1",
+                "0",
                 "--rounds",
                 "1",
                 "--policy",
@@ -102,6 +102,8 @@ def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_pat
                 "infer,train",
                 "--optimizer",
                 "sgd",
+                "--max-lanes",
+                "4",  # few lane buckets: faster compilation
                 "--dynet",
                 sys.executable,
                 "--dynet-script",

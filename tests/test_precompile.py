@@ -41,7 +41,7 @@ def _xla_compiles():
 def _batches(work, layout: str):
     """Mini-batches of different sizes, the largest last: without precompilation, it grows the engine's sizes."""
     variadic = variadic_ops(work.model.ops)
-    graphs = [work.batch_graph(work.train[:n]) for n in (2, 8)]
+    graphs = [work.batch_graph(work.train[:n]) for n in (2, 4)]
     return [resolve_layout(layout, make_minibatch(g, "agenda"), variadic) for g in graphs]
 
 
@@ -96,8 +96,8 @@ def test_precompile_refuses_a_cotangent_mask_of_the_wrong_length_and_an_empty_li
 
 
 def test_train_precompiles_every_mini_batch_it_will_run():
-    work = load_workload("treelstm", hidden=4, num_train=48, num_held_out=8)
-    cfg = dict(steps=4, batch_size=12, eval_batches=1, engine="stepwise")
+    work = load_workload("treelstm", hidden=4, num_train=24, num_held_out=8)
+    cfg = dict(steps=4, batch_size=6, eval_batches=1, engine="stepwise")  # four mini-batches, small: few widths
     with _xla_compiles() as compiles:
         ahead = train(work, TrainConfig(**cfg), progress=lambda step, loss, rate: compiles.append(("step", step)))
     assert ahead.precompiled > 0 and ahead.precompile_s > 0

@@ -92,8 +92,8 @@ def test_bench_profile_splits_inference_and_training_steps_by_op_type(tmp_path):
     scratch = tmp_path / "tmp"  # the run's temporary folders: its HLO dump must not outlive it
     scratch.mkdir()
     env = dict(os.environ, EDBATCH_COMPILE_CACHE="off", JAX_PLATFORMS="cpu", TMPDIR=str(scratch))
-    args = ["bench", "--model", "binary_tree", "--batch-size", "8", "--hidden", "8", "--batches", "2"]
-    args += ["--warmup", "1", "--rounds", "1", "--policy", "typewise", "--layout", "dynet", "--max-lanes", "4"]
+    args = ["bench", "--model", "binary_tree", "--batch-size", "4", "--hidden", "8", "--batches", "1"]
+    args += ["--warmup", "0", "--rounds", "1", "--policy", "typewise", "--layout", "dynet", "--max-lanes", "4"]
     args += ["--mode", "infer,train", "--engine", "fused", "--profile", "3", "--json", str(out), "--quiet"]
     run = subprocess.run(
         [sys.executable, "-m", "edbatch_jax.apps.cli", *args], env=env, capture_output=True, text=True, timeout=300

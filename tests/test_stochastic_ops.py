@@ -94,7 +94,7 @@ def test_batched_equals_unbatched_for_the_same_step_key(graph, reference, engine
 
 def test_keys_differ_and_no_key_is_deterministic(graph):
     sched = eb.schedule(graph, "agenda")
-    engine = eb.FusedEngine(OPS)
+    engine = eb.FusedEngine(OPS, max_lanes=4)  # few lane buckets: faster compilation
     run = lambda rng: np.asarray(engine.run(_params(), graph, sched, rng=rng)["h"])
     a, b = run(jax.random.PRNGKey(1)), run(jax.random.PRNGKey(2))
     assert not np.allclose(a, b)
@@ -111,7 +111,7 @@ def test_a_nodes_key_depends_on_its_instance_and_position_not_its_batch():
     alone = eb.batch_graphs([eb.unbatch_graph(g)[0], eb.unbatch_graph(g)[0]])
     key = jax.random.PRNGKey(11)
     first = lambda graph: np.asarray(
-        eb.FusedEngine(OPS).run(_params(), graph, eb.schedule(graph, "agenda"), rng=key)["h"]
+        eb.FusedEngine(OPS, max_lanes=4).run(_params(), graph, eb.schedule(graph, "agenda"), rng=key)["h"]
     )
     n0 = int((g.instance == 0).sum())
     np.testing.assert_allclose(first(g)[:n0], first(alone)[:n0], rtol=1e-6)

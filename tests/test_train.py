@@ -22,18 +22,18 @@ def _work():
 
 
 def test_interrupted_run_resumes_to_exactly_the_uninterrupted_parameters(tmp_path):
-    cfg = dict(steps=7, batch_size=16, checkpoint_every=3, eval_batches=1, lr=1e-2)
+    cfg = dict(steps=4, batch_size=16, checkpoint_every=2, eval_batches=1, lr=1e-2)
     full = train(_work(), TrainConfig(checkpoint_dir=str(tmp_path / "a"), **cfg))
 
     def crash(step, loss, rate):
-        if step == 5:  # after the checkpoint of step 3, before the end
+        if step == 3:  # after the checkpoint of step 2, before the end
             raise Interrupted
 
     with pytest.raises(Interrupted):
         train(_work(), TrainConfig(checkpoint_dir=str(tmp_path / "b"), **cfg), progress=crash)
     resumed = train(_work(), TrainConfig(checkpoint_dir=str(tmp_path / "b"), **cfg), resume=True)
-    assert resumed.resumed_from == 3 and resumed.step == full.step == 7
-    assert resumed.losses == full.losses[3:]
+    assert resumed.resumed_from == 2 and resumed.step == full.step == 4
+    assert resumed.losses == full.losses[2:]
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -80,7 +80,8 @@ def test_later_epochs_reuse_every_mini_batch_plan(monkeypatch):
     monkeypatch.setattr(
         train_module, "make_engine", lambda *a, **k: engines.append(make_engine(*a, **k)) or engines[-1]
     )
-    work = load_workload("binary_tree", hidden=4)  # trees of one shape: compiled once
+    # trees of one shape: compiled once; 20 training trees, one per mini-batch: more than the 16 plans cached
+    work = load_workload("binary_tree", hidden=4, num_train=80, num_held_out=16)
     num_train = len(work.minibatches("train", 1))
     assert num_train > 16  # more mini-batches than an engine caches plans by default
     train(work, TrainConfig(steps=2 * num_train, batch_size=1, eval_batches=1, precompile=False))
@@ -169,7 +170,7 @@ def test_fit_builds_each_mini_batch_on_a_worker_and_trains_as_the_step_by_step_l
     from edbatch_jax.training import Trainer, make_minibatch, resolve_layout, variadic_ops
 
     work = _work()
-    sets = work.minibatch_instances("train", 16, count=4)
+    sets = work.minibatch_instances("train", 8, count=3)
     variadic = variadic_ops(work.model.ops)
     threads = []
 
@@ -180,12 +181,13 @@ def test_fit_builds_each_mini_batch_on_a_worker_and_trains_as_the_step_by_step_l
     params = work.model.init(jax.random.PRNGKey(0))
     results = {}
     for overlap in (True, False):
-        trainer = Trainer(eb.FusedEngine(work.model.ops), jax.tree.map(np.copy, params), optax.adam(1e-2))
+        engine = eb.FusedEngine(work.model.ops, max_lanes=4)  # few lane buckets: faster compilation
+        trainer = Trainer(engine, jax.tree.map(np.copy, params), optax.adam(1e-2))
         threads.clear()
         losses = trainer.fit(sets, build, overlap=overlap)
         results[overlap] = (losses, trainer.params, set(threads))
     (overlapped, p1, workers), (sequential, p2, callers) = results[True], results[False]
-    assert len(overlapped) == 4 and overlapped == sequential and np.all(np.isfinite(overlapped))
+    assert len(overlapped) == 3 and overlapped == sequential and np.all(np.isfinite(overlapped))
     assert workers.isdisjoint({threading.get_ident()}) and callers == {threading.get_ident()}
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -249,7 +251,7 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
     build = lambda g: resolve_layout("planned", make_minibatch(g, "agenda"), variadic)
     results = []
     for ahead in ("no", "yes", "background"):
-        engine = make_engine("fused", work.model.ops, max_lanes=16)  # few lane buckets: faster compilation
+        engine = make_engine("fused", work.model.ops, max_lanes=4)  # few lane buckets: faster compilation
         trainer = Trainer(engine, work.model.init(jax.random.PRNGKey(0)), optax.adam(1e-2))
         batches = {
             "no": lambda: map(build, graphs),
@@ -268,7 +270,8 @@ def test_training_on_mini_batches_planned_ahead_equals_the_plain_loop():
 def test_sharded_training_follows_the_unsharded_run():
     """``shards=2``: every step equals the unsharded step, up to float summation order."""
     work = load_workload("binary_tree", hidden=4, num_train=32, num_held_out=8)  # trees of one shape: few compiles
-    cfg = dict(steps=3, batch_size=4, eval_batches=1, lr=1e-2, precompile=False)  # programs as the steps need them
+    # programs as the steps need them; no test-split evaluation (the dev one compares the runs' evaluations)
+    cfg = dict(steps=2, batch_size=4, eval_batches=1, lr=1e-2, precompile=False, test=False)
     plain = train(work, TrainConfig(**cfg))
     sharded = train(work, TrainConfig(shards=2, **cfg))
     np.testing.assert_allclose(sharded.losses, plain.losses, rtol=1e-4)
