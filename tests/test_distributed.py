@@ -28,7 +28,9 @@ from edbatch_jax.training.loop import TrainConfig, train
 from edbatch_jax.zoo.workloads import load_workload
 
 STEPS, EVERY = 6, 2  # checkpoints at 2 and 4: one to kill after, one the run may still reach
+NUM_TRAIN = 60  # synthetic trees: 12 mini-batches, more than the steps (each process plans them all)
 ARGS = ["--model", "treelstm", "--hidden", "4", "--batch-size", "5", "--steps", str(STEPS), "--eval-batches", "1"]
+ARGS += ["--num-train", str(NUM_TRAIN)]
 ARGS += ["--checkpoint-every", str(EVERY), "--no-precompile", "--quiet", "--seed", "3"]
 
 
@@ -131,7 +133,7 @@ def test_two_processes_train_to_the_parameters_of_one(two_processes):
     """Through the interruption and the resumption, the two processes reach one process's parameters."""
     step, params = _params(two_processes["ckpt"])
     assert step == STEPS
-    work = load_workload("treelstm", hidden=4, seed=3)
+    work = load_workload("treelstm", hidden=4, seed=3, num_train=NUM_TRAIN)
     config = TrainConfig(steps=STEPS, batch_size=5, eval_batches=1, seed=3, precompile=False, test=False)
     one = train(work, config)
     _assert_trees_close(params, one.params, rtol=2e-4, atol=2e-6)

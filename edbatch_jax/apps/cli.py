@@ -517,6 +517,8 @@ def train_command(args: argparse.Namespace) -> int:
         from edbatch_jax.training.parallel import use_cpu_devices
 
         use_cpu_devices(args.shards)  # before JAX starts: on a CPU, one host device per shard
+    if args.num_train < 0 or (args.num_train and args.data):
+        raise SystemExit("edbatch train: --num-train takes a positive count, and only for synthetic data (no --data)")
     try:
         work = load_workload(
             args.model,
@@ -526,6 +528,7 @@ def train_command(args: argparse.Namespace) -> int:
             embed=args.embed,
             vocab_size=args.vocab_size or None,
             dropout=args.dropout,
+            **({"num_train": args.num_train} if args.num_train else {}),
         )
     except ValueError as e:  # a setting the model refuses (dropout out of range, a model without dropout)
         raise SystemExit(f"edbatch train: {e}") from e
@@ -984,6 +987,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", default="treelstm", choices=sorted(WORKLOADS), metavar="NAME", help=f"workload: {models}"
     )
     tp.add_argument("--data", default=None, help="data directory or file (default: synthetic data)")
+    tp.add_argument(
+        "--num-train", type=int, default=0, help="synthetic training instances to generate (default: the model's)"
+    )
     tp.add_argument("--steps", type=int, default=200, help="optimisation steps (mini-batches)")
     tp.add_argument("--batch-size", type=int, default=None, help="instances per mini-batch (default: the model's)")
     tp.add_argument("--hidden", type=int, default=128, help="hidden = embedding size")

@@ -93,9 +93,9 @@ WORKLOADS: dict[str, _Spec] = {
         "synthetic random DAG (200 states, 4 arcs from the previous 30, two arc types 90/10)", 8, "random_dag.json", ""
     ),
     "binary_tree": _Spec("synthetic perfect binary trees (depth 5-7), Tree-LSTM cells", 32, "binary_tree.json", ""),
-    # 49 op types: a learned FSM (defaults) took 191.8 batches on held-out mini-batches, typewise 97.1, so no
-    # policy file; on 10 synthetic mini-batches of 32 programs typewise takes 101.6 batches, agenda 194.1,
-    # depth 159.0 (LB 62.1)
+    # 49 op types: a learned table (without the guard) took 191.8 batches on held-out mini-batches, typewise 97.1;
+    # with learn_fsm's defaults the guard returns typewise's rule, so no policy file: its `fsm` is typewise. On 10
+    # synthetic mini-batches of 32 programs typewise takes 101.6 batches, agenda 194.1, depth 159.0 (LB 62.1)
     "program": _Spec(
         "expression programs of 48 node kinds (a cell per kind, Python's kind frequencies), value mod 10 at the root",
         32,
