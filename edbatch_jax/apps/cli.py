@@ -673,6 +673,11 @@ def workloads_table(args: argparse.Namespace) -> int:
             "",
             "Workloads: " + "; ".join(f"`{n}`: {WORKLOADS[n].description}" for n in names) + ".",
             "",
+            "The shipped policies' held-out comparison, learning curve and time are in their provenance "
+            "(`edbatch learn --model NAME` prints them); the learned policy over random typed DAGs of 8, 64 and 256 "
+            "op types and the program workload: [benchmarks_fsm_many_types.md](benchmarks_fsm_many_types.md); in "
+            "wall time: [benchmarks_policies.md](benchmarks_policies.md).",
+            "",
         ]
     )
     if args.out:
