@@ -271,12 +271,8 @@ class FSMPolicy(FrontierPolicy):
         batch_type, batch_ptr, order, hits, decisions = frontier.run_by_rule(
             perm, _ENCODING_CODES[self.encoding], rule[0], rule[1], _FALLBACK_CODES[self.fallback]
         )
-        if not frontier.done:
-            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
         stats["hits"], stats["decisions"] = hits, decisions
-        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
-            graph
-        )
+        return self._compiled_schedule(graph, frontier, batch_type, batch_ptr, order)
 
     def _fallback_choice(self, state, counts, frontier, perm) -> int:
         """The graph type id the fallback rule picks for a state missing from the table."""

@@ -46,6 +46,16 @@ def take_ready(t, limit, child_ptr, child_idx, node_type, left, slots, head, tai
 
 
 @numba.njit(cache=True, nogil=True)
+def _forced_type(unbatchable, counts):
+    """The lowest ready unbatchable type (bool ``[T]``), whose nodes run one at a time before any decision; -1:
+    none."""
+    for u in range(counts.shape[0]):
+        if unbatchable[u] and counts[u] > 0:
+            return u
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
 def priority_schedule(
     priority,
     unbatchable,
@@ -69,12 +79,8 @@ def priority_schedule(
     done, b = 0, 0
     batch_ptr[0] = 0
     while done < n:
-        t = -1
-        limit = -1
-        for u in range(num_types):
-            if unbatchable[u] and counts[u] > 0:
-                t, limit = u, 1
-                break
+        t = _forced_type(unbatchable, counts)
+        limit = 1 if t >= 0 else -1
         if t < 0:
             best = np.inf
             for u in range(num_types):
@@ -216,18 +222,15 @@ def rule_schedule(
     Writes ``batch_type[:B]``, ``batch_ptr[:B + 1]`` and ``order[:N]``; returns
     ``(B, hits, decisions)``.
     """
-    n, num_types, k = node_type.shape[0], counts.shape[0], perm.shape[0]
+    n, k = node_type.shape[0], perm.shape[0]
     base = 2 * k + 1
     state = np.empty(k + 1, np.int64)
     cp = np.zeros(k, np.int64)
     done, b, hits, decisions = 0, 0, 0, 0
     batch_ptr[0] = 0
     while done < n:
-        t, limit = -1, -1
-        for u in range(num_types):
-            if unbatchable[u] and counts[u] > 0:
-                t, limit = u, 1
-                break
+        t = _forced_type(unbatchable, counts)
+        limit = 1 if t >= 0 else -1
         if t < 0:
             if encoding < 0:
                 t = _typewise_choice(counts, tw_counts)

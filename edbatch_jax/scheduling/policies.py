@@ -114,6 +114,21 @@ class FrontierPolicy(Policy):
             nodes.append(run)
         return Schedule.from_batches(graph.op_types, types, nodes).certify(graph)
 
+    @staticmethod
+    def _compiled_schedule(
+        graph: Graph, frontier: Frontier, batch_type: np.ndarray, batch_ptr: np.ndarray, order: np.ndarray
+    ) -> Schedule:
+        """The certified :class:`Schedule` of a frontier run in one compiled call (``Frontier.run_by_*``).
+
+        Raises:
+          ScheduleError: nodes of ``graph`` never became ready (a cycle).
+        """
+        if not frontier.done:
+            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
+        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
+            graph
+        )
+
     def _bad_choice(self, choice, step: int, frontier: Frontier, graph: Graph):
         """Raises the :class:`ScheduleError` for a ``choose`` result that is no ready op type."""
         ready = {graph.op_types[t]: int(frontier.ready_counts[t]) for t in np.flatnonzero(frontier.ready_counts > 0)}
@@ -178,12 +193,7 @@ class AgendaPolicy(FrontierPolicy):
         if type(self).choose is not AgendaPolicy.choose:
             return super()._schedule(graph)
         frontier = self.frontier_class(graph)
-        batch_type, batch_ptr, order = frontier.run_by_priority(self.start(graph))
-        if not frontier.done:
-            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
-        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
-            graph
-        )
+        return self._compiled_schedule(graph, frontier, *frontier.run_by_priority(self.start(graph)))
 
 
 _REGISTRY: dict[str, Policy] = {"depth": DepthPolicy(), "agenda": AgendaPolicy()}

@@ -18,7 +18,7 @@ from edbatch_jax.graph.csr import csr_by_source
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.kernels import clear_type, closure_counters, release_pairs
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
-from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
+from edbatch_jax.scheduling.schedule import Schedule
 
 __all__ = ["nearest_same_type_edges", "maximal_same_type_edges", "TypewiseFrontier", "TypewisePolicy"]
 
@@ -190,11 +190,7 @@ class TypewisePolicy(FrontierPolicy):
         frontier = self.frontier_class(graph)
         no_table = np.zeros(0, np.int64)
         batch_type, batch_ptr, order, _, _ = frontier.run_by_rule(no_table, -1, no_table, no_table, 2)
-        if not frontier.done:
-            raise ScheduleError(f"{frontier.remaining} nodes never became ready (a cycle?)")
-        return Schedule(batch_type=batch_type, batch_ptr=batch_ptr, node_order=order, op_types=graph.op_types).certify(
-            graph
-        )
+        return self._compiled_schedule(graph, frontier, batch_type, batch_ptr, order)
 
 
 register_policy("typewise", TypewisePolicy())
