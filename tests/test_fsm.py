@@ -250,6 +250,11 @@ def test_sort_complete_policy_round_trips_and_matches_its_learning(tmp_path, lat
     assert report["improvements"] >= 1 and report["trials"] <= eb.fsm.REFINE_BUDGET
     table, again = refine_table(policy, [lattice_minibatch])
     assert table == dict(refined.table) and dict(again, seconds=report["seconds"]) == report  # deterministic
+    for bad in (-1, 2.5, True):  # counts are checked where they enter, naming the argument
+        with pytest.raises(ValueError, match="refine must be a non-negative int"):
+            eb.learn_fsm([lattice_minibatch], max_episodes=1, refine=bad)
+        with pytest.raises(ValueError, match="budget must be a non-negative int"):
+            refine_table(policy, [lattice_minibatch], budget=bad)
     table, small = refine_table(policy, [lattice_minibatch], budget=3)
     assert small["trials"] == 3 and small["batches_after"] <= small["batches_before"]
     assert (

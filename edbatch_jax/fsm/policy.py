@@ -460,7 +460,8 @@ def learn_fsm(
         types (checked before any work), or a table that would exceed
         :data:`~edbatch_jax.fsm.qlearning.MAX_TABLE_BYTES`.
       ValueError: no graphs, an unknown encoding or fallback, invalid
-        settings, or a capacity that is not a power of two.
+        settings, a ``refine`` that is not a non-negative int, or a capacity
+        that is not a power of two.
     """
     if isinstance(graphs, Graph):
         graphs = [graphs]
@@ -469,6 +470,7 @@ def learn_fsm(
         raise ValueError("learn_fsm needs at least one graph")
     if fallback not in FALLBACKS:
         raise ValueError(f"unknown fallback {fallback!r}; choose one of {list(FALLBACKS)}")
+    _check_budget("refine", refine)
     cfg = QLearningSettings(**settings)
     if isinstance(op_types, str):
         raise TypeError(f"op_types must be a sequence of op type names, got {op_types!r}")
@@ -525,7 +527,12 @@ def refine_table(
       ``(table, report)``: the new table (state tuple -> op type id) and
       ``{"batches_before", "batches_after"}`` (means per graph),
       ``"improvements"`` (changes kept), ``"trials"`` and ``"sweeps"``.
+
+    Raises:
+      ValueError: ``budget`` or ``max_sweeps`` is not a non-negative int.
     """
+    _check_budget("budget", budget)
+    _check_budget("max_sweeps", max_sweeps)
     k = len(policy.op_types)
     trial = FSMPolicy(policy.op_types, policy.encoding, {}, policy.fallback)
     trial._table = table = dict(policy.table)
@@ -578,6 +585,12 @@ def refine_table(
         "trials": trials,
         "sweeps": sweeps,
     }
+
+
+def _check_budget(name: str, value) -> None:
+    """Refuses a count that is not a non-negative int (a bool included), naming the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
 
 
 def _guarded(policy: FSMPolicy, graphs: Sequence[Graph]) -> FSMPolicy:
