@@ -17,9 +17,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import edbatch_jax as eb
+from edbatch_jax.training import MiniBatch, Trainer, make_minibatch, unbatched_loss
 
 D = 4
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -55,11 +57,17 @@ def _params(seed: int = 0):
     }
 
 
-def _instance(rng: np.random.Generator, size: int) -> tuple[eb.Graph, int]:
+def _instance(
+    rng: np.random.Generator, size: int, bad: float | None = None, loss: bool = False
+) -> tuple[eb.Graph, int]:
     """One instance: ``size`` leaves folded by ``norm``/``pair``, pooled by ``pool``, ``peak`` and ``top``;
-    returns the graph and its root."""
+    returns the graph and its root. ``bad``: a value put in the second leaf's payload; ``loss``: a ``loss``
+    node reads the root."""
     b = eb.GraphBuilder()
-    nodes = [b.add("leaf", payload=rng.normal(size=D).astype(np.float32) + 0.5) for _ in range(size)]
+    xs = [rng.normal(size=D).astype(np.float32) + 0.5 for _ in range(size)]
+    if bad is not None:
+        xs[1][:2] = bad
+    nodes = [b.add("leaf", payload=x) for x in xs]
     mids = []
     for i, v in enumerate(nodes):
         if i % 2:
@@ -69,6 +77,8 @@ def _instance(rng: np.random.Generator, size: int) -> tuple[eb.Graph, int]:
     pooled = b.add("pool", *mids)
     peak = b.add("peak", *mids[-3:])
     root = b.add("top", pooled, peak, *mids[:2])
+    if loss:
+        b.add("loss", root)
     return b.build(), root
 
 
@@ -174,3 +184,37 @@ def test_isolation_under_jit(engine_name):
     batched = jax.jit(jax.value_and_grad(_loss(lambda p: engine.run(p, graph, sched, outputs))))(_params())
     reference = jax.value_and_grad(_loss(lambda p: eb.run_unbatched(OPS, p, graph, outputs)))(_params())
     _assert_close(batched, reference)
+
+
+LOSS_OPS = {**OPS, "loss": eb.Op(lambda p, _, r: {"loss": jnp.sum(r * r)})}
+
+
+def _training_batch(seed: int, bad: float) -> MiniBatch:
+    """Five instances; instances 1 and 3 have a ``bad`` leaf payload and no loss node (no cotangent)."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        _instance(rng, size, bad if k in (1, 3) else None, k not in (1, 3)) for k, size in enumerate([4, 3, 5, 3, 6])
+    ]
+    return make_minibatch(eb.batch_graphs([g for g, _ in parts]), "agenda")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_trainer_steps_complete_with_the_isolating_program(bad):
+    # the fused engine's Trainer applies a step's update on the device only if its gradients are finite and
+    # reads that test before the next step: a step whose first try is not finite (a NaN lane outside the
+    # loss) is completed with the isolating program's gradients, so every step equals unbatched SGD
+    engine = eb.FusedEngine(LOSS_OPS, max_lanes=4)
+    batches = [_training_batch(seed, bad) for seed in (6, 7)]
+    trainer = Trainer(engine, _params(), optax.sgd(0.1))
+    expected = _params()
+    for k, batch in enumerate(batches):
+        loss, grads = jax.value_and_grad(lambda p: unbatched_loss(LOSS_OPS, p, batch))(expected)
+        assert np.isfinite(loss) and all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+        expected = jax.tree.map(lambda p, g: p - 0.1 * g, expected, grads)
+        np.testing.assert_allclose(trainer.step(batch), loss, **TOL)
+        assert trainer._pending is not None and not bool(trainer._pending.finite), "the first try was finite"
+        if k == 0:
+            continue  # the next step completes this one before it runs
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(trainer.params), jax.tree.leaves(expected)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path), **TOL)
+        assert trainer._pending is None  # reading the parameters completed the step

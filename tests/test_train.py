@@ -280,3 +280,23 @@ def test_sharded_training_follows_the_unsharded_run():
     np.testing.assert_allclose(sharded.evals[-1]["loss"], plain.evals[-1]["loss"], rtol=1e-3)
     with pytest.raises(ValueError, match="shards must be at least 1, got 0"):
         train(work, TrainConfig(shards=0, **cfg))
+
+
+def test_make_minibatch_names_a_missing_loss_op_and_labels_only_integer_loss_payloads():
+    import edbatch_jax as eb
+    from edbatch_jax.training import make_minibatch
+
+    def instance(loss_payload):
+        b = eb.GraphBuilder()
+        root = b.add("cell", b.add("leaf", payload=np.float32(1.0)))
+        if loss_payload is not False:
+            b.add("loss", root, payload=loss_payload)
+        return b.build()
+
+    with pytest.raises(eb.GraphError, match=r"no node of op type 'loss' \(its op types are \['leaf', 'cell'\]\)"):
+        make_minibatch(eb.batch_graphs([instance(False)] * 2))
+    labelled = make_minibatch(eb.batch_graphs([instance(np.int32(3)), instance(np.int32(1))]))
+    np.testing.assert_array_equal(labelled.root_labels, [3, 1])
+    unlabelled = make_minibatch(eb.batch_graphs([instance(None)] * 2))  # a loss node without a label
+    np.testing.assert_array_equal(unlabelled.root_labels, [-1, -1])
+    np.testing.assert_array_equal(unlabelled.loss_nodes, [2, 5])

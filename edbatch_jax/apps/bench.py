@@ -287,10 +287,12 @@ class _Config:
         if self.trainer is not None:  # the previous ones were donated to the updates
             self.params = self.trainer.replicas if self.shards > 1 else [self.trainer.params]
 
-    def run_one(self, k: int):
+    def run_one(self, k: int, block: bool = True):
+        """Runs cached mini-batch ``k`` (a training step, or the loss) and waits for it; a training step with
+        ``block=False`` waits for its forward pass only (its loss), as a training loop does."""
         if self.trainer is not None:
             self.step(self.mbs[k])  # returns a host float: waits for the forward pass
-            return _block(self.trainer.params)  # and for the backward pass and the update
+            return _block(self.trainer.params) if block else None  # and for the backward pass and the update
         return _block(self.loss(self.mbs[k]))
 
     def time_round(self, warmup: int, num_batches: int) -> None:
@@ -316,7 +318,9 @@ class _Config:
         t0 = time.perf_counter()
         with jax.profiler.TraceAnnotation("edbatch.execute"):
             for k in range(warmup, warmup + num_batches):
-                self.run_one(k)
+                self.run_one(k, block=False)
+            if self.trainer is not None:
+                _block(self.trainer.params)  # the last step's backward pass and update
         self.execute_ms.append((time.perf_counter() - t0) / num_batches * 1e3)
         self.compiles_after_warmup += xla_compiles() - before
         self.sync_params()

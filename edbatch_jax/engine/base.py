@@ -137,6 +137,38 @@ def _host_check(check, *args) -> None:
         check(*args)
 
 
+@dataclasses.dataclass(frozen=True)
+class PendingGrads:
+    """Gradients of a backward program whose finiteness test has not been read back from the device yet.
+
+    The fused engine's gradients are right when they are all finite; otherwise
+    a second, lane-isolating program gives them
+    (:meth:`~edbatch_jax.engine.fused.FusedEngine._isolate_if_needed`).
+    Reading the test waits for the backward program, so a caller that can
+    wait later (the :class:`~edbatch_jax.training.Trainer`, which applies the
+    update on the device only when ``finite`` holds and reads the test
+    before its next step) keeps the host free meanwhile.
+
+    Attributes:
+      grads: the first program's gradients (a pytree like the parameters).
+      finite: bool scalar on the device: whether every leaf of ``grads`` is finite.
+      again: ``params -> gradients`` of the isolating program (run only when
+        ``finite`` is false; ``params``: the same values the first program ran on).
+    """
+
+    grads: Any
+    finite: jax.Array
+    again: Any
+
+    def resolve(self, params: Any) -> Any:
+        """The gradients: ``grads`` if ``finite`` (reads it: waits for the device), else ``again(params)``."""
+        return self.grads if bool(self.finite) else self.again(params)
+
+    def map(self, fn) -> PendingGrads:
+        """The same with ``fn`` applied to the gradients (either program's)."""
+        return PendingGrads(fn(self.grads), self.finite, lambda params: fn(self.again(params)))
+
+
 class BufferPlan(NamedTuple):
     """The state buffers and rows of one schedule, as both engines plan them (host arrays).
 
@@ -554,6 +586,19 @@ class Engine(abc.ABC):
         ``saved``: the second output of :meth:`_forward_saving`. ``rng``: the forward pass's step key.
         """
 
+    def _backward_pending(
+        self,
+        plan: ExecutionPlan,
+        params: PyTree,
+        bufs: tuple,
+        ct_bufs: tuple,
+        owned: bool = False,
+        saved: Any = None,
+        rng: Any = None,
+    ) -> PyTree | PendingGrads:
+        """:meth:`_backward`, or :class:`PendingGrads` when the gradients still wait on a test on the device."""
+        return self._backward(plan, params, bufs, ct_bufs, owned, saved, rng)
+
     @abc.abstractmethod
     def precompile(
         self,
@@ -732,16 +777,44 @@ class Engine(abc.ABC):
           gradients of ``context`` and ``instance_context`` (``None`` where
           not given).
         """
+        return self._value_and_grad(
+            plan,
+            params,
+            loss_grad,
+            rng,
+            context=context,
+            instance_context=instance_context,
+            context_grads=context_grads,
+        )
+
+    def _value_and_grad(
+        self,
+        plan: ExecutionPlan,
+        params: PyTree,
+        loss_grad,
+        rng: Any = None,
+        *,
+        context: PyTree = None,
+        instance_context: PyTree = None,
+        context_grads: bool = False,
+        pending: bool = False,
+    ) -> tuple[jax.Array, PyTree | PendingGrads]:
+        """:meth:`value_and_grad`; with ``pending``, the gradients may come as :class:`PendingGrads` (an engine
+        without ops reading context and without debug checks; resolve them with the same ``params``)."""
         rng = self._step_key(rng)
-        params = self._inputs(params, context, instance_context, plan.graph.num_instances)
+        inputs = self._inputs(params, context, instance_context, plan.graph.num_instances)
         self._check_differentiable(plan)
-        bufs, saved = self._forward_saving(plan, params, rng)
+        bufs, saved = self._forward_saving(plan, inputs, rng)
         if self.checks:
             self._check_states(plan, bufs)
         loss, ct = loss_grad(bufs)
         if len(ct) != len(bufs):
             raise ValueError(f"loss_grad returned {len(ct)} cotangents for {len(bufs)} buffers")
-        grads = self._backward(plan, params, bufs, tuple(ct), owned=True, saved=saved, rng=rng)
+        grads = self._backward_pending(plan, inputs, bufs, tuple(ct), owned=True, saved=saved, rng=rng)
+        if isinstance(grads, PendingGrads):
+            if pending and not self.checks and not context_grads and inputs is params:
+                return loss, grads
+            grads = grads.resolve(inputs)
         if self.checks:
             check_finite_grads(grads)
         if isinstance(grads, EngineInputs):

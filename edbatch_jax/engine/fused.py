@@ -66,7 +66,7 @@ import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 
-from edbatch_jax.engine.base import Engine
+from edbatch_jax.engine.base import Engine, PendingGrads
 from edbatch_jax.engine.buckets import bucket, bucket_array, fine_bucket_array, fine_ladder
 from edbatch_jax.engine.common import (
     PyTree,
@@ -806,6 +806,14 @@ class FusedEngine(Engine):
     def _backward(
         self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None, rng=None
     ):
+        grads = self._backward_pending(plan, params, bufs, ct_bufs, owned, saved, rng)
+        return grads.resolve(params) if isinstance(grads, PendingGrads) else grads
+
+    def _backward_pending(
+        self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None, rng=None
+    ):
+        """The backward program's gradients; with concrete arrays, as :class:`PendingGrads` whose finiteness
+        test is still on the device (see :meth:`_isolate_if_needed`)."""
         backward = self._program(plan, "backward")
         tables = self._device_tables(plan.tables)
         grads = backward(params, rng, tuple(bufs), tuple(ct_bufs), saved, *tables)
@@ -821,15 +829,21 @@ class FusedEngine(Engine):
         lanes isolated: lanes without a cotangent (padding, nodes no loss reads) add ``0 * x``, zero unless
         ``x`` is not finite (an op singular at their inputs, NaN values of an instance outside the loss); only
         then is the slower, isolating program run (compiled when first needed), so that gradients equal
-        unbatched execution's. A NaN the loss does read stays NaN, as it does unbatched. With concrete arrays
-        the choice is made on the host (one scalar read per step); under a trace by ``lax.cond``."""
+        unbatched execution's. A NaN the loss does read stays NaN, as it does unbatched. Under a trace the
+        choice is made by ``lax.cond``; with concrete arrays the result is a :class:`PendingGrads` (the test
+        runs on the device; the host reads it when the gradients are resolved)."""
         finite = _all_finite(grads)
-        again = lambda: self._program(plan, "backward_isolated")(
-            params, rng, tuple(bufs), tuple(ct_bufs), None, *tables
-        )
+        bufs, ct_bufs = tuple(bufs), tuple(ct_bufs)
         if isinstance(finite, jax.core.Tracer):
-            return jax.lax.cond(finite, lambda: grads, again)
-        return grads if bool(finite) else again()
+            isolated = self._program(plan, "backward_isolated")
+            return jax.lax.cond(finite, lambda: grads, lambda: isolated(params, rng, bufs, ct_bufs, None, *tables))
+
+        def again(p):  # (the tables and the program at the engine's table lengths when it runs: they may grow)
+            return self._program(plan, "backward_isolated")(
+                p, rng, bufs, ct_bufs, None, *self._device_tables(plan.tables)
+            )
+
+        return PendingGrads(grads, finite, again)
 
 
 @jax.jit

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edbatch_jax.graph import Graph
+from edbatch_jax.graph import Graph, GraphError
 from edbatch_jax.layout import plan_layout
 from edbatch_jax.scheduling import Schedule
 from edbatch_jax.scheduling import schedule as make_schedule
@@ -61,12 +61,37 @@ def root_loss_nodes(graph: Graph) -> np.ndarray:
 
 
 def node_labels(graph: Graph, nodes: np.ndarray) -> np.ndarray:
-    """int32 labels (the payloads) of the given ``loss`` nodes."""
-    return np.asarray(graph.payloads[graph.type_id("loss")])[graph.payload_row[nodes]]
+    """int32 labels (the payloads) of the given ``loss`` nodes; ``-1`` for a node that is not a ``loss`` node,
+    and for all of them when the ``loss`` op type's payloads are not integer labels (one per node)."""
+    nodes = np.asarray(nodes, np.int64)
+    labels = np.full(nodes.shape, -1, np.int32)
+    t = graph.type_id("loss")
+    payload = graph.payloads[t]
+    if not (hasattr(payload, "dtype") and np.ndim(payload) == 1 and np.issubdtype(payload.dtype, np.integer)):
+        return labels
+    is_loss = graph.node_type[nodes] == t
+    labels[is_loss] = np.asarray(payload)[graph.payload_row[nodes[is_loss]]]
+    return labels
 
 
 def make_minibatch(graph: Graph, policy: Any = "agenda") -> MiniBatch:
-    """Schedules ``graph`` (unless ``policy`` is ``None``) and finds its loss nodes."""
+    """Schedules ``graph`` (unless ``policy`` is ``None``) and finds its loss nodes.
+
+    The graph's ``loss`` nodes (op type ``"loss"``, a state with a ``"loss"``
+    leaf) are what :func:`~edbatch_jax.training.batched_loss` and the
+    :class:`~edbatch_jax.training.Trainer` sum; an instance's last node is
+    taken as its root's loss node, and integer payloads of the ``loss`` nodes
+    as their labels (``root_labels``; ``-1`` without them).
+
+    Raises:
+      GraphError: the graph has no ``loss`` op type.
+    """
+    if "loss" not in graph.op_types:
+        raise GraphError(
+            f"make_minibatch: this graph has no node of op type 'loss' (its op types are {list(graph.op_types)}); "
+            "a MiniBatch's loss is the sum of the 'loss' leaves of its 'loss' nodes' states: add one per "
+            "instance, e.g. builder.add('loss', root, payload=label)"
+        )
     loss_nodes = graph.nodes_of_type("loss")
     roots = root_loss_nodes(graph)
     return MiniBatch(

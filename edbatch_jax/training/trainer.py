@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from edbatch_jax.engine.base import Engine
+from edbatch_jax.engine.base import Engine, PendingGrads
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.common import buffer_structs, compile_once, in_scope, output_nodes, sum_rows
 from edbatch_jax.engine.fused import FusedEngine
@@ -208,10 +208,11 @@ class Trainer:
         optimizer: optax.GradientTransformation,
         rng: jax.Array | None = None,
     ):
+        self._pending: PendingGrads | None = None  # the last step's gradients, their finiteness test unread
         self.engine = engine
-        self.params = params
+        self._params = params
         self.optimizer = optimizer
-        self.opt_state = optimizer.init(params)
+        self._opt_state = optimizer.init(params)
         self.rng = rng
         self.steps = 0
 
@@ -220,8 +221,47 @@ class Trainer:
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
+        @in_scope("update")
+        def update_if(finite, grads, opt_state, params):
+            """The update where ``finite``; else the same parameters and optimizer state."""
+            new_params, new_state = update(grads, opt_state, params)
+            keep = lambda new, old: jnp.where(finite, new, old)
+            return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_state, opt_state)
+
         self._update = jax.jit(update, donate_argnums=(1, 2))
+        self._update_if = jax.jit(update_if, donate_argnums=(2, 3))
         self._compiled: set = set()  # programs compiled ahead of time (precompile)
+
+    @property
+    def params(self) -> PyTree:
+        """The current parameters (after every step taken)."""
+        self._settle()
+        return self._params
+
+    @params.setter
+    def params(self, value: PyTree) -> None:
+        self._settle()
+        self._params = value
+
+    @property
+    def opt_state(self) -> PyTree:
+        """The optimizer's state (after every step taken)."""
+        self._settle()
+        return self._opt_state
+
+    @opt_state.setter
+    def opt_state(self, value: PyTree) -> None:
+        self._settle()
+        self._opt_state = value
+
+    def _settle(self) -> None:
+        """Completes the last step if its gradients' finiteness test failed: that step's update was not
+        applied (:meth:`step`), so the isolating program's gradients are applied now. Reads the test (waits
+        for the last backward program)."""
+        pending, self._pending = self._pending, None
+        if pending is not None and not bool(pending.finite):
+            grads = pending.again(self._params)  # the parameters that step ran on: its update kept them
+            self._params, self._opt_state = self._update(grads, self._opt_state, self._params)
 
     def step_key(self, step: int) -> jax.Array | None:
         """The step key of step ``step`` (``fold_in(rng, step)``), or ``None`` without ``rng``."""
@@ -276,13 +316,41 @@ class Trainer:
 
     def _precompile_update(self) -> int:
         """Compiles the program(s) that apply a step's gradients (here the optax update); returns how many."""
-        return compile_once(self._compiled, self._update, self.params, self.opt_state, self.params)
+        compiled = compile_once(self._compiled, self._update, self._params, self._opt_state, self._params)
+        if isinstance(self.engine, FusedEngine) and self.engine._isolate_lanes:  # its steps' updates wait on a test
+            finite = jax.ShapeDtypeStruct((), jnp.bool_)
+            compiled += compile_once(
+                self._compiled, self._update_if, finite, self._params, self._opt_state, self._params
+            )
+        return compiled
 
     def step(self, batch: MiniBatch, *, context: PyTree = None, instance_context: PyTree = None) -> float:
         """One optimisation step on ``batch`` (with the context of ops reading it); returns the loss (a host
-        float: synchronises)."""
-        loss, grads = self.loss_and_grads(self.params, batch, context=context, instance_context=instance_context)
-        self.params, self.opt_state = self._update(grads, self.opt_state, self.params)
+        float: waits for the forward pass, not for the backward pass and the update).
+
+        The host's work for the step (the engine's plan, the loss rows) is done
+        before it waits for the previous step's backward program; the fused
+        engine's test of the gradients (:class:`~edbatch_jax.engine.base.PendingGrads`)
+        is read then, or when :attr:`params` or :attr:`opt_state` is read, so
+        that the host prepares the next step while the device runs this one.
+        """
+        ctx = {"context": context, "instance_context": instance_context}
+        plan = self.engine.plan(self._params, batch.graph, batch.schedule, batch.layout, **ctx)
+        which, args = _loss_args(plan, batch, None)
+        self._settle()
+        loss, grads = self.engine._value_and_grad(
+            plan,
+            self._params,
+            lambda bufs: _loss_grad(bufs, which, *args),
+            rng=self.step_key(self.steps),
+            pending=True,
+            **ctx,
+        )
+        if isinstance(grads, PendingGrads):  # applied on the device if finite; else completed by _settle
+            self._params, self._opt_state = self._update_if(grads.finite, grads.grads, self._opt_state, self._params)
+            self._pending = grads
+        else:
+            self._params, self._opt_state = self._update(grads, self._opt_state, self._params)
         self.steps += 1
         return float(loss)
 
