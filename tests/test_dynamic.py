@@ -19,14 +19,19 @@ def _close(a, b, rtol=1e-5, atol=1e-6):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol), a, b)
 
 
-@pytest.fixture(scope="module")
-def decoder():
-    """A decoder runtime and 10 greedy instances of several lengths, run once (so warm)."""
+@pytest.fixture(scope="module", params=["direct", "graph"])
+def decoder(request):
+    """A decoder runtime and 10 greedy instances of several lengths, run once (so warm): rounds run as direct
+    batched calls (the default) or as graphs on the engine."""
     params = ex.decode_params(jax.random.PRNGKey(0))
     instances = ex.decode_instances(10, seed=0)
-    runtime = ebd.DynamicRuntime(ex.decode_ops())
+    runtime = ebd.DynamicRuntime(ex.decode_ops(), direct_rounds=request.param == "direct")
     result = runtime.run(ex.greedy_decode, instances, params)
     return runtime, params, instances, result
+
+
+def _traces(runtime) -> int:
+    return runtime.engine.trace_count + runtime.direct_traces
 
 
 def test_greedy_decoding_matches_one_at_a_time(decoder):
@@ -47,21 +52,25 @@ def test_greedy_decoding_matches_one_at_a_time(decoder):
     assert stats.batches_per_round[0] == 3  # encode, step, logits
     assert all(b <= 5 for b in stats.batches_per_round)  # value leaves, xent, step, logits (+ a second value type)
     assert stats.rounds[0].instances == len(instances) and stats.rounds[0].value_nodes == 0
-    assert stats.rounds[1].value_nodes == 2 * len(instances)  # h and logits of every instance carried over
     assert stats.rounds[-1].instances == sum(n == max(lengths) for n in lengths)
-    assert stats.plans_built == stats.num_rounds
+    if runtime.direct_rounds:  # every round as batched calls: (level, op type) batches, no graph
+        assert stats.direct_rounds == stats.num_rounds and stats.plans_built == 0
+        assert all(b <= 3 for b in stats.batches_per_round)  # xent and step, then logits
+    else:
+        assert stats.rounds[1].value_nodes == 2 * len(instances)  # h and logits of every instance carried over
+        assert stats.direct_rounds == 0 and stats.plans_built == stats.num_rounds
     assert stats.total_s >= stats.advance_s + stats.build_s + stats.execute_s - 1e-6
 
 
 def test_rounds_compile_nothing_once_warm(decoder):
     runtime, params, instances, first = decoder
-    traces = runtime.engine.trace_count
-    assert first.stats.traces == traces  # the first run compiled everything it used
+    traces = _traces(runtime)
+    assert first.stats.traces == traces > 0  # the first run compiled everything it used
     again = runtime.run(ex.greedy_decode, instances, params)
-    assert again.stats.traces == 0 and runtime.engine.trace_count == traces
+    assert again.stats.traces == 0 and _traces(runtime) == traces
     assert [o.chosen for o in again.outputs] == [o.chosen for o in first.outputs]
     subset = runtime.run(ex.greedy_decode, instances[::-1], params)  # another order: same buckets
-    assert runtime.engine.trace_count == traces
+    assert _traces(runtime) == traces
     assert [o.chosen for o in subset.outputs] == [o.chosen for o in first.outputs][::-1]
 
 
@@ -311,12 +320,18 @@ def test_a_round_whose_graph_fails_names_the_round_and_keeps_finished_instances(
             yield ebd.call("bad", a)
         return float(v)
 
-    result = ebd.run_dynamic(program, [0, 1], ops, PARAMS, on_error="return")
+    result = ebd.run_dynamic(program, [0, 1], ops, PARAMS, on_error="return", direct_rounds=False)
     assert result.outputs[0] == pytest.approx(0.0)
     (failure,) = result.failures
     assert (failure.instance, failure.round) == (1, 1)
     assert "round 1: running the round's graph failed (OpError" in failure.message
     assert "instance 0 is instance 1" in failure.message
+    direct = ebd.run_dynamic(program, [0, 1], ops, PARAMS, on_error="return")  # the same as a direct round
+    assert direct.outputs[0] == pytest.approx(0.0)
+    (failure,) = direct.failures
+    assert (failure.instance, failure.round) == (1, 1)
+    assert "round 1: running the round's calls failed (OpError: op 'bad' failed on its 1 call(s)" in failure.message
+    assert "instance 1's node 1 among them; operands ['float32[]']" in failure.message
 
 
 def test_the_documented_example_runs():
@@ -328,7 +343,9 @@ def test_the_documented_example_runs():
     assert result.ok and len(result.outputs) == 5
     assert len({len(o) for o in result.outputs}) > 1  # lengths decided by the values
     assert result.stats.num_rounds == max(len(o) for o in result.outputs) + 1 or result.stats.num_rounds == 10
-    assert all(b == 3 for b in result.stats.batches_per_round)
+    # direct rounds, level by level: encode, step, logits, then step and logits
+    assert result.stats.direct_rounds == result.stats.num_rounds
+    assert result.stats.batches_per_round[0] == 3 and all(b == 2 for b in result.stats.batches_per_round[1:])
 
 
 def test_benchmark_implementations_choose_the_same_tokens():
@@ -355,7 +372,9 @@ def test_the_fused_engine_runs_the_rounds_too():
     """Rounds run as fused programs: the same tokens and values as one at a time; warm runs compile nothing."""
     params = ex.decode_params(jax.random.PRNGKey(0))
     instances = ex.decode_instances(4, seed=1)
-    runtime = ebd.DynamicRuntime(ex.decode_ops(), engine=lambda ops: eb.FusedEngine(ops, max_lanes=4))
+    runtime = ebd.DynamicRuntime(
+        ex.decode_ops(), engine=lambda ops: eb.FusedEngine(ops, max_lanes=4), direct_rounds=False
+    )
     for _ in range(2):  # the second run meets the capacities the first one grew
         result = runtime.run(ex.greedy_decode, instances, params)
     for inst, out in zip(instances, result.outputs):
@@ -364,3 +383,42 @@ def test_the_fused_engine_runs_the_rounds_too():
         _close([result.value(h) for h in out.logits], logits)
     again = runtime.run(ex.greedy_decode, instances[::-1], params)
     assert again.stats.traces == 0 and [o.chosen for o in again.outputs] == [o.chosen for o in result.outputs][::-1]
+
+
+def test_rounds_with_a_variadic_op_run_as_graphs_the_others_directly():
+    ops = {**_tiny_ops(), "total": eb.Op(lambda p, payload, s: s, aggregate="sum")}
+
+    def program(inst):
+        a = ebd.call("leaf", payload=np.float32(inst))
+        yield a
+        t = ebd.call("total", a, ebd.call("twice", a))  # an aggregate: this round runs as a graph
+        v = yield t
+        c = ebd.call("add", t, ebd.call("twice", t)) if float(v) > 0.5 else ebd.call("twice", t)
+        return float((yield c))
+
+    direct = ebd.DynamicRuntime(ops).run(program, [0, 1, 2, 3], PARAMS)
+    graph = ebd.DynamicRuntime(ops, direct_rounds=False).run(program, [0, 1, 2, 3], PARAMS)
+    t = [3.0 * np.tanh(0.5 * x) for x in range(4)]
+    expected = [3.0 * v if v > 0.5 else 2.0 * v for v in t]
+    np.testing.assert_allclose(direct.outputs, expected, rtol=1e-6)
+    np.testing.assert_allclose(graph.outputs, expected, rtol=1e-6)
+    assert [r.direct for r in direct.stats.rounds] == [True, False, True]
+    assert direct.stats.batches_per_round == (1, graph.stats.batches_per_round[1], 2)  # twice; then twice, add
+    assert graph.stats.direct_rounds == 0
+
+
+def test_a_direct_round_names_an_operand_of_two_structures():
+    ops = {**_tiny_ops(), "pair": lambda p, x: jnp.stack([x, x])}
+
+    def program(inst):
+        a = ebd.call("pair" if inst == 1 else "leaf", payload=np.float32(inst))
+        yield a
+        return (yield ebd.call("twice", a))
+
+    result = ebd.DynamicRuntime(ops).run(program, [0, 1], PARAMS, on_error="return")
+    assert [f.instance for f in result.failures] == [0, 1]
+    assert (
+        "round 1: running the round's calls failed (DynamicError: op 'twice': argument 0 of a call of instance 1 "
+        "has state structure PyTreeDef(*) with leaves ['float32[2]'], but a call of instance 0 passes "
+        "PyTreeDef(*) with leaves ['float32[]']" in result.failures[0].message
+    )

@@ -10,7 +10,9 @@ tokens:
 
 * **runtime**: the program written for one instance, run by
   :class:`~edbatch_jax.dynamic.DynamicRuntime` (one round per step, all
-  instances' pending calls batched per round);
+  instances' pending calls batched per round), with its default direct
+  rounds (batched calls level by level) and, as a second column, with every
+  round as a graph on its engine (``direct_rounds=False``);
 * **(a) one at a time**: a Python loop over instances and steps calling a
   ``jax.jit`` of the per-step function (step, logits, argmax) and reading the
   token back to decide whether to stop, as a JAX user writes it without
@@ -145,8 +147,10 @@ class DynamicBenchRow:
       instances, lengths, hidden: the configuration (``lengths``: the distribution's name).
       mean_len, max_len: of the sampled lengths; ``pad_len``: the padded scan's length.
       runtime_s, one_s, padded_s: seconds per run of the runtime, (a) and (b).
+      graph_s: seconds per run of the runtime with every round as a graph on its engine
+        (``direct_rounds=False``).
       rounds: the runtime's rounds; ``advance_s``, ``build_s``, ``execute_s``: its seconds per round.
-      runtime_traces: programs the runtime's engine traced in the timed runs.
+      runtime_traces: programs the runtimes traced in the timed runs (engine and direct calls).
       compiles: XLA compilations during the timed runs of all three.
       same_tokens: whether all three chose the same tokens for every instance.
     """
@@ -160,6 +164,7 @@ class DynamicBenchRow:
     runtime_s: float
     one_s: float
     padded_s: float
+    graph_s: float
     rounds: int
     advance_s: float
     build_s: float
@@ -204,6 +209,7 @@ def run_dynamic_benchmarks(
     params = ex.decode_params(jax.random.PRNGKey(seed), vocab=vocab, hidden=hidden)
     make = eb.StepwiseEngine if engine == "stepwise" else eb.FusedEngine
     runtime = ebd.DynamicRuntime(ex.sized_decode_ops(), policy=policy, engine=make)
+    graph_runtime = ebd.DynamicRuntime(ex.sized_decode_ops(), policy=policy, engine=make, direct_rounds=False)
     one = one_at_a_time()
     rows = []
     for n in instances:
@@ -219,6 +225,9 @@ def run_dynamic_benchmarks(
             def run_runtime(insts=insts):
                 return runtime.run(ex.decode_to_length, insts, params)
 
+            def run_graph(insts=insts):
+                return graph_runtime.run(ex.decode_to_length, insts, params)
+
             def run_one(insts=insts):
                 return one(params, insts)
 
@@ -226,13 +235,14 @@ def run_dynamic_benchmarks(
                 return _padded_tokens(jax.device_get(padded(params, prompts, lens32)))
 
             # compile everything first (the runtime twice: its second run meets the capacities the first grew)
-            warm = [run_runtime(), run_runtime(), run_one(), run_padded()][1:]
+            warm = [run_runtime(), run_runtime(), run_graph(), run_graph(), run_one(), run_padded()][1:]
             compiles0 = xla_compiles()
             rt_s, result = _median_time(run_runtime, repeats)
+            graph_s, graph_out = _median_time(run_graph, repeats)
             one_s, one_out = _median_time(run_one, repeats)
             pad_s, pad_out = _median_time(run_padded, repeats)
             compiles = xla_compiles() - compiles0
-            same = list(result.outputs) == one_out == pad_out == list(warm[0].outputs)
+            same = list(result.outputs) == one_out == pad_out == list(warm[0].outputs) == list(graph_out.outputs)
             same = same and all(len(c) == k and c[-1] == ex.EOS for c, k in zip(one_out, lens))
             st = result.stats
             r = st.num_rounds
@@ -247,11 +257,12 @@ def run_dynamic_benchmarks(
                     runtime_s=rt_s,
                     one_s=one_s,
                     padded_s=pad_s,
+                    graph_s=graph_s,
                     rounds=r,
                     advance_s=st.advance_s / r,
                     build_s=st.build_s / r,
                     execute_s=st.execute_s / r,
-                    runtime_traces=st.traces,
+                    runtime_traces=st.traces + graph_out.stats.traces,
                     compiles=compiles,
                     same_tokens=bool(same),
                 )
@@ -262,8 +273,9 @@ def run_dynamic_benchmarks(
 def format_dynamic_table(rows: Sequence[DynamicBenchRow]) -> str:
     """The rows as a Markdown table (throughput in instances/s, times per round in ms)."""
     head = (
-        "| instances | lengths (mean / max / padded) | hidden | runtime inst/s | (a) one at a time inst/s "
-        "| (b) padded scan inst/s | runtime / (a) | runtime / (b) | rounds | host ms/round (advance + build) "
+        "| instances | lengths (mean / max / padded) | hidden | runtime inst/s | graph rounds inst/s "
+        "| (a) one at a time inst/s | (b) padded scan inst/s | runtime / (a) | runtime / (b) | rounds "
+        "| host ms/round (advance + build) "
         "| execute ms/round | compilations after warm-up | same tokens |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
@@ -271,7 +283,8 @@ def format_dynamic_table(rows: Sequence[DynamicBenchRow]) -> str:
         host = r.advance_s + r.build_s
         lines.append(
             f"| {r.instances} | {r.lengths}: {r.mean_len:.1f} / {r.max_len} / {r.pad_len} | {r.hidden} "
-            f"| {r.rate(r.runtime_s):,.0f} | {r.rate(r.one_s):,.0f} | {r.rate(r.padded_s):,.0f} "
+            f"| {r.rate(r.runtime_s):,.0f} | {r.rate(r.graph_s):,.0f} | {r.rate(r.one_s):,.0f} "
+            f"| {r.rate(r.padded_s):,.0f} "
             f"| {r.one_s / r.runtime_s:.1f}x | {r.padded_s / r.runtime_s:.2f}x | {r.rounds} "
             f"| {1e3 * host:.2f} ({1e3 * r.advance_s:.2f} + {1e3 * r.build_s:.2f}) | {1e3 * r.execute_s:.2f} "
             f"| {r.compiles} (runtime traces {r.runtime_traces}) | {'yes' if r.same_tokens else 'NO'} |"

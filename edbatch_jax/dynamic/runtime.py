@@ -37,7 +37,9 @@ import jax
 import numpy as np
 
 from edbatch_jax.engine.base import Engine
-from edbatch_jax.engine.ops import Op, as_ops
+from edbatch_jax.engine.buckets import bucket
+from edbatch_jax.engine.common import combine
+from edbatch_jax.engine.ops import Op, OpError, as_ops
 from edbatch_jax.engine.stepwise import StepwiseEngine
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph, GraphBuilder, batch_graphs
@@ -148,8 +150,11 @@ class RoundStats:
       value_nodes: value leaves (values of earlier rounds entering the graph).
       batches: batches of the round's schedule.
       advance_s: seconds advancing the instances before it (host Python).
-      build_s: seconds building, scheduling and planning its graph (host).
+      build_s: seconds building, scheduling and planning its graph (host); for a direct round, gathering
+        its operands and payloads.
       execute_s: seconds executing it and reading its states back to the host.
+      direct: the round ran as direct batched calls, level by level (:class:`DynamicRuntime`'s
+        ``direct_rounds``), without a round graph; ``value_nodes`` is then 0.
     """
 
     round: int
@@ -160,6 +165,7 @@ class RoundStats:
     advance_s: float
     build_s: float
     execute_s: float
+    direct: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,8 +178,8 @@ class RunStats:
       build_s: all seconds building, scheduling and planning round graphs.
       execute_s: all seconds executing rounds (states read back included).
       total_s: wall-clock seconds of the run.
-      traces: programs the engine traced during the run (``engine.trace_count`` after minus before;
-        0 once warm: no round compiled anything).
+      traces: programs traced during the run: the engine's (``engine.trace_count`` after minus before)
+        and the direct rounds' batched calls (0 once warm: no round compiled anything).
       plans_built: execution plans the engine built during the run (one per round).
     """
 
@@ -199,6 +205,11 @@ class RunStats:
     def num_batches(self) -> int:
         """Batches of all rounds."""
         return sum(self.batches_per_round)
+
+    @property
+    def direct_rounds(self) -> int:
+        """Rounds run as direct batched calls (no round graph)."""
+        return sum(r.direct for r in self.rounds)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -574,6 +585,16 @@ class DynamicRuntime:
         default) or ``eb.FusedEngine``, or a function ``ops -> Engine``.
       max_rounds: the step budget: instances still waiting after this many
         rounds fail (as :class:`InstanceFailure`).
+      direct_rounds: run a round whose ops all have a fixed arity (no
+        aggregate, no context, no ``payload_bounds``) as direct batched
+        calls: level by level (a node's level is one more than its
+        arguments' of the same round), one ``jax.jit`` of the op's vmapped
+        call per (level, op type), lanes bucketed to powers of two, operands
+        gathered on the host from the stored values. No round graph is
+        built, scheduled or planned, so a round costs its calls; values are
+        those of the engine's (the same vmapped op). Other rounds, and every
+        round with ``direct_rounds=False``, run as a graph on the engine
+        with ``policy``.
 
     Attributes:
       user_ops: the user's ops, normalised.
@@ -596,6 +617,7 @@ class DynamicRuntime:
         policy: str | Policy = "agenda",
         engine: EngineFactory | type[Engine] = StepwiseEngine,
         max_rounds: int = 1000,
+        direct_rounds: bool = True,
     ):
         user = as_ops(ops)
         if not user:
@@ -626,6 +648,13 @@ class DynamicRuntime:
         self.payload_specs: dict[str, tuple | None] = {}
         self.fast_payloads: dict[str, tuple] = {}  # op type -> (shape, dtype) of its payload, if one array
         self._value_type: dict[tuple, str] = {}  # state signature -> value op type
+        self.direct_rounds = bool(direct_rounds)
+        # op types a direct round may run: fixed arity, no context, no payload bounds to check
+        self._direct_op = {
+            name: not op.variadic and not op.context and op.payload_bounds is None for name, op in user.items()
+        }
+        self._direct_calls: dict[str, Callable] = {}  # op type -> jitted batched call
+        self.direct_traces = 0  # batched calls traced (compiled) by direct rounds
 
     def _value_op(self, signature: tuple, round_: int) -> str:
         name = self._value_type.get(signature)
@@ -691,7 +720,7 @@ class DynamicRuntime:
                 "differentiate, run engine.run on DynamicResult.recorded().graph under jax.grad"
             )
         start = time.perf_counter()
-        traces0, plans0 = self.engine.trace_count, self.engine.plans_built
+        traces0, plans0 = self.engine.trace_count + self.direct_traces, self.engine.plans_built
         run = _Run(self, len(instances))
         rounds: list[RoundStats] = []
         t = time.perf_counter()
@@ -713,7 +742,9 @@ class DynamicRuntime:
             live = [i for i in run.instances if i.status != _FAILED and i.num_nodes > i.first_new]
             if not live:
                 break
-            stats = self._run_round(run, live, params, advance_s)
+            stats = self._run_direct_round(run, live, params, advance_s) if self.direct_rounds else None
+            if stats is None:  # not a round of plain calls: a graph on the engine
+                stats = self._run_round(run, live, params, advance_s)
             rounds.append(stats)
             run.round += 1
             t = time.perf_counter()
@@ -729,7 +760,7 @@ class DynamicRuntime:
             build_s=sum(r.build_s for r in rounds),
             execute_s=sum(r.execute_s for r in rounds),
             total_s=time.perf_counter() - start,
-            traces=self.engine.trace_count - traces0,
+            traces=self.engine.trace_count + self.direct_traces - traces0,
             plans_built=self.engine.plans_built - plans0,
         )
         failures = tuple(sorted(run.failures, key=lambda f: f.instance))
@@ -890,13 +921,154 @@ class DynamicRuntime:
             run.round, len(live), graph.num_nodes, value_nodes, sched.num_batches, advance_s, t1 - t0, t2 - t1
         )
 
+    def _run_direct_round(
+        self, run: _Run, live: list[_Instance], params: PyTree, advance_s: float
+    ) -> RoundStats | None:
+        """Runs the round's pending nodes as direct batched calls, level by level and op type by op type (see
+        ``direct_rounds``); stores their states. ``None`` (nothing done) when an op type of the round may not run
+        so. Host-side."""
+        t0 = time.perf_counter()
+        los = [inst.first_new for inst in live]
+        ops: list[str] = []
+        args: list[tuple] = []
+        for inst, lo in zip(live, los):
+            ops += inst.ops[lo:]
+            args += inst.args[lo:]
+        direct = self._direct_op
+        if not all(direct[name] for name in dict.fromkeys(ops)):
+            return None
+        lo_a = np.asarray(los, np.int64)
+        count = np.asarray([inst.num_nodes for inst in live], np.int64) - lo_a
+        base = np.cumsum(count) - count
+        node_inst = np.repeat(np.arange(len(live)), count)
+        node_local = np.arange(len(ops)) - np.repeat(base, count) + np.repeat(lo_a, count)
+        arity = np.fromiter(map(len, args), np.int64, len(args))
+        arg_local = np.fromiter(itertools.chain.from_iterable(args), np.int64, int(arity.sum()))
+        arg_node = np.repeat(np.arange(len(ops)), arity)
+        arg_inst = node_inst[arg_node]
+        new = arg_local >= lo_a[arg_inst]  # an argument recorded in this round: it runs at an earlier level
+        src_node, dst_node = base[arg_inst[new]] + arg_local[new] - lo_a[arg_inst[new]], arg_node[new]
+        level = np.zeros(len(ops), np.int64)
+        while src_node.size:  # (arguments come before their nodes: at most as many passes as levels)
+            lifted = level.copy()
+            np.maximum.at(lifted, dst_node, level[src_node] + 1)
+            if np.array_equal(lifted, level):
+                break
+            level = lifted
+        for inst, k in zip(live, count.tolist()):  # this round's nodes: where their states go, once run
+            inst.loc_store.extend([-1] * k)
+            inst.loc_buffer.extend([-1] * k)
+            inst.loc_slot.extend([-1] * k)
+        rank = self._op_rank
+        name_of = sorted(dict.fromkeys(ops), key=rank.__getitem__)
+        type_of = np.asarray([name_of.index(o) for o in ops], np.int64) if len(name_of) > 1 else np.zeros(len(ops))
+        key = level * len(name_of) + type_of
+        order = np.argsort(key, kind="stable")  # batches (level, op type), nodes in instance and call order
+        sorted_key = key[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_key[1:] != sorted_key[:-1]))).tolist()
+        execute_s, batches = 0.0, 0
+        try:
+            for b0, b1 in zip(starts, starts[1:] + [len(order)]):
+                sel = order[b0:b1]
+                name = name_of[int(type_of[sel[0]])]
+                n, lanes = len(sel), bucket(len(sel))
+                pad = np.arange(lanes)
+                pad[n:] = 0  # padding lanes repeat the first lane
+                insts = [live[k] for k in node_inst[sel].tolist()]
+                locals_ = node_local[sel].tolist()
+                operands = []
+                for j in range(self.user_ops[name].arity or 0):
+                    src = np.asarray(
+                        [
+                            (i.loc_store[m], i.loc_buffer[m], i.loc_slot[m])
+                            for i, m in zip(insts, (i.args[m][j] for i, m in zip(insts, locals_)))
+                        ],
+                        np.int64,
+                    ).reshape(-1, 3)
+                    self._check_operand(run, name, j, src, insts)
+                    operands.append(self._gather_values(run, src[pad]))
+                rows = [i.payloads[m] for i, m in zip(insts, locals_)]
+                payload = None
+                if rows[0] is not None:
+                    rows = [rows[k] for k in pad.tolist()]
+                    payload = (
+                        np.stack(rows) if type(rows[0]) is np.ndarray else jax.tree.map(lambda *x: np.stack(x), *rows)
+                    )
+                t1 = time.perf_counter()
+                try:
+                    out = self._direct_call(name)(params, payload, tuple(operands), np.arange(lanes) < n)
+                    out = jax.device_get(out)
+                except Exception as e:  # re-raised with the op and a node named
+                    shapes = [jax.tree.map(lambda a: f"{a.dtype}{list(a.shape[1:])}", o) for o in operands]
+                    raise OpError(
+                        f"op {name!r} failed on its {n} call(s) of this round (instance {insts[0].index}'s node "
+                        f"{locals_[0]} among them; operands {shapes}): {type(e).__name__}: {e}"
+                    ) from e
+                execute_s += time.perf_counter() - t1
+                leaves, treedef = jax.tree.flatten(out)
+                if not leaves:
+                    raise DynamicError(f"op {name!r} returned {out!r}; an op must return its state, a pytree of arrays")
+                signature = (treedef, tuple((tuple(np.shape(x)[1:]), np.dtype(x.dtype)) for x in leaves))
+                store = len(run.stores)
+                run.stores.append(_Store((signature,), (tuple(np.asarray(x) for x in leaves),)))
+                for k, (i, m) in enumerate(zip(insts, locals_)):
+                    i.loc_store[m], i.loc_buffer[m], i.loc_slot[m] = store, 0, k
+                batches += 1
+        except Exception as e:  # the round's calls failed: its waiting instances fail, finished ones keep outputs
+            message = f"round {run.round}: running the round's calls failed ({type(e).__name__}: {e})"
+            for inst in live:
+                if inst.status == _WAITING:
+                    run.fail(inst, e, f"instance {inst.index}, {message}")
+                inst.first_new = inst.num_nodes
+            return RoundStats(
+                run.round, len(live), len(ops), 0, batches, advance_s, time.perf_counter() - t0, 0.0, True
+            )
+        for inst in live:
+            inst.first_new = inst.num_nodes
+        build_s = time.perf_counter() - t0 - execute_s
+        return RoundStats(run.round, len(live), len(ops), 0, batches, advance_s, build_s, execute_s, True)
+
+    def _check_operand(self, run: _Run, name: str, j: int, src: np.ndarray, insts: list[_Instance]) -> None:
+        """Raises :class:`DynamicError` unless operand ``j`` of every node of a batch of ``name`` has one state
+        structure (``src``: their (store, buffer, slot))."""
+        if not src.size or ((src[:, 0] == src[0, 0]) & (src[:, 1] == src[0, 1])).all():
+            return  # (the common case: all from one batch of one round)
+        groups = np.unique(src[:, :2], axis=0)
+        signatures = [run.stores[s].signatures[b] for s, b in groups.tolist()]
+        if any(sig != signatures[0] for sig in signatures[1:]):
+            k = next(k for k, row in enumerate(src.tolist()) if run.stores[row[0]].signatures[row[1]] != signatures[0])
+            raise DynamicError(
+                f"op {name!r}: argument {j} of a call of instance {insts[k].index} has state structure "
+                f"{_describe(run.stores[src[k, 0]].signatures[src[k, 1]])}, but a call of instance "
+                f"{insts[0].index} passes {_describe(signatures[0])}; one operand position must always read one "
+                "structure"
+            )
+
+    def _direct_call(self, name: str) -> Callable:
+        """The jitted batched call of op type ``name``: ``(params, payload, operands, mask) -> states`` (leaves
+        ``[L, ...]``; :func:`~edbatch_jax.engine.common.combine`, as the engines call ops)."""
+        fn = self._direct_calls.get(name)
+        if fn is None:
+            op = self.user_ops[name]
+
+            def batched(params, payload, operands, mask):
+                self.direct_traces += 1
+                return combine(op, op.select_params(params), payload, operands, None, mask)
+
+            fn = self._direct_calls[name] = jax.jit(batched)
+        return fn
+
     def _gather_values(self, run: _Run, src: np.ndarray) -> PyTree:
         """The payload of one value op type: the stored states at ``src`` (int64 ``[K, 3]``: store, buffer, slot),
         stacked in order; one NumPy take per (store, buffer) group."""
-        groups, inverse = np.unique(src[:, :2], axis=0, return_inverse=True)
+        first = run.stores[int(src[0, 0])]
+        sig = first.signatures[int(src[0, 1])]
+        if ((src[:, 0] == src[0, 0]) & (src[:, 1] == src[0, 1])).all():  # one (store, buffer): one take per leaf
+            return jax.tree.unflatten(sig[0], [leaf[src[:, 2]] for leaf in first.leaves[int(src[0, 1])]])
+        span = max(len(st.signatures) for st in run.stores)
+        groups, inverse = np.unique(src[:, 0] * span + src[:, 1], return_inverse=True)
+        groups = np.stack(np.divmod(groups, span), axis=1)
         inverse = inverse.reshape(-1)
-        first = run.stores[int(groups[0, 0])]
-        sig = first.signatures[int(groups[0, 1])]
         out = [np.empty((src.shape[0], *shape), dtype) for shape, dtype in sig[1]]
         for g, (s, b) in enumerate(groups.tolist()):
             rows = np.flatnonzero(inverse == g)
@@ -998,8 +1170,9 @@ def run_dynamic(
     engine: EngineFactory | type[Engine] = StepwiseEngine,
     max_rounds: int = 1000,
     on_error: Literal["raise", "return"] = "raise",
+    direct_rounds: bool = True,
 ) -> DynamicResult:
     """One-shot :meth:`DynamicRuntime.run` (a new runtime, so nothing compiled is reused; keep a
     :class:`DynamicRuntime` to run again). Arguments as for :class:`DynamicRuntime` and its ``run``."""
-    runtime = DynamicRuntime(ops, policy=policy, engine=engine, max_rounds=max_rounds)
+    runtime = DynamicRuntime(ops, policy=policy, engine=engine, max_rounds=max_rounds, direct_rounds=direct_rounds)
     return runtime.run(program, instances, params, on_error=on_error)
