@@ -135,5 +135,11 @@ def test_bench_runs_dynet_before_and_after_ours_and_reports_ratios(fake, tmp_pat
 
 def test_bench_dynet_needs_the_tree_lstm_on_sst_trees(fake):
     script, _ = fake
-    with pytest.raises(SystemExit, match="needs --model treelstm"):
+    with pytest.raises(SystemExit, match="--model must include treelstm, got 'binary_tree'"):
         main(["bench", "--model", "binary_tree", "--dynet", sys.executable, "--dynet-script", str(script), "--quiet"])
+    # refused before any model runs: other models may run in the same command, DyNet beside the Tree-LSTM's rows
+    with pytest.raises(SystemExit, match="needs the SST trees"):
+        main(
+            ["bench", "--model", "binary_tree,treelstm", "--dynet", sys.executable, "--dynet-script", str(script)]
+            + ["--data", str(script.parent / "missing"), "--quiet"]
+        )

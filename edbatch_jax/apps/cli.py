@@ -281,8 +281,23 @@ def bench(args: argparse.Namespace) -> int:
     results, sections, peer_rows = [], [], []
     ints = lambda s: [int(x) for x in split(str(s))] if s else [None]
     rates = [float(x) for x in split(str(args.dropout))] or [0.0]
+    tree_file = None  # DyNet's: the SST training trees
+    if args.dynet:
+        if "treelstm" not in split(args.model):
+            raise SystemExit(
+                f"--dynet runs DyNet's SST Tree-LSTM benchmark beside the treelstm rows: --model must include "
+                f"treelstm, got {args.model!r}"
+            )
+        trees = args.data or (os.path.join(args.data_root, WORKLOADS["treelstm"].data_dir) if args.data_root else None)
+        tree_file = os.path.join(trees, "train.txt") if trees and os.path.isdir(trees) else trees
+        if not tree_file or not os.path.isfile(tree_file):
+            raise SystemExit(
+                f"--dynet runs DyNet's SST Tree-LSTM benchmark: it needs the SST trees (--data-root or --data), "
+                f"got data {trees!r}"
+            )
     configs = itertools.product(split(args.model), ints(args.hidden), ints(args.batch_size), rates)
     for name, hidden, batch, rate in configs:
+        peer = bool(args.dynet) and name == "treelstm"  # DyNet runs before and after the Tree-LSTM rows
         if name not in WORKLOADS:
             raise SystemExit(f"unknown model {name!r}; bundled models: {sorted(WORKLOADS)}")
         data = args.data
@@ -300,14 +315,8 @@ def bench(args: argparse.Namespace) -> int:
             f"{args.batches} timed mini-batches; {machine}",
             flush=True,
         )
-        dynet_runs, tree_file, peer_hidden = [], None, hidden or 128
-        if args.dynet:
-            tree_file = os.path.join(data, "train.txt") if data and os.path.isdir(data) else data
-            if name != "treelstm" or not tree_file or not os.path.isfile(tree_file):
-                raise SystemExit(
-                    f"--dynet runs DyNet's SST Tree-LSTM benchmark: it needs --model treelstm and the "
-                    f"SST trees (--data-root or --data), got model {name!r}, data {data!r}"
-                )
+        dynet_runs, peer_hidden = [], hidden or 128
+        if peer:
             dynet_runs.append(_run_dynet(args, tree_file, size, peer_hidden, "before"))
         try:
             res = harness.run_benchmarks(
@@ -345,7 +354,7 @@ def bench(args: argparse.Namespace) -> int:
         print(table, flush=True)
         results += res
         sections.append(f"## {name}: {work.source}, batch {size}, hidden {hidden}\n\n```\n{table}\n```\n")
-        if args.dynet:
+        if peer:
             from edbatch_jax.apps.peers import comparison_table
 
             dynet_runs.append(_run_dynet(args, tree_file, size, peer_hidden, "after"))
