@@ -283,7 +283,7 @@ class Trainer:
 
     def prepare(self, batch: MiniBatch) -> MiniBatch:
         """Builds (and caches) the engine's plan of ``batch`` now, e.g. inside :func:`plan_ahead`; returns ``batch``."""
-        self.engine.plan(self.params, batch.graph, batch.schedule, batch.layout)
+        self.engine.plan(self._params, batch.graph, batch.schedule, batch.layout)
         return batch
 
     def precompile(self, batches: Sequence[MiniBatch]) -> int:
