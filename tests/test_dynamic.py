@@ -3,6 +3,8 @@
 import re
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -422,3 +424,21 @@ def test_a_direct_round_names_an_operand_of_two_structures():
         "has state structure PyTreeDef(*) with leaves ['float32[2]'], but a call of instance 0 passes "
         "PyTreeDef(*) with leaves ['float32[]']" in result.failures[0].message
     )
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(st.data())
+def test_round_levels_are_one_more_than_the_highest_argument_of_the_round(data):
+    from edbatch_jax.dynamic.runtime import _round_levels
+
+    count = np.asarray(data.draw(st.lists(st.integers(0, 6), min_size=1, max_size=5)), np.int64)
+    first = np.asarray(data.draw(st.lists(st.integers(0, 4), min_size=len(count), max_size=len(count))), np.int64)
+    args, expected = [], []
+    for k, c in enumerate(count.tolist()):  # instance k's pending nodes first[k] .. first[k] + c - 1
+        levels = {}
+        for node in range(first[k], first[k] + c):
+            a = tuple(data.draw(st.lists(st.integers(0, node - 1), max_size=3))) if node else ()
+            args.append(a)
+            levels[node] = max([levels[x] + 1 for x in a if x >= first[k]], default=0)
+            expected.append(levels[node])
+    np.testing.assert_array_equal(_round_levels(count, first, args), np.asarray(expected, np.int64))

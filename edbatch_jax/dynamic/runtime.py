@@ -934,35 +934,20 @@ class DynamicRuntime:
         for inst, lo in zip(live, los):
             ops += inst.ops[lo:]
             args += inst.args[lo:]
-        direct = self._direct_op
-        if not all(direct[name] for name in dict.fromkeys(ops)):
+        if not all(self._direct_op[name] for name in dict.fromkeys(ops)):
             return None
         lo_a = np.asarray(los, np.int64)
         count = np.asarray([inst.num_nodes for inst in live], np.int64) - lo_a
-        base = np.cumsum(count) - count
         node_inst = np.repeat(np.arange(len(live)), count)
-        node_local = np.arange(len(ops)) - np.repeat(base, count) + np.repeat(lo_a, count)
-        arity = np.fromiter(map(len, args), np.int64, len(args))
-        arg_local = np.fromiter(itertools.chain.from_iterable(args), np.int64, int(arity.sum()))
-        arg_node = np.repeat(np.arange(len(ops)), arity)
-        arg_inst = node_inst[arg_node]
-        new = arg_local >= lo_a[arg_inst]  # an argument recorded in this round: it runs at an earlier level
-        src_node, dst_node = base[arg_inst[new]] + arg_local[new] - lo_a[arg_inst[new]], arg_node[new]
-        level = np.zeros(len(ops), np.int64)
-        while src_node.size:  # (arguments come before their nodes: at most as many passes as levels)
-            lifted = level.copy()
-            np.maximum.at(lifted, dst_node, level[src_node] + 1)
-            if np.array_equal(lifted, level):
-                break
-            level = lifted
+        node_local = np.arange(len(ops)) - np.repeat(np.cumsum(count) - count - lo_a, count)
+        level = _round_levels(count, lo_a, args)
         for inst, k in zip(live, count.tolist()):  # this round's nodes: where their states go, once run
             inst.loc_store.extend([-1] * k)
             inst.loc_buffer.extend([-1] * k)
             inst.loc_slot.extend([-1] * k)
-        rank = self._op_rank
-        name_of = sorted(dict.fromkeys(ops), key=rank.__getitem__)
-        type_of = np.asarray([name_of.index(o) for o in ops], np.int64) if len(name_of) > 1 else np.zeros(len(ops))
-        key = level * len(name_of) + type_of
+        names = sorted(dict.fromkeys(ops), key=self._op_rank.__getitem__)
+        type_index = {name: t for t, name in enumerate(names)}
+        key = level * len(names) + np.fromiter(map(type_index.__getitem__, ops), np.int64, len(ops))
         order = np.argsort(key, kind="stable")  # batches (level, op type), nodes in instance and call order
         sorted_key = key[order]
         starts = np.flatnonzero(np.concatenate(([True], sorted_key[1:] != sorted_key[:-1]))).tolist()
@@ -970,49 +955,8 @@ class DynamicRuntime:
         try:
             for b0, b1 in zip(starts, starts[1:] + [len(order)]):
                 sel = order[b0:b1]
-                name = name_of[int(type_of[sel[0]])]
-                n, lanes = len(sel), bucket(len(sel))
-                pad = np.arange(lanes)
-                pad[n:] = 0  # padding lanes repeat the first lane
                 insts = [live[k] for k in node_inst[sel].tolist()]
-                locals_ = node_local[sel].tolist()
-                operands = []
-                for j in range(self.user_ops[name].arity or 0):
-                    src = np.asarray(
-                        [
-                            (i.loc_store[m], i.loc_buffer[m], i.loc_slot[m])
-                            for i, m in zip(insts, (i.args[m][j] for i, m in zip(insts, locals_)))
-                        ],
-                        np.int64,
-                    ).reshape(-1, 3)
-                    self._check_operand(run, name, j, src, insts)
-                    operands.append(self._gather_values(run, src[pad]))
-                rows = [i.payloads[m] for i, m in zip(insts, locals_)]
-                payload = None
-                if rows[0] is not None:
-                    rows = [rows[k] for k in pad.tolist()]
-                    payload = (
-                        np.stack(rows) if type(rows[0]) is np.ndarray else jax.tree.map(lambda *x: np.stack(x), *rows)
-                    )
-                t1 = time.perf_counter()
-                try:
-                    out = self._direct_call(name)(params, payload, tuple(operands), np.arange(lanes) < n)
-                    out = jax.device_get(out)
-                except Exception as e:  # re-raised with the op and a node named
-                    shapes = [jax.tree.map(lambda a: f"{a.dtype}{list(a.shape[1:])}", o) for o in operands]
-                    raise OpError(
-                        f"op {name!r} failed on its {n} call(s) of this round (instance {insts[0].index}'s node "
-                        f"{locals_[0]} among them; operands {shapes}): {type(e).__name__}: {e}"
-                    ) from e
-                execute_s += time.perf_counter() - t1
-                leaves, treedef = jax.tree.flatten(out)
-                if not leaves:
-                    raise DynamicError(f"op {name!r} returned {out!r}; an op must return its state, a pytree of arrays")
-                signature = (treedef, tuple((tuple(np.shape(x)[1:]), np.dtype(x.dtype)) for x in leaves))
-                store = len(run.stores)
-                run.stores.append(_Store((signature,), (tuple(np.asarray(x) for x in leaves),)))
-                for k, (i, m) in enumerate(zip(insts, locals_)):
-                    i.loc_store[m], i.loc_buffer[m], i.loc_slot[m] = store, 0, k
+                execute_s += self._run_direct_batch(run, ops[sel[0]], insts, node_local[sel].tolist(), params)
                 batches += 1
         except Exception as e:  # the round's calls failed: its waiting instances fail, finished ones keep outputs
             message = f"round {run.round}: running the round's calls failed ({type(e).__name__}: {e})"
@@ -1020,13 +964,54 @@ class DynamicRuntime:
                 if inst.status == _WAITING:
                     run.fail(inst, e, f"instance {inst.index}, {message}")
                 inst.first_new = inst.num_nodes
-            return RoundStats(
-                run.round, len(live), len(ops), 0, batches, advance_s, time.perf_counter() - t0, 0.0, True
-            )
+            elapsed = time.perf_counter() - t0
+            return RoundStats(run.round, len(live), len(ops), 0, batches, advance_s, elapsed, 0.0, True)
         for inst in live:
             inst.first_new = inst.num_nodes
         build_s = time.perf_counter() - t0 - execute_s
         return RoundStats(run.round, len(live), len(ops), 0, batches, advance_s, build_s, execute_s, True)
+
+    def _run_direct_batch(self, run: _Run, name: str, insts: list[_Instance], nodes: list[int], params) -> float:
+        """Runs node ``nodes[k]`` of ``insts[k]`` (all of op type ``name``, their arguments run) as one batched
+        call, lanes bucketed; stores their states as one store of ``run``; returns the seconds it executed."""
+        n, lanes = len(nodes), bucket(len(nodes))
+        pad = np.arange(lanes)
+        pad[n:] = 0  # padding lanes repeat the first lane
+        operands = []
+        for j in range(self.user_ops[name].arity or 0):
+            src = np.asarray(
+                [
+                    (i.loc_store[a], i.loc_buffer[a], i.loc_slot[a])
+                    for i, a in ((i, i.args[m][j]) for i, m in zip(insts, nodes))
+                ],
+                np.int64,
+            ).reshape(-1, 3)
+            self._check_operand(run, name, j, src, insts)
+            operands.append(self._gather_values(run, src[pad]))
+        rows = [i.payloads[m] for i, m in zip(insts, nodes)]
+        payload = None
+        if rows[0] is not None:
+            rows = [rows[k] for k in pad.tolist()]
+            payload = np.stack(rows) if type(rows[0]) is np.ndarray else jax.tree.map(lambda *x: np.stack(x), *rows)
+        t0 = time.perf_counter()
+        try:
+            out = jax.device_get(self._direct_call(name)(params, payload, tuple(operands), np.arange(lanes) < n))
+        except Exception as e:  # re-raised with the op and a node named
+            shapes = [jax.tree.map(lambda a: f"{a.dtype}{list(a.shape[1:])}", o) for o in operands]
+            raise OpError(
+                f"op {name!r} failed on its {n} call(s) of this round (instance {insts[0].index}'s node "
+                f"{nodes[0]} among them; operands {shapes}): {type(e).__name__}: {e}"
+            ) from e
+        execute_s = time.perf_counter() - t0
+        leaves, treedef = jax.tree.flatten(out)
+        if not leaves:
+            raise DynamicError(f"op {name!r} returned {out!r}; an op must return its state, a pytree of arrays")
+        signature = (treedef, tuple((tuple(np.shape(x)[1:]), np.dtype(x.dtype)) for x in leaves))
+        store = len(run.stores)
+        run.stores.append(_Store((signature,), (tuple(np.asarray(x) for x in leaves),)))
+        for k, (i, m) in enumerate(zip(insts, nodes)):
+            i.loc_store[m], i.loc_buffer[m], i.loc_slot[m] = store, 0, k
+        return execute_s
 
     def _check_operand(self, run: _Run, name: str, j: int, src: np.ndarray, insts: list[_Instance]) -> None:
         """Raises :class:`DynamicError` unless operand ``j`` of every node of a batch of ``name`` has one state
@@ -1075,6 +1060,30 @@ class DynamicRuntime:
             for o, leaf in zip(out, run.stores[s].leaves[b]):
                 o[rows] = leaf[src[rows, 2]]
         return jax.tree.unflatten(sig[0], out)
+
+
+def _round_levels(count: np.ndarray, first: np.ndarray, args: list[tuple]) -> np.ndarray:
+    """int64 ``[M]``: the level of each of a round's ``M`` pending nodes (instance ``k``'s ``count[k]`` nodes
+    from its node ``first[k]`` on, their argument tuples ``args`` in that order): 0 for a node whose arguments
+    all ran in earlier rounds, else one more than its highest argument of this round. Vectorised; a pass per
+    level."""
+    base = np.cumsum(count) - count
+    node_inst = np.repeat(np.arange(len(count)), count)
+    arity = np.fromiter(map(len, args), np.int64, len(args))
+    arg_local = np.fromiter(itertools.chain.from_iterable(args), np.int64, int(arity.sum()))
+    arg_node = np.repeat(np.arange(len(args)), arity)
+    arg_inst = node_inst[arg_node]
+    new = arg_local >= first[arg_inst]  # an argument recorded in this round: it runs at an earlier level
+    src = base[arg_inst[new]] + arg_local[new] - first[arg_inst[new]]
+    dst = arg_node[new]
+    level = np.zeros(len(args), np.int64)
+    while src.size:  # arguments come before their nodes: at most as many passes as levels
+        lifted = level.copy()
+        np.maximum.at(lifted, dst, level[src] + 1)
+        if np.array_equal(lifted, level):
+            break
+        level = lifted
+    return level
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
