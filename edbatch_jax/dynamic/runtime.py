@@ -388,25 +388,27 @@ class _Run:
         self.instances = [_Instance(i) for i in range(num_instances)]
         self.stores: list[_Store] = []
         self.failures: list[InstanceFailure] = []
+        self._arity = {name: -1 if op.variadic else op.arity for name, op in runtime.user_ops.items()}
+        self._fast_payloads = runtime.fast_payloads  # (the runtime's: filled as op types are first called)
 
     # ---------------------------------------------------------------- recording
     def record(self, inst: _Instance, op: str, args: tuple, payload: PyTree) -> Handle:
-        spec_op = self.runtime.user_ops.get(op) if isinstance(op, str) else None
-        if spec_op is None:
+        arity = self._arity.get(op) if isinstance(op, str) else None  # -1: variable
+        if arity is None:
             self._unknown_op(inst, op)
         rid, index = self.id, inst.index
         for a in args:  # the common case checked inline; the messages are built only for a bad argument
             if type(a) is not Handle or a.run != rid or a.instance != index:
                 self._bad_arguments(inst, op, args)
-        if spec_op.variadic:
+        if len(args) != arity:
+            if arity >= 0:
+                raise DynamicError(f"{self._where(inst, op)}: the op takes {arity} argument(s), got {len(args)}")
             if not args:
                 raise DynamicError(
                     f"{self._where(inst, op)}: the op takes a variable number (at least 1) of arguments, got none"
                 )
-        elif len(args) != spec_op.arity:
-            raise DynamicError(f"{self._where(inst, op)}: the op takes {spec_op.arity} argument(s), got {len(args)}")
-        fast = self.runtime.fast_payloads.get(op)
-        if fast is not None and type(payload) in _ARRAY_TYPES and (payload.shape, payload.dtype) == fast:
+        fast = self._fast_payloads.get(op)
+        if fast is not None and type(payload) in _ARRAY_TYPES and payload.shape == fast[0] and payload.dtype == fast[1]:
             payload = np.asarray(payload)  # one array of the op type's shape and dtype: nothing else to check
         elif payload is not None or op not in self.runtime.payload_specs:
             payload = self._check_payload(inst, op, payload)
@@ -530,7 +532,10 @@ class _Run:
     def value_of(self, inst: _Instance, node: int) -> PyTree:
         store = self.stores[inst.loc_store[node]]
         b, slot = inst.loc_buffer[node], inst.loc_slot[node]
-        return jax.tree.unflatten(store.signatures[b][0], [leaf[slot] for leaf in store.leaves[b]])
+        treedef = store.signatures[b][0]
+        if treedef == _LEAF:  # one array: no pytree to rebuild
+            return store.leaves[b][0][slot]
+        return jax.tree.unflatten(treedef, [leaf[slot] for leaf in store.leaves[b]])
 
     def finish(self, inst: _Instance, output: Any) -> None:
         inst.status, inst.output, inst.request, inst.gen = _FINISHED, output, None, None
