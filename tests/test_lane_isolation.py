@@ -204,6 +204,7 @@ def test_trainer_steps_complete_with_the_isolating_program(bad):
     # reads that test before the next step: a step whose first try is not finite (a NaN lane outside the
     # loss) is completed with the isolating program's gradients, so every step equals unbatched SGD
     engine = eb.FusedEngine(LOSS_OPS, max_lanes=4)
+    assert engine.defers_gradient_test and not eb.StepwiseEngine(LOSS_OPS).defers_gradient_test
     batches = [_training_batch(seed, bad) for seed in (6, 7)]
     trainer = Trainer(engine, _params(), optax.sgd(0.1))
     expected = _params()

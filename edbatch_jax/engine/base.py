@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import jax
@@ -156,9 +156,9 @@ class PendingGrads:
         ``finite`` is false; ``params``: the same values the first program ran on).
     """
 
-    grads: Any
+    grads: PyTree
     finite: jax.Array
-    again: Any
+    again: Callable[[PyTree], PyTree]
 
     def resolve(self, params: Any) -> Any:
         """The gradients: ``grads`` if ``finite`` (reads it: waits for the device), else ``again(params)``."""
@@ -585,6 +585,12 @@ class Engine(abc.ABC):
         ``owned``: the cotangent arrays (and ``saved``) are the caller's to give up (donated or reused, not copied).
         ``saved``: the second output of :meth:`_forward_saving`. ``rng``: the forward pass's step key.
         """
+
+    @property
+    def defers_gradient_test(self) -> bool:
+        """Whether this engine's gradients may come as :class:`PendingGrads` (a finiteness test still on the
+        device; the fused engine's lane isolation). The base engine's never do."""
+        return False
 
     def _backward_pending(
         self,

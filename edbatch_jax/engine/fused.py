@@ -809,6 +809,12 @@ class FusedEngine(Engine):
         grads = self._backward_pending(plan, params, bufs, ct_bufs, owned, saved, rng)
         return grads.resolve(params) if isinstance(grads, PendingGrads) else grads
 
+    @property
+    def defers_gradient_test(self) -> bool:
+        """:attr:`Engine.defers_gradient_test`: with lane isolation (always), the finiteness test of the
+        gradients stays on the device until they are resolved."""
+        return self._isolate_lanes
+
     def _backward_pending(
         self, plan: FusedPlan, params, bufs: tuple, ct_bufs: tuple, owned: bool = False, saved: Any = None, rng=None
     ):

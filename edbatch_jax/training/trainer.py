@@ -317,7 +317,7 @@ class Trainer:
     def _precompile_update(self) -> int:
         """Compiles the program(s) that apply a step's gradients (here the optax update); returns how many."""
         compiled = compile_once(self._compiled, self._update, self._params, self._opt_state, self._params)
-        if isinstance(self.engine, FusedEngine) and self.engine._isolate_lanes:  # its steps' updates wait on a test
+        if self.engine.defers_gradient_test:  # its steps' updates wait on a test on the device
             finite = jax.ShapeDtypeStruct((), jnp.bool_)
             compiled += compile_once(
                 self._compiled, self._update_if, finite, self._params, self._opt_state, self._params
