@@ -442,3 +442,18 @@ def test_round_levels_are_one_more_than_the_highest_argument_of_the_round(data):
             levels[node] = max([levels[x] + 1 for x in a if x >= first[k]], default=0)
             expected.append(levels[node])
     np.testing.assert_array_equal(_round_levels(count, first, args), np.asarray(expected, np.int64))
+
+
+def test_a_direct_round_checks_payload_bounds_as_the_engines_do():
+    ops = {**_tiny_ops(), "embed": eb.Op(lambda p, i: p["w"] * i.astype(jnp.float32), payload_bounds=4)}
+
+    def program(inst):
+        return float((yield ebd.call("twice", ebd.call("embed", payload=np.int32(inst)))))
+
+    for direct in (True, False):
+        runtime = ebd.DynamicRuntime(ops, direct_rounds=direct)
+        np.testing.assert_allclose(runtime.run(program, [0, 3], PARAMS).outputs, [0.0, 3.0])
+        result = runtime.run(program, [1, 7, 2], PARAMS, on_error="return")
+        assert [f.instance for f in result.failures] == [0, 1, 2]  # the round fails, as a graph's does
+        assert "has payload id 7 at payload, outside [0, 4) (the op's payload_bounds)" in result.failures[0].message
+        assert result.stats.direct_rounds == (1 if direct else 0)

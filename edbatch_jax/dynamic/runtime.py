@@ -39,7 +39,7 @@ import numpy as np
 from edbatch_jax.engine.base import Engine
 from edbatch_jax.engine.buckets import bucket
 from edbatch_jax.engine.common import combine
-from edbatch_jax.engine.ops import Op, OpError, as_ops
+from edbatch_jax.engine.ops import Op, OpError, as_ops, payload_out_of_bounds
 from edbatch_jax.engine.stepwise import StepwiseEngine
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph, GraphBuilder, batch_graphs
@@ -591,8 +591,8 @@ class DynamicRuntime:
       max_rounds: the step budget: instances still waiting after this many
         rounds fail (as :class:`InstanceFailure`).
       direct_rounds: run a round whose ops all have a fixed arity (no
-        aggregate, no context, no ``payload_bounds``) as direct batched
-        calls: level by level (a node's level is one more than its
+        aggregate, no context) as direct batched calls (payload ids checked
+        against ``payload_bounds`` as the engines check them): level by level (a node's level is one more than its
         arguments' of the same round), one ``jax.jit`` of the op's vmapped
         call per (level, op type), lanes bucketed to powers of two, operands
         gathered on the host from the stored values. No round graph is
@@ -655,9 +655,7 @@ class DynamicRuntime:
         self._value_type: dict[tuple, str] = {}  # state signature -> value op type
         self.direct_rounds = bool(direct_rounds)
         # op types a direct round may run: fixed arity, no context, no payload bounds to check
-        self._direct_op = {
-            name: not op.variadic and not op.context and op.payload_bounds is None for name, op in user.items()
-        }
+        self._direct_op = {name: not op.variadic and not op.context for name, op in user.items()}
         self._direct_calls: dict[str, Callable] = {}  # op type -> jitted batched call
         self.direct_traces = 0  # batched calls traced (compiled) by direct rounds
 
@@ -998,6 +996,14 @@ class DynamicRuntime:
         if rows[0] is not None:
             rows = [rows[k] for k in pad.tolist()]
             payload = np.stack(rows) if type(rows[0]) is np.ndarray else jax.tree.map(lambda *x: np.stack(x), *rows)
+            op = self.user_ops[name]
+            bad = None if op.payload_bounds is None else payload_out_of_bounds(name, op, payload)
+            if bad is not None:  # as the engines refuse it: JAX's gather would clamp the id silently
+                row, value, bound, where = bad
+                raise OpError(
+                    f"op {name!r}: node {nodes[row]} of instance {insts[row].index} has payload id {value} at "
+                    f"{where}, outside [0, {bound}) (the op's payload_bounds)"
+                )
         t0 = time.perf_counter()
         try:
             out = jax.device_get(self._direct_call(name)(params, payload, tuple(operands), np.arange(lanes) < n))

@@ -38,6 +38,7 @@ __all__ = [
     "as_ops",
     "check_graph_ops",
     "check_payload_bounds",
+    "payload_out_of_bounds",
     "signature_arity",
 ]
 
@@ -347,7 +348,6 @@ def check_payload_bounds(graph, ops: Mapping[str, Op]) -> None:
     located only when there is one). The message names the op type, the
     node, its instance, the payload leaf, the id and the bound.
     """
-    import jax
     import numpy as np
 
     for t, name in enumerate(graph.op_types):
@@ -355,34 +355,51 @@ def check_payload_bounds(graph, ops: Mapping[str, Op]) -> None:
         tree = graph.payloads[t]
         if op is None or op.payload_bounds is None or tree is None:
             continue
-        try:
-            pairs = jax.tree.map(
-                lambda b, sub: None if b is None else [(b, leaf) for leaf in jax.tree.leaves(sub)],
-                op.payload_bounds,
-                tree,
-                is_leaf=lambda x: x is None,
-            )
-        except (ValueError, TypeError) as e:
+        bad = payload_out_of_bounds(name, op, tree)
+        if bad is not None:
+            row, value, bound, where = bad
+            node = int(np.flatnonzero((graph.node_type == t) & (graph.payload_row == row))[0])
             raise OpError(
-                f"op {name!r}: payload_bounds {op.payload_bounds!r} does not fit the payload structure "
-                f"{jax.tree.structure(tree)} (give an int, or a prefix of the payload pytree): {e}"
-            ) from None
-        flat, _ = jax.tree.flatten_with_path(pairs, is_leaf=lambda x: isinstance(x, list))
-        for path, items in flat:
-            for bound, leaf in items or ():
-                a = np.asarray(leaf)
-                if a.size == 0 or not np.issubdtype(a.dtype, np.integer):
-                    continue
-                lo, hi = a.min(), a.max()
-                if lo >= 0 and hi < bound:
-                    continue
-                rows = a.reshape(a.shape[0], -1)
-                bad_row = int(np.flatnonzero(((rows < 0) | (rows >= bound)).any(axis=1))[0])
-                value = rows[bad_row][(rows[bad_row] < 0) | (rows[bad_row] >= bound)][0]
-                node = int(np.flatnonzero((graph.node_type == t) & (graph.payload_row == bad_row))[0])
-                where = jax.tree_util.keystr(path) or "payload"
-                raise OpError(
-                    f"op {name!r}: node {node} (instance {int(graph.instance[node])}) has payload id {int(value)} "
-                    f"at {where}, outside [0, {bound}) (the op's payload_bounds); ids out of range would be "
-                    "clamped silently by JAX's gather"
-                )
+                f"op {name!r}: node {node} (instance {int(graph.instance[node])}) has payload id {value} "
+                f"at {where}, outside [0, {bound}) (the op's payload_bounds); ids out of range would be "
+                "clamped silently by JAX's gather"
+            )
+
+
+def payload_out_of_bounds(name: str, op: Op, tree) -> tuple[int, int, int, str] | None:
+    """The first payload row of op type ``name`` (stacked payloads ``tree``, leaves ``[P, ...]``) holding an
+    integer id outside ``op.payload_bounds``: ``(row, id, bound, leaf path)``, or ``None`` when all are in range
+    (one min/max pass per leaf). Host-side.
+
+    Raises:
+      OpError: ``op.payload_bounds`` does not fit the payload structure.
+    """
+    import jax
+    import numpy as np
+
+    try:
+        pairs = jax.tree.map(
+            lambda b, sub: None if b is None else [(b, leaf) for leaf in jax.tree.leaves(sub)],
+            op.payload_bounds,
+            tree,
+            is_leaf=lambda x: x is None,
+        )
+    except (ValueError, TypeError) as e:
+        raise OpError(
+            f"op {name!r}: payload_bounds {op.payload_bounds!r} does not fit the payload structure "
+            f"{jax.tree.structure(tree)} (give an int, or a prefix of the payload pytree): {e}"
+        ) from None
+    flat, _ = jax.tree.flatten_with_path(pairs, is_leaf=lambda x: isinstance(x, list))
+    for path, items in flat:
+        for bound, leaf in items or ():
+            a = np.asarray(leaf)
+            if a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+                continue
+            lo, hi = a.min(), a.max()
+            if lo >= 0 and hi < bound:
+                continue
+            rows = a.reshape(a.shape[0], -1)
+            bad_row = int(np.flatnonzero(((rows < 0) | (rows >= bound)).any(axis=1))[0])
+            value = rows[bad_row][(rows[bad_row] < 0) | (rows[bad_row] >= bound)][0]
+            return bad_row, int(value), int(bound), jax.tree_util.keystr(path) or "payload"
+    return None
