@@ -387,26 +387,37 @@ def test_the_fused_engine_runs_the_rounds_too():
     assert again.stats.traces == 0 and [o.chosen for o in again.outputs] == [o.chosen for o in result.outputs][::-1]
 
 
-def test_rounds_with_a_variadic_op_run_as_graphs_the_others_directly():
-    ops = {**_tiny_ops(), "total": eb.Op(lambda p, payload, s: s, aggregate="sum")}
+def test_rounds_with_variadic_ops_run_directly_as_graph_rounds_do():
+    attend = eb.Op(  # an attention over the arguments: a score and a value per argument
+        lambda p, payload, s: jnp.tanh(s),
+        aggregate="softmax",
+        edge=lambda p, payload, x: (p["w"] * x, 2.0 * x + payload),
+    )
+    ops = {**_tiny_ops(), "total": eb.Op(lambda p, payload, s: s, aggregate="sum"), "attend": attend}
 
     def program(inst):
         a = ebd.call("leaf", payload=np.float32(inst))
         yield a
-        t = ebd.call("total", a, ebd.call("twice", a))  # an aggregate: this round runs as a graph
+        t = ebd.call("total", a, ebd.call("twice", a))  # 3a
         v = yield t
-        c = ebd.call("add", t, ebd.call("twice", t)) if float(v) > 0.5 else ebd.call("twice", t)
+        args = (t, a, ebd.call("twice", t))[: 1 + inst % 3]  # one to three arguments
+        c = ebd.call("attend", *args, payload=np.float32(v))
         return float((yield c))
 
-    direct = ebd.DynamicRuntime(ops).run(program, [0, 1, 2, 3], PARAMS)
-    graph = ebd.DynamicRuntime(ops, direct_rounds=False).run(program, [0, 1, 2, 3], PARAMS)
-    t = [3.0 * np.tanh(0.5 * x) for x in range(4)]
-    expected = [3.0 * v if v > 0.5 else 2.0 * v for v in t]
-    np.testing.assert_allclose(direct.outputs, expected, rtol=1e-6)
-    np.testing.assert_allclose(graph.outputs, expected, rtol=1e-6)
-    assert [r.direct for r in direct.stats.rounds] == [True, False, True]
-    assert direct.stats.batches_per_round == (1, graph.stats.batches_per_round[1], 2)  # twice; then twice, add
-    assert graph.stats.direct_rounds == 0
+    direct = ebd.DynamicRuntime(ops).run(program, [0, 1, 2, 3, 4], PARAMS)
+    graph = ebd.DynamicRuntime(ops, direct_rounds=False).run(program, [0, 1, 2, 3, 4], PARAMS)
+    expected = []
+    for x in range(5):
+        a = np.tanh(0.5 * x)
+        t = 3.0 * a
+        xs = np.array([t, a, 2.0 * t][: 1 + x % 3])
+        w = np.exp(0.5 * xs - (0.5 * xs).max())
+        expected.append(np.tanh(np.sum(w / w.sum() * (2.0 * xs + t))))
+    np.testing.assert_allclose(direct.outputs, expected, rtol=1e-5)
+    np.testing.assert_allclose(graph.outputs, expected, rtol=1e-5)
+    assert direct.stats.direct_rounds == direct.stats.num_rounds == 3 and graph.stats.direct_rounds == 0
+    # level by level: twice, total; then twice and the one-argument attends, then the attend reading twice
+    assert direct.stats.batches_per_round == (1, 2, 3)
 
 
 def test_a_direct_round_names_an_operand_of_two_structures():

@@ -590,9 +590,10 @@ class DynamicRuntime:
         default) or ``eb.FusedEngine``, or a function ``ops -> Engine``.
       max_rounds: the step budget: instances still waiting after this many
         rounds fail (as :class:`InstanceFailure`).
-      direct_rounds: run a round whose ops all have a fixed arity (no
-        aggregate, no context) as direct batched calls (payload ids checked
-        against ``payload_bounds`` as the engines check them): level by level (a node's level is one more than its
+      direct_rounds: run a round whose ops read no context as direct
+        batched calls (a variadic op's arguments reduced as the engines
+        reduce them; payload ids checked against ``payload_bounds`` as the
+        engines check them): level by level (a node's level is one more than its
         arguments' of the same round), one ``jax.jit`` of the op's vmapped
         call per (level, op type), lanes bucketed to powers of two, operands
         gathered on the host from the stored values. No round graph is
@@ -655,7 +656,7 @@ class DynamicRuntime:
         self._value_type: dict[tuple, str] = {}  # state signature -> value op type
         self.direct_rounds = bool(direct_rounds)
         # op types a direct round may run: fixed arity, no context, no payload bounds to check
-        self._direct_op = {name: not op.variadic and not op.context for name, op in user.items()}
+        self._direct_op = {name: not op.context for name, op in user.items()}
         self._direct_calls: dict[str, Callable] = {}  # op type -> jitted batched call
         self.direct_traces = 0  # batched calls traced (compiled) by direct rounds
 
@@ -980,8 +981,23 @@ class DynamicRuntime:
         n, lanes = len(nodes), bucket(len(nodes))
         pad = np.arange(lanes)
         pad[n:] = 0  # padding lanes repeat the first lane
-        operands = []
-        for j in range(self.user_ops[name].arity or 0):
+        op = self.user_ops[name]
+        operands, segments = [], None
+        if op.variadic:  # one operand list: every argument of every lane, lane by lane, and each one's lane
+            counts = [len(i.args[m]) for i, m in zip(insts, nodes)]
+            owners = [i for i, k in zip(insts, counts) for _ in range(k)]
+            src = np.asarray(
+                [(i.loc_store[a], i.loc_buffer[a], i.loc_slot[a]) for i, m in zip(insts, nodes) for a in i.args[m]],
+                np.int64,
+            ).reshape(-1, 3)
+            self._check_operand(run, name, 0, src, owners)
+            rows = bucket(len(src))
+            edge_pad = np.arange(rows)
+            edge_pad[len(src) :] = 0  # padding rows repeat the first argument and belong to no lane
+            operands.append(self._gather_values(run, src[edge_pad]))
+            segments = np.full(rows, lanes, np.int32)
+            segments[: len(src)] = np.repeat(np.arange(n, dtype=np.int32), counts)
+        for j in range(0 if op.variadic else op.arity):
             src = np.asarray(
                 [
                     (i.loc_store[a], i.loc_buffer[a], i.loc_slot[a])
@@ -996,7 +1012,6 @@ class DynamicRuntime:
         if rows[0] is not None:
             rows = [rows[k] for k in pad.tolist()]
             payload = np.stack(rows) if type(rows[0]) is np.ndarray else jax.tree.map(lambda *x: np.stack(x), *rows)
-            op = self.user_ops[name]
             bad = None if op.payload_bounds is None else payload_out_of_bounds(name, op, payload)
             if bad is not None:  # as the engines refuse it: JAX's gather would clamp the id silently
                 row, value, bound, where = bad
@@ -1006,7 +1021,8 @@ class DynamicRuntime:
                 )
         t0 = time.perf_counter()
         try:
-            out = jax.device_get(self._direct_call(name)(params, payload, tuple(operands), np.arange(lanes) < n))
+            call = self._direct_call(name)
+            out = jax.device_get(call(params, payload, tuple(operands), segments, np.arange(lanes) < n))
         except Exception as e:  # re-raised with the op and a node named
             shapes = [jax.tree.map(lambda a: f"{a.dtype}{list(a.shape[1:])}", o) for o in operands]
             raise OpError(
@@ -1041,15 +1057,16 @@ class DynamicRuntime:
             )
 
     def _direct_call(self, name: str) -> Callable:
-        """The jitted batched call of op type ``name``: ``(params, payload, operands, mask) -> states`` (leaves
-        ``[L, ...]``; :func:`~edbatch_jax.engine.common.combine`, as the engines call ops)."""
+        """The jitted batched call of op type ``name``: ``(params, payload, operands, segments, mask) -> states``
+        (leaves ``[L, ...]``; :func:`~edbatch_jax.engine.common.combine`, as the engines call ops; ``segments``:
+        a variadic op's lane of every argument row, ``None`` for a fixed arity)."""
         fn = self._direct_calls.get(name)
         if fn is None:
             op = self.user_ops[name]
 
-            def batched(params, payload, operands, mask):
+            def batched(params, payload, operands, segments, mask):
                 self.direct_traces += 1
-                return combine(op, op.select_params(params), payload, operands, None, mask)
+                return combine(op, op.select_params(params), payload, operands, segments, mask)
 
             fn = self._direct_calls[name] = jax.jit(batched)
         return fn
