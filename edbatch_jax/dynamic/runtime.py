@@ -655,7 +655,7 @@ class DynamicRuntime:
         self.fast_payloads: dict[str, tuple] = {}  # op type -> (shape, dtype) of its payload, if one array
         self._value_type: dict[tuple, str] = {}  # state signature -> value op type
         self.direct_rounds = bool(direct_rounds)
-        # op types a direct round may run: fixed arity, no context, no payload bounds to check
+        # op types a direct round may run: those reading no context (the runtime gives none)
         self._direct_op = {name: not op.context for name, op in user.items()}
         self._direct_calls: dict[str, Callable] = {}  # op type -> jitted batched call
         self.direct_traces = 0  # batched calls traced (compiled) by direct rounds
