@@ -1043,7 +1043,7 @@ class DynamicRuntime:
     def _check_operand(self, run: _Run, name: str, j: int, src: np.ndarray, insts: list[_Instance]) -> None:
         """Raises :class:`DynamicError` unless operand ``j`` of every node of a batch of ``name`` has one state
         structure (``src``: their (store, buffer, slot))."""
-        if not src.size or ((src[:, 0] == src[0, 0]) & (src[:, 1] == src[0, 1])).all():
+        if not src.size or _one_source(src):
             return  # (the common case: all from one batch of one round)
         groups = np.unique(src[:, :2], axis=0)
         signatures = [run.stores[s].signatures[b] for s, b in groups.tolist()]
@@ -1076,7 +1076,7 @@ class DynamicRuntime:
         stacked in order; one NumPy take per (store, buffer) group."""
         first = run.stores[int(src[0, 0])]
         sig = first.signatures[int(src[0, 1])]
-        if ((src[:, 0] == src[0, 0]) & (src[:, 1] == src[0, 1])).all():  # one (store, buffer): one take per leaf
+        if _one_source(src):  # one (store, buffer): one take per leaf
             return jax.tree.unflatten(sig[0], [leaf[src[:, 2]] for leaf in first.leaves[int(src[0, 1])]])
         span = max(len(st.signatures) for st in run.stores)
         groups, inverse = np.unique(src[:, 0] * span + src[:, 1], return_inverse=True)
@@ -1088,6 +1088,11 @@ class DynamicRuntime:
             for o, leaf in zip(out, run.stores[s].leaves[b]):
                 o[rows] = leaf[src[rows, 2]]
         return jax.tree.unflatten(sig[0], out)
+
+
+def _one_source(src: np.ndarray) -> bool:
+    """Whether the rows ``src`` (int ``[K, 3]``: store, buffer, slot; ``K >= 1``) all lie in one (store, buffer)."""
+    return bool(((src[:, 0] == src[0, 0]) & (src[:, 1] == src[0, 1])).all())
 
 
 def _round_levels(count: np.ndarray, first: np.ndarray, args: list[tuple]) -> np.ndarray:

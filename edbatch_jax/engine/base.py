@@ -59,7 +59,7 @@ from edbatch_jax.scheduling.schedule import (
 if TYPE_CHECKING:
     from edbatch_jax.engine.stepwise import ExecutionPlan
 
-__all__ = ["BufferPlan", "Engine", "payload_digest"]
+__all__ = ["BufferPlan", "Engine", "PendingGrads", "payload_digest"]
 
 
 def payload_digest(graph: Graph) -> bytes:
@@ -754,7 +754,8 @@ class Engine(abc.ABC):
         context: PyTree = None,
         instance_context: PyTree = None,
         context_grads: bool = False,
-    ) -> tuple[jax.Array, PyTree]:
+        pending: bool = False,
+    ) -> tuple[jax.Array, PyTree | PendingGrads]:
         """A loss of the state buffers and its gradient w.r.t. ``params``, without tracing the schedule.
 
         The same result as ``jax.value_and_grad`` of ``loss(execute(plan, p, rng))``
@@ -775,6 +776,11 @@ class Engine(abc.ABC):
           context, instance_context: the context of ops reading it (see
             :meth:`execute`).
           context_grads: also return the context's gradients.
+          pending: the gradients may come as :class:`PendingGrads`, their
+            finiteness test still on the device (:attr:`defers_gradient_test`;
+            not with ops reading context, ``context_grads`` or debug checks);
+            resolve them with the same ``params``. For a caller that can
+            read the test later (the :class:`~edbatch_jax.training.Trainer`).
 
         Returns:
           ``(loss, grads)``, ``grads`` with the structure of ``params``; with
@@ -783,30 +789,6 @@ class Engine(abc.ABC):
           gradients of ``context`` and ``instance_context`` (``None`` where
           not given).
         """
-        return self._value_and_grad(
-            plan,
-            params,
-            loss_grad,
-            rng,
-            context=context,
-            instance_context=instance_context,
-            context_grads=context_grads,
-        )
-
-    def _value_and_grad(
-        self,
-        plan: ExecutionPlan,
-        params: PyTree,
-        loss_grad,
-        rng: Any = None,
-        *,
-        context: PyTree = None,
-        instance_context: PyTree = None,
-        context_grads: bool = False,
-        pending: bool = False,
-    ) -> tuple[jax.Array, PyTree | PendingGrads]:
-        """:meth:`value_and_grad`; with ``pending``, the gradients may come as :class:`PendingGrads` (an engine
-        without ops reading context and without debug checks; resolve them with the same ``params``)."""
         rng = self._step_key(rng)
         inputs = self._inputs(params, context, instance_context, plan.graph.num_instances)
         self._check_differentiable(plan)

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import jax
 import numpy as np
 
 from edbatch_jax.graph import Graph, GraphError
@@ -67,7 +68,9 @@ def node_labels(graph: Graph, nodes: np.ndarray) -> np.ndarray:
     labels = np.full(nodes.shape, -1, np.int32)
     t = graph.type_id("loss")
     payload = graph.payloads[t]
-    if not (hasattr(payload, "dtype") and np.ndim(payload) == 1 and np.issubdtype(payload.dtype, np.integer)):
+    if not (
+        isinstance(payload, np.ndarray | jax.Array) and payload.ndim == 1 and np.issubdtype(payload.dtype, np.integer)
+    ):
         return labels
     is_loss = graph.node_type[nodes] == t
     labels[is_loss] = np.asarray(payload)[graph.payload_row[nodes[is_loss]]]

@@ -338,7 +338,7 @@ class Trainer:
         plan = self.engine.plan(self._params, batch.graph, batch.schedule, batch.layout, **ctx)
         which, args = _loss_args(plan, batch, None)
         self._settle()
-        loss, grads = self.engine._value_and_grad(
+        loss, grads = self.engine.value_and_grad(
             plan,
             self._params,
             lambda bufs: _loss_grad(bufs, which, *args),
