@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -226,6 +227,7 @@ class FusedEngine(Engine):
         self._layout: tuple = ((), ())  # the packed tables' layout at the current lengths (_table_layout)
         self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
         self._widest = self.max_lanes  # the widest slice any branch takes of a table: lanes, or edge rows
+        self._entry_sizes: dict[tuple, list[int]] = {}  # table layout -> int32 entries of each of its tables
 
     @property
     def branch_keys(self) -> tuple:
@@ -431,7 +433,9 @@ class FusedEngine(Engine):
                 host[("count", name)], host[("lanes", name)] = count, rows
             for name, tree in tables.payloads.items():
                 host.update({("payload", name, i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))})
-            sizes = [int(np.prod(shape)) if shape else 1 for _, shape in layout[0]]
+            sizes = self._entry_sizes.get(layout)
+            if sizes is None:
+                sizes = self._entry_sizes[layout] = [math.prod(shape) for _, shape in layout[0]]
             packed = _aligned_zeros(sum(sizes))  # 64-byte aligned: the device can take it without a copy
             at = 0
             for (entry, shape), size in zip(layout[0], sizes):

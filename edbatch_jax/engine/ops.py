@@ -318,6 +318,8 @@ def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
     """
     import numpy as np
 
+    from edbatch_jax.graph.kernels import arity_mismatch
+
     for name in tuple(getattr(graph, "unbatchable", ()) or ()):
         if name not in ops:
             close = difflib.get_close_matches(str(name), [str(k) for k in ops], n=3)
@@ -329,16 +331,14 @@ def check_graph_ops(graph, ops: Mapping[str, Op]) -> None:
         if name not in ops:
             node = int(np.flatnonzero(graph.node_type == t)[0])
             raise OpError(f"op type {name!r} (used by node {node}) has no implementation; ops given: {sorted(ops)}")
-    known = [ops.get(name) for name in graph.op_types]
-    variadic = np.array([op is not None and op.variadic for op in known])
-    want = np.array([op.arity if op is not None and not op.variadic else -1 for op in known], np.int64)
-    arity = graph.arity
-    bad = np.flatnonzero(np.where(variadic[graph.node_type], arity < 1, arity != want[graph.node_type]))
-    if bad.size:
-        v = int(bad[0])
+    known = [ops.get(name) for name in graph.op_types]  # (every used type is known: checked above)
+    want = np.array([-1 if op is None or op.variadic else op.arity for op in known], np.int64)
+    v = arity_mismatch(graph.node_type, graph.arg_ptr, want)
+    if v >= 0:
         op, name = known[graph.node_type[v]], graph.op_types[graph.node_type[v]]
         need = "at least 1 operand" if op.variadic else f"{op.arity} operand(s)"
-        raise OpError(f"node {v} (op {name!r}) has {arity[v]} argument(s) but the op takes {need}")
+        arity = int(graph.arg_ptr[v + 1] - graph.arg_ptr[v])
+        raise OpError(f"node {v} (op {name!r}) has {arity} argument(s) but the op takes {need}")
 
 
 def check_payload_bounds(graph, ops: Mapping[str, Op]) -> None:

@@ -7,25 +7,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from edbatch_jax.graph.kernels import concat_rows, group_by_source
+from edbatch_jax.graph.kernels import concat_rows, group_by_source, type_ranks
 
 __all__ = ["csr_by_source", "csr_rows", "payload_rows"]
 
 
 def payload_rows(node_type: np.ndarray, num_types: int) -> np.ndarray:
-    """Rank of each node among the nodes of its type (vectorised)."""
-    if num_types <= 8:  # a mask per type costs less than a stable sort
-        rows = np.empty(node_type.shape[0], np.int32)
-        for t in range(num_types):
-            mask = node_type == t
-            rows[mask] = np.arange(np.count_nonzero(mask), dtype=np.int32)
-        return rows
-    order = np.argsort(node_type, kind="stable")
-    counts = np.bincount(node_type, minlength=num_types)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rows = np.empty_like(node_type)
-    rows[order] = np.arange(node_type.shape[0], dtype=np.int32) - np.repeat(starts, counts).astype(np.int32)
-    return rows.astype(np.int32)
+    """int32 ``[N]``: the rank of each node among the nodes of its type (one compiled pass,
+    :func:`~edbatch_jax.graph.kernels.type_ranks`); ``node_type`` ids in ``0..num_types - 1``."""
+    node_type = np.asarray(node_type)
+    if node_type.dtype.kind not in "iu":
+        node_type = node_type.astype(np.int64)
+    return type_ranks(node_type, int(num_types))
 
 
 def csr_rows(ptr: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["concat_rows", "group_by_source", "kahn_depth"]
+__all__ = ["arity_mismatch", "concat_rows", "first_defect", "group_by_source", "kahn_depth", "type_ranks"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -83,3 +83,66 @@ def group_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[n
         out[at[src[k]]] = dst[k]
         at[src[k]] += 1
     return ptr, out
+
+
+@numba.njit(cache=True, nogil=True)
+def type_ranks(node_type: np.ndarray, num_types: int) -> np.ndarray:
+    """int32 ``[N]``: the rank of every node among the nodes of its type (ids in ``0..num_types - 1``,
+    checked by the caller). One pass, O(N + T)."""
+    seen = np.zeros(num_types, np.int32)
+    rows = np.empty(node_type.shape[0], np.int32)
+    for v in range(node_type.shape[0]):
+        t = node_type[v]
+        rows[v] = seen[t]
+        seen[t] += 1
+    return rows
+
+
+@numba.njit(cache=True, nogil=True)
+def first_defect(
+    node_type: np.ndarray,
+    num_types: int,
+    instance: np.ndarray,
+    num_instances: int,
+    arg_ptr: np.ndarray,
+    arg_idx: np.ndarray,
+    payload_row: np.ndarray,
+) -> tuple[int, int]:
+    """The first broken index invariant of a graph whose field lengths and CSR offsets are checked:
+    ``(kind, index)`` with kind 0 none, 1 an op type id out of range (node), 2 an instance id out of range
+    (node), 3 an argument id out of range (edge), 4 a payload row that is not the node's rank within its
+    type (node), 5 an argument that is not an earlier node (node; a cycle is possible). In that order of
+    kinds, so that a later check never reads what an earlier one refused. One pass per kind, O(N + E)."""
+    n = node_type.shape[0]
+    for v in range(n):
+        if node_type[v] < 0 or node_type[v] >= num_types:
+            return 1, v
+    for v in range(n):
+        if instance[v] < 0 or instance[v] >= num_instances:
+            return 2, v
+    for e in range(arg_idx.shape[0]):
+        if arg_idx[e] < 0 or arg_idx[e] >= n:
+            return 3, e
+    seen = np.zeros(num_types, np.int64)
+    for v in range(n):
+        t = node_type[v]
+        if payload_row[v] != seen[t]:
+            return 4, v
+        seen[t] += 1
+    for v in range(n):
+        for e in range(arg_ptr[v], arg_ptr[v + 1]):
+            if arg_idx[e] >= v:
+                return 5, v
+    return 0, -1
+
+
+@numba.njit(cache=True, nogil=True)
+def arity_mismatch(node_type: np.ndarray, arg_ptr: np.ndarray, want: np.ndarray) -> int:
+    """The first node whose argument count does not fit its type's ``want`` (int64 ``[T]``: the arity, or -1
+    for at least one argument), or -1. O(N)."""
+    for v in range(node_type.shape[0]):
+        k = arg_ptr[v + 1] - arg_ptr[v]
+        w = want[node_type[v]]
+        if (w < 0 and k < 1) or (w >= 0 and k != w):
+            return v
+    return -1

@@ -18,8 +18,8 @@ import numpy as np
 
 from edbatch_jax.errors import input_checks_enabled
 from edbatch_jax.graph.analysis import node_depth
-from edbatch_jax.graph.csr import payload_rows
 from edbatch_jax.graph.graph import Graph, GraphError, check_int32_payloads
+from edbatch_jax.graph.kernels import first_defect
 
 __all__ = ["check_node_ids", "ensure_valid", "mark_valid", "validate_graph"]
 
@@ -109,27 +109,28 @@ def validate_graph(graph: Graph) -> None:
     op_types, node_type, instance = graph.op_types, graph.node_type, graph.instance
     num_types = len(op_types)
 
-    if node_type.min() < 0 or node_type.max() >= num_types:
-        v = int(np.flatnonzero((node_type < 0) | (node_type >= num_types))[0])
+    # every index invariant in one compiled pass; the first broken one is named below, in this order
+    kind, at = first_defect(
+        node_type, num_types, instance, int(graph.num_instances), graph.arg_ptr, graph.arg_idx, graph.payload_row
+    )
+    if kind == 1:
         raise GraphError(
-            f"node {v} has op type id {node_type[v]}, outside 0..{num_types - 1} (op_types has {num_types} names; "
-            f"instance {instance[v]})"
+            f"node {at} has op type id {node_type[at]}, outside 0..{num_types - 1} (op_types has {num_types} "
+            f"names; instance {instance[at]})"
         )
     if graph.num_instances < 1:
         raise GraphError(f"num_instances is {graph.num_instances} but the graph has {n} nodes (it must be >= 1)")
-    if instance.min() < 0 or instance.max() >= graph.num_instances:
-        v = int(np.flatnonzero((instance < 0) | (instance >= graph.num_instances))[0])
+    if kind == 2:
         raise GraphError(
-            f"node {v} (op {op_types[node_type[v]]!r}): instance id {instance[v]} is outside "
+            f"node {at} (op {op_types[node_type[at]]!r}): instance id {instance[at]} is outside "
             f"0..{graph.num_instances - 1} (num_instances={graph.num_instances})"
         )
     arg_idx = graph.arg_idx
-    if arg_idx.size and (arg_idx.min() < 0 or arg_idx.max() >= n):
-        e = int(np.flatnonzero((arg_idx < 0) | (arg_idx >= n))[0])
-        v = int(np.searchsorted(graph.arg_ptr, e, side="right") - 1)
+    if kind == 3:
+        v = int(np.searchsorted(graph.arg_ptr, at, side="right") - 1)
         raise GraphError(
-            f"node {v} (op {op_types[node_type[v]]!r}): argument {arg_idx[e]} does not exist (argument position "
-            f"{e - int(graph.arg_ptr[v])} of the node, instance {instance[v]}; the graph has {n} nodes, "
+            f"node {v} (op {op_types[node_type[v]]!r}): argument {arg_idx[at]} does not exist (argument position "
+            f"{at - int(graph.arg_ptr[v])} of the node, instance {instance[v]}; the graph has {n} nodes, "
             f"ids 0..{n - 1})"
         )
 
@@ -150,15 +151,14 @@ def validate_graph(graph: Graph) -> None:
                 )
             if leaf.shape[0] != counts[t]:
                 raise GraphError(f"op type {op_types[t]!r}: payload has {leaf.shape[0]} rows for {counts[t]} nodes")
-    rows = payload_rows(node_type, num_types)
-    if not np.array_equal(graph.payload_row, rows):
-        v = int(np.flatnonzero(graph.payload_row != rows)[0])
+    if kind == 4:
+        rank = int(np.count_nonzero(node_type[:at] == node_type[at]))
         raise GraphError(
-            f"node {v}: payload_row is {graph.payload_row[v]} but must be {rows[v]}, the node's rank among the "
-            f"nodes of op type {op_types[node_type[v]]!r} (instance {instance[v]})"
+            f"node {at}: payload_row is {graph.payload_row[at]} but must be {rank}, the node's rank among the "
+            f"nodes of op type {op_types[node_type[at]]!r} (instance {instance[at]})"
         )
     check_int32_payloads(graph)
-    if graph.num_edges and not np.all(graph.arg_idx < graph.edge_dst()):
+    if kind == 5:
         node_depth(graph)  # arguments are not all earlier nodes: look for a cycle (named if found)
     mark_valid(graph)
 

@@ -235,9 +235,9 @@ def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:
     name = type(policy).__name__
     if not isinstance(result, Schedule):
         raise ScheduleError(f"{name}.schedule returned {type(result).__name__}, expected an eb.Schedule")
-    if result.fingerprint is not None and result.fingerprint == (
-        graph_fingerprint(graph),
-        schedule_fingerprint(result),
+    if result.fingerprint is not None and (
+        result._certified_for == id(graph)  # certified for this very object (alive throughout: ids cannot clash)
+        or result.fingerprint == (graph_fingerprint(graph), schedule_fingerprint(result))
     ):
         return result
     try:

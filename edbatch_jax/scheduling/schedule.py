@@ -54,6 +54,9 @@ class Schedule:
     node_order: np.ndarray
     op_types: tuple[str, ...]
     fingerprint: tuple[bytes, bytes] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # id() of the Graph object certify() last hashed: eb.schedule() then need not hash it again (the engine and
+    # the layout planner still compare the graph they are given with the fingerprint)
+    _certified_for: int | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_batches(cls, op_types: tuple[str, ...], types, node_lists) -> Schedule:
@@ -102,6 +105,7 @@ class Schedule:
         user-written policies before certifying them.
         """
         object.__setattr__(self, "fingerprint", (graph_fingerprint(graph), schedule_fingerprint(self)))
+        object.__setattr__(self, "_certified_for", id(graph))
         return self
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from edbatch_jax.graph import Graph, GraphError
 from edbatch_jax.graph.csr import payload_rows
 from edbatch_jax.zoo.data.sst import Tree
 from edbatch_jax.zoo.data.vocab import Vocabulary
+from edbatch_jax.zoo.models.kernels import binary_tree_arrays
 
 __all__ = [
     "binary_tree_batch_graph",
@@ -155,19 +156,23 @@ def binary_tree_graph(
       internal_type: int ``[sum(sizes)]``, the op type id of every node (read
         only at binary nodes); ``None`` means every binary node has type id 1.
     """
-    offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
-    g = np.arange(sizes.sum())
-    binary = left >= 0
     loss_type = len(op_types) - 1
-    node_type = np.empty(2 * g.size, np.int32)
-    node_type[0::2] = np.where(binary, 1 if internal_type is None else internal_type, 0)
-    node_type[1::2] = loss_type
-    args = np.full((2 * g.size, 2), -1, np.int64)
-    args[0::2] = np.where(binary[:, None], 2 * (offsets[:, None] + np.stack([left, right], 1)), -1)
-    args[1::2, 0] = 2 * g  # a loss reads its node; a binary node reads its two children, a leaf nothing
+    internal = np.ones(left.shape[0], np.int32) if internal_type is None else np.asarray(internal_type, np.int32)
+    node_type, arg_ptr, arg_idx, instance, payload_row = binary_tree_arrays(
+        np.asarray(sizes, np.int64), np.asarray(left), np.asarray(right), internal, len(op_types)
+    )
     payloads: list[np.ndarray | None] = [None] * len(op_types)
     payloads[0], payloads[loss_type] = leaf_ids, np.asarray(labels).astype(np.int32)
-    return instance_graph(node_type, *padded_csr(args), 2 * sizes, payloads, op_types)
+    return Graph(
+        node_type=node_type,
+        arg_ptr=arg_ptr,
+        arg_idx=arg_idx,
+        instance=instance,
+        payload_row=payload_row,
+        payloads=tuple(payloads),
+        op_types=tuple(op_types),
+        num_instances=len(sizes),
+    )
 
 
 def binary_tree_batch_graph(
