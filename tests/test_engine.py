@@ -180,6 +180,24 @@ def test_operand_structure_clash_names_the_nodes():
         eb.run(ops, None, graph, eb.schedule(graph, "depth"), outputs=[2])
 
 
+def test_variadic_operand_structure_clash_names_the_nodes():
+    """A variadic op's arguments all count as one operand position: a second structure among them is named."""
+    b = eb.GraphBuilder()
+    x = b.add("vec", payload=np.float32(1))
+    y = b.add("pair", payload=np.float32(2))
+    z = b.add("vec", payload=np.float32(3))
+    b.add("total", x, z)
+    b.add("total", z, y)
+    graph = b.build()
+    ops = {
+        "vec": lambda p, s: jnp.ones(2) * s,
+        "pair": lambda p, s: (s, s),
+        "total": eb.Op(lambda p, payload, a: a, aggregate="sum"),
+    }
+    with pytest.raises(eb.OpError, match=r"'total': operand 0 of node 3 has .*\(2,\).* but node 4 passes"):
+        eb.run(ops, None, graph, eb.schedule(graph, "depth"), outputs=[3])
+
+
 def test_unbatchable_nodes_run_alone_and_match():
     b = eb.GraphBuilder(unbatchable=("log",))
     xs = [b.add("x", payload=np.float32(i)) for i in range(4)]

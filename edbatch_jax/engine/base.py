@@ -43,6 +43,7 @@ from edbatch_jax.engine.common import (
     take_rows,
 )
 from edbatch_jax.engine.context import check_context
+from edbatch_jax.engine.kernels import operand_clash
 from edbatch_jax.engine.ops import Context, EngineInputs, Op, OpError, as_ops, check_graph_ops, check_payload_bounds
 from edbatch_jax.engine.randomness import check_rng, identity_types, split_identity, with_node_identity
 from edbatch_jax.engine.rows import ScheduleRows, schedule_rows
@@ -497,8 +498,6 @@ class Engine(abc.ABC):
         type_buffer = np.array([-1 if s is None else signatures.index(s) for s in type_sig], dtype=np.int32)
 
         # --- every operand position of a type must read one state structure
-        dst = graph.edge_dst()
-        pos = np.arange(graph.num_edges) - graph.arg_ptr[dst]
         variadic = np.array([graph.op_types[t] in self.ops and self.ops[graph.op_types[t]].variadic for t in range(T)])
         arity = np.array(
             [
@@ -507,20 +506,16 @@ class Engine(abc.ABC):
             ],
             np.int64,
         )
-        pos = np.where(variadic[graph.node_type[dst]], 0, pos)
-        src_buf = type_buffer[graph.node_type[graph.arg_idx]]
-        if graph.num_edges:  # distinct (type, position, buffer) triples, counted without a sort
-            group = graph.node_type[dst].astype(np.int64) * (int(pos.max()) + 1) + pos
-            seen = np.bincount(group * len(signatures) + src_buf, minlength=(int(group.max()) + 1) * len(signatures))
-            clash = np.flatnonzero((seen.reshape(-1, len(signatures)) > 0).sum(axis=1) > 1)
-            if clash.size:
-                e1 = int(np.flatnonzero(group == clash[0])[0])
-                e2 = int(np.flatnonzero((group == clash[0]) & (src_buf != src_buf[e1]))[0])
-                raise OpError(
-                    f"op {graph.op_types[graph.node_type[dst[e1]]]!r}: operand {pos[e1]} of node {dst[e1]} "
-                    f"has state structure {signatures[src_buf[e1]]} but node {dst[e2]} passes "
-                    f"{signatures[src_buf[e2]]}; one operand position must always read one structure"
-                )
+        e1, e2 = operand_clash(graph.node_type, graph.arg_ptr, graph.arg_idx, type_buffer, variadic)
+        if e1 >= 0:
+            dst1, dst2 = (int(np.searchsorted(graph.arg_ptr, e, side="right") - 1) for e in (e1, e2))
+            pos = 0 if variadic[graph.node_type[dst1]] else e1 - int(graph.arg_ptr[dst1])
+            buf1, buf2 = (type_buffer[graph.node_type[graph.arg_idx[e]]] for e in (e1, e2))
+            raise OpError(
+                f"op {graph.op_types[graph.node_type[dst1]]!r}: operand {pos} of node {dst1} "
+                f"has state structure {signatures[buf1]} but node {dst2} passes "
+                f"{signatures[buf2]}; one operand position must always read one structure"
+            )
 
         # --- rows: per buffer in schedule order (each batch contiguous), or in the layout's order
         node_buffer = type_buffer[graph.node_type]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["fill_operand_index", "operand_rows"]
+__all__ = ["fill_operand_index", "operand_clash", "operand_rows"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -109,3 +109,27 @@ def fill_operand_index(
                 lane, j = local // a, local % a
                 c = chunk_ptr[b] + lane // max_lanes
                 flat_idx[start[c] + j * lanes[c] + lane % max_lanes] = edge_rows[e]
+
+
+@numba.njit(cache=True, nogil=True)
+def operand_clash(node_type, arg_ptr, arg_idx, type_buffer, variadic) -> tuple[int, int]:
+    """Two edges ``(e1, e2)`` that pass the same operand position of one op type states of different buffers
+    (``type_buffer``: int ``[T]``, each type's output buffer), or ``(-1, -1)``. A variadic type's arguments
+    all count as position 0 (bool ``variadic [T]``). One pass over the edges, O(N + E + T * arity)."""
+    n = node_type.shape[0]
+    width = 1
+    for v in range(n):
+        k = arg_ptr[v + 1] - arg_ptr[v]
+        if not variadic[node_type[v]] and k > width:
+            width = k
+    first = np.full((type_buffer.shape[0], width), -1, np.int64)  # per (type, position): its first edge
+    for v in range(n):
+        t = node_type[v]
+        for e in range(arg_ptr[v], arg_ptr[v + 1]):
+            p = 0 if variadic[t] else e - arg_ptr[v]
+            f = first[t, p]
+            if f < 0:
+                first[t, p] = e
+            elif type_buffer[node_type[arg_idx[e]]] != type_buffer[node_type[arg_idx[f]]]:
+                return f, e
+    return -1, -1

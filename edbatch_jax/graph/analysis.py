@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edbatch_jax.graph.csr import csr_by_source, csr_rows
+from edbatch_jax.graph.csr import csr_rows
 from edbatch_jax.graph.graph import Graph, GraphError
-from edbatch_jax.graph.kernels import kahn_depth
+from edbatch_jax.graph.kernels import consumers, kahn_depth
 
 __all__ = [
     "children",
@@ -29,7 +29,7 @@ def children(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     The consumers of node ``u`` are ``child_idx[child_ptr[u]:child_ptr[u+1]]``
     (a node that reads ``u`` twice appears twice).
     """
-    return csr_by_source(graph.arg_idx, graph.edge_dst(), graph.num_nodes)
+    return consumers(graph.arg_ptr, graph.arg_idx, graph.num_nodes)  # one compiled pass
 
 
 def _find_cycle(graph: Graph, remaining: np.ndarray) -> list[int]:

@@ -11,7 +11,16 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["arity_mismatch", "concat_rows", "first_defect", "group_by_source", "kahn_depth", "type_ranks"]
+__all__ = [
+    "arity_mismatch",
+    "concat_rows",
+    "consumers",
+    "first_defect",
+    "group_by_source",
+    "hash_bytes",
+    "kahn_depth",
+    "type_ranks",
+]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -146,3 +155,72 @@ def arity_mismatch(node_type: np.ndarray, arg_ptr: np.ndarray, want: np.ndarray)
         if (w < 0 and k < 1) or (w >= 0 and k != w):
             return v
     return -1
+
+
+_P1 = np.uint64(0x9E3779B185EBCA87)
+_P2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_P3 = np.uint64(0x165667B19E3779F9)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _avalanche(h):
+    h ^= h >> np.uint64(33)
+    h *= _P2
+    h ^= h >> np.uint64(29)
+    h *= _P3
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@numba.njit(cache=True, nogil=True)
+def hash_bytes(data: np.ndarray) -> tuple[int, int]:
+    """A 128-bit non-cryptographic hash of a contiguous uint8 array (two uint64): XXH64's rounds over four
+    lanes of 8-byte words, finished twice with different seeds. Several GB/s; detects changed or mismatched
+    arrays, not an adversary. O(len(data))."""
+    n = data.shape[0]
+    words = data[: n - n % 8].view(np.uint64)
+    acc = np.empty(4, np.uint64)
+    acc[0] = _P1 + _P2
+    acc[1] = _P2
+    acc[2] = np.uint64(0)
+    acc[3] = np.uint64(0) - _P1
+    m = words.shape[0]
+    full = m - m % 4
+    a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
+    for i in range(0, full, 4):
+        a0 = _rotl(a0 + words[i] * _P2, 31) * _P1
+        a1 = _rotl(a1 + words[i + 1] * _P2, 31) * _P1
+        a2 = _rotl(a2 + words[i + 2] * _P2, 31) * _P1
+        a3 = _rotl(a3 + words[i + 3] * _P2, 31) * _P1
+    h = _rotl(a0, 1) + _rotl(a1, 7) + _rotl(a2, 12) + _rotl(a3, 18) + np.uint64(n)
+    for i in range(full, m):
+        h = _rotl(h ^ (_rotl(words[i] * _P2, 31) * _P1), 27) * _P1 + _P3
+    for i in range(n - n % 8, n):
+        h = _rotl(h ^ (np.uint64(data[i]) * _P3), 11) * _P1
+    lo = _avalanche(h ^ a0 ^ _rotl(a2, 29))
+    hi = _avalanche((h + _P3) ^ _rotl(a1, 17) ^ _rotl(a3, 41))
+    return lo, hi
+
+
+@numba.njit(cache=True, nogil=True)
+def consumers(arg_ptr: np.ndarray, arg_idx: np.ndarray, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reverse adjacency: ``(ptr int32 [N + 1], child int32 [E])``, the nodes reading ``u`` being
+    ``child[ptr[u]:ptr[u + 1]]`` in edge order (a node reading ``u`` twice listed twice). O(N + E)."""
+    ptr = np.zeros(num_nodes + 1, np.int32)
+    for e in range(arg_idx.shape[0]):
+        ptr[arg_idx[e] + 1] += 1
+    for v in range(num_nodes):
+        ptr[v + 1] += ptr[v]
+    at = ptr[:-1].copy()
+    child = np.empty(arg_idx.shape[0], np.int32)
+    for v in range(num_nodes):
+        for e in range(arg_ptr[v], arg_ptr[v + 1]):
+            u = arg_idx[e]
+            child[at[u]] = v
+            at[u] += 1
+    return ptr, child

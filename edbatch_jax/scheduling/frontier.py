@@ -20,7 +20,7 @@ import numpy as np
 
 from edbatch_jax.graph import Graph
 from edbatch_jax.graph.analysis import children
-from edbatch_jax.scheduling.kernels import priority_schedule, rule_schedule, take_ready
+from edbatch_jax.scheduling.kernels import priority_schedule, ready_slots, rule_schedule, take_ready
 
 __all__ = ["Frontier"]
 
@@ -39,19 +39,7 @@ class Frontier:
         self._node_type = graph.node_type.astype(np.int32)
         self._left = graph.arity.astype(np.int32)  # per node, the arguments not run yet
         # the ready nodes of type t are slots[head[t]:tail[t]] (type t's segment starts at head[t])
-        per_type = np.bincount(self._node_type, minlength=graph.num_types)
-        self._head = np.zeros(graph.num_types, np.int64)
-        self._head[1:] = np.cumsum(per_type)[:-1]
-        sources = np.flatnonzero(self._left == 0).astype(np.int32)
-        source_types = self._node_type[sources]
-        self._counts = np.bincount(source_types, minlength=graph.num_types).astype(np.int64)
-        self._tail = self._head + self._counts
-        self._slots = np.empty(graph.num_nodes, np.int32)
-        order = np.argsort(source_types, kind="stable")  # sources by type, ascending ids within one
-        grouped = source_types[order]
-        self._slots[self._head[grouped] + np.arange(grouped.shape[0]) - np.searchsorted(grouped, grouped)] = sources[
-            order
-        ]
+        self._slots, self._head, self._tail, self._counts = ready_slots(self._node_type, self._left, graph.num_types)
         self.remaining = graph.num_nodes
         self._out = np.empty(graph.num_nodes, np.int32)
 

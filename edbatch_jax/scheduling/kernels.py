@@ -14,7 +14,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["clear_type", "priority_schedule", "release_pairs", "rule_schedule", "take_ready"]
+__all__ = ["clear_type", "priority_schedule", "ready_slots", "release_pairs", "rule_schedule", "take_ready"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -288,3 +288,27 @@ def rule_schedule(
         b += 1
         batch_ptr[b] = done
     return b, hits, decisions
+
+
+@numba.njit(cache=True, nogil=True)
+def ready_slots(node_type, left, num_types):
+    """The initial ready set: ``(slots int32 [N], head int64 [T], tail int64 [T], counts int64 [T])``, the
+    nodes without arguments (``left == 0``) in each type's segment, ascending ids. O(N + T)."""
+    n = node_type.shape[0]
+    per_type = np.zeros(num_types, np.int64)
+    counts = np.zeros(num_types, np.int64)
+    for v in range(n):
+        per_type[node_type[v]] += 1
+        if left[v] == 0:
+            counts[node_type[v]] += 1
+    head = np.zeros(num_types, np.int64)
+    for t in range(1, num_types):
+        head[t] = head[t - 1] + per_type[t - 1]
+    tail = head.copy()
+    slots = np.empty(n, np.int32)
+    for v in range(n):
+        if left[v] == 0:
+            t = node_type[v]
+            slots[tail[t]] = v
+            tail[t] += 1
+    return slots, head, tail, counts

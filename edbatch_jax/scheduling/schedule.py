@@ -11,6 +11,7 @@ import numpy as np
 
 from edbatch_jax.errors import EdbatchError
 from edbatch_jax.graph import Graph
+from edbatch_jax.graph.kernels import hash_bytes
 
 __all__ = [
     "Schedule",
@@ -113,12 +114,14 @@ class Schedule:
 
 
 def _digest(parts) -> bytes:
+    """16 bytes naming ``parts``: every array by its dtype, shape and 128-bit content hash (a compiled pass,
+    :func:`~edbatch_jax.graph.kernels.hash_bytes`), everything else by its ``repr``."""
     h = hashlib.sha256()
     for part in parts:
         if isinstance(part, np.ndarray):
             a = np.ascontiguousarray(part)
-            h.update(str((a.dtype.str, a.shape)).encode())
-            h.update(memoryview(a).cast("B"))
+            lo, hi = hash_bytes(a.reshape(-1).view(np.uint8))
+            h.update(f"{a.dtype.str}{a.shape}:{lo:x}.{hi:x}".encode())
         else:
             h.update(repr(part).encode())
         h.update(b"|")
