@@ -8,11 +8,72 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["fill_operand_index", "operand_clash", "operand_rows"]
+__all__ = ["batch_lanes", "fill_operand_index", "operand_clash", "operand_rows"]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pow2_at_least(n):
+    k = 1
+    while k < n:
+        k *= 2
+    return k
 
 
 @numba.njit(cache=True, nogil=True)
-def operand_rows(arg_ptr, arg_idx, lane_nodes, batch_ptr, batch_type, node_slot, node_buffer, variadic, arity):
+def batch_lanes(order, batch_ptr, node_slot, node_buffer, num_buffers):
+    """Every batch's lanes in row order (:func:`~edbatch_jax.engine.rows.schedule_rows`), in one pass.
+
+    Args:
+      order: int ``[K]``, the scheduled nodes grouped by batch; batch_ptr: int64 ``[B + 1]``.
+      node_slot, node_buffer: int ``[N]``, each node's row and buffer (a batch's rows distinct: one buffer).
+      num_buffers: number of buffers.
+
+    Returns:
+      ``(broken, offset int64 [B], lanes int64 [B], lane_nodes int32 [K], out_buffer int64 [B], need int64
+      [num_buffers])``: the first batch whose rows are not consecutive (-1 if none; the rest is then
+      incomplete), each batch's first row, its width bucketed to a power of two, the nodes in row order, the
+      buffer it writes, and the rows each buffer needs for those writes.
+    """
+    num_batches = batch_ptr.shape[0] - 1
+    offset = np.zeros(num_batches, np.int64)
+    lanes = np.zeros(num_batches, np.int64)
+    out_buffer = np.zeros(num_batches, np.int64)
+    lane_nodes = np.empty(order.shape[0], np.int32)
+    need = np.zeros(num_buffers, np.int64)
+    for b in range(num_batches):
+        lo, hi = batch_ptr[b], batch_ptr[b + 1]
+        first, last = node_slot[order[lo]], node_slot[order[lo]]
+        for k in range(lo + 1, hi):
+            r = node_slot[order[k]]
+            first = min(first, r)
+            last = max(last, r)
+        if last - first != hi - lo - 1:  # distinct rows: consecutive iff max - min == width - 1
+            return b, offset, lanes, lane_nodes, out_buffer, need
+        for k in range(lo, hi):
+            lane_nodes[lo + node_slot[order[k]] - first] = order[k]
+        offset[b] = first
+        lanes[b] = _pow2_at_least(hi - lo)
+        out_buffer[b] = node_buffer[order[lo]]
+        need[out_buffer[b]] = max(need[out_buffer[b]], first + lanes[b])
+    return -1, offset, lanes, lane_nodes, out_buffer, need
+
+
+@numba.njit(cache=True, nogil=True)
+def operand_rows(
+    arg_ptr,
+    arg_idx,
+    lane_nodes,
+    batch_ptr,
+    batch_type,
+    node_slot,
+    node_buffer,
+    variadic,
+    arity,
+    lanes,
+    allow_slices,
+    row_bytes,
+    need,
+):
     """Every batch's operand rows and operand groups (:func:`~edbatch_jax.engine.rows.schedule_rows`), in one pass.
 
     Args:
@@ -20,13 +81,16 @@ def operand_rows(arg_ptr, arg_idx, lane_nodes, batch_ptr, batch_type, node_slot,
       lane_nodes: int32 ``[K]``, each batch's nodes in row order; batch_ptr: int64 ``[B + 1]``.
       batch_type: int ``[B]``; node_slot, node_buffer: int ``[N]``, each node's row and buffer.
       variadic: bool ``[T]``; arity: int64 ``[T]``, operands of a fixed-arity type.
+      lanes: int64 ``[B]``, each batch's bucketed width; allow_slices: ``False`` gathers every group.
+      row_bytes: int64 ``[num buffers]``, bytes of a row; need: int64 ``[num buffers]``, the rows each buffer
+        needs, raised in place to cover the slices read (a slice reads its bucketed length).
 
     Returns:
       ``(edge_ptr int64 [B + 1], edge_rows int32 [E], edge_lane int32 [E], group_ptr int64 [B + 1],
-      group_buffer int64 [G], group_consecutive bool [G], first_edge int64 [G])``: the operand rows lane by
+      group_buffer int64 [G], group_slice bool [G], num_gathers, gathered_bytes)``: the operand rows lane by
       lane, the lane reading each, the operand groups (one per argument position of a fixed-arity batch, one
-      per variable-arity batch), the buffer each reads, whether each group's rows are consecutive and
-      increasing, and each group's first entry.
+      per variable-arity batch), the buffer each reads, whether each is read as one slice (slices allowed and
+      its rows consecutive and increasing), and the groups gathered and the bytes of their real rows.
     """
     num_batches = batch_type.shape[0]
     edge_ptr = np.zeros(num_batches + 1, np.int64)
@@ -45,7 +109,7 @@ def operand_rows(arg_ptr, arg_idx, lane_nodes, batch_ptr, batch_type, node_slot,
     edge_node = np.empty(num_edges, np.int64)
     group_buffer = np.zeros(num_groups, np.int64)
     consecutive = np.ones(num_groups, np.bool_)
-    first_edge = np.zeros(num_groups, np.int64)
+    num_gathers, gathered_bytes = 0, 0
     e = 0
     for b in range(num_batches):
         for k in range(batch_ptr[b], batch_ptr[b + 1]):
@@ -59,17 +123,25 @@ def operand_rows(arg_ptr, arg_idx, lane_nodes, batch_ptr, batch_type, node_slot,
         t = batch_type[b]
         stride = 1 if variadic[t] else max(arity[t], 1)
         lo, hi = edge_ptr[b], edge_ptr[b + 1]
+        size = hi - lo if variadic[t] else batch_ptr[b + 1] - batch_ptr[b]  # the group's real rows
+        length = _pow2_at_least(hi - lo) if variadic[t] else lanes[b]  # the rows its slice reads
         for g in range(group_ptr[b], group_ptr[b + 1]):
             first = lo + (g - group_ptr[b])
-            first_edge[g] = first
-            group_buffer[g] = node_buffer[edge_node[first]]
+            buf = node_buffer[edge_node[first]]
+            group_buffer[g] = buf
             x = first
-            while x + stride < hi:
+            consecutive[g] = allow_slices
+            while allow_slices and x + stride < hi:
                 if edge_rows[x + stride] - edge_rows[x] != 1:
                     consecutive[g] = False
                     break
                 x += stride
-    return edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, consecutive, first_edge
+            if consecutive[g]:
+                need[buf] = max(need[buf], edge_rows[first] + length)
+            else:
+                num_gathers += 1
+                gathered_bytes += size * row_bytes[buf]
+    return edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, consecutive, num_gathers, gathered_bytes
 
 
 @numba.njit(cache=True, nogil=True)

@@ -23,8 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from edbatch_jax.engine.buckets import bucket_array
-from edbatch_jax.engine.kernels import operand_rows
+from edbatch_jax.engine.kernels import batch_lanes, operand_rows
 from edbatch_jax.graph import Graph
 from edbatch_jax.scheduling.schedule import Schedule, ScheduleError
 
@@ -125,33 +124,18 @@ def schedule_rows(
     ptr = np.asarray(schedule.batch_ptr, np.int64)
     batch_type = np.asarray(schedule.batch_type)
     width = np.diff(ptr)
-    num_batches = width.shape[0]
-    batch_of = np.repeat(np.arange(num_batches), width)
-    slot_in_order = node_slot[order].astype(np.int64)
-    # a batch's rows are distinct (one buffer), so they are consecutive iff max - min == width - 1;
-    # then each node's lane is its row minus the first row: lanes in row order without a sort
-    offset = np.minimum.reduceat(slot_in_order, ptr[:-1]) if num_batches else np.zeros(0, np.int64)
-    last = np.maximum.reduceat(slot_in_order, ptr[:-1]) if num_batches else np.zeros(0, np.int64)
-    broken = np.flatnonzero(last - offset != width - 1)
-    if broken.size:
-        b = int(broken[0])
-        nodes = order[ptr[b] : ptr[b + 1]]
+    # each batch's lanes in row order, first row, bucketed width and buffer, and the rows its writes need
+    broken, offset, lanes, lane_nodes, out_buffer, need = batch_lanes(order, ptr, node_slot, node_buffer, num_buffers)
+    if broken >= 0:
+        nodes = order[ptr[broken] : ptr[broken + 1]]
         raise ScheduleError(
-            f"the layout does not keep batch {b} ({graph.op_types[batch_type[b]]!r}) in consecutive rows (its "
-            f"nodes {nodes[:8].tolist()}{' ...' if nodes.size > 8 else ''}): it was not planned for this schedule "
-            "(plan it with eb.plan_layout(graph, schedule))"
+            f"the layout does not keep batch {broken} ({graph.op_types[batch_type[broken]]!r}) in consecutive rows "
+            f"(its nodes {nodes[:8].tolist()}{' ...' if nodes.size > 8 else ''}): it was not planned for this "
+            "schedule (plan it with eb.plan_layout(graph, schedule))"
         )
-    lane_nodes = np.empty(order.shape[0], np.int32)
-    lane_nodes[ptr[batch_of] + slot_in_order - offset[batch_of]] = order
-    lanes = bucket_array(width)
-    out_buffer = node_buffer[lane_nodes[ptr[:-1]]].astype(np.int64)
-    need = np.zeros(num_buffers, np.int64)
-    np.maximum.at(need, out_buffer, offset + lanes)
-
     # operand rows lane by lane, and operand groups: one per argument position (fixed arity), one per batch
     # (variable arity), each read as a slice when its rows are consecutive and increasing
-    var_b = variadic[batch_type]
-    edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, consecutive, first_edge = operand_rows(
+    edge_ptr, edge_rows, edge_lane, group_ptr, group_buffer, group_slice, num_gathers, gathered_bytes = operand_rows(
         graph.arg_ptr,
         graph.arg_idx,
         lane_nodes,
@@ -161,20 +145,11 @@ def schedule_rows(
         node_buffer,
         np.asarray(variadic, np.bool_),
         np.asarray(arity, np.int64),
+        lanes,
+        bool(allow_slices),
+        np.asarray(row_bytes, np.int64),
+        need,
     )
-    groups = np.diff(group_ptr)
-    num_groups = int(group_ptr[-1])
-    group_slice = consecutive if allow_slices else np.zeros(num_groups, bool)
-
-    group_batch = np.repeat(np.arange(num_batches), groups)
-    num_edges = np.diff(edge_ptr)
-    group_var = var_b[group_batch]
-    group_size = np.where(group_var, num_edges[group_batch], width[group_batch])
-    group_len = np.where(group_var, bucket_array(num_edges[group_batch]), lanes[group_batch])
-    sl = np.flatnonzero(group_slice)
-    np.maximum.at(need, group_buffer[sl], edge_rows[first_edge[sl]] + group_len[sl])
-    gathered = ~group_slice
-    gathered_bytes = int(np.sum(group_size[gathered] * np.asarray(row_bytes, np.int64)[group_buffer[gathered]]))
     return ScheduleRows(
         batch_type=batch_type,
         batch_ptr=ptr,
@@ -192,7 +167,7 @@ def schedule_rows(
         variadic=np.asarray(variadic, bool),
         arity=np.asarray(arity, np.int64),
         need=need,
-        num_operands=num_groups,
-        num_gathers=int(gathered.sum()),
-        gathered_bytes=gathered_bytes,
+        num_operands=int(group_ptr[-1]),
+        num_gathers=int(num_gathers),
+        gathered_bytes=int(gathered_bytes),
     )
