@@ -90,7 +90,7 @@ from edbatch_jax.engine.common import (
     zero_unless,
     zeros_of,
 )
-from edbatch_jax.engine.kernels import fill_operand_index
+from edbatch_jax.engine.kernels import fill_operand_index, fill_type_lanes
 from edbatch_jax.engine.ops import Op, OpError
 from edbatch_jax.engine.stepwise import ExecutionPlan
 from edbatch_jax.graph import Graph
@@ -329,29 +329,38 @@ class FusedEngine(Engine):
         # the batch's first lane), the rows of the residuals it stores for the backward program and, for fixed
         # arity, every lane's validity, output row and operand rows (the backward program's parameter pass)
         payloads, lane_rows = {}, {}
+        no_table, no_prow = np.zeros((0, 2), np.int32), np.zeros(0, np.int64)
         for t in np.unique(chunk_type).tolist():
             name = graph.op_types[t]
             sel = np.flatnonzero(chunk_type == t)
-            at = np.cumsum(lanes[sel]) - lanes[sel]
-            desc[sel, _PAY] = at
             used = int(lanes[sel].sum())
             type_rows = self._length(("rows", name), used)
-            ramp = _ramp(lanes[sel])
-            if not rows.variadic[t]:
-                chunk, arity = np.repeat(sel, lanes[sel]), int(rows.arity[t])
-                table = np.zeros((type_rows, 2 + arity), np.int32)
-                table[:used, 0] = ramp < valid[chunk]
-                table[:used, 1] = desc[chunk, _OUT] + ramp
-                for j in range(arity):
-                    table[:used, 2 + j] = flat_idx[start[chunk] + j * lanes[chunk] + ramp]
+            fixed, tree = not rows.variadic[t], graph.payloads[t]
+            arity = int(rows.arity[t]) if fixed else 0
+            table = np.zeros((type_rows, 2 + arity), np.int32) if fixed else no_table
+            prow = np.zeros(type_rows, np.int64) if tree is not None else no_prow
+            fill_type_lanes(
+                sel,
+                lanes,
+                valid,
+                c0,
+                start,
+                chunk_batch,
+                desc,
+                _OUT,
+                _PAY,
+                flat_idx,
+                rows.batch_ptr,
+                rows.lane_nodes,
+                graph.payload_row,
+                arity,
+                table,
+                prow,
+            )
+            if fixed:
                 lane_rows[name] = (np.int32(used), table)
-            tree = graph.payloads[t]
             if tree is None:
                 continue
-            lane = np.where(ramp < np.repeat(valid[sel], lanes[sel]), np.repeat(c0[sel], lanes[sel]) + ramp, 0)
-            nodes = rows.lane_nodes[np.repeat(rows.batch_ptr[chunk_batch[sel]], lanes[sel]) + lane]
-            prow = np.zeros(type_rows, np.int64)
-            prow[: nodes.shape[0]] = graph.payload_row[nodes]
             payloads[name] = jax.tree.map(lambda x: np.asarray(x)[prow], tree)
             if name not in self._payload_structs:  # (a known structure was checked above)
                 self._payload_structs[name] = _row_struct(tree)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["batch_lanes", "fill_operand_index", "operand_clash", "operand_rows"]
+__all__ = ["batch_lanes", "fill_operand_index", "fill_type_lanes", "operand_clash", "operand_rows"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -205,3 +205,50 @@ def operand_clash(node_type, arg_ptr, arg_idx, type_buffer, variadic) -> tuple[i
             elif type_buffer[node_type[arg_idx[e]]] != type_buffer[node_type[arg_idx[f]]]:
                 return f, e
     return -1, -1
+
+
+@numba.njit(cache=True, nogil=True)
+def fill_type_lanes(
+    sel,
+    lanes,
+    valid,
+    c0,
+    start,
+    chunk_batch,
+    desc,
+    out_col,
+    pay_col,
+    flat_idx,
+    batch_ptr,
+    lane_nodes,
+    payload_row,
+    arity,
+    table,
+    prow,
+):
+    """The fused engine's rows of one op type's chunks, chunk after chunk, written in place.
+
+    For each chunk ``c`` of ``sel`` (int ``[C]``, the type's chunks in order): its first row within the type,
+    into ``desc[c, pay_col]``; per lane ``l`` (``lanes[c]`` of them, ``valid[c]`` real) of a fixed-arity type
+    (``table``: int32 ``[rows, 2 + arity]``, or ``[0, 2]`` to skip) its validity, output row
+    (``desc[c, out_col] + l``) and operand rows (read back from ``flat_idx`` at ``start[c]``); and, if ``prow``
+    (int64 ``[rows]``, or ``[0]`` to skip) is given, the payload row of its node (lane ``c0[c] + l`` of the
+    batch; padding lanes repeat the batch's first lane). Returns the rows used.
+    """
+    r = 0
+    fixed = table.shape[0] > 0
+    payload = prow.shape[0] > 0
+    for i in range(sel.shape[0]):
+        c = sel[i]
+        desc[c, pay_col] = r
+        for l in range(lanes[c]):
+            if fixed:
+                table[r, 0] = 1 if l < valid[c] else 0
+                table[r, 1] = desc[c, out_col] + l
+                for j in range(arity):
+                    table[r, 2 + j] = flat_idx[start[c] + j * lanes[c] + l]
+            if payload:
+                lane = c0[c] + l if l < valid[c] else 0
+                prow[r] = payload_row[lane_nodes[batch_ptr[chunk_batch[c]] + lane]]
+            r += 1
+    return r
