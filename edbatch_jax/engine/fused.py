@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edbatch_jax.engine.base import Engine, PendingGrads
-from edbatch_jax.engine.buckets import bucket, bucket_array, fine_bucket_array, fine_ladder
+from edbatch_jax.engine.buckets import bucket, fine_ladder
 from edbatch_jax.engine.common import (
     PyTree,
     add_rows,
@@ -90,7 +90,7 @@ from edbatch_jax.engine.common import (
     zero_unless,
     zeros_of,
 )
-from edbatch_jax.engine.kernels import fill_operand_index, fill_type_lanes
+from edbatch_jax.engine.kernels import chunks, fill_operand_index, fill_type_lanes
 from edbatch_jax.engine.ops import Op, OpError
 from edbatch_jax.engine.stepwise import ExecutionPlan
 from edbatch_jax.graph import Graph
@@ -153,13 +153,6 @@ class FusedPlan(ExecutionPlan):
     """
 
     tables: FusedTables
-
-
-def _ramp(counts: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(c) for c in counts])``, vectorised."""
-    counts = np.asarray(counts, np.int64)
-    total = int(counts.sum())
-    return np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 class FusedEngine(Engine):
@@ -228,6 +221,7 @@ class FusedEngine(Engine):
         self._max_operands = max([1] + [o.arity or 0 for o in self.ops.values() if not o.variadic])
         self._widest = self.max_lanes  # the widest slice any branch takes of a table: lanes, or edge rows
         self._entry_sizes: dict[tuple, list[int]] = {}  # table layout -> int32 entries of each of its tables
+        self._layout_key: tuple | None = None  # what self._layout was made for (_build_plan)
 
     @property
     def branch_keys(self) -> tuple:
@@ -365,7 +359,10 @@ class FusedEngine(Engine):
             if name not in self._payload_structs:  # (a known structure was checked above)
                 self._payload_structs[name] = _row_struct(tree)
         tables = FusedTables(desc, num_chunks, flat_idx, payloads, tuple(np.unique(branch).tolist()), lane_rows)
-        self._layout = self._table_layout()
+        # (what the layout depends on only grows: branches, payload structures and table lengths)
+        key = (len(self._branches), len(self._payload_structs), tuple(self._lengths.items()))
+        if key != self._layout_key:
+            self._layout, self._layout_key = self._table_layout(), key
         self._device_tables(tables)  # on the (default) device now: a plan is made ahead of its execution
         return FusedPlan.from_buffers(buffers, graph, steps_on_device=False, tables=tables)
 
@@ -377,16 +374,9 @@ class FusedEngine(Engine):
         bucketed); a variable-arity batch as one chunk whose operand rows are
         its arguments (bucketed: ``edge rows``, 0 for fixed arity).
         """
-        var_b = rows.variadic[rows.batch_type]
-        per = np.where(var_b, 1, -(-rows.width // self.max_lanes))
-        chunk_batch = np.repeat(np.arange(rows.num_batches), per)
-        var_c = var_b[chunk_batch]
-        c0 = np.where(var_c, 0, _ramp(per) * self.max_lanes)
-        width = rows.width[chunk_batch]
-        valid = np.where(var_c, width, np.minimum(self.max_lanes, width - c0))
-        lanes = fine_bucket_array(valid) if self.fine_lanes else bucket_array(valid)
-        erows = np.where(var_c, bucket_array(np.diff(rows.edge_ptr)[chunk_batch]), 0)
-        return var_c, np.cumsum(per) - per, chunk_batch, c0, valid, lanes, erows
+        return chunks(
+            rows.batch_type, rows.width, rows.edge_ptr, rows.variadic, self.max_lanes, bool(self.fine_lanes)
+        )  # (one compiled pass)
 
     def _table_layout(self) -> tuple[tuple, tuple]:
         """``(((entry, shape), ...), ((name, rows), ...))``: the int32 tables at the engine's current lengths, in

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["batch_lanes", "fill_operand_index", "fill_type_lanes", "operand_clash", "operand_rows"]
+__all__ = ["batch_lanes", "chunks", "fill_operand_index", "fill_type_lanes", "operand_clash", "operand_rows"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -252,3 +252,40 @@ def fill_type_lanes(
                 prow[r] = payload_row[lane_nodes[batch_ptr[chunk_batch[c]] + lane]]
             r += 1
     return r
+
+
+@numba.njit(cache=True, nogil=True)
+def chunks(batch_type, width, edge_ptr, variadic, max_lanes, fine):
+    """The fused engine's chunks of every batch (:meth:`~edbatch_jax.engine.fused.FusedEngine._chunk_arrays`).
+
+    A fixed-arity batch runs as chunks of at most ``max_lanes`` lanes, each bucketed to a power of two (or, with
+    ``fine``, to ``3 * 2^k`` where that is at least the lanes and ``2^(k+2)`` is not); a variable-arity batch as
+    one chunk whose argument rows are bucketed to a power of two. Returns ``(variable arity? bool [C], batch's
+    first chunk int64 [B], batch int64 [C], first lane, valid lanes, lanes, edge rows: int64 [C])``.
+    """
+    num_batches = batch_type.shape[0]
+    first = np.zeros(num_batches, np.int64)
+    total = 0
+    for b in range(num_batches):
+        first[b] = total
+        total += 1 if variadic[batch_type[b]] else (width[b] + max_lanes - 1) // max_lanes
+    var_c = np.zeros(total, np.bool_)
+    chunk_batch = np.zeros(total, np.int64)
+    c0 = np.zeros(total, np.int64)
+    valid = np.zeros(total, np.int64)
+    lanes = np.zeros(total, np.int64)
+    erows = np.zeros(total, np.int64)
+    for b in range(num_batches):
+        var = variadic[batch_type[b]]
+        n = 1 if var else (width[b] + max_lanes - 1) // max_lanes
+        for i in range(n):
+            c = first[b] + i
+            var_c[c] = var
+            chunk_batch[c] = b
+            c0[c] = 0 if var else i * max_lanes
+            v = width[b] if var else min(max_lanes, width[b] - i * max_lanes)
+            valid[c] = v
+            p = _pow2_at_least(v)
+            lanes[c] = p * 3 // 4 if fine and p >= 4 and p * 3 // 4 >= v else p
+            erows[c] = _pow2_at_least(edge_ptr[b + 1] - edge_ptr[b]) if var else 0
+    return var_c, first, chunk_batch, c0, valid, lanes, erows
