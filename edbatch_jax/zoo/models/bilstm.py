@@ -184,7 +184,9 @@ class BiLSTMTagger(EmbeddingModel):
           sentences: :class:`~edbatch_jax.zoo.data.tags.Sentence` objects.
           vocab: a :class:`~edbatch_jax.zoo.data.tags.WordVocabulary` (``encode``).
         """
-        return self.graph_from_ids([vocab.encode(s) for s in sentences], [s.tags for s in sentences])
+        words = vocab.encode_all(sentences)  # every token in one pass, then one view per sentence
+        ends = np.cumsum([len(s.tokens) for s in sentences])
+        return self.graph_from_ids(np.split(words, ends[:-1]), [s.tags for s in sentences])
 
     def graph_from_ids(self, word_ids: Sequence[np.ndarray], tags: Sequence[np.ndarray]) -> Graph:
         """The batched graph of sentences given as word id and tag arrays, built vectorised.

@@ -21,7 +21,7 @@ from edbatch_jax.graph import Graph, GraphError
 from edbatch_jax.graph.csr import payload_rows
 from edbatch_jax.zoo.data.sst import Tree
 from edbatch_jax.zoo.data.vocab import Vocabulary
-from edbatch_jax.zoo.models.kernels import binary_tree_arrays
+from edbatch_jax.zoo.models.kernels import binary_tree_arrays, padded_to_csr
 
 __all__ = [
     "binary_tree_batch_graph",
@@ -56,13 +56,19 @@ def check_sequences(word_ids: Sequence[np.ndarray], labels: Sequence[np.ndarray]
     check_nonempty(word_ids, what)
     if len(word_ids) != len(labels):
         raise GraphError(f"batch_graph got {len(word_ids)} word sequences but {len(labels)} label sequences")
-    lengths = np.array([np.shape(w)[0] for w in word_ids], dtype=np.int64)
-    bad = np.flatnonzero((lengths == 0) | (lengths != [np.shape(y)[0] for y in labels]))
+    try:
+        lengths = np.fromiter(map(len, word_ids), np.int64, count=len(word_ids))
+        label_lengths = np.fromiter(map(len, labels), np.int64, count=len(labels))
+    except TypeError:  # a scalar where a sequence belongs
+        k = next(k for k, (w, y) in enumerate(zip(word_ids, labels)) if np.ndim(w) == 0 or np.ndim(y) == 0)
+        raise GraphError(
+            f"{what} {k}: its words and labels must be sequences, got {type(word_ids[k]).__name__} and "
+            f"{type(labels[k]).__name__}"
+        ) from None
+    bad = np.flatnonzero((lengths == 0) | (lengths != label_lengths))
     if bad.size:
         k = int(bad[0])
-        raise GraphError(
-            f"{what} {k}: {lengths[k]} words and {np.shape(labels[k])[0]} labels (need as many, at least one)"
-        )
+        raise GraphError(f"{what} {k}: {lengths[k]} words and {label_lengths[k]} labels (need as many, at least one)")
     return lengths
 
 
@@ -93,9 +99,9 @@ def sequence_layout(lengths: np.ndarray, fixed: int, per_token: int) -> tuple[np
 
 
 def padded_csr(args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR ``(arg_ptr int32 [N + 1], arg_idx int32 [M])`` of an int ``[N, k]`` operand table padded with ``-1``."""
-    arity = (args >= 0).sum(1)
-    return np.concatenate([[0], np.cumsum(arity)]).astype(np.int32), args[args >= 0].astype(np.int32)
+    """CSR ``(arg_ptr int32 [N + 1], arg_idx int32 [M])`` of an int ``[N, k]`` operand table padded with ``-1``
+    (negative entries are padding; one compiled pass, :func:`~edbatch_jax.zoo.models.kernels.padded_to_csr`)."""
+    return padded_to_csr(np.ascontiguousarray(args))
 
 
 def instance_graph(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["binary_tree_arrays"]
+__all__ = ["binary_tree_arrays", "padded_to_csr"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -67,3 +67,25 @@ def binary_tree_arrays(
             k += 1
         first += sizes[i]
     return node_type, arg_ptr, arg_idx, instance, payload_row
+
+
+@numba.njit(cache=True, nogil=True)
+def padded_to_csr(args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(arg_ptr int32 [N + 1], arg_idx int32 [M])`` of an int ``[N, k]`` table, negative entries
+    dropped (padding). Two passes, O(N k)."""
+    n, k = args.shape
+    ptr = np.zeros(n + 1, np.int32)
+    for v in range(n):
+        c = 0
+        for j in range(k):
+            if args[v, j] >= 0:
+                c += 1
+        ptr[v + 1] = ptr[v] + c
+    idx = np.empty(ptr[n], np.int32)
+    e = 0
+    for v in range(n):
+        for j in range(k):
+            if args[v, j] >= 0:
+                idx[e] = args[v, j]
+                e += 1
+    return ptr, idx
