@@ -138,6 +138,8 @@ def test_tagger_graph_errors():
         TAGGER.graph_from_ids([np.array([1]), np.array([1, 2])], [np.array([0]), np.array([0])])
     with pytest.raises(eb.GraphError, match="sentence 0: 0 words"):
         TAGGER.graph_from_ids([np.array([], np.int32)], [np.array([], np.int32)])
+    with pytest.raises(eb.GraphError, match="sentence 1: its words and labels must be sequences, got int64"):
+        TAGGER.graph_from_ids([np.array([1]), np.int64(3)], [np.array([0]), np.array([0])])
 
 
 def test_tagger_batched_equals_unbatched_on_synthetic_sentences(synthetic):
