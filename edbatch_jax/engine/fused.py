@@ -222,6 +222,8 @@ class FusedEngine(Engine):
         self._widest = self.max_lanes  # the widest slice any branch takes of a table: lanes, or edge rows
         self._entry_sizes: dict[tuple, list[int]] = {}  # table layout -> int32 entries of each of its tables
         self._layout_key: tuple | None = None  # what self._layout was made for (_build_plan)
+        self._family_ids: dict[tuple, int] = {}  # (op, out buffer, operand buffers, payload?, signatures) -> id
+        self._branch_ids: dict[tuple, int] = {}  # (family id, lanes, edge rows) -> branch index (_register's)
 
     @property
     def branch_keys(self) -> tuple:
@@ -279,13 +281,28 @@ class FusedEngine(Engine):
         combo = (chunk_type.astype(np.int64) * (int(lanes.max()) + 1) + lanes) * (int(erows.max()) + 1) + erows
         _, first, inverse = np.unique(combo, return_index=True, return_inverse=True)
         branch_of = np.zeros(first.shape[0], np.int32)
-        for u in np.argsort(first, kind="stable"):
-            c = first[u]
-            t, lane, er = int(chunk_type[c]), int(lanes[c]), int(erows[c])
-            out_buffer = int(rows.out_buffer[chunk_batch[c]])
-            family = (graph.op_types[t], out_buffer, operand_buffers[t], graph.payloads[t] is not None)
-            sigs = (buffers.signatures[out_buffer], tuple(buffers.signatures[b] for b in operand_buffers[t]))
-            branch_of[u] = self._register(family, lane, er if var_c[c] else None, sigs)
+        seen = np.argsort(first, kind="stable")
+        c = first[seen]
+        families: dict[int, tuple] = {}  # op type -> (family, signatures, family id), once per plan
+        for u, t, lane, er, var, out_buffer in zip(
+            seen.tolist(),
+            chunk_type[c].tolist(),
+            lanes[c].tolist(),
+            erows[c].tolist(),
+            var_c[c].tolist(),
+            rows.out_buffer[chunk_batch[c]].tolist(),
+        ):
+            fam = families.get(t)
+            if fam is None:  # (a type writes one buffer: the family depends on the type alone)
+                family = (graph.op_types[t], out_buffer, operand_buffers[t], graph.payloads[t] is not None)
+                sigs = (buffers.signatures[out_buffer], tuple(buffers.signatures[b] for b in operand_buffers[t]))
+                fid = self._family_ids.setdefault(family + (sigs,), len(self._family_ids))
+                fam = families[t] = (family, sigs, fid)
+            key = (fam[2], lane, er if var else None)  # small ints: hashed without the nested signatures
+            b = self._branch_ids.get(key)
+            if b is None:
+                b = self._branch_ids[key] = self._register(fam[0], lane, key[2], fam[1])
+            branch_of[u] = b
         branch = branch_of[inverse.reshape(-1)]
 
         # --- descriptor rows and the flat index array: per chunk its segment ids, then one run per operand
