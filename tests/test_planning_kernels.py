@@ -15,7 +15,7 @@ from strategies import batched_graphs
 
 import edbatch_jax as eb
 from edbatch_jax.engine.kernels import operand_clash
-from edbatch_jax.graph.kernels import arity_mismatch, consumers, first_defect, hash_bytes, type_ranks
+from edbatch_jax.graph.kernels import arity_mismatch, consumers, first_defect, hash_bytes, kahn_order, type_ranks
 from edbatch_jax.scheduling.kernels import ready_slots
 from edbatch_jax.zoo.data.sst import synthetic_sst
 from edbatch_jax.zoo.models.kernels import binary_tree_arrays, padded_to_csr
@@ -193,3 +193,28 @@ def test_binary_tree_arrays_match_the_vectorised_definition(internal_types):
     np.testing.assert_array_equal(arg_idx, args[args >= 0])
     np.testing.assert_array_equal(instance, np.repeat(np.arange(len(trees)), 2 * sizes))
     np.testing.assert_array_equal(payload_row, _ranks_reference(want_type, num_types))
+
+
+@SETTINGS
+@given(batched_graphs(), st.integers(0, 10**6))
+def test_kahn_order_puts_arguments_first_under_any_numbering(graph, seed):
+    # renumber the nodes at random, so that ids are no topological order
+    n = graph.num_nodes
+    new_id = np.random.default_rng(seed).permutation(n)
+    old_of = np.argsort(new_id)
+    arity = graph.arity[old_of]
+    arg_ptr = np.concatenate([[0], np.cumsum(arity)]).astype(np.int32)
+    arg_idx = np.concatenate([new_id[graph.args(int(v))] for v in old_of] + [np.zeros(0, int)]).astype(np.int32)
+    ptr, child = consumers(arg_ptr, arg_idx, n)
+    order = kahn_order(ptr, child, arity)
+    assert sorted(order.tolist()) == list(range(n))
+    rank = np.empty(n, int)
+    rank[order] = np.arange(n)
+    dst = np.repeat(np.arange(n), arity)
+    assert np.all(rank[arg_idx] < rank[dst])
+
+
+def test_kahn_order_stops_short_of_a_cycle():
+    arg_ptr, arg_idx = np.array([0, 0, 1, 2, 3], np.int32), np.array([0, 3, 2], np.int32)  # 2 <-> 3
+    ptr, child = consumers(arg_ptr, arg_idx, 4)
+    assert kahn_order(ptr, child, np.diff(arg_ptr)).tolist() == [0, 1]

@@ -13,8 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from edbatch_jax.graph import Graph
-from edbatch_jax.graph.analysis import topological_order
+from edbatch_jax.graph.analysis import children, topological_order
 from edbatch_jax.graph.csr import csr_by_source
+from edbatch_jax.graph.kernels import kahn_order
 from edbatch_jax.scheduling.frontier import Frontier
 from edbatch_jax.scheduling.kernels import clear_type, closure_counters, release_pairs
 from edbatch_jax.scheduling.policies import FrontierPolicy, register_policy
@@ -50,12 +51,16 @@ def nearest_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(src, np.int32), np.asarray(dst, np.int32)
 
 
-def _any_topological_order(graph: Graph):
+def _any_topological_order(graph: Graph, consumers: tuple[np.ndarray, np.ndarray] | None = None):
     """Node ids with arguments first: the ids themselves when every argument precedes its reader
-    (as :class:`~edbatch_jax.GraphBuilder` numbers them), else by depth."""
+    (as :class:`~edbatch_jax.GraphBuilder` numbers them), else Kahn's order over ``consumers`` (the
+    reverse adjacency, :func:`~edbatch_jax.graph.analysis.children`, if the caller has it); a cycle
+    is named (:func:`~edbatch_jax.graph.analysis.topological_order`)."""
     if bool(np.all(graph.arg_idx < graph.edge_dst())):
         return np.arange(graph.num_nodes, dtype=np.int32)
-    return topological_order(graph)
+    ptr, child = children(graph) if consumers is None else consumers
+    order = kahn_order(ptr, child, graph.arity)
+    return order if order.shape[0] == graph.num_nodes else topological_order(graph)
 
 
 def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +112,7 @@ def maximal_same_type_edges(graph: Graph) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(src, np.int32), np.asarray(dst, np.int32)
 
 
-def _closure_counters(graph: Graph) -> np.ndarray:
+def _closure_counters(graph: Graph, consumers: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """int32 ``[T, N]``: per type ``t`` and node ``x``, its arguments with a type-``t`` node at or above them.
 
     These are the arguments that still have to *clear* type ``t`` before
@@ -117,7 +122,7 @@ def _closure_counters(graph: Graph) -> np.ndarray:
     is 0. One compiled sweep over the edges in topological order
     (:func:`~edbatch_jax.scheduling.kernels.closure_counters`).
     """
-    order = _any_topological_order(graph)
+    order = _any_topological_order(graph, consumers)
     return closure_counters(order, graph.arg_ptr, graph.arg_idx, graph.node_type.astype(np.int32), graph.num_types)
 
 
@@ -137,7 +142,7 @@ class TypewiseFrontier(Frontier):
             raise ValueError(f"edges must be 'closure', 'maximal' or 'nearest', got {edges!r}")
         self._closure = edges == "closure"
         if self._closure:
-            self._clear_np = _closure_counters(graph)
+            self._clear_np = _closure_counters(graph, (self._child_ptr, self._child_idx))
             self._stack = np.empty(graph.num_nodes, np.int32)
             top = self._clear_np[graph.node_type, np.arange(graph.num_nodes)] == 0
         else:
