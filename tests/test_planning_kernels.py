@@ -7,18 +7,22 @@ before it fails, less legibly, in an engine test.
 
 from __future__ import annotations
 
+import types
+
 import hypothesis.strategies as st
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from strategies import batched_graphs
+from strategies import assert_graphs_equal, batched_graphs
 
 import edbatch_jax as eb
 from edbatch_jax.engine.kernels import operand_clash
 from edbatch_jax.graph.kernels import arity_mismatch, consumers, first_defect, hash_bytes, kahn_order, type_ranks
 from edbatch_jax.scheduling.kernels import ready_slots
+from edbatch_jax.zoo.data.lattice import synthetic_lattices
 from edbatch_jax.zoo.data.sst import synthetic_sst
 from edbatch_jax.zoo.models.kernels import binary_tree_arrays, padded_to_csr
+from edbatch_jax.zoo.models.lattice import LATTICE_OP_TYPES, LatticeTagger
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -218,3 +222,54 @@ def test_kahn_order_stops_short_of_a_cycle():
     arg_ptr, arg_idx = np.array([0, 0, 1, 2, 3], np.int32), np.array([0, 3, 2], np.int32)  # 2 <-> 3
     ptr, child = consumers(arg_ptr, arg_idx, 4)
     assert kahn_order(ptr, child, np.diff(arg_ptr)).tolist() == [0, 1]
+
+
+def _lattice_graph_reference(lattices, vocab_size: int) -> eb.Graph:
+    """The lattice batch graph as it was built lattice by lattice with NumPy (the definition)."""
+    types, ptrs, idxs, arc_ids, tags = [], [], [], [], []
+    base = 0
+    for lat in lattices:
+        n, a = lat.num_nodes, lat.num_arcs
+        state_type = np.full(n, 3, np.int32)
+        state_type[0] = 0
+        types += [state_type, np.where(lat.is_char, 1, 2).astype(np.int32), np.full(n, 4, np.int32)]
+        ptrs.append(np.concatenate([np.bincount(lat.arc_dst, minlength=n), np.ones(a, int), np.ones(n, int)]))
+        order = np.argsort(lat.arc_dst, kind="stable")
+        idxs += [base + n + order, base + np.asarray(lat.arc_src), base + np.arange(n)]
+        arc_ids.append(np.asarray(lat.arc_id) % vocab_size)
+        tags.append(np.asarray(lat.tags))
+        base += 2 * n + a
+    node_type = np.concatenate(types)
+    ids = np.concatenate(arc_ids).astype(np.int32)
+    char = np.concatenate([np.asarray(lat.is_char) for lat in lattices])
+    return eb.Graph(
+        node_type=node_type,
+        arg_ptr=np.concatenate([[0], np.cumsum(np.concatenate(ptrs))]).astype(np.int32),
+        arg_idx=np.concatenate(idxs).astype(np.int32),
+        instance=np.repeat(np.arange(len(lattices)), [2 * x.num_nodes + x.num_arcs for x in lattices]).astype(np.int32),
+        payload_row=_ranks_reference(node_type, len(LATTICE_OP_TYPES)),
+        payloads=(None, ids[char], ids[~char], None, np.concatenate(tags).astype(np.int32)),
+        op_types=LATTICE_OP_TYPES,
+        num_instances=len(lattices),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lattice_batch_graph_matches_the_definition(seed):
+    lattices = synthetic_lattices(7, seed=seed, max_nodes=30)
+    model = LatticeTagger(vocab_size=50, hidden=4)
+    assert_graphs_equal(model.batch_graph(lattices), _lattice_graph_reference(lattices, 50))
+
+
+def test_lattice_batch_graph_refuses_an_arc_that_is_not_forward():
+    good = synthetic_lattices(2, seed=0, max_nodes=10)
+    fake = types.SimpleNamespace(
+        num_nodes=3,
+        num_arcs=2,
+        arc_src=np.array([0, 2]),
+        arc_dst=np.array([1, 1]),
+        arc_id=np.zeros(2, int),
+        tags=np.zeros(3, int),
+    )  # duck-typed, past the Lattice constructor's checks
+    with pytest.raises(eb.GraphError, match="lattice 2: an arc is not forward within its 3 nodes"):
+        LatticeTagger(vocab_size=50, hidden=4).batch_graph([*good, fake])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["binary_tree_arrays", "padded_to_csr"]
+__all__ = ["binary_tree_arrays", "lattice_arrays", "padded_to_csr"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -89,3 +89,70 @@ def padded_to_csr(args: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 idx[e] = args[v, j]
                 e += 1
     return ptr, idx
+
+
+@numba.njit(cache=True, nogil=True)
+def lattice_arrays(
+    num_nodes: np.ndarray, num_arcs: np.ndarray, arc_src: np.ndarray, arc_dst: np.ndarray, num_types: int
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The index arrays of :meth:`~edbatch_jax.zoo.models.lattice.LatticeModel.batch_graph` in one pass.
+
+    Lattice ``i`` (``num_nodes[i]`` states, ``num_arcs[i]`` arcs, its arcs' local sources and
+    destinations concatenated after the lattices before it) becomes, after the nodes of the lattices
+    before it: its states (type 0 for state 0, else 3; each reads the arcs into it in arc order), its arcs
+    (type 1 for a char arc, ``src == dst - 1``, else 2; each reads its source state) and a tag node per state
+    (type 4, reading it). Returns ``(bad, node_type, arg_ptr, arg_idx, instance, payload_row)``: int32
+    ``[N]``, ``[N + 1]``, ``[E]``, ``[N]``, ``[N]``, or, if lattice ``bad`` (else -1) has an arc that is not
+    forward within it, empty arrays. O(N + E).
+    """
+    total_nodes, total_edges = 0, 0
+    for i in range(num_nodes.shape[0]):
+        total_nodes += 2 * num_nodes[i] + num_arcs[i]
+        total_edges += 2 * num_arcs[i] + num_nodes[i]
+    node_type = np.empty(total_nodes, np.int32)
+    arg_ptr = np.zeros(total_nodes + 1, np.int32)
+    arg_idx = np.empty(total_edges, np.int32)
+    instance = np.empty(total_nodes, np.int32)
+    payload_row = np.empty(total_nodes, np.int32)
+    seen = np.zeros(num_types, np.int32)
+    base, e, a0 = 0, 0, 0
+    for i in range(num_nodes.shape[0]):
+        n, a = num_nodes[i], num_arcs[i]
+        for j in range(a):  # (a Lattice checks this; a kernel does not read outside an array)
+            if not (0 <= arc_src[a0 + j] < arc_dst[a0 + j] < n):
+                return i, node_type[:0], arg_ptr[:1], arg_idx[:0], instance[:0], payload_row[:0]
+        in_ptr = np.zeros(n + 1, np.int64)  # the arcs into each state, grouped by destination, in arc order
+        for j in range(a):
+            in_ptr[arc_dst[a0 + j] + 1] += 1
+        for v in range(n):
+            in_ptr[v + 1] += in_ptr[v]
+        at = in_ptr[:-1].copy()
+        into = np.empty(a, np.int64)
+        for j in range(a):
+            d = arc_dst[a0 + j]
+            into[at[d]] = j
+            at[d] += 1
+        for k in range(2 * n + a):
+            v = base + k
+            if k < n:  # a state
+                t = 0 if k == 0 else 3
+                for q in range(in_ptr[k], in_ptr[k + 1]):
+                    arg_idx[e] = base + n + into[q]
+                    e += 1
+            elif k < n + a:  # an arc
+                j = k - n
+                t = 1 if arc_src[a0 + j] == arc_dst[a0 + j] - 1 else 2
+                arg_idx[e] = base + arc_src[a0 + j]
+                e += 1
+            else:  # a state's tag
+                t = 4
+                arg_idx[e] = base + (k - n - a)
+                e += 1
+            node_type[v] = t
+            arg_ptr[v + 1] = e
+            instance[v] = i
+            payload_row[v] = seen[t]
+            seen[t] += 1
+        base += 2 * n + a
+        a0 += a
+    return -1, node_type, arg_ptr, arg_idx, instance, payload_row

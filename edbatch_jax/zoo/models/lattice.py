@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from edbatch_jax.engine.ops import Op
-from edbatch_jax.graph import Graph
+from edbatch_jax.graph import Graph, GraphError
 from edbatch_jax.zoo.models.base import CellSpec, EmbeddingModel, hidden_state
 from edbatch_jax.zoo.models.cells import (
     InitCell,
@@ -53,7 +53,8 @@ from edbatch_jax.zoo.models.cells import (
     init_spec,
     lstm_arc_spec,
 )
-from edbatch_jax.zoo.models.graphs import check_nonempty, instance_graph
+from edbatch_jax.zoo.models.graphs import check_nonempty
+from edbatch_jax.zoo.models.kernels import lattice_arrays
 
 __all__ = [
     "InitCell",
@@ -167,32 +168,28 @@ class LatticeTagger(EmbeddingModel):
           GraphError: empty batch.
         """
         check_nonempty(lattices, "lattices")
-        types, ptrs, idxs, arc_ids, tags = [], [], [], [], []
-        base = 0
-        for lat in lattices:
-            n, a = lat.num_nodes, lat.num_arcs
-            state_type = np.full(n, 3, np.int32)
-            state_type[0] = 0
-            arc_type = np.where(lat.is_char, 1, 2).astype(np.int32)
-            types += [state_type, arc_type, np.full(n, 4, np.int32)]
-            in_deg = np.bincount(lat.arc_dst, minlength=n)
-            arity = np.concatenate([in_deg, np.ones(a, np.int64), np.ones(n, np.int64)])
-            ptrs.append(arity)
-            order = np.argsort(lat.arc_dst, kind="stable")  # arcs grouped by destination
-            idxs += [base + n + order, base + np.asarray(lat.arc_src), base + np.arange(n)]
-            arc_ids.append(np.asarray(lat.arc_id) % self.vocab_size)
-            tags.append(np.asarray(lat.tags))
-            base += 2 * n + a
-        node_type = np.concatenate(types)
-        arity = np.concatenate(ptrs)
-        ids = np.concatenate(arc_ids).astype(np.int32)
-        arc_is_char = np.concatenate([np.asarray(lat.is_char) for lat in lattices])
-        sizes = [2 * lat.num_nodes + lat.num_arcs for lat in lattices]
-        return instance_graph(
-            node_type,
-            np.concatenate([[0], np.cumsum(arity)]).astype(np.int32),
-            np.concatenate(idxs).astype(np.int32),
-            sizes,
-            (None, ids[arc_is_char], ids[~arc_is_char], None, np.concatenate(tags).astype(np.int32)),
-            LATTICE_OP_TYPES,
+        num_nodes = np.fromiter((lat.num_nodes for lat in lattices), np.int64, count=len(lattices))
+        num_arcs = np.fromiter((lat.num_arcs for lat in lattices), np.int64, count=len(lattices))
+        src = np.concatenate([lat.arc_src for lat in lattices])
+        dst = np.concatenate([lat.arc_dst for lat in lattices])
+        bad, node_type, arg_ptr, arg_idx, instance, payload_row = lattice_arrays(
+            num_nodes, num_arcs, src, dst, len(LATTICE_OP_TYPES)
+        )
+        if bad >= 0:
+            raise GraphError(
+                f"lattice {bad}: an arc is not forward within its {num_nodes[bad]} nodes (0 <= arc_src < arc_dst "
+                "< L is needed; build lattices with the Lattice constructor, which checks it)"
+            )
+        ids = (np.concatenate([lat.arc_id for lat in lattices]) % self.vocab_size).astype(np.int32)
+        is_char = src == dst - 1
+        tags = np.concatenate([lat.tags for lat in lattices]).astype(np.int32)
+        return Graph(
+            node_type=node_type,
+            arg_ptr=arg_ptr,
+            arg_idx=arg_idx,
+            instance=instance,
+            payload_row=payload_row,
+            payloads=(None, ids[is_char], ids[~is_char], None, tags),
+            op_types=LATTICE_OP_TYPES,
+            num_instances=len(lattices),
         )
