@@ -134,6 +134,8 @@ def test_tagger_graph_layout(synthetic):
 def test_tagger_graph_errors():
     with pytest.raises(eb.GraphError, match="empty batch"):
         TAGGER.graph_from_ids([], [])
+    with pytest.raises(eb.GraphError, match="empty batch: no sentences"):
+        TAGGER.batch_graph([], None)
     with pytest.raises(eb.GraphError, match="sentence 1: 2 words and 1 labels"):
         TAGGER.graph_from_ids([np.array([1]), np.array([1, 2])], [np.array([0]), np.array([0])])
     with pytest.raises(eb.GraphError, match="sentence 0: 0 words"):

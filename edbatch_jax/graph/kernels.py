@@ -123,14 +123,17 @@ def group_by_source(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> tuple[n
 
 @numba.njit(cache=True, nogil=True)
 def type_ranks(node_type: np.ndarray, num_types: int) -> np.ndarray:
-    """int32 ``[N]``: the rank of every node among the nodes of its type (ids in ``0..num_types - 1``,
-    checked by the caller). One pass, O(N + T)."""
+    """int32 ``[N]``: the rank of every node among the nodes of its type (-1 for a type id outside
+    ``0..num_types - 1``). One pass, O(N + T)."""
     seen = np.zeros(num_types, np.int32)
     rows = np.empty(node_type.shape[0], np.int32)
     for v in range(node_type.shape[0]):
         t = node_type[v]
-        rows[v] = seen[t]
-        seen[t] += 1
+        if 0 <= t < num_types:
+            rows[v] = seen[t]
+            seen[t] += 1
+        else:  # (no read outside the counters: graph validation names such a node)
+            rows[v] = -1
     return rows
 
 

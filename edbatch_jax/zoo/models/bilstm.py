@@ -70,6 +70,7 @@ from edbatch_jax.zoo.models.cells import (
     lstm_spec,
 )
 from edbatch_jax.zoo.models.graphs import (
+    check_nonempty,
     check_sequences,
     instance_graph,
     padded_csr,
@@ -184,6 +185,7 @@ class BiLSTMTagger(EmbeddingModel):
           sentences: :class:`~edbatch_jax.zoo.data.tags.Sentence` objects.
           vocab: a :class:`~edbatch_jax.zoo.data.tags.WordVocabulary` (``encode``).
         """
+        check_nonempty(sentences, "sentences")
         words = vocab.encode_all(sentences)  # every token in one pass, then one view per sentence
         ends = np.cumsum([len(s.tokens) for s in sentences])
         return self.graph_from_ids(np.split(words, ends[:-1]), [s.tags for s in sentences])
