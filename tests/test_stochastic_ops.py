@@ -170,3 +170,10 @@ def test_model_dropout_matches_unbatched_and_training_is_reproducible():
     assert first == run(5)
     assert first != run(6)
     assert len(set(first)) == 3  # each step draws its own masks
+
+    # the trainer's step keys are fold_in(rng, step), as its docs say (computed by one compiled call)
+    trainer = Trainer(engine, params, optax.sgd(0.1), rng=jax.random.PRNGKey(5))
+    for step in (0, 1, 7):
+        np.testing.assert_array_equal(trainer.step_key(step), jax.random.fold_in(jax.random.PRNGKey(5), step))
+    assert trainer._next_key() is not None  # dropout draws: every step gets its key
+    assert Trainer(eb.StepwiseEngine({"f": lambda p, x: x}), params, optax.sgd(0.1), rng=key)._next_key() is None

@@ -47,6 +47,10 @@ backward program recomputes each chunk); ``stepwise``:
 :class:`edbatch_jax.StepwiseEngine`, one jitted call per batch."""
 
 
+_fold_in = jax.jit(jax.random.fold_in)
+"""``jax.random.fold_in`` as one compiled call (the same key; eager, it dispatches several operations)."""
+
+
 def make_engine(name: str, ops, max_lanes: int = 512, plan_cache_size: int = 16, checks: bool = False) -> Engine:
     """An engine by name (see :data:`ENGINES`); ``max_lanes``: the fused engine's widest chunk;
     ``plan_cache_size``: execution plans kept (one per mini-batch in use); ``checks``: the engine's debug
@@ -215,6 +219,7 @@ class Trainer:
         self._opt_state = optimizer.init(params)
         self.rng = rng
         self.steps = 0
+        self._draws = any(op.stochastic for op in engine.ops.values())  # whether steps need keys
 
         @in_scope("update")
         def update(grads, opt_state, params):
@@ -264,8 +269,13 @@ class Trainer:
             self._params, self._opt_state = self._update(grads, self._opt_state, self._params)
 
     def step_key(self, step: int) -> jax.Array | None:
-        """The step key of step ``step`` (``fold_in(rng, step)``), or ``None`` without ``rng``."""
-        return None if self.rng is None else jax.random.fold_in(self.rng, step)
+        """The step key of step ``step`` (``fold_in(rng, step)``, one compiled call), or ``None`` without ``rng``."""
+        return None if self.rng is None else _fold_in(self.rng, step)
+
+    def _next_key(self) -> jax.Array | None:
+        """The next step's key for the engine, or ``None`` when no op of the engine draws (the engine would drop
+        it: a key changes no value there)."""
+        return self.step_key(self.steps) if self._draws else None
 
     def loss_and_grads(
         self, params: PyTree, batch: MiniBatch, *, context: PyTree = None, instance_context: PyTree = None
@@ -337,12 +347,13 @@ class Trainer:
         ctx = {"context": context, "instance_context": instance_context}
         plan = self.engine.plan(self._params, batch.graph, batch.schedule, batch.layout, **ctx)
         which, args = _loss_args(plan, batch, None)
+        key = self._next_key()  # (all the step's host work before the wait: the device idles from there on)
         self._settle()
         loss, grads = self.engine.value_and_grad(
             plan,
             self._params,
             lambda bufs: _loss_grad(bufs, which, *args),
-            rng=self.step_key(self.steps),
+            rng=key,
             pending=True,
             **ctx,
         )
