@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import chain
 
 import edbatch_jax as eb
 
@@ -349,3 +350,24 @@ def test_integer_state_leaves_under_grad_name_the_op(make):
     assert int(engine.run(PARAMS, LEFT, sched, outputs=root)["n"][0]) == 4  # fine without gradients
     with pytest.raises(eb.OpError, match=r"op\(s\) \['leaf', 'node'\] return a state with int32 leaves"):
         jax.grad(lambda p: engine.run(p, LEFT, sched, outputs=root)["h"].sum())(PARAMS)
+
+
+def test_a_policy_returning_another_graphs_certified_schedule_is_refused():
+    """eb.schedule skips re-hashing only the graph object its policy certified: a schedule certified for
+    another graph (a stale cache, say) is validated, and refused, there; one whose graph was changed in place
+    after scheduling is refused by the engine."""
+    other = eb.batch_graphs([chain(3), chain(5)])
+    stale = eb.schedule(other, "depth")
+
+    class Stale(eb.Policy):
+        def schedule(self, graph):
+            return stale
+
+    with pytest.raises(eb.ScheduleError, match="Stale.schedule returned an invalid schedule"):
+        eb.schedule(BATCH, Stale())
+    assert eb.schedule(other, Stale()) is stale  # its own graph: accepted as certified
+    graph = eb.batch_graphs([chain(3), chain(5)])
+    sched = eb.schedule(graph, "depth")
+    graph.arg_idx[-1] = 0  # edited in place after scheduling
+    with pytest.raises(eb.ScheduleError, match="made for another graph"):
+        eb.StepwiseEngine({"f": eb.Op(lambda p, x, a: a, aggregate="sum")}).run(None, graph, sched)

@@ -236,7 +236,7 @@ def schedule(graph: Graph, policy: str | Policy = "agenda") -> Schedule:
     if not isinstance(result, Schedule):
         raise ScheduleError(f"{name}.schedule returned {type(result).__name__}, expected an eb.Schedule")
     if result.fingerprint is not None and (
-        result._certified_for == id(graph)  # certified for this very object (alive throughout: ids cannot clash)
+        (result._certified_for is not None and result._certified_for() is graph)  # certified for this very object
         or result.fingerprint == (graph_fingerprint(graph), schedule_fingerprint(result))
     ):
         return result

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import weakref
 
 import jax
 import numpy as np
@@ -55,9 +56,9 @@ class Schedule:
     node_order: np.ndarray
     op_types: tuple[str, ...]
     fingerprint: tuple[bytes, bytes] | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
-    # id() of the Graph object certify() last hashed: eb.schedule() then need not hash it again (the engine and
-    # the layout planner still compare the graph they are given with the fingerprint)
-    _certified_for: int | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # a weak reference to the Graph object certify() last hashed: eb.schedule() then need not hash that same
+    # object again (the engine and the layout planner still compare the graph they are given with the fingerprint)
+    _certified_for: weakref.ref | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_batches(cls, op_types: tuple[str, ...], types, node_lists) -> Schedule:
@@ -106,7 +107,7 @@ class Schedule:
         user-written policies before certifying them.
         """
         object.__setattr__(self, "fingerprint", (graph_fingerprint(graph), schedule_fingerprint(self)))
-        object.__setattr__(self, "_certified_for", id(graph))
+        object.__setattr__(self, "_certified_for", weakref.ref(graph))
         return self
 
     def __repr__(self) -> str:
