@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -371,3 +372,21 @@ def test_a_policy_returning_another_graphs_certified_schedule_is_refused():
     graph.arg_idx[-1] = 0  # edited in place after scheduling
     with pytest.raises(eb.ScheduleError, match="made for another graph"):
         eb.StepwiseEngine({"f": eb.Op(lambda p, x, a: a, aggregate="sum")}).run(None, graph, sched)
+
+
+def test_a_certified_schedule_pickles_with_its_fingerprint():
+    sched = eb.schedule(BATCH, "depth")
+    back = pickle.loads(pickle.dumps(sched))
+    assert back.fingerprint == sched.fingerprint and back._certified_for is None
+    np.testing.assert_array_equal(back.node_order, sched.node_order)
+    assert eb.schedule(BATCH, _Returning(back)) is back  # still certified: accepted by its fingerprint
+    for make in ENGINES:
+        np.testing.assert_allclose(make(OPS).run(PARAMS, BATCH, back), make(OPS).run(PARAMS, BATCH, sched))
+
+
+class _Returning(eb.Policy):
+    def __init__(self, sched):
+        self.sched = sched
+
+    def schedule(self, graph):
+        return self.sched

@@ -113,6 +113,10 @@ class Schedule:
     def __repr__(self) -> str:
         return f"Schedule(batches={self.num_batches}, nodes={self.node_order.shape[0]})"
 
+    def __getstate__(self) -> dict:
+        """Pickled without the weak reference to the graph it was certified for (the fingerprint stays)."""
+        return {**self.__dict__, "_certified_for": None}
+
 
 def _digest(parts) -> bytes:
     """16 bytes naming ``parts``: every array by its dtype, shape and 128-bit content hash (a compiled pass,
