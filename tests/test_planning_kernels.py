@@ -21,7 +21,8 @@ from edbatch_jax.graph.kernels import arity_mismatch, consumers, first_defect, h
 from edbatch_jax.scheduling.kernels import ready_slots
 from edbatch_jax.zoo.data.lattice import synthetic_lattices
 from edbatch_jax.zoo.data.sst import synthetic_sst
-from edbatch_jax.zoo.models.kernels import binary_tree_arrays, padded_to_csr
+from edbatch_jax.zoo.models.graphs import binary_tree_graph
+from edbatch_jax.zoo.models.kernels import padded_to_csr
 from edbatch_jax.zoo.models.lattice import LATTICE_OP_TYPES, LatticeTagger
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -177,13 +178,22 @@ def test_padded_to_csr(rows):
 
 
 @pytest.mark.parametrize("internal_types", [1, 3])
-def test_binary_tree_arrays_match_the_vectorised_definition(internal_types):
+def test_binary_tree_graph_matches_the_vectorised_definition(internal_types):
     trees = synthetic_sst(12, seed=internal_types)
     sizes = np.array([len(t.tokens) for t in trees])
     left, right = np.concatenate([t.left for t in trees]), np.concatenate([t.right for t in trees])
     internal = np.random.default_rng(0).integers(1, 1 + internal_types, left.size).astype(np.int32)
     num_types = internal_types + 2
-    node_type, arg_ptr, arg_idx, instance, payload_row = binary_tree_arrays(sizes, left, right, internal, num_types)
+    op_types = tuple(f"t{k}" for k in range(num_types))
+    labels, leaf_ids = np.zeros(left.size, np.int32), np.zeros(int((left < 0).sum()), np.int32)
+    graph = binary_tree_graph(sizes, left, right, labels, leaf_ids, op_types, internal)
+    node_type, arg_ptr, arg_idx, instance, payload_row = (
+        graph.node_type,
+        graph.arg_ptr,
+        graph.arg_idx,
+        graph.instance,
+        graph.payload_row,
+    )
     # the definition: tree node k of tree i is node 2 (o_i + k) and its loss node 2 (o_i + k) + 1
     offsets = np.repeat(np.cumsum(sizes) - sizes, sizes)
     binary = left >= 0

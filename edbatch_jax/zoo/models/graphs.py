@@ -164,21 +164,12 @@ def binary_tree_graph(
     """
     loss_type = len(op_types) - 1
     internal = np.ones(left.shape[0], np.int32) if internal_type is None else np.asarray(internal_type, np.int32)
-    node_type, arg_ptr, arg_idx, instance, payload_row = binary_tree_arrays(
-        np.asarray(sizes, np.int64), np.asarray(left), np.asarray(right), internal, len(op_types)
+    node_type, arg_ptr, arg_idx = binary_tree_arrays(
+        np.asarray(sizes, np.int64), np.asarray(left), np.asarray(right), internal, loss_type
     )
     payloads: list[np.ndarray | None] = [None] * len(op_types)
     payloads[0], payloads[loss_type] = leaf_ids, np.asarray(labels).astype(np.int32)
-    return Graph(
-        node_type=node_type,
-        arg_ptr=arg_ptr,
-        arg_idx=arg_idx,
-        instance=instance,
-        payload_row=payload_row,
-        payloads=tuple(payloads),
-        op_types=tuple(op_types),
-        num_instances=len(sizes),
-    )
+    return instance_graph(node_type, arg_ptr, arg_idx, 2 * np.asarray(sizes), payloads, op_types)
 
 
 def binary_tree_batch_graph(

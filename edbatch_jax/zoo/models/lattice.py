@@ -53,7 +53,7 @@ from edbatch_jax.zoo.models.cells import (
     init_spec,
     lstm_arc_spec,
 )
-from edbatch_jax.zoo.models.graphs import check_nonempty
+from edbatch_jax.zoo.models.graphs import check_nonempty, instance_graph
 from edbatch_jax.zoo.models.kernels import lattice_arrays
 
 __all__ = [
@@ -172,9 +172,7 @@ class LatticeTagger(EmbeddingModel):
         num_arcs = np.fromiter((lat.num_arcs for lat in lattices), np.int64, count=len(lattices))
         src = np.concatenate([lat.arc_src for lat in lattices])
         dst = np.concatenate([lat.arc_dst for lat in lattices])
-        bad, node_type, arg_ptr, arg_idx, instance, payload_row = lattice_arrays(
-            num_nodes, num_arcs, src, dst, len(LATTICE_OP_TYPES)
-        )
+        bad, node_type, arg_ptr, arg_idx = lattice_arrays(num_nodes, num_arcs, src, dst)
         if bad >= 0:
             raise GraphError(
                 f"lattice {bad}: an arc is not forward within its {num_nodes[bad]} nodes (0 <= arc_src < arc_dst "
@@ -183,13 +181,11 @@ class LatticeTagger(EmbeddingModel):
         ids = (np.concatenate([lat.arc_id for lat in lattices]) % self.vocab_size).astype(np.int32)
         is_char = src == dst - 1
         tags = np.concatenate([lat.tags for lat in lattices]).astype(np.int32)
-        return Graph(
-            node_type=node_type,
-            arg_ptr=arg_ptr,
-            arg_idx=arg_idx,
-            instance=instance,
-            payload_row=payload_row,
-            payloads=(None, ids[is_char], ids[~is_char], None, tags),
-            op_types=LATTICE_OP_TYPES,
-            num_instances=len(lattices),
+        return instance_graph(
+            node_type,
+            arg_ptr,
+            arg_idx,
+            2 * num_nodes + num_arcs,
+            (None, ids[is_char], ids[~is_char], None, tags),
+            LATTICE_OP_TYPES,
         )
