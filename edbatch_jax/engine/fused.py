@@ -213,7 +213,6 @@ class FusedEngine(Engine):
         self._spare_saved: dict = {}  # residual tables handed back after a backward pass, by shapes
         self._branches: dict[tuple, int] = {}  # branch key -> index in the program's switch
         self._branch_keys: tuple = ()  # the keys in switch order (branch_keys)
-        self._families: set[tuple] = set()
         self._lengths: dict[Any, int] = {}  # table name -> bucketed length (grows, kept)
         self._programs: dict[tuple, tuple] = {}
         self._payload_structs: dict[str, PyTree] = {}  # op -> ShapeDtypeStruct per payload leaf (no row axis)
@@ -224,6 +223,7 @@ class FusedEngine(Engine):
         self._layout_key: tuple | None = None  # what self._layout was made for (_build_plan)
         self._family_ids: dict[tuple, int] = {}  # (op, out buffer, operand buffers, payload?, signatures) -> id
         self._branch_ids: dict[tuple, int] = {}  # (family id, lanes, edge rows) -> branch index (_register's)
+        self._laddered: set[int] = set()  # family ids whose fixed-arity lane buckets are all registered
 
     @property
     def branch_keys(self) -> tuple:
@@ -234,11 +234,12 @@ class FusedEngine(Engine):
         return self._branch_keys
 
     # ------------------------------------------------------------------ planning
-    def _register(self, family: tuple, lanes: int, erows: int | None, sigs: tuple) -> int:
+    def _register(self, fid: int, family: tuple, lanes: int, erows: int | None, sigs: tuple) -> int:
         """Branch index of ``family`` (op, out buffer, operand buffers, payload?) at a lane bucket; ``sigs``: the
-        signatures of its out buffer and operand buffers in the plan registering it."""
-        if family + (sigs,) not in self._families and erows is None:  # a new op type: all its lane buckets at once
-            self._families.add(family + (sigs,))
+        signatures of its out buffer and operand buffers in the plan registering it; ``fid``: the id of
+        ``family + (sigs,)`` in ``_family_ids``."""
+        if erows is None and fid not in self._laddered:  # a new op type: all its lane buckets at once
+            self._laddered.add(fid)
             for lane in (
                 fine_ladder(self.max_lanes) if self.fine_lanes else [1 << k for k in range(self.max_lanes.bit_length())]
             ):
@@ -301,7 +302,7 @@ class FusedEngine(Engine):
             key = (fam[2], lane, er if var else None)  # small ints: hashed without the nested signatures
             b = self._branch_ids.get(key)
             if b is None:
-                b = self._branch_ids[key] = self._register(fam[0], lane, key[2], fam[1])
+                b = self._branch_ids[key] = self._register(fam[2], fam[0], lane, key[2], fam[1])
             branch_of[u] = b
         branch = branch_of[inverse.reshape(-1)]
 

@@ -25,13 +25,11 @@ __all__ = [
 
 
 @numba.njit(cache=True, nogil=True)
-def kahn_depth(ptr: np.ndarray, child_idx: np.ndarray, arity: np.ndarray) -> np.ndarray:
-    """int32 ``[N]``: the longest path (in edges) from a node without arguments, -1 on and below a cycle.
-
-    Kahn's algorithm over the reverse adjacency in CSR form (``child_idx[ptr[u]:ptr[u + 1]]``
-    read ``u``; a node reading ``u`` twice is listed twice and counted twice in ``arity``).
-    O(N + E).
-    """
+def _kahn(ptr: np.ndarray, child_idx: np.ndarray, arity: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Kahn's algorithm over the reverse adjacency in CSR form (``child_idx[ptr[u]:ptr[u + 1]]`` read ``u``; a
+    node reading ``u`` twice is listed twice and counted twice in ``arity``): ``(queue, taken, depth, left)``,
+    the nodes in the order taken (``queue[:taken]``), each node's longest path in edges from a node without
+    arguments, and the arguments each node still waits for (> 0 on and below a cycle). O(N + E)."""
     n = arity.shape[0]
     left = arity.astype(np.int32)
     depth = np.zeros(n, np.int32)
@@ -54,7 +52,17 @@ def kahn_depth(ptr: np.ndarray, child_idx: np.ndarray, arity: np.ndarray) -> np.
             if left[c] == 0:
                 queue[tail] = c
                 tail += 1
-    for v in range(n):
+    return queue, tail, depth, left
+
+
+@numba.njit(cache=True, nogil=True)
+def kahn_depth(ptr: np.ndarray, child_idx: np.ndarray, arity: np.ndarray) -> np.ndarray:
+    """int32 ``[N]``: the longest path (in edges) from a node without arguments, -1 on and below a cycle.
+
+    Kahn's algorithm (:func:`_kahn`) over the reverse adjacency in CSR form. O(N + E).
+    """
+    _, _, depth, left = _kahn(ptr, child_idx, arity)
+    for v in range(depth.shape[0]):
         if left[v] > 0:
             depth[v] = -1
     return depth
@@ -65,25 +73,8 @@ def kahn_order(ptr: np.ndarray, child_idx: np.ndarray, arity: np.ndarray) -> np.
     """int32: the nodes in the order Kahn's algorithm takes them (arguments before their readers; the
     nodes without arguments first, ascending), shorter than ``N`` when a cycle leaves nodes behind.
     The reverse adjacency as :func:`kahn_depth` reads it. O(N + E)."""
-    n = arity.shape[0]
-    left = arity.astype(np.int32)
-    queue = np.empty(n, np.int32)
-    tail = 0
-    for v in range(n):
-        if left[v] == 0:
-            queue[tail] = v
-            tail += 1
-    head = 0
-    while head < tail:
-        v = queue[head]
-        head += 1
-        for e in range(ptr[v], ptr[v + 1]):
-            c = child_idx[e]
-            left[c] -= 1
-            if left[c] == 0:
-                queue[tail] = c
-                tail += 1
-    return queue[:tail]
+    queue, taken, _, _ = _kahn(ptr, child_idx, arity)
+    return queue[:taken]
 
 
 @numba.njit(cache=True, nogil=True)
