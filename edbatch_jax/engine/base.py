@@ -251,6 +251,7 @@ class Engine(abc.ABC):
         self.ops = {name: _checked_op(name, op, self._derived) for name, op in given.items()}
         # with an op reading context, the engine runs on EngineInputs(params, Context) in place of params
         self._contextual = any(op.context for op in given.values())
+        self._draws = any(op.stochastic for op in given.values())  # (see draws)
         self.min_capacity = int(min_capacity)
         self.checks = bool(checks)
         # lanes without a cotangent compute on a live lane's inputs (engine/common.combine); off only to measure
@@ -582,6 +583,12 @@ class Engine(abc.ABC):
         """
 
     @property
+    def draws(self) -> bool:
+        """Whether an op of this engine is stochastic (draws from the step key). Without one, a step key
+        changes no value, and the engine runs without it."""
+        return self._draws
+
+    @property
     def defers_gradient_test(self) -> bool:
         """Whether this engine's gradients may come as :class:`PendingGrads` (a finiteness test still on the
         device; the fused engine's lane isolation). The base engine's never do."""
@@ -659,7 +666,7 @@ class Engine(abc.ABC):
         """``rng`` checked (:func:`~edbatch_jax.engine.randomness.check_rng`); ``None`` when no op of the engine
         is stochastic (a key would change no value, only the programs' signatures)."""
         rng = check_rng(rng)
-        return rng if any(op.stochastic for op in self.ops.values()) else None
+        return rng if self._draws else None
 
     def _check_differentiable(self, plan: ExecutionPlan) -> None:
         """Raises :class:`OpError` naming the op types whose states have integer or bool leaves (no gradient)."""

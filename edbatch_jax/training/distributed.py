@@ -198,7 +198,7 @@ class ProcessTrainer(Trainer):
     """
 
     def __init__(self, engine: Engine, params: PyTree, optimizer: optax.GradientTransformation):
-        if any(op.stochastic for op in engine.ops.values()):
+        if engine.draws:
             raise DistributedError(
                 "training over processes with a stochastic model (dropout): per-node keys number instances within "
                 "each process's share, so the masks would differ from a one-process run; train without dropout"

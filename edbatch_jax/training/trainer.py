@@ -219,7 +219,6 @@ class Trainer:
         self._opt_state = optimizer.init(params)
         self.rng = rng
         self.steps = 0
-        self._draws = any(op.stochastic for op in engine.ops.values())  # whether steps need keys
 
         @in_scope("update")
         def update(grads, opt_state, params):
@@ -275,7 +274,7 @@ class Trainer:
     def _next_key(self) -> jax.Array | None:
         """The next step's key for the engine, or ``None`` when no op of the engine draws (the engine would drop
         it: a key changes no value there)."""
-        return self.step_key(self.steps) if self._draws else None
+        return self.step_key(self.steps) if self.engine.draws else None
 
     def loss_and_grads(
         self, params: PyTree, batch: MiniBatch, *, context: PyTree = None, instance_context: PyTree = None
